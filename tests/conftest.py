@@ -1,0 +1,15 @@
+"""Shared test setup.
+
+The firmware is a self-contained MicroPython tree whose modules import each other as
+top-level packages (`from core import cbor`), exactly as they do on a board where the
+tree is copied to the flash root. Tests drive it as a device would, so they put
+firmware/ on sys.path.
+"""
+
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+if str(FIRMWARE) not in sys.path:
+    sys.path.insert(0, str(FIRMWARE))
