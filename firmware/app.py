@@ -1,0 +1,145 @@
+# The device's main loop: wires the board (hal), the meter (core) and a transport.
+#
+# Transport interface (MQTT and RS485 transports implement it; None = offline meter):
+#   connect(meter_id_hex, birth_msg) -> bool     announce the meter (birth, online status)
+#   connected() -> bool
+#   send_readings(list_of_msgs) -> bool          one batch in seq order (<= 32 messages)
+#   send_result(msg) -> None                     a command result
+#   poll() -> list of (kind, msg)                kind "ack" or "cmd"; never blocks long
+# A reading leaves the spool only on a valid fog ack, never on a transport's own ack.
+from core import keys
+from core.compat import const, unhexlify
+from core.meter import Meter
+from core.sources import S0Pulse, Synthetic
+
+VERSION = "0.1.0"
+_RESEND_S = const(60)  # unacknowledged readings are sent again after this long
+_NTP_RETRY_S = const(300)
+_BATCH = const(32)
+
+
+def make_source(config, board):
+    kind = config.get("source", "sim")
+    if kind == "sim":
+        return Synthetic(seed=config.get("seed", 1))
+    if kind == "pulse":
+        return S0Pulse(board.pulse_count, config.get("s0_imp_per_kwh", 1000), config.get("s0_start_wh", 0))
+    raise ValueError("unknown meter source " + repr(kind))
+
+
+class App:
+    def __init__(self, board, config, transport=None, source=None, on_reading=None):
+        self.board = board
+        self.config = config
+        self.transport = transport
+        self.on_reading = on_reading
+        fog_pub = config.get("fog_pub")
+        fog_pub = unhexlify(fog_pub) if fog_pub else None
+        fog_id = unhexlify(config["fog"]) if config.get("fog") else (keys.party_id(fog_pub) if fog_pub else bytes(8))
+        self.meter = Meter(board.fs(), source or make_source(config, board), board.random_bytes,
+                           fog_id, fog_pub, config.get("dur", 900), VERSION, board.name,
+                           config.get("spool_capacity", 3072))
+        self._t0 = board.ticks_ms()
+        self.sent_upto = 0
+        self._sent_at = 0
+        self._ntp_at = None
+        self.reboot_requested = False
+
+    def uptime(self):
+        return self.board.ticks_diff(self.board.ticks_ms(), self._t0) // 1000
+
+    def start(self):
+        b = self.board
+        self.meter.boot(b.now(), b.clock_synced(), b.reset_cause(), self.uptime())
+        if self.transport is not None:
+            self.transport.connect(keys.id_hex(self.meter.id), self.meter.birth())
+        return self.meter
+
+    def step(self):
+        """One pass of the main loop; call every second or so."""
+        b = self.board
+        up = self.uptime()
+        self._keep_clock(up)
+        msg = self.meter.tick(b.now(), up)
+        if msg is not None and self.on_reading is not None:
+            self.on_reading(msg)
+        if self.transport is not None:
+            self._pump(up)
+        b.watchdog_feed()
+
+    def _keep_clock(self, up):
+        b = self.board
+        host = self.config.get("ntp_host")
+        if not host or b.clock_synced() or (self._ntp_at is not None and up - self._ntp_at < _NTP_RETRY_S):
+            return
+        self._ntp_at = up
+        old = b.now()
+        if b.sync_ntp(host):
+            self.meter.clock_set(old, b.now(), up)
+
+    def _pump(self, up):
+        tr = self.transport
+        for kind, msg in tr.poll():
+            if kind == "ack":
+                self.meter.handle_ack(msg)
+            elif kind == "cmd":
+                self.command(msg)
+        if not tr.connected():
+            self.sent_upto = 0
+            return
+        acked = self.meter.spool.acked
+        if self.sent_upto > acked and up - self._sent_at >= _RESEND_S:
+            self.sent_upto = acked  # no ack for a while: send the backlog again
+        batch = self.meter.pending(max(self.sent_upto, acked), _BATCH)
+        if batch and tr.send_readings([m for _, m in batch]):
+            self.sent_upto = batch[-1][0]
+            self._sent_at = up
+
+    def command(self, msg):
+        b = self.board
+        now = b.now()
+        result, f = self.meter.accept_command(msg, now, b.clock_synced())
+        if f is not None:
+            ok, detail = True, ""
+            try:
+                detail = self._apply(f[3], f[4])
+            except Exception as e:  # noqa: BLE001  a failed actuator is reported, not fatal
+                ok, detail = False, "failed: " + str(e)
+            result = self.meter.finish_command(f, b.now(), ok, detail, self.uptime())
+        if self.transport is not None:
+            self.transport.send_result(result)
+        if self.reboot_requested:
+            self.meter.prepare_reboot()
+            b.reboot()
+        return result
+
+    def _apply(self, op, args):
+        b = self.board
+        src = self.meter.source
+        if op == "relay":
+            b.relay(args[1])
+            if hasattr(src, "relay_on"):
+                src.relay_on = args[1]
+            return "relay " + ("on" if args[1] else "off")
+        if op == "limit":
+            if hasattr(src, "limit_w"):
+                src.limit_w = args[1]
+            self.config["limit_w"] = args[1]
+            return "limit " + str(args[1]) + " W"
+        if op == "interval":
+            return "interval " + str(args[1]) + " s from the next boundary"
+        if op == "time":
+            old = b.now()
+            b.set_time(args[1])
+            self.meter.clock_set(old, b.now(), self.uptime())
+            return "clock set"
+        if op == "reboot":
+            self.reboot_requested = True
+            return "rebooting"
+        return "pong"
+
+    def run_forever(self, period_ms=1000):
+        self.board.watchdog_start(max(8000, 4 * period_ms))
+        while True:
+            self.step()
+            self.board.sleep_ms(period_ms)

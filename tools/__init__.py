@@ -1,0 +1,1 @@
+"""Command-line tools: sign/verify readings, provision, flash, simulate, audit."""
