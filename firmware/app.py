@@ -38,10 +38,11 @@ class App:
         fog_id = unhexlify(config["fog"]) if config.get("fog") else (keys.party_id(fog_pub) if fog_pub else bytes(8))
         self.meter = Meter(board.fs(), source or make_source(config, board), board.random_bytes,
                            fog_id, fog_pub, config.get("dur", 900), VERSION, board.name,
-                           config.get("spool_capacity", 3072))
+                           config.get("spool_capacity", getattr(board, "spool_capacity", 3072)))
         self._t0 = board.ticks_ms()
         self.sent_upto = 0
-        self._sent_at = 0
+        self._acked_seen = 0
+        self._waiting_since = 0
         self._ntp_at = None
         self.reboot_requested = False
 
@@ -51,6 +52,9 @@ class App:
     def start(self):
         b = self.board
         self.meter.boot(b.now(), b.clock_synced(), b.reset_cause(), self.uptime())
+        # restore the last commanded actuator state (the hal boots with the supply on)
+        self._set_relay(self.meter.st["relay"])
+        self._set_limit(self.meter.st["limit"])
         if self.transport is not None:
             self.transport.connect(keys.id_hex(self.meter.id), self.meter.birth())
         return self.meter
@@ -88,12 +92,18 @@ class App:
             self.sent_upto = 0
             return
         acked = self.meter.spool.acked
-        if self.sent_upto > acked and up - self._sent_at >= _RESEND_S:
-            self.sent_upto = acked  # no ack for a while: send the backlog again
+        if acked != self._acked_seen:
+            self._acked_seen = acked
+            self._waiting_since = up
+        # the timer runs from the last ack progress, not the last send, so a steady flow
+        # of new readings can't postpone the resend of an unacknowledged one forever
+        if self.sent_upto > acked and up - self._waiting_since >= _RESEND_S:
+            self.sent_upto = acked
         batch = self.meter.pending(max(self.sent_upto, acked), _BATCH)
         if batch and tr.send_readings([m for _, m in batch]):
+            if batch[0][0] == acked + 1:
+                self._waiting_since = up
             self.sent_upto = batch[-1][0]
-            self._sent_at = up
 
     def command(self, msg):
         b = self.board
@@ -115,16 +125,13 @@ class App:
 
     def _apply(self, op, args):
         b = self.board
-        src = self.meter.source
         if op == "relay":
-            b.relay(args[1])
-            if hasattr(src, "relay_on"):
-                src.relay_on = args[1]
+            self._set_relay(args[1])
+            self.meter.remember("relay", args[1])
             return "relay " + ("on" if args[1] else "off")
         if op == "limit":
-            if hasattr(src, "limit_w"):
-                src.limit_w = args[1]
-            self.config["limit_w"] = args[1]
+            self._set_limit(args[1])
+            self.meter.remember("limit", args[1])
             return "limit " + str(args[1]) + " W"
         if op == "interval":
             return "interval " + str(args[1]) + " s from the next boundary"
@@ -137,6 +144,17 @@ class App:
             self.reboot_requested = True
             return "rebooting"
         return "pong"
+
+    def _set_relay(self, on):
+        self.board.relay(on)
+        src = self.meter.source
+        if hasattr(src, "relay_on"):  # a simulated household feels its own relay
+            src.relay_on = on
+
+    def _set_limit(self, watts):
+        src = self.meter.source
+        if hasattr(src, "limit_w"):
+            src.limit_w = watts
 
     def run_forever(self, period_ms=1000):
         self.board.watchdog_start(max(8000, 4 * period_ms))

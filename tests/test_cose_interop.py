@@ -7,13 +7,14 @@ import hashlib
 
 import cbor2
 import pytest
-from core import cbor, cose, keys, p256
-from core import messages as M
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pycose.keys import EC2Key
 from pycose.keys.curves import P256
 from pycose.messages import Sign1Message
+
+from core import cbor, cose, keys, p256
+from core import messages as M
 
 D = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
 

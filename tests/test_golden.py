@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 import pytest
+
 from core import cose, keys
 from core import messages as M
-
 from tests import reference
 
 GOLDEN = json.loads(reference.VECTORS.read_text())

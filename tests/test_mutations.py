@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from core import cbor, cose, keys, p256
-from core import messages as M
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from core import cbor, cose, keys, p256
+from core import messages as M
 
 KEY = keys.SigningKey(0x1234567890ABCDEF)
 VK = keys.VerifyingKey(KEY.pub)

@@ -33,7 +33,8 @@ class Meter:
         self.hw = hw
         self.spool = Spool(fs, "spool", per_segment, spool_capacity)
         self.st = {"seq": 0, "prev": M.ZERO32, "boot": 0, "last_t": 0,
-                   "dur": dur, "cid": 0, "cmd": b"", "clean": False, "src": {}}
+                   "dur": dur, "cid": 0, "cmd": b"", "clean": False, "src": {},
+                   "relay": True, "limit": 0}
         self.engine = None
         self.key = None
         self.stats = {"readings": 0, "spool_full": 0, "acks": 0, "ack_rejected": 0,
@@ -82,6 +83,11 @@ class Meter:
         self.engine = IntervalEngine(self.st, self.st["dur"])
         self.engine.boot(now, synced, power_lost, uptime)
         return self.st["boot"]
+
+    def remember(self, key, value):
+        """Persist an actuator setting (relay, limit) so that it survives a reboot."""
+        self.st[key] = value
+        self._save()
 
     def prepare_reboot(self):
         """A deliberate reboot (command) is not a power failure."""
@@ -151,8 +157,10 @@ class Meter:
 
     def _check_from_fog(self, msg, want_type):
         """Parsed payload of a fog message for this meter, or a rejection reason (str)."""
+        # cheap checks first: a meter should not spend an ECDSA verification (seconds on
+        # an ESP32) on a message that is not for it
         try:
-            m = cose.verify(msg, self.fog_key) if self.fog_key else cose.parse(msg)
+            m = cose.parse(msg)
             M.check_fields(m.fields)
         except (cose.CoseError, M.FieldError) as e:
             return getattr(e, "reason", "bad_fields") + ": " + str(e)
@@ -163,6 +171,11 @@ class Meter:
             return "wrong_fog: signed by a fog this meter is not configured for"
         if f[1] != self.key.id:
             return "wrong_dev: addressed to another meter"
+        if self.fog_key is not None:
+            try:
+                cose.verify(msg, self.fog_key)
+            except cose.CoseError as e:
+                return e.reason + ": " + str(e)
         return f
 
     def handle_ack(self, msg):
