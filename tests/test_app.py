@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from app import App
 from core import cose, keys
 from core import messages as M
 from hal.host import Board, HostReboot
-
 from tests.meterkit import FOG, T0
 
 

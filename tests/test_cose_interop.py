@@ -45,7 +45,7 @@ def test_pycose_verifies_firmware_reading(seq: int):
     decoded = _pycose_decode(msg)
     decoded.key = _cose_key(k.pub)
     assert decoded.verify_signature()
-    assert cbor2.loads(decoded.payload)[2] == seq
+    assert decoded.payload is not None and cbor2.loads(decoded.payload)[2] == seq
     assert k.id in [v for v in decoded.uhdr.values() if isinstance(v, bytes)]
 
 

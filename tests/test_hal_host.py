@@ -136,7 +136,6 @@ def test_rs485_needs_a_port():
 
 
 def test_rs485_over_pyserial_loopback():
-    pytest.importorskip("serial")
     board = Board({"rs485_port": "loop://"})
     port = board.uart_rs485()
     assert port is board.uart_rs485()

@@ -12,7 +12,7 @@ class CBORError(ValueError):
     """reason is a short stable code (for counters); the message says what was wrong."""
 
     def __init__(self, reason, msg):
-        ValueError.__init__(self, msg)
+        super().__init__(msg)
         self.reason = reason
 
 

@@ -18,7 +18,7 @@ _TBS_PREFIX = b"\x84\x6aSignature1\x43\xa1\x01\x26\x40"
 
 class CoseError(ValueError):
     def __init__(self, reason, msg):
-        ValueError.__init__(self, msg)
+        super().__init__(msg)
         self.reason = reason
 
 
