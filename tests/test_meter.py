@@ -227,6 +227,12 @@ def _rejected(m, msg, now=T0, synced=True):
     assert f is None, "the meter must not act"
     r = _result(m, res)
     assert r[3] == M.RESULT_REJECTED
+    # the rejection echoes the command's cid whenever one can be read, so the fog can match it
+    try:
+        want = cose.cbor.decode(cose.cbor.decode(msg, (18,)).value[2])[2]
+    except Exception:
+        want = 0
+    assert r[2] == want
     return r[4]
 
 

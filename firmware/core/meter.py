@@ -238,9 +238,11 @@ class Meter:
 
 
 def _cid_of(msg):
-    # best effort: echo the cid of a command we reject, 0 if it can't even be parsed
+    # best effort, for echoing in a rejection: the cid of anything shaped like a command,
+    # even when its envelope breaks a rule; 0 if no cid can be read at all
     try:
-        cid = cose.parse(msg).fields.get(2, 0)
+        env = cbor.decode(msg, (18,))
+        cid = cbor.decode(env.value[2]).get(2, 0)
         return cid if isinstance(cid, int) and not isinstance(cid, bool) and cid >= 0 else 0
     except Exception:  # noqa: BLE001
         return 0
