@@ -51,6 +51,16 @@ def _double(pt):
     return (x3, y3, z3)
 
 
+def _finish(u1, s1, h, r, z3):
+    # the common tail of both additions: X3 = r^2 - h^3 - 2 u1 h^2, Y3 = r (u1 h^2 - X3) - s1 h^3
+    p = P
+    hh = h * h % p
+    hhh = h * hh % p
+    v = u1 * hh % p
+    x3 = (r * r - hhh - 2 * v) % p
+    return (x3, (r * (v - x3) - s1 * hhh) % p, z3)
+
+
 def _add(p1, p2):
     # Jacobian + Jacobian; handles infinity, doubling and inverse points
     x1, y1, z1 = p1
@@ -72,13 +82,7 @@ def _add(p1, p2):
         if r == 0:
             return _double(p1)
         return (0, 1, 0)
-    hh = h * h % p
-    hhh = h * hh % p
-    v = u1 * hh % p
-    x3 = (r * r - hhh - 2 * v) % p
-    y3 = (r * (v - x3) - s1 * hhh) % p
-    z3 = h * z1 * z2 % p
-    return (x3, y3, z3)
+    return _finish(u1, s1, h, r, h * z1 * z2 % p)
 
 
 def _add_affine(p1, x2, y2):
@@ -96,13 +100,7 @@ def _add_affine(p1, x2, y2):
         if r == 0:
             return _double(p1)
         return (0, 1, 0)
-    hh = h * h % p
-    hhh = h * hh % p
-    v = x1 * hh % p
-    x3 = (r * r - hhh - 2 * v) % p
-    y3 = (r * (v - x3) - y1 * hhh) % p
-    z3 = h * z1 % p
-    return (x3, y3, z3)
+    return _finish(x1, y1, h, r, h * z1 % p)
 
 
 def to_affine(pt):
