@@ -54,6 +54,8 @@ class VirtualMeter:
 
 def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: dict[str, Any],
                transport: Any = None) -> VirtualMeter:
+    """One meter: its board, its app, and (config "transport": "mqtt") the firmware's own
+    MQTT transport over the paho-backed umqtt API."""
     host = module("hal.host")
     app_mod = module("app")
     cfg = dict(config)
@@ -61,6 +63,10 @@ def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: 
     board_cfg = dict(cfg, data_dir=str(data_dir), clock=clock.now, ticks_ms=clock.ticks_ms,
                      sleep_ms=lambda ms: None)
     board = host.Board(board_cfg)
+    if transport is None and cfg.get("transport") == "mqtt":
+        from hardware import umqtt_paho
+
+        transport = module("transport_mqtt").MqttTransport(board, cfg, umqtt_paho.factory)
     vm = VirtualMeter(index, None, board)
     vm.app = app_mod.App(board, cfg, transport, on_reading=vm.readings.append)
     vm.app.start()
@@ -116,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dur", type=int, default=900, help="interval length in seconds")
     ap.add_argument("--fog", help="fog id (16 hex) the meters are configured for")
     ap.add_argument("--fog-pub", help="fog public key (130 hex); meters then verify acks/commands")
+    ap.add_argument("--mqtt-host", help="send readings to this MQTT broker (SPEC section 5)")
+    ap.add_argument("--mqtt-port", type=int, default=1883)
+    ap.add_argument("--mqtt-root", default="grid", help="topic root")
     ap.add_argument("--fresh", action="store_true", help="wipe --data-dir first (new keys)")
     ap.add_argument("--print", dest="show", action="store_true", help="print every signed reading")
     args = ap.parse_args(argv)
@@ -129,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         config["fog"] = args.fog
     if args.fog_pub:
         config["fog_pub"] = args.fog_pub
+    if args.mqtt_host:
+        if not args.fog:
+            ap.error("--mqtt-host needs --fog (the fog id is part of the ack and command topics)")
+        config.update(transport="mqtt", mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
+                      mqtt_root=args.mqtt_root)
     out = print if args.show else None
     try:
         meters = run(args.count, args.data_dir, args.compress, args.intervals, start, config, out,

@@ -13,3 +13,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 if str(FIRMWARE) not in sys.path:
     sys.path.insert(0, str(FIRMWARE))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real mosquitto on a free loopback port, stopped after the test."""
+    from hardware.broker import Mosquitto
+
+    with Mosquitto(tmp_path / "broker") as b:
+        yield b

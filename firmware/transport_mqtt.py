@@ -1,0 +1,148 @@
+# MQTT transport of the meter (SPEC section 5), written against the umqtt.simple API
+# (installed on the board with mip at flash time). On the host the same API is provided
+# by hardware/umqtt_paho.py over paho-mqtt, so virtual meters run this very code.
+#
+# Sessions are persistent (clean_session False): acks and commands the fog publishes
+# while the meter is away are queued by the broker and delivered when it is back.
+# A backlog batch is a CBOR array of 1..32 reading messages, inline and in seq order; a
+# single reading is sent as itself (docs/PROTOCOL.md, "MQTT").
+from core.compat import const
+
+_KEEPALIVE = const(60)
+_BACKOFF_MAX_S = const(60)
+_DRAIN = const(16)  # incoming messages handled per poll, so one poll stays short
+
+
+def batch_payload(msgs):
+    n = len(msgs)
+    if n == 1:
+        return msgs[0]
+    if not 1 < n <= 32:
+        raise ValueError("a batch holds 1..32 readings")
+    head = bytes([0x80 | n]) if n < 24 else bytes([0x98, n])
+    return head + b"".join(msgs)
+
+
+def _umqtt_client(client_id, server, port, keepalive):
+    from umqtt.simple import MQTTClient
+
+    return MQTTClient(client_id, server, port=port, keepalive=keepalive)
+
+
+class MqttTransport:
+    def __init__(self, board, config, client_factory=None):
+        self.board = board
+        self.server = config.get("mqtt_host", "127.0.0.1")
+        self.port = config.get("mqtt_port", 1883)
+        self.root = config.get("mqtt_root", "grid")
+        self.fog_hex = config.get("fog", "")
+        self.factory = client_factory or _umqtt_client
+        self.client = None
+        self.dev_hex = None
+        self.birth = None
+        self.inbox = []
+        self._retry_at = 0
+        self._backoff = 1
+        self.stats = {"connects": 0, "failures": 0, "published": 0}
+
+    def _t(self, kind, fog=False):
+        if fog:
+            return self.root + "/f/" + self.fog_hex + "/" + kind + "/" + self.dev_hex
+        return self.root + "/d/" + self.dev_hex + "/" + kind
+
+    def _uptime(self):
+        b = self.board
+        return b.ticks_ms() // 1000
+
+    def connect(self, dev_hex, birth):
+        self.dev_hex = dev_hex
+        self.birth = birth
+        return self._connect()
+
+    def _connect(self):
+        try:
+            c = self.factory(self.dev_hex.encode(), self.server, self.port, _KEEPALIVE)
+            c.set_callback(self._on_message)
+            c.set_last_will(self._t("status").encode(), b"offline", True, 1)
+            c.connect(False)
+            c.subscribe(self._t("ack", True).encode(), 1)
+            c.subscribe(self._t("cmd", True).encode(), 1)
+            c.publish(self._t("birth").encode(), self.birth, True, 1)
+            c.publish(self._t("status").encode(), b"online", True, 1)
+        except Exception:  # noqa: BLE001  OSError, or umqtt's MQTTException on a refused CONNECT
+            self.client = c
+            self._down()
+            return False
+        self.client = c
+        self._backoff = 1
+        self.stats["connects"] += 1
+        return True
+
+    def _down(self):
+        self.stats["failures"] += 1
+        c = self.client
+        self.client = None
+        if c is not None:
+            try:
+                # drop the TCP link without DISCONNECT, so the broker publishes our will
+                c.sock.close()
+            except Exception:  # noqa: BLE001  the socket may be gone already
+                pass
+        self._retry_at = self._uptime() + self._backoff
+        self._backoff = min(self._backoff * 2, _BACKOFF_MAX_S)
+
+    def _on_message(self, topic, msg):
+        t = topic.decode() if isinstance(topic, bytes) else topic
+        if t.endswith("/ack/" + self.dev_hex):
+            self.inbox.append(("ack", bytes(msg)))
+        elif t.endswith("/cmd/" + self.dev_hex):
+            self.inbox.append(("cmd", bytes(msg)))
+
+    def connected(self):
+        return self.client is not None
+
+    def _publish(self, kind, payload):
+        if self.client is None:
+            return False
+        try:
+            self.client.publish(self._t(kind).encode(), payload, False, 1)
+        except Exception:  # noqa: BLE001  the link is gone: reconnect later, readings stay spooled
+            self._down()
+            return False
+        self.stats["published"] += 1
+        return True
+
+    def send_readings(self, msgs):
+        return self._publish("reading", batch_payload(msgs))
+
+    def send_result(self, msg):
+        self._publish("result", msg)
+
+    def poll(self):
+        if self.client is None:
+            if self.dev_hex is not None and self._uptime() >= self._retry_at:
+                self._connect()
+        else:
+            try:
+                for _ in range(_DRAIN):
+                    if self.client.check_msg() is None and not self._pending_more():
+                        break
+            except Exception:  # noqa: BLE001
+                self._down()
+        out = self.inbox
+        self.inbox = []
+        return out
+
+    def _pending_more(self):
+        # umqtt returns None both for "nothing" and "handled one"; ask the client if it
+        # can tell (the host adapter can), else one message per poll
+        more = getattr(self.client, "pending", None)
+        return bool(more and more())
+
+    def close(self):
+        if self.client is not None:
+            try:
+                self.client.disconnect()
+            except OSError:
+                pass
+            self.client = None
