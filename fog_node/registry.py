@@ -1,0 +1,184 @@
+"""The fog node's device registry (SQLite): enrolled meters, quarantine, evidence, alerts.
+
+Enrollment and revocation themselves are log entries (signed type-8 messages); this
+registry is the node's working state: who is active, the last verified reading of each
+meter (for replay, prev-link and gap checks), readings from unknown meters waiting for
+enrollment, and evidence of equivocation. The clock is passed in, never read here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ACTIVE = "active"
+REVOKED = "revoked"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    dev BLOB PRIMARY KEY, pub BLOB NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL,
+    since INTEGER NOT NULL, decision_index INTEGER,
+    last_seq INTEGER NOT NULL DEFAULT 0, last_digest BLOB, last_t INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS readings (
+    dev BLOB NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL, leaf INTEGER NOT NULL,
+    PRIMARY KEY (dev, seq));
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY, dev BLOB NOT NULL, raw BLOB NOT NULL UNIQUE, received INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evidence (
+    id INTEGER PRIMARY KEY, dev BLOB NOT NULL, seq INTEGER NOT NULL, logged BLOB NOT NULL,
+    conflicting BLOB NOT NULL UNIQUE, received INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY, t INTEGER NOT NULL, kind TEXT NOT NULL, dev BLOB, detail TEXT NOT NULL);
+"""
+
+
+class RegistryError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Device:
+    dev: bytes
+    pub: bytes
+    status: str
+    reason: str
+    since: int
+    last_seq: int
+    last_digest: bytes | None
+    last_t: int
+    gaps: int
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+
+class Registry:
+    def __init__(self, path: Path | str) -> None:
+        # one connection, used from the ingest thread; WAL so the HTTP API can read alongside
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- devices ----------------------------------------------------------------------
+    def device(self, dev: bytes) -> Device | None:
+        row = self.db.execute(
+            "SELECT dev, pub, status, reason, since, last_seq, last_digest, last_t, gaps "
+            "FROM devices WHERE dev = ?", (dev,)).fetchone()
+        return Device(*row) if row else None
+
+    def devices(self) -> list[Device]:
+        rows = self.db.execute(
+            "SELECT dev, pub, status, reason, since, last_seq, last_digest, last_t, gaps "
+            "FROM devices ORDER BY dev").fetchall()
+        return [Device(*r) for r in rows]
+
+    def set_status(self, dev: bytes, pub: bytes, status: str, reason: str, t: int,
+                   decision_index: int | None = None) -> None:
+        if status not in (ACTIVE, REVOKED):
+            raise RegistryError(f"status must be {ACTIVE!r} or {REVOKED!r}, not {status!r}")
+        old = self.device(dev)
+        if old is not None and old.pub != pub:
+            raise RegistryError(f"meter {dev.hex()} is enrolled with another public key")
+        self.db.execute(
+            "INSERT INTO devices (dev, pub, status, reason, since, decision_index) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(dev) DO UPDATE SET status = excluded.status, "
+            "reason = excluded.reason, since = excluded.since, "
+            "decision_index = excluded.decision_index",
+            (dev, pub, status, reason, t, decision_index))
+
+    # -- readings index (written with the log batch that holds them) -----------------
+    def logged_digest(self, dev: bytes, seq: int) -> tuple[bytes, int] | None:
+        row = self.db.execute("SELECT digest, leaf FROM readings WHERE dev = ? AND seq = ?",
+                              (dev, seq)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def indexed_upto(self) -> int:
+        """Log size this registry has indexed; the log may be ahead after a crash between
+        the log's commit and the registry's, and startup re-indexes that tail."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'indexed_upto'").fetchone()
+        return int(row[0]) if row else 0
+
+    def record_readings(self, rows: list[tuple[bytes, int, bytes, int, int]],
+                        log_size: int) -> None:
+        """(dev, seq, digest, leaf index, t) of readings just committed to the log, which
+        now holds log_size entries."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute("INSERT INTO meta (k, v) VALUES ('indexed_upto', ?) "
+                        "ON CONFLICT(k) DO UPDATE SET v = MAX(v, excluded.v)", (log_size,))
+            cur.executemany("INSERT OR IGNORE INTO readings (dev, seq, digest, leaf) "
+                            "VALUES (?, ?, ?, ?)", [r[:4] for r in rows])
+            for dev, seq, digest, _leaf, t in rows:
+                cur.execute(
+                    "UPDATE devices SET gaps = gaps + (CASE WHEN ? > last_seq + 1 THEN ? - last_seq - 1 "
+                    "ELSE 0 END), last_seq = ?, last_digest = ?, last_t = ? "
+                    "WHERE dev = ? AND ? > last_seq", (seq, seq, seq, digest, t, dev, seq))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def contiguous_seq(self, dev: bytes) -> int:
+        """Highest seq such that every reading 1..seq of dev is logged (what an ack says)."""
+        row = self.db.execute(
+            "SELECT COUNT(*), MAX(seq) FROM readings WHERE dev = ?", (dev,)).fetchone()
+        count, top = row[0], row[1] or 0
+        if count == top:
+            return int(top)
+        # a hole: find the first missing seq
+        seqs = [r[0] for r in self.db.execute(
+            "SELECT seq FROM readings WHERE dev = ? ORDER BY seq", (dev,))]
+        for expected, seq in enumerate(seqs, start=1):
+            if seq != expected:
+                return expected - 1
+        return len(seqs)
+
+    # -- quarantine ---------------------------------------------------------------------
+    def quarantine(self, dev: bytes, raw: bytes, t: int) -> bool:
+        cur = self.db.execute("INSERT OR IGNORE INTO quarantine (dev, raw, received) VALUES (?, ?, ?)",
+                              (dev, raw, t))
+        return cur.rowcount == 1
+
+    def quarantined(self, dev: bytes | None = None) -> list[tuple[bytes, bytes, int]]:
+        if dev is None:
+            rows = self.db.execute("SELECT dev, raw, received FROM quarantine ORDER BY id")
+        else:
+            rows = self.db.execute("SELECT dev, raw, received FROM quarantine WHERE dev = ? "
+                                   "ORDER BY id", (dev,))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def release(self, dev: bytes) -> Iterator[bytes]:
+        """Quarantined messages of dev, removed from quarantine (the caller reprocesses them)."""
+        rows = self.quarantined(dev)
+        self.db.execute("DELETE FROM quarantine WHERE dev = ?", (dev,))
+        for _, raw, _ in rows:
+            yield raw
+
+    # -- evidence and alerts ----------------------------------------------------------------
+    def add_evidence(self, dev: bytes, seq: int, logged: bytes, conflicting: bytes, t: int) -> bool:
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO evidence (dev, seq, logged, conflicting, received) "
+            "VALUES (?, ?, ?, ?, ?)", (dev, seq, logged, conflicting, t))
+        return cur.rowcount == 1
+
+    def evidence(self) -> list[tuple[bytes, int, bytes, bytes]]:
+        return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(
+            "SELECT dev, seq, logged, conflicting FROM evidence ORDER BY id")]
+
+    def alert(self, t: int, kind: str, dev: bytes | None, detail: str) -> None:
+        self.db.execute("INSERT INTO alerts (t, kind, dev, detail) VALUES (?, ?, ?, ?)",
+                        (t, kind, dev, detail))
+
+    def alerts(self) -> list[tuple[int, str, bytes | None, str]]:
+        return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(
+            "SELECT t, kind, dev, detail FROM alerts ORDER BY id")]
