@@ -20,7 +20,8 @@ def reg(tmp_path):
 def test_enroll_revoke_and_reopen(tmp_path):
     r = Registry(tmp_path / "r.db")
     r.set_status(A, PUB_A, ACTIVE, "provisioned", 100, decision_index=0)
-    assert r.device(A) is not None and r.device(A).active
+    d0 = r.device(A)
+    assert d0 is not None and d0.active
     r.set_status(A, PUB_A, REVOKED, "stolen", 200)
     r.close()
     r2 = Registry(tmp_path / "r.db")
