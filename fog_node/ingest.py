@@ -138,23 +138,27 @@ class Ingest:
             k = self._pubs[dev] = P.PublicKey(pub)
         return k
 
-    def process(self, payloads: Sequence[bytes]) -> tuple[list[Outcome], list[tuple[bytes, bytes]]]:
+    def process(self, payloads: Sequence[bytes], topic_devs: Sequence[bytes | None] | None = None,
+                ) -> tuple[list[Outcome], list[tuple[bytes, bytes]]]:
         """Verify, check and log a group of payloads; returns outcomes and (dev, ack) to send.
 
+        topic_devs, when given, is the meter id of the topic each payload arrived on: a
+        message signed by another meter than its topic names is rejected (topic_mismatch).
         The acks are built only after the log transaction committed."""
         now = int(self.clock())
         outcomes: list[Outcome] = []
         batch: list[_Pending] = []
         in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}  # (dev, seq) -> digest, prev
         touched: set[bytes] = set()
-        for payload in payloads:
+        for i, payload in enumerate(payloads):
             try:
                 raws = split_batch(payload)
             except ProtocolError as e:
                 outcomes.append(self._reject(e.reason, str(e)))
                 continue
+            topic_dev = topic_devs[i] if topic_devs is not None else None
             for raw in raws:
-                out = self._check(raw, now, batch, in_batch, touched)
+                out = self._check(raw, now, batch, in_batch, touched, topic_dev)
                 if out is not None:
                     outcomes.append(out)
         if batch:
@@ -179,11 +183,15 @@ class Ingest:
         return P.sign1(self.key, P.ack(dev, seq, logged[0], now, self.key.id))
 
     def _check(self, raw: bytes, now: int, batch: list[_Pending],
-               in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]], touched: set[bytes]) -> Outcome | None:
+               in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]], touched: set[bytes],
+               topic_dev: bytes | None = None) -> Outcome | None:
         try:
             m = P.parse(raw, schema=False)
         except ProtocolError as e:
             return self._reject(e.reason, str(e))
+        if topic_dev is not None and m.kid != topic_dev:
+            return self._reject("topic_mismatch", f"message of meter {m.kid.hex()} on the topic "
+                                f"of meter {topic_dev.hex()}", m.kid)
         if m.type not in _FROM_METER:
             return self._reject("wrong_type", f"type {m.type} is not sent by meters", m.kid)
         dev = m.kid

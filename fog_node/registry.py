@@ -149,6 +149,9 @@ class Registry:
                               (dev, raw, t))
         return cur.rowcount == 1
 
+    def quarantine_size(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+
     def quarantined(self, dev: bytes | None = None) -> list[tuple[bytes, bytes, int]]:
         if dev is None:
             rows = self.db.execute("SELECT dev, raw, received FROM quarantine ORDER BY id")

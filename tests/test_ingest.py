@@ -248,3 +248,12 @@ def test_restart_reindexes_what_the_registry_missed(tmp_path):
     assert statuses(outs) == [(DUPLICATE, "")] and [ack_seq(a) for _, a in acks] == [3]
     log.close()
     reg.close()
+
+
+def test_a_message_on_another_meters_topic_is_rejected(fog):
+    enroll(fog, METER)
+    enroll(fog, OTHER)
+    outs, _ = fog.process(chain(METER, 1), [OTHER.id])
+    assert statuses(outs) == [(REJECTED, "topic_mismatch")]
+    outs, _ = fog.process(chain(METER, 1), [METER.id])
+    assert statuses(outs) == [(LOGGED, "")]

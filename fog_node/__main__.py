@@ -1,0 +1,169 @@
+"""python -m fog_node init | run | enroll | revoke
+
+    python -m fog_node init --data-dir fog-data
+    python -m fog_node run --config fog.toml [--mqtt-host H --mqtt-port P --data-dir D --http-port N]
+    python -m fog_node enroll --pub PUBHEX [--reason TEXT] [--data-dir D]
+    python -m fog_node enroll --file provisioning.json
+    python -m fog_node revoke --pub PUBHEX --reason TEXT
+
+The config file is TOML with the keys of FogConfig (data_dir, mqtt_host, mqtt_port,
+mqtt_root, http_host, http_port, seal_period_s, interval_s, grace_s, skew_s, batch_max,
+batch_wait_s); a flag overrides the file. While a node runs, enroll/revoke hand their
+decision to it (it owns the log); otherwise they write it themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fog_node.node import FogConfig, FogError, FogNode, init_data_dir
+from fog_node.service import FogService, apply_request, lock_data_dir, queue_request
+
+_FLAGS = {  # flag -> (FogConfig field, type)
+    "mqtt_host": str, "mqtt_port": int, "mqtt_root": str, "data_dir": Path, "http_host": str,
+    "http_port": int, "seal_period_s": float, "interval_s": int, "grace_s": int, "skew_s": int,
+    "batch_max": int, "batch_wait_s": float,
+}
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise FogError(f"config {path}: {e}") from None
+        doc = doc.get("fog", doc)  # a [fog] table or top-level keys
+        for key, value in doc.items():
+            if key not in _FLAGS:
+                raise FogError(f"config {path}: unknown key {key!r} (known: {', '.join(_FLAGS)})")
+            values[key] = _FLAGS[key](value)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return FogConfig(**values)
+
+
+def _provisioning(path: Path) -> list[dict[str, Any]]:
+    """A provisioning file: a JSON list of {"pub": hex, "reason"?}, or {"meters": [...]}."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FogError(f"provisioning file {path}: {e}") from None
+    meters = doc.get("meters") if isinstance(doc, dict) else doc
+    if not isinstance(meters, list) or not all(isinstance(m, dict) and "pub" in m for m in meters):
+        raise FogError(f"provisioning file {path}: expected a list of {{\"pub\": hex}} objects")
+    return meters
+
+
+def decide(data_dir: Path, requests: list[dict[str, Any]]) -> None:
+    held = lock_data_dir(data_dir)
+    if held is None:  # a node is running: it owns the log, hand it the decisions
+        for r in requests:
+            queue_request(data_dir, r)
+        print(f"{len(requests)} decision(s) queued for the running fog node")
+        return
+    try:
+        node = FogNode(FogConfig(data_dir=data_dir), time.time)
+        try:
+            for r in requests:
+                outcomes, _ = apply_request(node, r)
+                print(f"{r['pub'][:16]}…: {r.get('status', 'active')}"
+                      + (f", {len(outcomes)} quarantined message(s) processed" if outcomes else ""))
+        finally:
+            node.close()
+    finally:
+        held.close()
+
+
+def run(config: FogConfig) -> int:
+    held = lock_data_dir(config.data_dir)
+    if held is None:
+        raise FogError(f"another fog node is running on {config.data_dir}")
+    node = FogNode(config, time.time)
+    service = FogService(node)
+    api = None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        service.start()
+        try:
+            from fog_node.api import FogAPI
+
+            api = FogAPI(node)
+            http_port = api.start(config.http_host, config.http_port)
+        except ImportError:  # the API module is optional for a headless node
+            http_port = 0
+        print(f"fog {node.id_hex} running: mqtt {config.mqtt_host}:{config.mqtt_port}, "
+              f"http {config.http_host}:{http_port}, data {config.data_dir}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        service.stop()
+        if api is not None:
+            api.stop()
+        node.close()
+        held.close()
+    print("fog stopped cleanly", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fog_node", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p_init = sub.add_parser("init", help="create the data dir and the fog key")
+    p_init.add_argument("--data-dir", type=Path, default=Path("fog-data"))
+    p_run = sub.add_parser("run", help="run the fog node")
+    p_run.add_argument("--config", type=Path)
+    for name, typ in _FLAGS.items():
+        p_run.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    for name in ("enroll", "revoke"):
+        p = sub.add_parser(name, help=f"{name} a meter by its public key")
+        p.add_argument("--data-dir", type=Path, default=Path("fog-data"))
+        p.add_argument("--pub", help="SEC1 public key, 130 hex characters")
+        p.add_argument("--reason", default="provisioned" if name == "enroll" else "")
+        if name == "enroll":
+            p.add_argument("--file", type=Path, help="provisioning file (JSON)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.cmd == "init":
+            key = init_data_dir(args.data_dir)
+            print(f"fog id {key.id.hex()}\nfog pub {key.public_key.raw.hex()}")
+            return 0
+        if args.cmd == "run":
+            flags = {k: getattr(args, k) for k in _FLAGS}
+            return run(load_config(args.config, flags))
+        status = "active" if args.cmd == "enroll" else "revoked"
+        if args.cmd == "revoke" and not args.reason:
+            ap.error("revoke needs --reason")
+        if getattr(args, "file", None):
+            reqs = [{"pub": m["pub"], "status": status, "reason": m.get("reason", args.reason)}
+                    for m in _provisioning(args.file)]
+        elif args.pub:
+            reqs = [{"pub": args.pub, "status": status, "reason": args.reason}]
+        else:
+            ap.error(f"{args.cmd} needs --pub or --file")
+        decide(args.data_dir, reqs)
+        return 0
+    except FogError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # a bad public key and the like, with its reason
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
