@@ -34,6 +34,8 @@ mpy: setup
 
 bench: setup
 	$(PY) -m tools.bench
+	$(PY) -m tools.bench_verify
+	$(PY) -m tools.bench_fog --meters 1000 --readings 10000
 
 demo: setup
 	$(PY) -m hardware.virtual_meter --count 3 --compress 900 --intervals 4 --print --fresh

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fog_node import protocol as P
 from fog_node.cbor import ProtocolError, item_end
 from fog_node.logstore import LogStore
-from fog_node.registry import ACTIVE, REVOKED, Registry
+from fog_node.registry import ACTIVE, REVOKED, Device, Registry
 
 LOGGED, DUPLICATE, QUARANTINED, REJECTED = "logged", "duplicate", "quarantined", "rejected"
 # message types a meter may send on its topics
@@ -83,6 +83,12 @@ class Ingest:
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self._pubs: dict[bytes, P.PublicKey] = {}
+        # the hot path keeps each meter's record and its highest logged (seq, digest) in
+        # memory, so an in-order reading costs no database lookups; SQLite is asked only
+        # for out-of-order readings and gap fills
+        self._devices: dict[bytes, Device | None] = {}
+        self._last: dict[bytes, tuple[int, bytes | None]] = {}
+        self._contig: dict[bytes, int] = {}
         self._births: dict[bytes, bytes] = {}  # dev -> digest of the last logged birth
         self.pending_births: dict[bytes, bytes] = {}  # unknown meters' births (pub) seen
 
@@ -101,8 +107,28 @@ class Ingest:
             elif m.type == P.BIRTH:
                 self._births[m.kid] = m.digest
         self.registry.record_readings(rows, size)
+        self._forget()
         self.counters["recovered_entries"] += size - start
         return size - start
+
+    def _forget(self, dev: bytes | None = None) -> None:
+        for cache in (self._devices, self._last, self._contig, self._pubs):
+            if dev is None:
+                cache.clear()
+            else:
+                cache.pop(dev, None)
+
+    def _device(self, dev: bytes) -> Device | None:
+        if dev not in self._devices:
+            self._devices[dev] = self.registry.device(dev)
+        return self._devices[dev]
+
+    def _last_logged(self, dev: bytes) -> tuple[int, bytes | None]:
+        last = self._last.get(dev)
+        if last is None:
+            d = self._device(dev)
+            last = self._last[dev] = (d.last_seq, d.last_digest) if d else (0, None)
+        return last
 
     # -- enrollment ---------------------------------------------------------------------
     def decide(self, pub: bytes, status: str, reason: str) -> tuple[bytes, list[Outcome], list[tuple[bytes, bytes]]]:
@@ -115,7 +141,7 @@ class Ingest:
         first = self.log.append_batch([msg])
         self.registry.set_status(key.id, pub, status, reason, now, first)
         self.registry.record_readings([], self.log.size())
-        self._pubs.pop(key.id, None)
+        self._forget(key.id)
         self.counters["enrollments" if status == ACTIVE else "revocations"] += 1
         outcomes: list[Outcome] = []
         acks: list[tuple[bytes, bytes]] = []
@@ -166,6 +192,14 @@ class Ingest:
             rows = [(p.dev, p.seq, p.msg.digest, first + i, p.msg.fields[3])
                     for i, p in enumerate(batch) if p.seq is not None]
             self.registry.record_readings(rows, self.log.size())
+            per_dev: dict[bytes, list[int]] = {}
+            for dev, seq, digest, _, _ in rows:
+                self._contiguous(dev)  # before _last moves: a cold cache is read from the db
+                if seq > self._last_logged(dev)[0]:
+                    self._last[dev] = (seq, digest)
+                per_dev.setdefault(dev, []).append(seq)
+            for dev, seqs in per_dev.items():
+                self._advance(dev, seqs)
             for p in batch:
                 outcomes.append(Outcome(LOGGED, "", p.dev, p.seq))
                 self.counters["logged"] += 1
@@ -173,14 +207,34 @@ class Ingest:
                     self._births[p.dev] = p.msg.digest
         return outcomes, [(dev, a) for dev in sorted(touched) if (a := self.ack_for(dev, now))]
 
+    def _contiguous(self, dev: bytes) -> int:
+        c = self._contig.get(dev)
+        if c is None:
+            c = self._contig[dev] = self.registry.contiguous_seq(dev)
+        return c
+
+    def _advance(self, dev: bytes, seqs: list[int]) -> None:
+        """Move dev's contiguous seq over readings just committed. Only a meter with holes
+        above it needs the database: a filled hole may join readings logged earlier."""
+        c = self._contiguous(dev)
+        for seq in sorted(seqs):
+            if seq == c + 1:
+                c = seq
+        if self._last_logged(dev)[0] > c:
+            c = self.registry.contiguous_seq(dev)
+        self._contig[dev] = c
+
     def ack_for(self, dev: bytes, now: int) -> bytes | None:
-        seq = self.registry.contiguous_seq(dev)
+        """The ack for everything 1..seq of dev now durably logged, or None."""
+        seq = self._contiguous(dev)
         if seq == 0:
             return None
-        logged = self.registry.logged_digest(dev, seq)
-        assert logged is not None
+        last_seq, last_digest = self._last_logged(dev)
+        digest = last_digest if seq == last_seq else self._logged(dev, seq)
+        assert digest is not None
         self.counters["acks"] += 1
-        return P.sign1(self.key, P.ack(dev, seq, logged[0], now, self.key.id))
+        # our own builder's output: no need to re-parse it as a receiver would
+        return P.sign1(self.key, P.ack(dev, seq, digest, now, self.key.id), check=False)
 
     def _check(self, raw: bytes, now: int, batch: list[_Pending],
                in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]], touched: set[bytes],
@@ -195,7 +249,7 @@ class Ingest:
         if m.type not in _FROM_METER:
             return self._reject("wrong_type", f"type {m.type} is not sent by meters", m.kid)
         dev = m.kid
-        device = self.registry.device(dev)
+        device = self._device(dev)
         if m.type == P.BIRTH:
             return self._birth(m, raw, device, batch)
         if device is None:
@@ -239,8 +293,9 @@ class Ingest:
                  in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]], touched: set[bytes]) -> Outcome | None:
         f = m.fields
         seq, digest = f[2], m.digest
+        last_seq, last_digest = self._last_logged(dev)
         here = in_batch.get((dev, seq))
-        logged = here[0] if here else self._logged(dev, seq)
+        logged = here[0] if here else (None if seq > last_seq else self._logged(dev, seq))
         if logged is not None:
             touched.add(dev)  # the meter missed our ack: send it again
             if logged == digest:
@@ -256,12 +311,20 @@ class Ingest:
                                 f"the fog's clock {now}", dev, seq)
         # the hash chain through prev must hold with both neighbours we already have
         before = in_batch.get((dev, seq - 1))
-        prev = before[0] if before else self._logged(dev, seq - 1)
+        if before:
+            prev: bytes | None = before[0]
+        elif seq - 1 >= last_seq:
+            prev = last_digest if seq - 1 == last_seq else None
+        else:
+            prev = self._logged(dev, seq - 1)
         if seq > 1 and prev is not None and prev != f[8]:
             return self._broken_chain(dev, seq, now, f"prev of seq {seq} is not the digest of "
                                       f"logged seq {seq - 1}")
         after = in_batch.get((dev, seq + 1))
-        next_prev = after[1] if after else self._logged_prev(dev, seq + 1)
+        if after:
+            next_prev: bytes | None = after[1]
+        else:
+            next_prev = None if seq + 1 > last_seq else self._logged_prev(dev, seq + 1)
         if next_prev is not None and next_prev != digest:
             return self._broken_chain(dev, seq, now, f"logged seq {seq + 1} does not link to "
                                       "this reading")

@@ -52,6 +52,7 @@ class Mosquitto:
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
             "max_queued_messages 100000",
+            "max_inflight_messages 1000",  # 20 by default: QoS 1 delivery would be RTT-bound
             "log_dest stderr",
             "log_type error",
             "log_type warning",
