@@ -155,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{args.cmd} needs --pub or --file")
         decide(args.data_dir, reqs)
         return 0
-    except FogError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:  # a bad public key and the like, with its reason
+    except (FogError, ValueError) as e:  # ValueError: a bad public key and the like
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -194,7 +194,6 @@ class Ingest:
             self.registry.record_readings(rows, self.log.size())
             per_dev: dict[bytes, list[int]] = {}
             for dev, seq, digest, _, _ in rows:
-                self._contiguous(dev)  # before _last moves: a cold cache is read from the db
                 if seq > self._last_logged(dev)[0]:
                     self._last[dev] = (seq, digest)
                 per_dev.setdefault(dev, []).append(seq)

@@ -25,7 +25,7 @@ from fog_node import protocol as P
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import FogService, apply_request
 from hardware.broker import Mosquitto
-from tools.bench_verify import _pycose_verify, make_messages
+from tools.bench_verify import make_messages, pycose_verify
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def ceiling_and_baseline(msgs: list[tuple[bytes, P.SigningKey]]) -> tuple[float,
     keys = {k.id: EC2Key(crv=P256, x=k.public_key.raw[1:33], y=k.public_key.raw[33:]) for _, k in sub}
     t0 = time.perf_counter()
     for raw, k in sub:
-        assert _pycose_verify(raw, keys[k.id])
+        assert pycose_verify(raw, keys[k.id])
     pycose = len(sub) / (time.perf_counter() - t0)
     return ceiling, pycose
 

@@ -82,7 +82,7 @@ def best_rates(cases: dict[str, Callable[[], Any]], count: int, repeat: int,
     return {name: count / t for name, t in best.items()}
 
 
-def _pycose_verify(raw: bytes, key: EC2Key) -> bool:
+def pycose_verify(raw: bytes, key: EC2Key) -> bool:
     # pycose 1.1's CoseMessage.decode can't take cbor2 >= 6's tuples and frozendicts:
     # decode the tag here and hand pycose the array in the types it expects
     obj = cbor2.loads(raw)
@@ -110,7 +110,7 @@ def run(meters: int, total: int, repeat: int, pycose_repeat: int) -> dict[str, f
         raw_items.append((k.public_key.key, der, m.tbs))
     pycose_items = [(raw, pycose_keys[k.id]) for raw, k in msgs]
     # every path must accept every message before anything is timed
-    assert all(_pycose_verify(raw, key) for raw, key in pycose_items)
+    assert all(pycose_verify(raw, key) for raw, key in pycose_items)
     assert all(P.verify(raw, key).type == P.READING for raw, key in fog_items)
 
     def ceiling() -> None:
@@ -135,7 +135,7 @@ def run(meters: int, total: int, repeat: int, pycose_repeat: int) -> dict[str, f
 
     def pycose() -> None:
         for raw, key in pycose_items:
-            _pycose_verify(raw, key)
+            pycose_verify(raw, key)
 
     cases: dict[str, Callable[[], Any]] = {
         "ceiling": ceiling, "fog_verify": fog_verify, "fog_lookup_path": fog_lookup_path,

@@ -104,7 +104,11 @@ def parse(msg):
 
 def verify(msg, key):
     """parse() and check the signature with a core.keys.VerifyingKey; returns Sign1."""
-    m = parse(msg)
+    return check_signature(parse(msg), key)
+
+
+def check_signature(m, key):
+    """The signer and signature checks of a parse()d Sign1; returns it."""
     if m.kid != key.id:
         raise CoseError("kid_mismatch", "message was signed by a different party")
     if not key.verify_digest(m.tbs_digest(), m.sig):

@@ -173,7 +173,7 @@ class Meter:
             return "wrong_dev: addressed to another meter"
         if self.fog_key is not None:
             try:
-                cose.verify(msg, self.fog_key)
+                cose.check_signature(m, self.fog_key)
             except cose.CoseError as e:
                 return e.reason + ": " + str(e)
         return f
