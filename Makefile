@@ -10,7 +10,7 @@ setup: $(VENV)/.installed node_modules/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,demo]'
 	touch $@
 
 # the real MicroPython VM (WebAssembly port) that tests and benchmarks run firmware in
@@ -36,9 +36,10 @@ bench: setup
 	$(PY) -m tools.bench
 	$(PY) -m tools.bench_verify
 	$(PY) -m tools.bench_fog --meters 1000 --readings 10000
+	$(PY) -m tools.bench_chain
 
 demo: setup
-	$(PY) -m hardware.virtual_meter --count 3 --compress 900 --intervals 4 --print --fresh
+	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out
 
 clean:
 	rm -rf $(VENV) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache .stubs

@@ -8,7 +8,10 @@
 
 The config file is TOML with the keys of FogConfig (data_dir, mqtt_host, mqtt_port,
 mqtt_root, http_host, http_port, seal_period_s, interval_s, grace_s, skew_s, batch_max,
-batch_wait_s); a flag overrides the file. While a node runs, enroll/revoke hand their
+batch_wait_s, chain_url, anchor_period_s, chain_poll_s, dispatch_pub, and the simulation
+clock sim_compress, sim_start, sim_epoch); a flag overrides
+the file. With chain_url the node anchors its checkpoints to the dispatch chain and picks
+up instructions addressed to it. While a node runs, enroll/revoke hand their
 decision to it (it owns the log); otherwise they write it themselves.
 """
 
@@ -22,16 +25,22 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fog_node.node import FogConfig, FogError, FogNode, init_data_dir
+from fog_node import protocol as P
+from fog_node.anchor import ChainLink
+from fog_node.chain_client import ChainClient
+from fog_node.node import FogConfig, FogError, FogNode, init_data_dir, node_clock
 from fog_node.service import FogService, apply_request, lock_data_dir, queue_request
 
 _FLAGS = {  # flag -> (FogConfig field, type)
     "mqtt_host": str, "mqtt_port": int, "mqtt_root": str, "data_dir": Path, "http_host": str,
     "http_port": int, "seal_period_s": float, "interval_s": int, "grace_s": int, "skew_s": int,
-    "batch_max": int, "batch_wait_s": float,
+    "batch_max": int, "batch_wait_s": float, "chain_url": str, "anchor_period_s": float,
+    "chain_poll_s": float, "dispatch_pub": str, "sim_compress": float, "sim_start": float,
+    "sim_epoch": float,
 }
 
 
@@ -83,18 +92,32 @@ def decide(data_dir: Path, requests: list[dict[str, Any]]) -> None:
         held.close()
 
 
+def _chain_link(node: FogNode, clock: Callable[[], float]) -> ChainLink | None:
+    c = node.config
+    if not c.chain_url:
+        return None
+    pin = P.PublicKey(bytes.fromhex(c.dispatch_pub)) if c.dispatch_pub else None
+    link = ChainLink(node, ChainClient(c.chain_url), clock, c.anchor_period_s, pin)
+    node.chain = link  # the API reports its state
+    return link
+
+
 def run(config: FogConfig) -> int:
     held = lock_data_dir(config.data_dir)
     if held is None:
         raise FogError(f"another fog node is running on {config.data_dir}")
-    node = FogNode(config, time.time)
-    service = FogService(node)
+    clock = node_clock(config, time.time)
+    node = FogNode(config, clock)
+    service = FogService(node, clock)
+    link = _chain_link(node, clock)
     api = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         service.start()
+        if link is not None:
+            link.start(config.chain_poll_s)
         try:
             from fog_node.api import FogAPI
 
@@ -108,6 +131,10 @@ def run(config: FogConfig) -> int:
             pass
     finally:
         service.stop()
+        if link is not None:
+            link.stop()
+            link.step()  # one last round: anchor what the final seal added, if the chain is up
+            link.close()
         if api is not None:
             api.stop()
         node.close()

@@ -108,6 +108,20 @@ def render(node: FogNode, now: float) -> str:
              [({"status": s}, statuses[s]) for s in (ACTIVE, REVOKED)])
     w.family("alerts_total", "counter", "Alerts raised (kept in the registry), by kind.",
              [({"kind": k}, alerts[k]) for k in sorted(alerts)])
+    chain = node.chain
+    if chain is not None:  # anchoring to the dispatch chain is configured
+        w.one("anchored_checkpoint_height", "gauge",
+              "Height of the newest checkpoint the dispatch chain confirmed.",
+              chain.anchored_height())
+        w.one("chain_outbox", "gauge",
+              "Signed dispatch-chain transactions waiting to be confirmed.", chain.depth())
+        w.one("chain_halted", "gauge",
+              "1 if the chain refused a transaction and anchoring stopped.",
+              1 if chain.halted else 0)
+        w.family("chain_events_total", "counter",
+                 "Dispatch-chain link events (anchors queued and landed, chain unavailable, "
+                 "instructions received or rejected).",
+                 [({"event": k}, chain.counters[k]) for k in sorted(chain.counters)])
     return w.text()
 
 

@@ -6,6 +6,7 @@ data_dir/
   log.db           the Merkle log (SQLite WAL)
   registry.db      devices, readings index, quarantine, evidence, alerts
   checkpoints.db   the side-chain of signed checkpoints
+  chain.db         the outbox of dispatch-chain transactions, and instructions received
 
 The ingest thread and the HTTP API share one FogNode; `lock` serialises their use of the
 SQLite connections (WAL lets readers run beside a writer, but a connection is one cursor
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from fog_node import protocol as P
 from fog_node.checkpoints import Checkpoints
@@ -45,7 +48,24 @@ class FogConfig:
     skew_s: int = 300  # readings more than this far in the future are rejected
     batch_max: int = 1000  # messages per group commit
     batch_wait_s: float = 0.02  # how long the ingest thread waits to fill a group
+    chain_url: str = ""  # the dispatch chain's API; empty: no anchoring
+    anchor_period_s: float = 60.0  # anchor at most this often, and at every interval close
+    chain_poll_s: float = 1.0  # outbox and instruction polling
+    dispatch_pub: str = ""  # pin the dispatch key (hex) instructions must be signed by
+    # simulation only (demo, tests): run the node's clock `sim_compress` times faster than
+    # real time, reading sim_start at real Unix time sim_epoch, like virtual meters' clocks
+    sim_compress: float = 1.0
+    sim_start: float = 0.0
+    sim_epoch: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def node_clock(config: FogConfig, real: Callable[[], float]) -> Callable[[], float]:
+    """The node's clock: `real` itself, or the compressed simulation clock of the config."""
+    if config.sim_compress == 1.0:
+        return real
+    start, epoch, k = config.sim_start, config.sim_epoch, config.sim_compress
+    return lambda: start + (real() - epoch) * k
 
 
 def init_data_dir(data_dir: Path) -> P.SigningKey:
@@ -75,6 +95,19 @@ def load_key(data_dir: Path) -> P.SigningKey:
     return P.SigningKey.from_bytes(raw)
 
 
+class ChainView(Protocol):
+    """What the API and metrics read of the chain link (fog_node.anchor.ChainLink)."""
+
+    counters: Counter[str]
+
+    @property
+    def halted(self) -> str | None: ...
+
+    def depth(self) -> int: ...
+
+    def anchored_height(self) -> int: ...
+
+
 class FogNode:
     def __init__(self, config: FogConfig, clock: Callable[[], float]) -> None:
         self.config = config
@@ -86,6 +119,7 @@ class FogNode:
         self.checkpoints = Checkpoints(d / "checkpoints.db", self.key, self.log)
         self.ingest = Ingest(self.key, self.log, self.registry, clock, config.skew_s)
         self.lock = threading.RLock()
+        self.chain: ChainView | None = None  # set when the node anchors to a dispatch chain
         with self.lock:
             self.ingest.recover()
 

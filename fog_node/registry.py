@@ -75,6 +75,12 @@ class Registry:
             "FROM devices WHERE dev = ?", (dev,)).fetchone()
         return Device(*row) if row else None
 
+    def decision_index(self, dev: bytes) -> int | None:
+        """Log index of the meter's latest enrollment decision (type 8), if logged."""
+        row = self.db.execute("SELECT decision_index FROM devices WHERE dev = ?",
+                              (dev,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def devices(self) -> list[Device]:
         rows = self.db.execute(
             "SELECT dev, pub, status, reason, since, last_seq, last_digest, last_t, gaps "

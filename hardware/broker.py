@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from types import TracebackType
 
@@ -98,3 +99,60 @@ class Mosquitto:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class EmbeddedBroker:
+    """amqtt (pure Python) in a child process, with Mosquitto's interface: the demo's
+    broker on machines without mosquitto (hardware/amqtt_broker.py)."""
+
+    def __init__(self, workdir: pathlib.Path, port: int | None = None):
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.workdir / "amqtt.log"
+
+    def start(self) -> EmbeddedBroker:
+        if self.proc is not None:
+            return self
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hardware.amqtt_broker", "--port", str(self.port)],
+                stdout=log, stderr=log, cwd=pathlib.Path(__file__).resolve().parent.parent)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(f"amqtt exited: {self.log.read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise BrokerError(f"amqtt did not listen on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def any_broker(workdir: pathlib.Path) -> Mosquitto | EmbeddedBroker:
+    """mosquitto when installed, else the embedded amqtt broker (not started yet)."""
+    try:
+        find_mosquitto()
+    except BrokerError:
+        return EmbeddedBroker(workdir)
+    return Mosquitto(workdir)

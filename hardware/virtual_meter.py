@@ -27,11 +27,14 @@ DEFAULT_START = 1_800_000_000 - 60  # a minute before an interval boundary (2027
 class VirtualClock:
     """Wall clock (Unix s) and uptime (ms) that run `compress` times faster than real time."""
 
-    def __init__(self, start: float, compress: float, real: Callable[[], float] = time.monotonic):
+    def __init__(self, start: float, compress: float, real: Callable[[], float] = time.monotonic,
+                 t0: float | None = None):
+        # t0: the real time at which the clock reads `start`; processes that share (start,
+        # compress, t0) on time.time share one simulated clock (the demo's fog and meters)
         self.start = start
         self.compress = compress
         self.real = real
-        self.t0 = real()
+        self.t0 = real() if t0 is None else t0
 
     def now(self) -> float:
         return self.start + (self.real() - self.t0) * self.compress

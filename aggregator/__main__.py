@@ -1,0 +1,209 @@
+"""python -m aggregator init | run | register | verify-chain
+
+    python -m aggregator init --data-dir D [--name NAME]
+    python -m aggregator run --data-dir D [--host 127.0.0.1] [--http-port N] [--config F.toml]
+    python -m aggregator register --data-dir D --role fog --pub HEX [--name N] [--chain URL]
+    python -m aggregator verify-chain [--data-dir D] [--chain URL] [--pub HEX]
+
+`run` prints `aggregator listening on URL` once it serves (--http-port 0 picks a free port)
+and stops cleanly on SIGTERM. `register` signs a register transaction with the dispatch key
+(next nonce) and submits it: to --chain URL, else to the aggregator running on the data dir,
+else (no aggregator running) straight into its chain.db. `verify-chain` replays the chain
+from genesis (the data dir's chain.db, or --chain URL's blocks), checking it against the
+trusted dispatch key (--pub, or the data dir's dispatch.pub): exit 0 with a summary line,
+1 naming the first failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aggregator import remote
+from aggregator.api import AggregatorAPI
+from aggregator.ledger import AggregatorError, ChainError, Receipt
+from aggregator.node import (
+    CHAIN,
+    URL,
+    AggregatorConfig,
+    ConfigError,
+    init_data_dir,
+    load_config,
+    load_key,
+    load_pub,
+    lock_data_dir,
+    open_ledger,
+    read_url,
+    write_url,
+)
+from aggregator.store import SQLiteBlockStore
+from aggregator.verify import Replay, VerifyError, check_derived, store_blocks, verify_blocks
+from fog_node import chaintx as C
+from fog_node import protocol as P
+from fog_node.cbor import ProtocolError
+
+_RETRIES = 5  # register: fresh nonces to try when a concurrent transaction took ours
+
+
+def run(config: AggregatorConfig) -> int:
+    d = config.data_dir
+    held = lock_data_dir(d)
+    if held is None:
+        raise ConfigError(f"another aggregator is running on {d}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ledger = api = None
+    try:
+        ledger = open_ledger(d, time.time)
+        api = AggregatorAPI(ledger, time.time)
+        port = api.start(config.host, config.http_port)
+        host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        write_url(d, url)
+        print(f"aggregator listening on {url}", flush=True)
+        logging.getLogger("aggregator").info("chain %s, head %d, data %s",
+                                             ledger.chain_id.hex(), ledger.head().height, d)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        if api is not None:
+            api.stop()
+        if ledger is not None:
+            ledger.close()
+        (d / URL).unlink(missing_ok=True)
+        held.close()
+    print("aggregator stopped cleanly", flush=True)
+    return 0
+
+
+def register(d: Path, role: str, pub_hex: str, name: str, url: str | None) -> Receipt:
+    key = load_key(d)
+    try:
+        pub = P.PublicKey(bytes.fromhex(pub_hex)).raw
+    except ValueError as e:  # bytes.fromhex, or ProtocolError
+        raise ConfigError(f"--pub: {e}") from None
+    body = C.register_body(role, pub, name)
+
+    def signed(nonce: int) -> bytes:
+        try:
+            return P.sign1(key, C.tx(key.id, nonce, C.REGISTER, body, int(time.time()), key.id))
+        except ProtocolError as e:  # e.g. a role chaintx does not know
+            raise ChainError(e.reason, str(e)) from None
+
+    if url is None:
+        held = lock_data_dir(d)
+        if held is not None:  # nobody runs on the chain: apply it ourselves
+            try:
+                ledger = open_ledger(d, time.time)
+                try:
+                    me = ledger.participant(key.id)
+                    return ledger.submit(signed((me.nonce if me else 0) + 1))
+                finally:
+                    ledger.close()
+            finally:
+                held.close()
+        url = read_url(d)
+        if url is None:
+            raise ConfigError(f"an aggregator runs on {d} but left no {URL}; pass --chain URL")
+    for _ in range(_RETRIES):
+        me = next((p for p in remote.get(url, "/v1/participants")["participants"]
+                   if p["id"] == key.id.hex()), None)
+        if me is None:
+            raise ConfigError(f"the dispatch key {key.id_hex} is no participant of the chain "
+                              f"at {url}")
+        status, doc = remote.call(url, "/v1/tx", signed(int(me["nonce"]) + 1))
+        if status == 200:
+            return Receipt(bytes.fromhex(doc["digest"]), doc["height"], doc["index"])
+        if status != 400 or doc.get("error") != "nonce_reused":
+            raise ChainError(str(doc.get("error")), str(doc.get("detail", doc)))
+    raise ChainError("nonce_reused", f"other transactions kept taking the dispatch key's next "
+                                     f"nonce ({_RETRIES} tries)")
+
+
+def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
+    trusted: P.PublicKey | None = None
+    if pub_hex is not None:
+        try:
+            trusted = P.PublicKey(bytes.fromhex(pub_hex))
+        except ValueError as e:
+            raise ConfigError(f"--pub: {e}") from None
+    elif d is not None:
+        trusted = load_pub(d)
+    if url is not None:
+        return verify_blocks(remote.blocks(url), trusted).summary().line()
+    assert d is not None
+    held = lock_data_dir(d)  # None: an aggregator is running; its derived state moves on
+    try:
+        store = SQLiteBlockStore(d / CHAIN, readonly=True)
+        try:
+            replay: Replay = verify_blocks(store_blocks(store), trusted)
+            if held is not None:
+                check_derived(store, replay)
+        finally:
+            store.close()
+    finally:
+        if held is not None:
+            held.close()
+    return replay.summary().line()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aggregator", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("init", help="create the dispatch key and the chain's genesis block")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--name", default="dispatch", help="the dispatch center's name on the chain")
+    p = sub.add_parser("run", help="serve the chain's HTTP API")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--data-dir", dest="data_dir", type=Path)
+    p.add_argument("--host")
+    p.add_argument("--http-port", dest="http_port", type=int)
+    p = sub.add_parser("register", help="register a participant (signed by the dispatch key)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--role", required=True, choices=C.ROLES)
+    p.add_argument("--pub", required=True, help="SEC1 public key, 130 hex characters")
+    p.add_argument("--name", default="")
+    p.add_argument("--chain", help="the running aggregator's URL")
+    p = sub.add_parser("verify-chain", help="replay the chain from genesis and check it")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--chain", help="verify a running aggregator's blocks over HTTP")
+    p.add_argument("--pub", help="the trusted dispatch key (default: the data dir's)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.cmd == "init":
+            key = init_data_dir(args.data_dir, int(time.time()), args.name)
+            print(f"chain {key.id_hex}\ndispatch pub {key.public_key.raw.hex()}")
+        elif args.cmd == "run":
+            flags: dict[str, Any] = {k: getattr(args, k) for k in ("data_dir", "host",
+                                                                   "http_port")}
+            return run(load_config(args.config, flags))
+        elif args.cmd == "register":
+            r = register(args.data_dir, args.role, args.pub, args.name, args.chain)
+            pid = P.party_id(bytes.fromhex(args.pub)).hex()
+            print(f"registered {args.role} {pid} in block {r.height} at index {r.index} "
+                  f"(tx {r.digest.hex()})")
+        else:
+            if args.data_dir is None and args.chain is None:
+                ap.error("verify-chain needs --data-dir or --chain")
+            print(verify_chain(args.data_dir, args.chain, args.pub))
+        return 0
+    except VerifyError as e:
+        print(f"verify-chain FAILED: {e}")
+        return 1
+    except AggregatorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The embedded backend: one sealer (the dispatch key), blocks group-sealed into a BlockStore.
+
+submit() validates a transaction against the chain state plus everything validated but not
+yet sealed (the pool), under one lock, so the pool is always a valid continuation of the
+chain. Sealing is a group commit without a timer: a submitter whose transaction is not yet
+sealed and finds no seal running becomes the sealer, takes the whole pool as the next
+block, signs its header and writes it (the store makes it durable) outside the lock, while
+new submissions validate and gather into the following pool. Then every submitter of the
+block gets its receipt. Under load a block therefore holds everything that arrived during
+the previous block's write; alone, a transaction is its own block.
+
+If a write fails, every transaction of that block and of the pool is refused with
+UnavailableError (their senders retry: the same bytes are then accepted, or answered as a
+duplicate if they did land) and the state is reread from the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aggregator.ledger import (
+    AggregatorError,
+    AnchorView,
+    Block,
+    ChainError,
+    DuplicateError,
+    Effect,
+    Head,
+    InstructionView,
+    LedgerStats,
+    MemoryState,
+    NotFoundError,
+    Participant,
+    Receipt,
+    StorageError,
+    TxView,
+    UnavailableError,
+    Validator,
+)
+from aggregator.store import BlockStore
+from fog_node import chaintx as C
+from fog_node import protocol as P
+from fog_node.cbor import ProtocolError
+
+Clock = Callable[[], float]
+
+
+def create_genesis(store: BlockStore, key: P.SigningKey, t: int, name: str = "dispatch") -> None:
+    """Block 0: the dispatch key registers itself (role dispatch, nonce 1); the chain id is
+    the key's id. Refuses a store that holds blocks already."""
+    if store.height() >= 0:
+        raise StorageError("the store holds a chain already; genesis is sealed once")
+    raw = P.sign1(key, C.tx(key.id, 1, C.REGISTER,
+                            C.register_body("dispatch", key.public_key.raw, name), t, key.id))
+    effect = Validator(key.id).check_genesis(raw)
+    header = P.sign1(key, C.block_header(key.id, 0, P.ZERO32, C.tx_root([raw]), 1, t, key.id))
+    store.append(0, header, [effect])
+
+
+@dataclass
+class _Pending:
+    effect: Effect
+    done: bool = False
+    receipt: Receipt | None = None
+    error: str | None = None  # why its block was not sealed
+
+
+@dataclass(frozen=True)
+class _Tip:
+    height: int
+    hash: bytes
+    header: bytes
+    t: int
+
+
+@dataclass
+class _Stats:
+    accepted: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    blocks: int = 0
+    anchors: int = 0
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class EmbeddedLedger:
+    """The Ledger of a single sealer over a BlockStore (see the module doc)."""
+
+    def __init__(self, store: BlockStore, key: P.SigningKey, clock: Clock) -> None:
+        genesis = store.block(0)
+        if genesis is None:
+            raise StorageError("the chain has no genesis block (run `python -m aggregator init`)")
+        try:
+            chain: bytes = P.parse(genesis.header, schema=False).fields[7]
+        except (ProtocolError, KeyError) as e:
+            raise StorageError(f"the genesis header cannot be read: {e}") from None
+        if key.id != chain:
+            raise AggregatorError(f"key {key.id_hex} is not the sealer of chain {chain.hex()}")
+        self._store = store
+        self._key = key
+        self._clock = clock
+        self._validator = Validator(chain)
+        self._chain = chain
+        self._cond = threading.Condition()
+        self._pool: list[_Pending] = []
+        self._pending: dict[bytes, _Pending] = {}
+        self._overlay = MemoryState(store)
+        self._sealing = False
+        self._closed = False
+        self._stats = _Stats()
+        self._tip = self._read_tip()
+
+    def _read_tip(self) -> _Tip:
+        b = self._store.block(self._store.height())
+        if b is None:
+            raise StorageError("the chain's newest block cannot be read")
+        try:
+            t: int = P.parse(b.header, schema=False).fields[6]
+        except (ProtocolError, KeyError) as e:
+            raise StorageError(f"block {b.height}'s header cannot be read: {e}") from None
+        return _Tip(b.height, b.hash, b.header, t)
+
+    @property
+    def chain_id(self) -> bytes:
+        return self._chain
+
+    # -- submit and group sealing ------------------------------------------------------------
+    def submit(self, tx_raw: bytes) -> Receipt:
+        raw = bytes(tx_raw)
+        digest = P.digest(raw)
+        with self._cond:
+            if self._closed:
+                raise UnavailableError("the ledger is closed")
+            p = self._pending.get(digest)
+            duplicate = p is not None
+            if p is None:
+                try:
+                    effect = self._validator.check(raw, self._overlay)
+                except ChainError as e:
+                    self._stats.reject(e.reason)
+                    raise
+                p = _Pending(effect)
+                self._pool.append(p)
+                self._pending[digest] = p
+                self._overlay.apply(effect)
+        self._seal_until(lambda: p.done)
+        if p.error is not None:
+            raise UnavailableError(p.error)
+        assert p.receipt is not None
+        if duplicate:  # the same bytes came in again while the first was being sealed
+            with self._cond:
+                self._stats.reject("duplicate")
+            raise DuplicateError(p.receipt)
+        return p.receipt
+
+    def _seal_until(self, done: Callable[[], bool]) -> None:
+        """Seal pools until done(); while another thread seals, wait for it."""
+        while True:
+            with self._cond:
+                while not done() and self._sealing:
+                    self._cond.wait()
+                if done() or not self._pool:
+                    return
+                self._sealing = True
+                batch, self._pool = self._pool, []
+                tip = self._tip
+            new_tip: _Tip | None = None
+            error: Exception | None = None
+            try:
+                new_tip = self._seal(tip, batch)
+            except Exception as e:  # storage, or a bug: the batch must not hang its senders
+                error = e
+            with self._cond:
+                self._sealing = False
+                try:
+                    if new_tip is not None:
+                        self._sealed(new_tip, batch)
+                    else:
+                        self._failed(batch, error)
+                finally:  # whatever happened, no waiter may sleep on
+                    self._cond.notify_all()
+
+    def _seal(self, tip: _Tip, batch: list[_Pending]) -> _Tip:
+        height = tip.height + 1
+        txs = [p.effect.raw for p in batch]
+        t = max(int(self._clock()), tip.t)  # block times never go backwards
+        header = P.sign1(self._key, C.block_header(self._key.id, height, tip.hash,
+                                                   C.tx_root(txs), len(txs), t, self._chain))
+        self._store.append(height, header, [p.effect for p in batch])
+        return _Tip(height, P.digest(header), header, t)
+
+    def _sealed(self, tip: _Tip, batch: list[_Pending]) -> None:
+        self._tip = tip
+        self._stats.blocks += 1
+        for i, p in enumerate(batch):
+            p.receipt = Receipt(p.effect.digest, tip.height, i)
+            p.done = True
+            del self._pending[p.effect.digest]
+            kind = p.effect.kind
+            self._stats.accepted[kind] = self._stats.accepted.get(kind, 0) + 1
+            if p.effect.anchor_head is not None:
+                self._stats.anchors += 1
+        self._rebuild_overlay()
+
+    def _failed(self, batch: list[_Pending], error: Exception | None) -> None:
+        why = (f"sealing block {self._tip.height + 1} failed: {error}; nothing of it was "
+               "accepted, send again")
+        for p in [*batch, *self._pool]:
+            p.error, p.done = why, True
+            self._stats.reject("unavailable")
+        self._pool = []
+        self._pending.clear()
+        try:
+            self._tip = self._read_tip()
+        except AggregatorError:
+            pass  # the store is gone; the next seal fails the same way
+        self._rebuild_overlay()
+
+    def _rebuild_overlay(self) -> None:
+        overlay = MemoryState(self._store)
+        for p in self._pool:
+            overlay.apply(p.effect)
+        self._overlay = overlay
+
+    # -- reads -----------------------------------------------------------------------------------
+    def head(self) -> Head:
+        with self._cond:
+            tip = self._tip
+        return Head(tip.height, tip.hash, tip.header, self._chain, self._key.public_key.raw)
+
+    def block(self, height: int) -> Block:
+        b = self._store.block(height) if height <= self.head().height else None
+        if b is None:
+            raise NotFoundError(f"no block {height}: the head is block {self.head().height}")
+        return Block(b.height, b.hash, b.header, b.txs)
+
+    def tx(self, digest: bytes) -> TxView:
+        r = self._store.receipt(digest)
+        b = self._store.block(r.height) if r is not None else None
+        if r is None or b is None:
+            raise NotFoundError(f"no transaction {digest.hex()} is on the chain")
+        return TxView(digest, r.height, r.index, b.txs[r.index],
+                      tuple(C.tx_path(b.txs, r.index)), b.header)
+
+    def anchors(self, fog: bytes) -> list[AnchorView]:
+        return self._store.anchors(fog)
+
+    def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:
+        return self._store.instructions(fog, after_height)
+
+    def participant(self, pid: bytes) -> Participant | None:
+        return self._store.participant(pid)
+
+    def participants(self) -> list[Participant]:
+        return self._store.participants()
+
+    def stats(self) -> LedgerStats:
+        with self._cond:
+            s = self._stats
+            return LedgerStats(dict(s.accepted), dict(s.rejected), s.blocks, s.anchors,
+                               len(self._pool))
+
+    def close(self) -> None:
+        """Seal what is pending, refuse new transactions, close the store."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+        self._seal_until(lambda: not self._pool and not self._sealing)
+        self._store.close()

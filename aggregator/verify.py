@@ -1,0 +1,178 @@
+"""verify-chain: replay a chain from genesis and check everything a block can get wrong.
+
+For each block, in order: the header is a type-13 message signed by the sealer (the key
+genesis registers, which must equal a trusted key when one is given), its height counts
+from 0, prev is the previous header's digest (zeros at genesis), chain is the chain id,
+t never goes backwards and ntx is the number of transactions; then every transaction is
+checked by the same Validator the ledger uses, against the state replayed so far (genesis
+by Validator.check_genesis); then txroot. The first failure raises VerifyError naming the
+block height, the transaction index where there is one, and the reason.
+
+`check_derived` compares a store's derived state (what the Validator of a running node
+reads) with the replayed one, so an edited participants or anchors table is found too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aggregator.ledger import (
+    AggregatorError,
+    ChainError,
+    MemoryState,
+    Receipt,
+    Validator,
+)
+from aggregator.store import BlockStore, StoredBlock
+from fog_node import chaintx as C
+from fog_node import protocol as P
+from fog_node.cbor import ProtocolError
+
+
+class VerifyError(AggregatorError):
+    """The first thing wrong with a chain: block `height` (None: not in a block), transaction
+    `index` (None: the header or the block as a whole), a stable `reason`, and the detail."""
+
+    def __init__(self, height: int | None, index: int | None, reason: str, detail: str) -> None:
+        where = "derived state" if height is None else f"block {height}"
+        if index is not None:
+            where += f" tx {index}"
+        super().__init__(f"{where}: {reason}: {detail}")
+        self.height, self.index, self.reason, self.detail = height, index, reason, detail
+
+
+@dataclass(frozen=True)
+class Summary:
+    chain: bytes
+    height: int
+    txs: int
+    participants: int
+    anchors: int
+    sealer: bytes
+    pinned: bool  # the sealer was checked against a trusted key, not only taken from genesis
+
+    def line(self) -> str:
+        trust = "trusted key" if self.pinned else "key from genesis, not pinned"
+        return (f"chain {self.chain.hex()} ok: {self.height + 1} blocks (0..{self.height}), "
+                f"{self.txs} transactions, {self.participants} participants, {self.anchors} "
+                f"anchors; sealer {P.party_id(self.sealer).hex()} ({trust})")
+
+
+class Replay:
+    """Replays blocks one at a time (see the module doc); `state` is the replayed state."""
+
+    def __init__(self, trusted: P.PublicKey | None = None) -> None:
+        self.trusted = trusted
+        self.state = MemoryState()
+        self.sealer: P.PublicKey | None = None
+        self.validator: Validator | None = None
+        self.height = -1
+        self.prev = P.ZERO32
+        self.t = 0
+        self.txs = 0
+        self.anchors = 0
+
+    def block(self, b: StoredBlock) -> None:
+        h = self.height + 1
+        if b.height != h:
+            raise VerifyError(h, None, "missing_block", f"the chain goes on with block {b.height}")
+        try:
+            m = P.parse(b.header, schema=False)
+        except ProtocolError as e:
+            raise VerifyError(h, None, e.reason, f"header: {e}") from None
+        if m.type != C.BLOCK:
+            raise VerifyError(h, None, "wrong_type", f"header is a type {m.type} message")
+        f: dict[Any, Any] = m.fields
+        if h == 0:
+            self._genesis(b, f)
+        assert self.sealer is not None and self.validator is not None
+        try:
+            P.verify_message(m, self.sealer)
+        except ProtocolError as e:
+            raise VerifyError(h, None, e.reason, f"header: {e}") from None
+        for cond, reason, detail in (
+                (f[2] != h, "bad_height", f"header says height {f[2]}"),
+                (f[3] != self.prev, "bad_prev", "prev is not the previous header's digest"),
+                (f[7] != self.validator.chain, "wrong_chain", f"header names chain {f[7].hex()}"),
+                (f[6] < self.t, "t_backwards", f"t {f[6]} is before the previous block's {self.t}"),
+                (f[5] != len(b.txs), "bad_ntx", f"header says {f[5]} transactions, the block "
+                                                f"holds {len(b.txs)}")):
+            if cond:
+                raise VerifyError(h, None, reason, detail)
+        for i, raw in enumerate(b.txs):
+            try:
+                effect = (self.validator.check_genesis(raw) if h == 0
+                          else self.validator.check(raw, self.state))
+            except ChainError as err:
+                raise VerifyError(h, i, err.reason, err.detail) from None
+            self.state.apply(effect, Receipt(effect.digest, h, i))
+            self.anchors += effect.anchor_head is not None
+        if f[4] != C.tx_root(b.txs):
+            raise VerifyError(h, None, "bad_txroot", "txroot is not the root of the block's "
+                                                     "transactions")
+        self.height, self.prev, self.t = h, m.digest, f[6]
+        self.txs += len(b.txs)
+
+    def _genesis(self, b: StoredBlock, f: dict[Any, Any]) -> None:
+        chain = f.get(7)
+        if not isinstance(chain, bytes) or len(b.txs) != 1:
+            raise VerifyError(0, None, "bad_genesis", "genesis must name a chain id and hold "
+                                                      "exactly one transaction")
+        try:
+            effect = Validator(chain).check_genesis(b.txs[0])
+        except ChainError as e:
+            raise VerifyError(0, 0, e.reason, e.detail) from None
+        assert effect.registers is not None
+        sealer = P.PublicKey(effect.registers.pub)
+        if self.trusted is not None and sealer != self.trusted:
+            raise VerifyError(0, 0, "untrusted_sealer", f"genesis registers {sealer.id_hex}, "
+                                                        f"not the trusted {self.trusted.id_hex}")
+        self.sealer, self.validator = sealer, Validator(chain)
+
+    def summary(self) -> Summary:
+        if self.validator is None or self.sealer is None:
+            raise VerifyError(0, None, "missing_block", "the chain has no genesis block")
+        return Summary(self.validator.chain, self.height, self.txs,
+                       len(self.state.participants), self.anchors, self.sealer.raw,
+                       self.trusted is not None)
+
+
+def verify_blocks(blocks: Iterable[StoredBlock], trusted: P.PublicKey | None = None) -> Replay:
+    """Replay `blocks` (from genesis, in order); raises VerifyError at the first failure."""
+    replay = Replay(trusted)
+    for b in blocks:
+        replay.block(b)
+    replay.summary()  # raises for an empty chain
+    return replay
+
+
+def store_blocks(store: BlockStore) -> Iterable[StoredBlock]:
+    top = store.height()
+    for h in range(top + 1):
+        b = store.block(h)
+        if b is None:
+            raise VerifyError(h, None, "missing_block", f"block {h} is missing below the "
+                                                        f"head {top}")
+        yield b
+
+
+def check_derived(store: BlockStore, replay: Replay) -> None:
+    """The store's derived state equals the replayed one (through the replayed height)."""
+    stored = {p.id: p for p in store.participants()}
+    replayed = replay.state.participants
+    for pid in sorted(set(stored) | set(replayed)):
+        if stored.get(pid) != replayed.get(pid):
+            raise VerifyError(None, None, "derived_state",
+                              f"participant {pid.hex()} is {stored.get(pid)} in the store but "
+                              f"{replayed.get(pid)} by the blocks")
+    for fog in replay.state.heads:
+        if store.anchored(fog) != replay.state.heads[fog]:
+            raise VerifyError(None, None, "derived_state",
+                              f"the last anchor of fog {fog.hex()} differs from the blocks'")
+    for digest, r in replay.state.receipts.items():
+        if store.receipt(digest) != r:
+            raise VerifyError(None, None, "derived_state",
+                              f"the store places transaction {digest.hex()} elsewhere than "
+                              f"block {r.height} index {r.index}")

@@ -1,0 +1,316 @@
+"""Anchoring the side-chain to the dispatch chain, and picking up dispatch instructions.
+
+Every transaction the fog sends (anchors now; reports and faults later) goes through one
+persistent outbox in `chain.db`, in nonce order: a transaction is signed and stored before it
+is ever sent, and is resent with the same bytes until the chain answers with a receipt. So
+an aggregator outage delays anchors but never loses them; a fog restart resumes the outbox;
+and because a resend is the identical transaction, the chain's `duplicate` answer (the
+receipt of the copy it already holds) makes delivery exactly-once.
+
+Anchors are planned from the last *queued* anchor, not the last landed one, so anchors
+built during an outage chain onto each other and land in order when the chain is back.
+An anchor is due when a checkpoint closing an interval waits (at least one per interval
+close) or when `period_s` passed since the last one (at most one per period otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fog_node import chaintx as C
+from fog_node import protocol as P
+from fog_node.chain_client import ChainClient, ChainClientError, ChainRefused, ChainUnavailable
+from fog_node.checkpoints import Checkpoint
+from fog_node.logstore import LogStore
+from fog_node.node import FogNode
+
+log = logging.getLogger("fog_node.anchor")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    nonce INTEGER PRIMARY KEY, kind TEXT NOT NULL, digest BLOB NOT NULL UNIQUE, tx BLOB NOT NULL,
+    first INTEGER, last INTEGER, created INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued', height INTEGER, idx INTEGER, reason TEXT);
+CREATE TABLE IF NOT EXISTS instructions (
+    digest BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL, tx BLOB NOT NULL,
+    received INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'received');
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v);
+"""
+
+
+class AnchorError(RuntimeError):
+    """The fog's view and the chain's disagree in a way a retry cannot fix."""
+
+
+def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint | None,
+                 cps: list[Checkpoint], log: LogStore, now: int) -> tuple[bytes, int]:
+    """The anchor transaction carrying the most of cps (oldest first, continuing `head`, the
+    last anchored checkpoint) that fits a 4096-byte message, and how many it carries.
+    Checked here exactly as the chain will check it, so a bug shows up at the fog."""
+    best: tuple[bytes, int] | None = None
+    for n in range(1, len(cps) + 1):
+        proof = log.consistency_proof(head.size if head else 0, cps[n - 1].size)
+        body = C.anchor_body([c.msg for c in cps[:n]], proof.path)
+        raw = P.sign1(key, C.tx(key.id, nonce, C.ANCHOR, body, now, chain), check=False)
+        if len(raw) > P.MAX_MESSAGE:
+            break
+        best = (raw, n)
+    if best is None:
+        raise AnchorError(f"checkpoint {cps[0].height} alone does not fit an anchor")
+    raw, n = best
+    C.check_anchor(P.parse(raw).fields[4], key.public_key,
+                   C.AnchoredHead.of(P.parse(head.msg)) if head else None)
+    return raw, n
+
+
+class ChainLink:
+    def __init__(self, node: FogNode, client: ChainClient, clock: Callable[[], float],
+                 period_s: float = 60.0, dispatch_pub: P.PublicKey | None = None) -> None:
+        self.node = node
+        self.client = client
+        self.clock = clock
+        self.period_s = period_s
+        self.dispatch_pub = dispatch_pub
+        self.counters: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.db = sqlite3.connect(str(node.config.data_dir / "chain.db"), isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        # autocommit connection: group statements explicitly so an outbox row and the meta
+        # that goes with it are durable together or not at all
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- small state ---------------------------------------------------------------------
+    def _meta(self, k: str) -> Any:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, k: str, v: Any) -> None:
+        self.db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE "
+                        "SET v = excluded.v", (k, v))
+
+    @property
+    def halted(self) -> str | None:
+        """Why the outbox stopped (a refused transaction), or None."""
+        v = self._meta("halted")
+        return str(v) if v is not None else None
+
+    def depth(self) -> int:
+        """Transactions signed and waiting for the chain."""
+        row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'queued'").fetchone()
+        return int(row[0])
+
+    def anchored_height(self) -> int:
+        """Checkpoint height the chain has confirmed (landed anchors)."""
+        row = self.db.execute("SELECT MAX(last) FROM outbox WHERE kind = 'anchor' AND "
+                              "state = 'landed'").fetchone()
+        base = self._meta("base_height") or 0
+        return max(int(row[0] or 0), int(base))
+
+    def _queued_head(self) -> int:
+        row = self.db.execute("SELECT MAX(last) FROM outbox WHERE kind = 'anchor'").fetchone()
+        return max(int(row[0] or 0), int(self._meta("base_height") or 0))
+
+    def _next_nonce(self) -> int:
+        row = self.db.execute("SELECT MAX(nonce) FROM outbox").fetchone()
+        return max(int(row[0] or 0), int(self._meta("base_nonce") or 0)) + 1
+
+    # -- one round -------------------------------------------------------------------------
+    def step(self) -> None:
+        """Sync once with the chain, queue what is due, send the outbox, fetch instructions.
+        The chain being away is normal: it only delays this round's network part."""
+        try:
+            if self._meta("synced") is None:
+                self.sync()
+            self.plan()
+            self.flush()
+            self.poll_instructions()
+        except ChainUnavailable as e:
+            self.counters["chain_unavailable"] += 1
+            log.info("dispatch chain unavailable: %s", e)
+        except AnchorError:
+            pass  # halted and logged; instructions are still polled next round
+
+    def start(self, poll_s: float = 1.0) -> None:
+        """Run step() every poll_s seconds on a thread until stop()."""
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.wait(poll_s):
+                try:
+                    self.step()
+                except Exception:  # a bug must not silently stop anchoring: log, go on
+                    log.exception("chain link step failed")
+
+        self._thread = threading.Thread(target=run, name="chain-link", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(30)
+            self._thread = None
+
+    def sync(self) -> None:
+        """First contact: learn this fog's nonce and last anchored checkpoint from the chain,
+        so a fog registered with history (or restored from a backup) continues it."""
+        me = self.node.key.id.hex()
+        part = [p for p in self.client.participants() if p.get("id") == me]
+        if not part or part[0].get("role") != "fog":
+            self.counters["unregistered"] += 1
+            raise ChainUnavailable(f"fog {me} is not registered with role fog on the chain yet")
+        anchors = self.client.anchors(me)
+        height = int(anchors[-1]["last"]) if anchors else 0
+        if height:
+            with self.node.lock:
+                cp = self.node.checkpoints.at_height(height)
+            if cp is None or cp.root.hex() != anchors[-1]["root"] or cp.size != anchors[-1]["size"]:
+                self._halt(f"the chain's last anchor of this fog (checkpoint {height}) is not "
+                           "this node's checkpoint: wrong data dir or a rewritten log")
+                raise AnchorError(self.halted)
+        chain = self.client.head()["chain"]
+        with self._atomic():
+            self._set_meta("chain", chain)
+            self._set_meta("base_nonce", int(part[0]["nonce"]))
+            self._set_meta("base_height", height)
+            self._set_meta("synced", int(self.clock()))
+
+    def _halt(self, why: str) -> None:
+        self._set_meta("halted", why)
+        self.counters["halted"] += 1
+        log.error("anchoring halted: %s", why)
+
+    def plan(self, force: bool = False) -> int:
+        """Queue anchors for the checkpoints sealed since the last queued anchor; returns how
+        many transactions were queued."""
+        if self._meta("synced") is None or self.halted:
+            return 0
+        now = self.clock()
+        head_height = self._queued_head()
+        with self.node.lock:
+            latest = self.node.checkpoints.latest()
+            if latest is None or latest.height <= head_height:
+                return 0
+            waiting = [self.node.checkpoints.at_height(h)
+                       for h in range(head_height + 1, latest.height + 1)]
+            head = self.node.checkpoints.at_height(head_height) if head_height else None
+        cps = [c for c in waiting if c is not None]
+        closes_interval = any(7 in P.parse(c.msg, schema=False).fields for c in cps)
+        last_created = self._meta("last_planned") or 0
+        if not (force or closes_interval or now - float(last_created) >= self.period_s):
+            return 0
+        queued = 0
+        while cps:
+            raw, n = self._build(head, cps, int(now))
+            f = P.parse(raw, schema=False).fields
+            with self._atomic():
+                self.db.execute(
+                    "INSERT INTO outbox (nonce, kind, digest, tx, first, last, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (f[2], C.ANCHOR, P.digest(raw), raw, cps[0].height, cps[n - 1].height,
+                     int(now)))
+                self._set_meta("last_planned", now)
+            head, cps = cps[n - 1], cps[n:]
+            queued += 1
+        self.counters["anchors_queued"] += queued
+        return queued
+
+    def _build(self, head: Checkpoint | None, cps: list[Checkpoint], now: int) -> tuple[bytes, int]:
+        chain = bytes.fromhex(str(self._meta("chain")))
+        with self.node.lock:
+            return build_anchor(self.node.key, chain, self._next_nonce(), head, cps,
+                                self.node.log, now)
+
+    def flush(self) -> int:
+        """Send queued transactions in nonce order until one fails; returns how many landed."""
+        landed = 0
+        while not self.halted:
+            row = self.db.execute("SELECT nonce, tx FROM outbox WHERE state = 'queued' "
+                                  "ORDER BY nonce LIMIT 1").fetchone()
+            if row is None:
+                break
+            nonce, raw = row
+            try:
+                r = self.client.submit(raw)
+            except ChainRefused as e:
+                with self._atomic():
+                    self.db.execute("UPDATE outbox SET state = 'refused', reason = ? "
+                                    "WHERE nonce = ?", (e.reason, nonce))
+                    self._halt(f"the chain refused transaction nonce {nonce}: {e}")
+                self.counters[f"refused_{e.reason}"] += 1
+                break
+            with self._atomic():
+                self.db.execute("UPDATE outbox SET state = 'landed', height = ?, idx = ? "
+                                "WHERE nonce = ?", (r.height, r.index, nonce))
+            self.counters["landed_duplicate" if r.duplicate else "landed"] += 1
+            landed += 1
+        return landed
+
+    # -- instructions ------------------------------------------------------------------------
+    def _dispatch_keys(self) -> dict[bytes, P.PublicKey]:
+        if self.dispatch_pub is not None:
+            return {self.dispatch_pub.id: self.dispatch_pub}
+        return {bytes.fromhex(p["id"]): P.PublicKey(bytes.fromhex(p["pub"]))
+                for p in self.client.participants() if p.get("role") == "dispatch"}
+
+    def poll_instructions(self) -> int:
+        """Record new instructions addressed to this fog (carried out by a later issue);
+        returns how many were recorded. Each must be signed by a dispatch key."""
+        after = int(self._meta("instructions_after") or 0)
+        items = self.client.instructions(self.node.key.id.hex(), after)
+        if not items:
+            return 0
+        keys = self._dispatch_keys()
+        new = 0
+        for item in items:
+            raw = bytes.fromhex(item["tx"])
+            try:
+                m = P.parse(raw)
+                key = keys.get(m.kid)
+                if key is None:
+                    raise ChainClientError(f"instruction signed by {m.kid.hex()}, "
+                                           "not a dispatch key")
+                f = P.verify_message(m, key).fields
+                if f[3] != C.INSTRUCTION or f[4][1] != self.node.key.id:
+                    raise ChainClientError("not an instruction for this fog")
+            except (P.ProtocolError, ChainClientError) as e:
+                self.counters["instructions_rejected"] += 1
+                log.warning("instruction %s at block %s ignored: %s", item.get("digest"),
+                            item.get("height"), e)
+                continue
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO instructions (digest, height, idx, tx, received) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (P.digest(raw), int(item["height"]), int(item["index"]), raw, int(self.clock())))
+            new += cur.rowcount
+        with self._atomic():
+            self._set_meta("instructions_after", max(int(i["height"]) for i in items))
+        self.counters["instructions"] += new
+        return new
+
+    def instructions(self) -> list[tuple[bytes, int, bytes, str]]:
+        """(digest, block height, tx, state) of the recorded instructions, oldest first."""
+        rows = self.db.execute("SELECT digest, height, tx, state FROM instructions "
+                               "ORDER BY height, idx").fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]

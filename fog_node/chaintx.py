@@ -1,0 +1,243 @@
+"""Main dispatch chain messages: type 12 (transaction) and type 13 (block header).
+
+SPEC section 4 leaves type 12 to the project (docs/PROTOCOL.md section 15); type 13 is ours.
+Both are ordinary SPEC COSE_Sign1 messages, so every section 3 rule (4096-byte limit,
+deterministic CBOR, low-S, kid = signer field) holds for them too.
+
+This module is pure: schemas, builders, the per-kind body rules, the block's transaction
+tree, and the SPEC section 8 anchor rule as a function of (anchor body, fog key, what the
+chain last anchored for that fog). The aggregator applies it with its state; the fog node
+uses it to check its own anchors before sending them; the audit verifier uses the parsers.
+It lives in fog_node because the fog signs anchors and the fog never imports aggregator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fog_node import merkle
+from fog_node import protocol as P
+from fog_node.cbor import ProtocolError
+
+TX, BLOCK = 12, 13
+ROLES = ("dispatch", "fog", "regulator", "plant", "market")
+REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
+KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT)
+
+# body schemas per kind, in the schema language of protocol.SCHEMAS
+BODIES: dict[str, dict[int, str]] = {
+    REGISTER: {1: "t", 2: "b65", 3: "t"},                       # role, pub, name
+    ANCHOR: {1: "a", 2: "a", 3: "a?"},                          # checkpoints, proof, aggregates
+    INSTRUCTION: {1: "b8", 2: "t", 3: "m", 4: "u", 5: "a", 6: "t", 7: "b?"},
+    REPORT: {1: "b32", 2: "u", 3: "u", 4: "u", 5: "a", 6: "t"},  # instr, done/rej/failed, entries
+    FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a"},            # kind, detail, t, action, entries
+}
+
+
+class ChainTxError(ProtocolError):
+    """A transaction or anchor the chain must refuse; `reason` is a stable code."""
+
+
+def _body_error(kind: str, msg: str) -> ChainTxError:
+    return ChainTxError("bad_fields", f"{kind} body: {msg}")
+
+
+def _check_body(kind: str, body: dict[Any, Any]) -> None:
+    schema = BODIES[kind]
+    for key in body:
+        if key not in schema:
+            raise _body_error(kind, f"no field {key!r}")
+    for key, kind_ in schema.items():
+        optional = kind_.endswith("?")
+        kind_ = kind_.removesuffix("?")
+        if key not in body:
+            if optional:
+                continue
+            raise _body_error(kind, f"missing field {key}")
+        if not P._predicate(kind_)(body[key]):
+            raise _body_error(kind, f"field {key} must be {kind_}")
+
+
+def _all(items: list[Any], pred: Any) -> bool:
+    return all(pred(x) for x in items)
+
+
+def _tx_rules(f: P.Fields) -> None:
+    kind, body = f[3], f[4]
+    if kind not in BODIES:
+        raise ChainTxError("bad_fields", f"unknown transaction kind {kind!r}")
+    if f[2] < 1:
+        raise ChainTxError("bad_fields", "nonce must be >= 1")
+    _check_body(kind, body)
+    if kind == REGISTER:
+        if body[1] not in ROLES:
+            raise _body_error(kind, f"role must be one of {', '.join(ROLES)}")
+        try:
+            P.PublicKey(body[2])
+        except ProtocolError as e:
+            raise _body_error(kind, f"pub: {e}") from None
+    elif kind == ANCHOR:
+        if not body[1]:
+            raise _body_error(kind, "carries no checkpoint")
+        for name, items, pred in (
+                ("checkpoints", body[1], lambda x: isinstance(x, bytes)),
+                ("proof", body[2], lambda x: isinstance(x, bytes) and len(x) == 32),
+                ("aggregates", body.get(3, []), lambda x: isinstance(x, bytes))):
+            if not _all(items, pred):
+                raise _body_error(kind, f"{name} has an item of the wrong kind")
+    elif kind == INSTRUCTION:
+        err = P.command_args_error(body[2], body[3])
+        if err:
+            raise _body_error(kind, err)
+        if body[2] in ("time", "reboot"):
+            raise _body_error(kind, f"op {body[2]!r} is the fog's own business, not dispatch's")
+        if not _all(body[5], lambda x: isinstance(x, bytes) and len(x) == 8):
+            raise _body_error(kind, "devs must be 8-byte meter ids")
+    elif kind in (REPORT, FAULT):
+        if not _all(body[5], lambda x: P._is_int(x) and x >= 0):
+            raise _body_error(kind, "entries must be log indices (uint)")
+
+
+def _block_rules(f: P.Fields) -> None:
+    if f[2] == 0 and f[3] != P.ZERO32:
+        raise ChainTxError("bad_fields", "prev must be 32 zero bytes at height 0 (genesis)")
+
+
+P.register_type(TX, 1, {0: "u", 1: "b8", 2: "u", 3: "t", 4: "m", 5: "u", 6: "b8"}, _tx_rules)
+P.register_type(BLOCK, 1, {0: "u", 1: "b8", 2: "u", 3: "b32", 4: "b32", 5: "u", 6: "u",
+                           7: "b8"}, _block_rules)
+
+
+# --- builders ------------------------------------------------------------------------------
+def tx(sender: bytes, nonce: int, kind: str, body: dict[int, Any], t: int,
+       chain: bytes) -> P.Fields:
+    return {0: TX, 1: sender, 2: nonce, 3: kind, 4: body, 5: t, 6: chain}
+
+
+def register_body(role: str, pub: bytes, name: str = "") -> dict[int, Any]:
+    return {1: role, 2: pub, 3: name}
+
+
+def anchor_body(checkpoints: Sequence[bytes], proof: Sequence[bytes],
+                aggregates: Sequence[bytes] = ()) -> dict[int, Any]:
+    body: dict[int, Any] = {1: list(checkpoints), 2: list(proof)}
+    if aggregates:
+        body[3] = list(aggregates)
+    return body
+
+
+def instruction_body(fog: bytes, op: str, args: dict[int, Any], not_after: int,
+                     devs: Sequence[bytes] = (), why: str = "",
+                     rule: bytes | None = None) -> dict[int, Any]:
+    body: dict[int, Any] = {1: fog, 2: op, 3: args, 4: not_after, 5: list(devs), 6: why}
+    if rule is not None:
+        body[7] = rule
+    return body
+
+
+def report_body(instruction: bytes, done: int, rejected: int, failed: int,
+                entries: Sequence[int], detail: str = "") -> dict[int, Any]:
+    return {1: instruction, 2: done, 3: rejected, 4: failed, 5: list(entries), 6: detail}
+
+
+def fault_body(kind: str, detail: str, t: int, action: str,
+               entries: Sequence[int] = ()) -> dict[int, Any]:
+    return {1: kind, 2: detail, 3: t, 4: action, 5: list(entries)}
+
+
+def block_header(sealer: bytes, height: int, prev: bytes, txroot: bytes, ntx: int, t: int,
+                 chain: bytes) -> P.Fields:
+    return {0: BLOCK, 1: sealer, 2: height, 3: prev, 4: txroot, 5: ntx, 6: t, 7: chain}
+
+
+# --- a block's transactions as an RFC 9162 tree ---------------------------------------------
+def tx_root(txs: Sequence[bytes]) -> bytes:
+    """Root of the block's transactions (leaves = exact tx bytes, in block order)."""
+    return merkle.root_from_leaf_hashes([merkle.leaf_hash(t) for t in txs])
+
+
+def tx_path(txs: Sequence[bytes], index: int) -> list[bytes]:
+    """Inclusion path of txs[index] in tx_root(txs)."""
+    hashes = [merkle.leaf_hash(t) for t in txs]
+
+    def subtree(lo: int, hi: int) -> bytes:
+        return merkle.root_from_leaf_hashes(hashes[lo:hi])
+
+    return merkle.inclusion_path(index, len(txs), subtree)
+
+
+# --- SPEC section 8: the anchor rule ----------------------------------------------------------
+@dataclass(frozen=True)
+class AnchoredHead:
+    """What the chain holds for a fog after an anchor: its newest anchored checkpoint."""
+
+    height: int
+    size: int
+    root: bytes
+    digest: bytes
+    t: int
+
+    @classmethod
+    def of(cls, cp: P.Message) -> AnchoredHead:
+        f = cp.fields
+        return cls(f[2], f[3], f[4], cp.digest, f[6])
+
+
+def check_anchor(body: dict[int, Any], fog: P.PublicKey,
+                 last: AnchoredHead | None) -> list[P.Message]:
+    """The checkpoints an anchor body carries, each checked; raises ChainTxError.
+
+    The body carries every checkpoint the fog sealed since its last anchored one, oldest
+    first, so the whole side-chain is on the main chain: each is a type-6 message signed by
+    the fog; heights continue by one and prev links each to the one before (the first to
+    `last`, or height 1 with zero prev for a fog's first anchor); sizes and times never go
+    backwards; and the RFC 9162 consistency proof from `last` (size, root) to the newest
+    carried checkpoint verifies, so anchored history cannot be rewritten."""
+    if not isinstance(body.get(1), list) or not body[1]:
+        raise _body_error(ANCHOR, "carries no checkpoint")
+    out: list[P.Message] = []
+    prev_height = last.height if last else 0
+    prev_digest = last.digest if last else P.ZERO32
+    size = last.size if last else 0
+    t = last.t if last else 0
+    for i, raw in enumerate(body[1]):
+        try:
+            parsed = P.parse(raw, schema=False)
+            if parsed.kid != fog.id:
+                raise ChainTxError("anchor_wrong_fog",
+                                   f"checkpoint {i} was signed by {parsed.kid.hex()}, "
+                                   f"not by the sending fog {fog.id_hex}")
+            cp = P.verify_message(parsed, fog) if parsed.type == P.CHECKPOINT else None
+        except ChainTxError:
+            raise
+        except ProtocolError as e:
+            raise ChainTxError("anchor_bad_checkpoint",
+                               f"checkpoint {i}: {e.reason}: {e}") from None
+        if cp is None:
+            raise ChainTxError("anchor_bad_checkpoint", f"checkpoint {i} is not a type-6 message")
+        f = cp.fields
+        if f[2] != prev_height + 1:
+            raise ChainTxError("anchor_height",
+                               f"checkpoint {i} has height {f[2]}, expected {prev_height + 1}")
+        if f[5] != prev_digest:
+            raise ChainTxError("anchor_prev", f"checkpoint {i} (height {f[2]}) does not link "
+                               "to the previous checkpoint through prev")
+        if f[3] < size:
+            raise ChainTxError("anchor_size_shrank",
+                               f"checkpoint {i} has size {f[3]}, below the previous {size}")
+        if f[6] < t:
+            raise ChainTxError("anchor_t_backwards",
+                               f"checkpoint {i} has t {f[6]}, before the previous {t}")
+        prev_height, prev_digest, size, t = f[2], cp.digest, f[3], f[6]
+        out.append(cp)
+    newest = out[-1].fields
+    first_size = last.size if last else 0
+    first_root = last.root if last else merkle.EMPTY_ROOT
+    try:
+        merkle.verify_consistency(first_size, newest[3], first_root, newest[4], body[2])
+    except merkle.MerkleError as e:
+        raise ChainTxError("anchor_consistency",
+                           f"consistency proof from size {first_size} to {newest[3]}: {e}") from None
+    return out

@@ -1,0 +1,152 @@
+"""Helpers for tests that need a dispatch chain: a real aggregator, in-process, on loopback.
+
+    from tests.chainkit import running_chain, FogSide
+
+    with running_chain(tmp_path) as chain:        # data dir tmp_path/"aggregator", HTTP port 0
+        fog_key = chain.register("fog", name="fog-1")   # a new key, registered (block sealed)
+        status, doc = chain.post(chain.sign(fog_key, "fault", body))   # HTTP POST /v1/tx
+        chain.url, chain.key (the dispatch SigningKey), chain.chain_id, chain.ledger
+
+`chain.sign` signs a type-12 transaction with the sender's next nonce as the chain knows it
+(pass nonce= to choose one). `FogSide` is a fog's log and checkpoints (real fog_node stores)
+that builds anchor bodies the way a fog must: every checkpoint since the last anchored one
+and the consistency proof from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aggregator.api import AggregatorAPI
+from aggregator.embedded import EmbeddedLedger
+from aggregator.node import init_data_dir, open_ledger
+from fog_node import chaintx as C
+from fog_node import protocol as P
+from fog_node.checkpoints import Checkpoint, Checkpoints
+from fog_node.logstore import MemoryLogStore
+
+T0 = 1_800_000_000
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, JSON answer) of one request; HTTP errors are answers, not exceptions."""
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Content-Type": "application/cbor"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        text: str = resp.read().decode()
+        return text
+
+
+@dataclass
+class Chain:
+    """A running aggregator: its URL, dispatch key, chain id, ledger and data dir."""
+
+    url: str
+    key: P.SigningKey
+    chain_id: bytes
+    ledger: EmbeddedLedger
+    api: AggregatorAPI
+    data_dir: Path
+
+    def next_nonce(self, key: P.SigningKey) -> int:
+        p = self.ledger.participant(key.id)
+        return (p.nonce if p is not None else 0) + 1
+
+    def sign(self, key: P.SigningKey, kind: str, body: dict[int, Any], nonce: int | None = None,
+             t: int = T0, chain: bytes | None = None, check: bool = True) -> bytes:
+        n = self.next_nonce(key) if nonce is None else nonce
+        fields = C.tx(key.id, n, kind, body, t, self.chain_id if chain is None else chain)
+        return P.sign1(key, fields, check=check)
+
+    def post(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        return http(self.url + "/v1/tx", "POST", raw)
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        return http(self.url + path)
+
+    def register(self, role: str = "fog", key: P.SigningKey | None = None,
+                 name: str = "") -> P.SigningKey:
+        """Register `key` (default: a new one) with `role`, signed by the dispatch key."""
+        key = key or P.SigningKey.generate()
+        status, doc = self.post(self.sign(self.key, C.REGISTER,
+                                          C.register_body(role, key.public_key.raw, name)))
+        assert status == 200, doc
+        return key
+
+    def close(self) -> None:
+        self.api.stop()
+        self.ledger.close()
+
+
+def start_chain(tmp_path: Path, clock: Callable[[], float] = time.time) -> Chain:
+    """init a data dir under tmp_path and serve it on 127.0.0.1 (free port)."""
+    data = tmp_path / "aggregator"
+    key = init_data_dir(data, int(clock()))
+    ledger = open_ledger(data, clock)
+    api = AggregatorAPI(ledger, clock)
+    port = api.start("127.0.0.1", 0)
+    return Chain(f"http://127.0.0.1:{port}", key, key.id, ledger, api, data)
+
+
+@contextmanager
+def running_chain(tmp_path: Path, clock: Callable[[], float] = time.time) -> Iterator[Chain]:
+    chain = start_chain(tmp_path, clock)
+    try:
+        yield chain
+    finally:
+        chain.close()
+
+
+def make_fog(chain: Chain, name: str = "fog") -> P.SigningKey:
+    return chain.register("fog", name=name)
+
+
+class FogSide:
+    """A fog's log and signed checkpoints (fog_node's MemoryLogStore and Checkpoints)."""
+
+    def __init__(self, tmp_path: Path, key: P.SigningKey | None = None, name: str = "fog") -> None:
+        self.key = key or P.SigningKey.generate()
+        self.log = MemoryLogStore()
+        self.checkpoints = Checkpoints(tmp_path / f"{name}-{self.key.id_hex}.db", self.key,
+                                       self.log)
+        self.anchored: Checkpoint | None = None  # the last checkpoint given to anchor()
+
+    def grow(self, n: int, t: int = T0) -> Checkpoint:
+        """Log n entries and seal a checkpoint over them."""
+        size = self.log.size()
+        self.log.append_batch([b"entry %d of %s" % (i, self.key.id) for i in
+                               range(size, size + n)])
+        cp = self.checkpoints.seal(t, force=True)
+        assert cp is not None
+        return cp
+
+    def anchor(self) -> dict[int, Any]:
+        """An anchor body: every checkpoint since the last anchor() and the proof from it."""
+        latest = self.checkpoints.latest()
+        assert latest is not None, "seal a checkpoint first"
+        first = self.anchored.height + 1 if self.anchored else 1
+        cps = [self.checkpoints.at_height(h) for h in range(first, latest.height + 1)]
+        since = self.anchored.size if self.anchored else 0
+        proof = self.log.consistency_proof(since, latest.size).path
+        self.anchored = latest
+        return C.anchor_body([c.msg for c in cps if c is not None], proof)
+
+    def close(self) -> None:
+        self.checkpoints.close()
+        self.log.close()

@@ -1,0 +1,297 @@
+"""Proof bundles: one JSON file that proves one reading, from the meter to the dispatch chain.
+
+    python -m tools.audit bundle --fog URL --chain URL --dev HEX --seq N -o FILE
+    python -m tools.audit verify FILE --trust DISPATCH_PUBHEX [--trust ...]
+
+`verify` needs no network: the bundle and the trusted dispatch-chain key(s) are enough
+(SPEC section 9). It runs the checks below in order and exits 0 with a short summary, or 1
+naming the first check that failed; 2 is a usage or input error.
+
+The bundle's checkpoint is the *head* of an anchor (docs/PROTOCOL.md section 15): the
+newest checkpoint an anchor transaction carries, whose root the chain tied to everything
+the fog anchored before through a consistency proof.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fog_node import chaintx as C
+from fog_node import merkle
+from fog_node import protocol as P
+from fog_node.chain_client import ChainClient, ChainClientError
+
+BUNDLE_VERSION = 1
+# (check name, what it establishes), in the order verify runs them
+CHECKS = (
+    ("format", "the bundle has every field, as hex and integers of the right size"),
+    ("device_id", "the meter id is the id of device_pub"),
+    ("reading_signature", "the reading is a type-1 message signed by device_pub"),
+    ("fog_id", "the checkpoint is signed by the id of fog_pub"),
+    ("enrollment", "a type-8 decision signed by the fog enrolled this meter and key as active"),
+    ("enrollment_order", "the enrollment entry precedes the reading in the log"),
+    ("checkpoint_signature", "the checkpoint is a type-6 message signed by fog_pub"),
+    ("tree_size", "tree_size is the checkpoint's size"),
+    ("reading_inclusion", "the reading is entry leaf_index of the checkpoint's tree"),
+    ("enrollment_inclusion", "the enrollment decision is in the same tree"),
+    ("anchor_signature", "the anchor is a type-12 anchor transaction signed by fog_pub"),
+    ("anchor_head", "the anchor's newest checkpoint is this checkpoint"),
+    ("block_signature", "the block header is a type-13 message signed by a trusted key"),
+    ("block_height", "the block header has the bundle's block height"),
+    ("chain_id", "transaction and block belong to the same chain"),
+    ("tx_inclusion", "the anchor is transaction tx_index of the sealed block"),
+)
+
+
+class BundleError(ValueError):
+    """A failed check; `check` is its name in CHECKS."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(f"{check}: {detail}")
+        self.check = check
+        self.detail = detail
+
+
+# --- bundle ----------------------------------------------------------------------------------
+def _h(b: bytes) -> str:
+    return b.hex()
+
+
+def build_bundle(fog: ChainClient, chain: ChainClient, dev: bytes, seq: int) -> dict[str, Any]:
+    """Ask the fog node and the chain for everything that proves reading (dev, seq).
+    `fog` is a ChainClient pointed at the fog's API (both are plain JSON GETs)."""
+    info = fog.get("/v1/checkpoint")
+    fog_pub, fog_id = bytes.fromhex(info["fog_pub"]), info["fog_id"]
+    first = fog.get("/v1/proof/inclusion", dev=dev.hex(), seq=seq)
+    leaf = int(first["leaf_index"])
+    anchors = [a for a in chain.anchors(fog_id) if int(a["size"]) > leaf]
+    if not anchors:
+        raise ChainClientError(f"reading {seq} of {dev.hex()} (entry {leaf}) is not anchored "
+                               "yet: no anchor of this fog covers it")
+    anchor = anchors[0]
+    tx = chain.tx(anchor["digest"])
+    tx_raw = bytes.fromhex(tx["tx"])
+    head = P.parse(tx_raw).fields[4][1][-1]
+    size = int(anchor["size"])
+    proof = fog.get("/v1/proof/inclusion", dev=dev.hex(), seq=seq, size=size)
+    enrollment = fog.get("/v1/proof/enrollment", dev=dev.hex(), size=size, before=leaf)
+    devices = {d["dev"]: d for d in fog.get("/v1/devices")["devices"]}
+    header = bytes.fromhex(tx["header"])
+    return {
+        "version": BUNDLE_VERSION,
+        "reading": proof["entry"],
+        "device_pub": devices[dev.hex()]["pub"],
+        "enrollment": {"entry": enrollment["entry"], "leaf_index": enrollment["leaf_index"],
+                       "inclusion_path": enrollment["path"]},
+        "leaf_index": leaf,
+        "tree_size": size,
+        "inclusion_path": proof["path"],
+        "checkpoint": _h(head),
+        "fog_pub": _h(fog_pub),
+        "anchor": {
+            "block_height": int(tx["height"]),
+            "block_header": tx["header"],
+            "sealer_signature": _h(P.parse(header, schema=False).signature),
+            "transaction": tx["tx"],
+            "tx_index": int(tx["index"]),
+            "tx_path": tx["path"],
+        },
+    }
+
+
+# --- verify ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verified:
+    dev: str
+    seq: int
+    t: int
+    imp: int
+    exp: int
+    leaf_index: int
+    tree_size: int
+    fog: str
+    checkpoint_height: int
+    block_height: int
+    sealer: str
+
+
+def _field(doc: Any, path: str, kind: str) -> Any:
+    cur = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise BundleError("format", f"missing {path}")
+        cur = cur[part]
+    try:
+        if kind == "hex":
+            return bytes.fromhex(cur)
+        if kind == "uint":
+            if not isinstance(cur, int) or isinstance(cur, bool) or not 0 <= cur < 2**63:
+                raise TypeError
+            return cur
+        if kind == "path":
+            if not isinstance(cur, list):
+                raise TypeError
+            out = [bytes.fromhex(h) for h in cur]
+            if any(len(h) != 32 for h in out):
+                raise ValueError
+            return out
+    except (TypeError, ValueError, AttributeError):
+        raise BundleError("format", f"{path} is not {kind}") from None
+    raise AssertionError(kind)
+
+
+def _check(name: str, ok: bool, detail: str) -> None:
+    if not ok:
+        raise BundleError(name, detail)
+
+
+def _signed(name: str, raw: bytes, key: P.PublicKey, type_: int) -> P.Fields:
+    try:
+        m = P.verify(raw, key)
+    except P.ProtocolError as e:
+        raise BundleError(name, f"{e.reason}: {e}") from None
+    _check(name, m.type == type_, f"message type {m.type}, expected {type_}")
+    return m.fields
+
+
+def _proof(name: str, run: Callable[[], None]) -> None:
+    try:
+        run()
+    except merkle.MerkleError as e:
+        raise BundleError(name, str(e)) from None
+
+
+def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
+    """Every check of CHECKS in order; raises BundleError naming the first that fails."""
+    _check("format", isinstance(doc, dict) and doc.get("version") == BUNDLE_VERSION,
+           f"not a version-{BUNDLE_VERSION} bundle")
+    reading = _field(doc, "reading", "hex")
+    dev_pub_raw = _field(doc, "device_pub", "hex")
+    enr_raw = _field(doc, "enrollment.entry", "hex")
+    enr_index = _field(doc, "enrollment.leaf_index", "uint")
+    enr_path = _field(doc, "enrollment.inclusion_path", "path")
+    leaf_index = _field(doc, "leaf_index", "uint")
+    tree_size = _field(doc, "tree_size", "uint")
+    path = _field(doc, "inclusion_path", "path")
+    cp_raw = _field(doc, "checkpoint", "hex")
+    fog_pub_raw = _field(doc, "fog_pub", "hex")
+    block_height = _field(doc, "anchor.block_height", "uint")
+    header_raw = _field(doc, "anchor.block_header", "hex")
+    sealer_sig = _field(doc, "anchor.sealer_signature", "hex")
+    tx_raw = _field(doc, "anchor.transaction", "hex")
+    tx_index = _field(doc, "anchor.tx_index", "uint")
+    tx_path = _field(doc, "anchor.tx_path", "path")
+    try:
+        dev_pub, fog_pub = P.PublicKey(dev_pub_raw), P.PublicKey(fog_pub_raw)
+    except P.ProtocolError as e:
+        raise BundleError("format", f"a public key is not a P-256 point: {e}") from None
+
+    try:
+        kid = P.parse(reading, schema=False).kid
+    except P.ProtocolError as e:
+        raise BundleError("reading_signature", f"{e.reason}: {e}") from None
+    _check("device_id", kid == dev_pub.id,
+           f"reading is from meter {kid.hex()}, device_pub is meter {dev_pub.id_hex}")
+    rf = _signed("reading_signature", reading, dev_pub, P.READING)
+    try:
+        cp_kid = P.parse(cp_raw, schema=False).kid
+    except P.ProtocolError as e:
+        raise BundleError("checkpoint_signature", f"{e.reason}: {e}") from None
+    _check("fog_id", cp_kid == fog_pub.id,
+           f"checkpoint is signed by {cp_kid.hex()}, fog_pub is {fog_pub.id_hex}")
+    ef = _signed("enrollment", enr_raw, fog_pub, P.ENROLLMENT)
+    _check("enrollment", ef[1] == dev_pub.id and ef[10] == dev_pub.raw,
+           "the decision names another meter or key")
+    _check("enrollment", ef[18] == "active", f"the decision says {ef[18]!r}, not 'active'")
+    _check("enrollment_order", enr_index < leaf_index,
+           f"enrollment is entry {enr_index}, the reading entry {leaf_index}")
+    cf = _signed("checkpoint_signature", cp_raw, fog_pub, P.CHECKPOINT)
+    _check("tree_size", cf[3] == tree_size,
+           f"checkpoint size is {cf[3]}, bundle says {tree_size}")
+    _proof("reading_inclusion", lambda: merkle.verify_inclusion(
+        merkle.leaf_hash(reading), leaf_index, tree_size, path, cf[4]))
+    _proof("enrollment_inclusion", lambda: merkle.verify_inclusion(
+        merkle.leaf_hash(enr_raw), enr_index, tree_size, enr_path, cf[4]))
+    tf = _signed("anchor_signature", tx_raw, fog_pub, C.TX)
+    _check("anchor_signature", tf[3] == C.ANCHOR, f"transaction kind is {tf[3]!r}")
+    _check("anchor_head", tf[4][1][-1] == cp_raw,
+           "the checkpoint is not the newest one the anchor carries")
+    try:
+        hm = P.parse(header_raw)
+    except P.ProtocolError as e:
+        raise BundleError("block_signature", f"{e.reason}: {e}") from None
+    key = next((k for k in trusted if k.id == hm.kid), None)
+    _check("block_signature", key is not None,
+           f"block sealed by {hm.kid.hex()}, which is not a trusted key")
+    assert key is not None
+    hf = _signed("block_signature", header_raw, key, C.BLOCK)
+    _check("block_signature", sealer_sig == hm.signature,
+           "sealer_signature is not the header's signature")
+    _check("block_height", hf[2] == block_height,
+           f"header is block {hf[2]}, bundle says {block_height}")
+    _check("chain_id", tf[6] == hf[7], "the transaction names another chain than the block")
+    _check("tx_inclusion", tx_index < hf[5], f"tx_index {tx_index} but the block holds {hf[5]}")
+    _proof("tx_inclusion", lambda: merkle.verify_inclusion(
+        merkle.leaf_hash(tx_raw), tx_index, hf[5], tx_path, hf[4]))
+    return Verified(dev_pub.id_hex, rf[2], rf[3], rf[5], rf[6], leaf_index, tree_size,
+                    fog_pub.id_hex, cf[2], block_height, hm.kid.hex())
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.audit", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bundle", help="fetch the proof bundle of one reading")
+    b.add_argument("--fog", required=True, help="the fog node's API base URL")
+    b.add_argument("--chain", required=True, help="the dispatch chain's API base URL")
+    b.add_argument("--dev", required=True, help="meter id, 16 hex characters")
+    b.add_argument("--seq", required=True, type=int)
+    b.add_argument("-o", "--output", required=True, type=Path)
+    v = sub.add_parser("verify", help="check a proof bundle offline")
+    v.add_argument("file", type=Path)
+    v.add_argument("--trust", required=True, action="append",
+                   help="a trusted dispatch-chain public key (hex, 65 bytes); repeatable")
+    args = ap.parse_args(argv)
+    if args.cmd == "bundle":
+        try:
+            dev = bytes.fromhex(args.dev)
+            if len(dev) != 8:
+                raise ValueError
+        except ValueError:
+            print("error: --dev must be 16 hex characters", file=sys.stderr)
+            return 2
+        try:
+            doc = build_bundle(ChainClient(args.fog), ChainClient(args.chain), dev, args.seq)
+        except ChainClientError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        args.output.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"bundle for {args.dev} seq {args.seq} written to {args.output}")
+        return 0
+    try:
+        trusted = [P.PublicKey(bytes.fromhex(t.strip())) for t in args.trust]
+        doc = json.loads(args.file.read_text())
+    except (ValueError, P.ProtocolError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        r = verify_bundle(doc, trusted)
+    except BundleError as e:
+        print(f"rejected: {e}")
+        return 1
+    print(f"verified: meter {r.dev} seq {r.seq} (t {r.t}, import {r.imp} Wh, export "
+          f"{r.exp} Wh) is entry {r.leaf_index} of fog {r.fog}'s log (size {r.tree_size}, "
+          f"checkpoint {r.checkpoint_height}), anchored in block {r.block_height} sealed by "
+          f"{r.sealer}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The end-to-end demo (`make demo`): meters -> MQTT -> fog node -> dispatch chain -> bundle.
+
+    python -m tools.demo [--meters 20] [--intervals 3] [--out demo-out]
+
+Starts an MQTT broker (mosquitto when installed, else the embedded amqtt broker), the
+aggregator (`python -m aggregator`), a fog node (`python -m fog_node run`) registered on the
+chain, and N virtual meters running the real firmware app, all on one compressed clock (a
+15-minute interval every few seconds). It runs until at least `--intervals` interval closes
+are anchored on the dispatch chain, prints a short table, builds one proof bundle and
+verifies it offline, leaves demo-out/bundle.json and demo-out/dispatch.pub (hex) for anyone
+to re-check with `python -m tools.audit verify`, stops everything cleanly and exits 0.
+Each run starts from an empty --out directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from fog_node import protocol as P
+from fog_node.chain_client import ChainClient, ChainClientError
+from fog_node.metrics import parse_metrics
+from hardware.broker import EmbeddedBroker, Mosquitto, any_broker, free_port
+from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
+from tools import audit
+
+_ROOT = Path(__file__).resolve().parent.parent
+COMPRESS = 300.0  # a 15-minute interval every 3 s of real time
+START = 1_800_000_000 - 30  # virtual time: 30 s before an interval boundary
+
+
+FOG, AGG = "meterledger_fog_", "meterledger_aggregator_"  # metric name prefixes
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+class Child:
+    """A service in a child process, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self._out: IO[bytes] = open(log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", *args], cwd=_ROOT,
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.log.read_text(errors="replace"))
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                raise DemoError(f"{self.name} exited with {self.proc.returncode}:\n"
+                                f"{self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        raise DemoError(f"{self.name} did not say {pattern!r} within {timeout:.0f} s")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._out.close()
+        return self.proc.returncode
+
+
+def _run(args: list[str]) -> str:
+    out = subprocess.run([sys.executable, "-m", *args], cwd=_ROOT, capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        raise DemoError(f"python -m {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def anchored_intervals(chain: ChainClient, fog_hex: str, seen: dict[str, list[int]]) -> set[int]:
+    """Interval ends (checkpoint ivl) that anchored checkpoints of this fog close."""
+    for a in chain.anchors(fog_hex):
+        if a["digest"] not in seen:
+            tx = P.parse(bytes.fromhex(chain.tx(a["digest"])["tx"]))
+            cps = [P.parse(c).fields for c in tx.fields[4][1]]
+            seen[a["digest"]] = [f[7] for f in cps if 7 in f]
+    return {i for ivls in seen.values() for i in ivls}
+
+
+def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
+         broker_kind: str = "auto") -> int:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    children: list[Child] = []
+    meters: list[VirtualMeter] = []
+    broker: Mosquitto | EmbeddedBroker = {
+        "auto": any_broker, "mosquitto": Mosquitto, "amqtt": EmbeddedBroker}[broker_kind](
+            out / "broker")
+    try:
+        broker.start()
+        kind = "mosquitto" if isinstance(broker, Mosquitto) else "amqtt (embedded)"
+        print(f"broker      {kind} on 127.0.0.1:{broker.port}")
+
+        chain_dir = out / "chain"
+        _run(["aggregator", "init", "--data-dir", str(chain_dir)])
+        agg = Child("aggregator", ["aggregator", "run", "--data-dir", str(chain_dir),
+                                   "--http-port", "0"], out / "aggregator.log")
+        children.append(agg)
+        chain_url = agg.wait_for(r"listening on (http://\S+)").group(1)
+        dispatch_pub = (chain_dir / "dispatch.pub").read_text().strip()
+        print(f"aggregator  {chain_url} (dispatch key {P.party_id(bytes.fromhex(dispatch_pub)).hex()})")
+
+        fog_dir = out / "fog"
+        fog_out = _run(["fog_node", "init", "--data-dir", str(fog_dir)])
+        fog_hex = re.search(r"fog id ([0-9a-f]{16})", fog_out).group(1)  # type: ignore[union-attr]
+        fog_pub = re.search(r"fog pub ([0-9a-f]{130})", fog_out).group(1)  # type: ignore[union-attr]
+        _run(["aggregator", "register", "--data-dir", str(chain_dir), "--role", "fog",
+              "--pub", fog_pub, "--name", "district-1", "--chain", chain_url])
+
+        epoch = time.time() + 1.0  # the shared simulated clock reads START then
+        http_port = free_port()
+        (out / "fog.toml").write_text("\n".join([
+            "[fog]", f'data_dir = "{fog_dir}"', f"mqtt_port = {broker.port}",
+            f"http_port = {http_port}", f'chain_url = "{chain_url}"', "seal_period_s = 5.0",
+            "interval_s = 900", "grace_s = 30", "skew_s = 900", "anchor_period_s = 300",
+            "chain_poll_s = 0.5", f'dispatch_pub = "{dispatch_pub}"',
+            f"sim_compress = {COMPRESS}", f"sim_start = {START}", f"sim_epoch = {epoch}", ""]))
+        fog = Child("fog node", ["fog_node", "run", "--config", str(out / "fog.toml")],
+                    out / "fog.log")
+        children.append(fog)
+        fog.wait_for(r"running: mqtt")
+        clock = VirtualClock(START, COMPRESS, time.time, t0=epoch)
+        config: dict[str, Any] = {"dur": 900, "source": "sim", "fog": fog_hex,
+                                  "fog_pub": fog_pub, "transport": "mqtt",
+                                  "mqtt_host": "127.0.0.1", "mqtt_port": broker.port}
+        meters = [make_meter(i, out / "meters" / f"meter-{i:03d}", clock, config)
+                  for i in range(n_meters)]
+        provisioning = out / "provisioning.json"
+        provisioning.write_text(json.dumps(
+            {"meters": [{"pub": bytes(vm.app.meter.key.pub).hex()} for vm in meters]}))
+        _run(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
+
+        fog_url = f"http://127.0.0.1:{http_port}"
+        print(f"fog node    {fog_url} (id {fog_hex}), {n_meters} virtual meters, "
+              f"time x{COMPRESS:.0f}")
+
+        chain = ChainClient(chain_url)
+        seen: dict[str, list[int]] = {}
+        deadline = time.monotonic() + timeout_s
+        next_check = 0.0
+        closed: set[int] = set()
+        # until `intervals` interval closes holding readings are anchored and every meter
+        # has made that many readings
+        while len(closed) < intervals or any(len(vm.readings) < intervals for vm in meters):
+            if time.monotonic() > deadline:
+                raise DemoError(f"only {len(closed)} of {intervals} interval closes anchored "
+                                f"within {timeout_s:.0f} s; see {out}/*.log")
+            for vm in meters:
+                vm.app.step()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 0.5
+                # intervals that hold readings: the meters' first reading ends the first
+                firsts = [P.parse(vm.readings[0]).fields[3] for vm in meters if vm.readings]
+                if firsts:
+                    closed = {i for i in anchored_intervals(chain, fog_hex, seen)
+                              if i >= min(firsts)}
+            time.sleep(0.01)
+
+        fog_api = ChainClient(fog_url)
+        m = parse_metrics(fog_api_text(fog_url))
+        cp = fog_api.get("/v1/checkpoint")
+        chain_m = parse_metrics(fog_api_text(chain_url))
+        rejected = sum(v for k, v in m.items() if k.startswith(FOG + "rejected_total{"))
+        rejected += sum(v for k, v in chain_m.items() if k.startswith(AGG + "rejected_total{"))
+        readings = sum(len(vm.readings) for vm in meters)
+        print()
+        print(f"{'meters':>8} {'readings':>9} {'logged':>7} {'checkpoints':>12} {'anchors':>8} "
+              f"{'intervals':>10} {'rejected':>9}")
+        print(f"{n_meters:>8} {readings:>9} {int(m.get(FOG + 'accepted_total', 0)):>7} "
+              f"{cp['height']:>12} {len(seen):>8} {len(closed):>10} {int(rejected):>9}")
+        print()
+
+        dev = bytes(meters[0].app.meter.id)
+        bundle = audit.build_bundle(fog_api, chain, dev, 1)
+        (out / "bundle.json").write_text(json.dumps(bundle, indent=1) + "\n")
+        (out / "dispatch.pub").write_text(dispatch_pub + "\n")
+        r = audit.verify_bundle(json.loads((out / "bundle.json").read_text()),
+                                [P.PublicKey(bytes.fromhex(dispatch_pub))])
+        print(f"bundle      {out}/bundle.json ({(out / 'bundle.json').stat().st_size:,} bytes) "
+              f"verified offline: meter {r.dev} seq {r.seq} is entry {r.leaf_index} of the "
+              f"fog's log, anchored in block {r.block_height}")
+        print(f"re-check:   python -m tools.audit verify {out}/bundle.json "
+              f"--trust $(cat {out}/dispatch.pub)")
+    finally:
+        for vm in meters:
+            vm.app.transport.close()
+        codes = {c.name: c.stop() for c in reversed(children)}
+        broker.stop()
+    unclean = {k: v for k, v in codes.items() if v != 0}
+    if unclean:
+        raise DemoError(f"not stopped cleanly: {unclean}")
+    print("stopped cleanly")
+    return 0
+
+
+def fog_api_text(base: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+        text: str = resp.read().decode()
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--meters", type=int, default=20)
+    ap.add_argument("--intervals", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("demo-out"))
+    ap.add_argument("--timeout", type=float, default=180.0, help="give up after this many s")
+    ap.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                    help="auto: mosquitto when installed, else the embedded amqtt broker")
+    args = ap.parse_args(argv)
+    try:
+        return demo(args.out.resolve(), args.meters, args.intervals, args.timeout, args.broker)
+    except (DemoError, ChainClientError, audit.BundleError) as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
