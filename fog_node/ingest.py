@@ -4,7 +4,8 @@ groups, and only then produce the acks.
 Pure service logic over the stores (no MQTT, no HTTP); the clock is passed in. One call to
 `process()` handles everything that arrived since the last call as one group commit, which
 is what keeps throughput near the signature-verification ceiling: a log transaction costs
-one fsync whether it carries 1 reading or 500.
+one fsync whether it carries 1 reading or 500. The group's signature checks and its ack
+signatures, most of the work, run on every core the process may use (on_all_cores).
 
 Rejections never raise: each message gets an Outcome with a stable reason code, counted in
 `counters` (docs/PROTOCOL.md, "Fog ingest").
@@ -12,9 +13,13 @@ Rejections never raise: each message gets an Outcome with a stable reason code, 
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from fog_node import protocol as P
 from fog_node.cbor import ProtocolError, item_end
@@ -24,6 +29,8 @@ from fog_node.registry import ACTIVE, REVOKED, Device, Registry
 LOGGED, DUPLICATE, QUARANTINED, REJECTED = "logged", "duplicate", "quarantined", "rejected"
 # message types a meter may send on its topics
 _FROM_METER = (P.READING, P.BIRTH, P.RESULT)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,69 @@ class _Pending:
     msg: P.Message
     dev: bytes
     seq: int | None
+    digest: bytes
+
+
+@dataclass
+class _Verify:
+    """A message that passed the checks before its signature: the key to verify it with,
+    and the signer's device record (None for a birth of an unknown meter)."""
+
+    msg: P.Message
+    key: P.PublicKey
+    device: Device | None
+
+
+def _signature_ok(v: _Verify) -> bool:
+    return v.key.verify(v.msg.signature, v.msg.tbs)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_CHUNK = 16  # calls per hand-out: large enough to amortise the lock, small to balance
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def on_all_cores(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """[fn(x) for x in items], spread over the cores this process may use.
+
+    Worth it only for calls that release the GIL, as cryptography's ECDSA verify and sign
+    do (the bulk of ingest's time): then threads of one process run them in parallel. The
+    calling thread works too, so nothing waits idle; helpers are shared by every Ingest of
+    the process and started on first use."""
+    global _helpers
+    n = len(items)
+    cores = _cores()
+    if cores < 2 or n < 2 * _CHUNK:
+        return [fn(x) for x in items]
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(cores - 1, thread_name_prefix="ingest-crypto")
+        pool = _helpers
+    out: list[_R | None] = [None] * n
+    starts = iter(range(0, n, _CHUNK))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                start = next(starts, None)
+            if start is None:
+                return
+            for i in range(start, min(start + _CHUNK, n)):
+                out[i] = fn(items[i])
+
+    futures = [pool.submit(work) for _ in range(min(cores - 1, n // _CHUNK - 1))]
+    work()
+    for f in futures:
+        f.result()  # re-raises a helper's exception here
+    return cast(list[_R], out)  # every slot is filled now
 
 
 class Ingest:
@@ -170,26 +240,35 @@ class Ingest:
 
         topic_devs, when given, is the meter id of the topic each payload arrived on: a
         message signed by another meter than its topic names is rejected (topic_mismatch).
-        The acks are built only after the log transaction committed."""
+        The acks are built only after the log transaction committed.
+
+        Three passes keep the result that of checking message after message while the
+        signatures, which do not depend on each other, are verified on every core: the
+        checks up to the signature, then all signatures, then the rest in arrival order."""
         now = int(self.clock())
-        outcomes: list[Outcome] = []
-        batch: list[_Pending] = []
-        in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}  # (dev, seq) -> digest, prev
-        touched: set[bytes] = set()
+        slots: list[Outcome | _Verify] = []
         for i, payload in enumerate(payloads):
             try:
                 raws = split_batch(payload)
             except ProtocolError as e:
-                outcomes.append(self._reject(e.reason, str(e)))
+                slots.append(self._reject(e.reason, str(e)))
                 continue
             topic_dev = topic_devs[i] if topic_devs is not None else None
             for raw in raws:
-                out = self._check(raw, now, batch, in_batch, touched, topic_dev)
-                if out is not None:
-                    outcomes.append(out)
+                slots.append(self._precheck(raw, now, topic_dev))
+        valid = iter(on_all_cores(_signature_ok, [s for s in slots if isinstance(s, _Verify)]))
+        outcomes: list[Outcome] = []
+        batch: list[_Pending] = []
+        in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}  # (dev, seq) -> digest, prev
+        touched: set[bytes] = set()
+        for slot in slots:
+            out = slot if isinstance(slot, Outcome) else self._accept(
+                slot, next(valid), now, batch, in_batch, touched)
+            if out is not None:
+                outcomes.append(out)
         if batch:
             first = self.log.append_batch([p.msg.raw for p in batch])
-            rows = [(p.dev, p.seq, p.msg.digest, first + i, p.msg.fields[3])
+            rows = [(p.dev, p.seq, p.digest, first + i, p.msg.fields[3])
                     for i, p in enumerate(batch) if p.seq is not None]
             self.registry.record_readings(rows, self.log.size())
             per_dev: dict[bytes, list[int]] = {}
@@ -201,10 +280,13 @@ class Ingest:
                 self._advance(dev, seqs)
             for p in batch:
                 outcomes.append(Outcome(LOGGED, "", p.dev, p.seq))
-                self.counters["logged"] += 1
                 if p.msg.type == P.BIRTH:
-                    self._births[p.dev] = p.msg.digest
-        return outcomes, [(dev, a) for dev in sorted(touched) if (a := self.ack_for(dev, now))]
+                    self._births[p.dev] = p.digest
+            self.counters["logged"] += len(batch)
+        # committed: now the acks, one signature per meter, signed on every core
+        todo = [(dev, a) for dev in sorted(touched) if (a := self._ack_payload(dev, now))]
+        signed = on_all_cores(self._sign, [a for _, a in todo])
+        return outcomes, [(dev, raw) for (dev, _), raw in zip(todo, signed, strict=True)]
 
     def _contiguous(self, dev: bytes) -> int:
         c = self._contig.get(dev)
@@ -225,6 +307,10 @@ class Ingest:
 
     def ack_for(self, dev: bytes, now: int) -> bytes | None:
         """The ack for everything 1..seq of dev now durably logged, or None."""
+        payload = self._ack_payload(dev, now)
+        return None if payload is None else self._sign(payload)
+
+    def _ack_payload(self, dev: bytes, now: int) -> bytes | None:
         seq = self._contiguous(dev)
         if seq == 0:
             return None
@@ -232,12 +318,15 @@ class Ingest:
         digest = last_digest if seq == last_seq else self._logged(dev, seq)
         assert digest is not None
         self.counters["acks"] += 1
-        # our own builder's output: no need to re-parse it as a receiver would
-        return P.sign1(self.key, P.ack(dev, seq, digest, now, self.key.id), check=False)
+        return P.ack_payload(dev, seq, digest, now, self.key.id)
 
-    def _check(self, raw: bytes, now: int, batch: list[_Pending],
-               in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]], touched: set[bytes],
-               topic_dev: bytes | None = None) -> Outcome | None:
+    def _sign(self, payload: bytes) -> bytes:
+        # our own builder's output: no need to re-parse it as a receiver would
+        return P.sign1_encoded(self.key, payload)
+
+    def _precheck(self, raw: bytes, now: int, topic_dev: bytes | None) -> Outcome | _Verify:
+        """The checks before the signature: an Outcome if they settle the message, else
+        the signature check it needs (with the device record for the checks after it)."""
         try:
             m = P.parse(raw, schema=False)
         except ProtocolError as e:
@@ -250,8 +339,11 @@ class Ingest:
         dev = m.kid
         device = self._device(dev)
         if m.type == P.BIRTH:
-            return self._birth(m, raw, device, batch)
-        if device is None:
+            try:  # a birth is self-signed
+                key = P.PublicKey(m.fields.get(10, b""))
+            except ProtocolError as e:
+                return self._reject(e.reason, str(e), dev)
+        elif device is None:
             try:  # keep only what a meter could have signed: structure and schema now,
                 P.check_fields(m.fields)  # the signature once we know its key
             except ProtocolError as e:
@@ -259,33 +351,45 @@ class Ingest:
             self.registry.quarantine(dev, raw, now)
             self.counters["quarantined"] += 1
             return Outcome(QUARANTINED, "unknown_meter", dev, m.fields.get(2))
-        if device.status == REVOKED:
+        elif device.status == REVOKED:
             return self._reject("revoked", "meter is revoked: " + device.reason, dev)
+        else:
+            key = self._pub(dev, device.pub)
+        if m.kid != key.id:  # verify_message's first check, before the signature
+            return self._reject("kid_mismatch", "message was signed by a different party", dev)
+        return _Verify(m, key, device)
+
+    def _accept(self, v: _Verify, signature_ok: bool, now: int, batch: list[_Pending],
+                in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]], touched: set[bytes],
+                ) -> Outcome | None:
+        """The checks after the signature (verify_message's schema check, then the log's)."""
+        m, dev = v.msg, v.msg.kid
+        if not signature_ok:
+            return self._reject("bad_signature", "ECDSA signature does not verify", dev)
         try:
-            P.verify_message(m, self._pub(dev, device.pub))
+            P.check_message_fields(m)
         except ProtocolError as e:
             return self._reject(e.reason, str(e), dev)
+        if m.type == P.BIRTH:
+            return self._birth(m, v.device, batch)
         if m.type == P.RESULT:
-            batch.append(_Pending(m, dev, None))
+            batch.append(_Pending(m, dev, None, m.digest))
             return None
         return self._reading(m, dev, now, batch, in_batch, touched)
 
-    def _birth(self, m: P.Message, raw: bytes, device: object, batch: list[_Pending]) -> Outcome | None:
+    def _birth(self, m: P.Message, device: object, batch: list[_Pending]) -> Outcome | None:
         f = m.fields
-        try:
-            P.verify_message(m, P.PublicKey(f.get(10, b"")))  # a birth is self-signed
-        except ProtocolError as e:
-            return self._reject(e.reason, str(e), m.kid)
         if f[16] != self.key.id:
             return self._reject("wrong_fog", "meter is configured for another fog", m.kid)
         if device is None:
             self.pending_births[m.kid] = f[10]  # listed for the operator to enroll
             self.counters["births_unknown"] += 1
             return Outcome(QUARANTINED, "unknown_meter", m.kid)
-        if self._births.get(m.kid) == m.digest:
+        digest = m.digest
+        if self._births.get(m.kid) == digest:
             self.counters["duplicates"] += 1
             return Outcome(DUPLICATE, "", m.kid)
-        batch.append(_Pending(m, m.kid, None))
+        batch.append(_Pending(m, m.kid, None, digest))
         return None
 
     def _reading(self, m: P.Message, dev: bytes, now: int, batch: list[_Pending],
@@ -328,7 +432,7 @@ class Ingest:
             return self._broken_chain(dev, seq, now, f"logged seq {seq + 1} does not link to "
                                       "this reading")
         in_batch[(dev, seq)] = (digest, f[8])
-        batch.append(_Pending(m, dev, seq))
+        batch.append(_Pending(m, dev, seq, digest))
         touched.add(dev)
         return None
 

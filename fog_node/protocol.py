@@ -38,9 +38,10 @@ __all__ = [
     "PARTIAL", "POWER_FAIL", "PROTECTED", "READING", "REGISTER_RESET", "RESULT", "RESULT_DONE",
     "RESULT_FAILED", "RESULT_REJECTED", "RULES", "SCHEMAS", "SIGNER_FIELD", "SKIPPED",
     "SOURCE_ERROR", "TAG_SIGN1", "TAMPER", "ZERO32", "Fields", "Message", "N", "ProtocolError",
-    "PublicKey", "Rule", "SigningKey", "ack", "check_fields", "checkpoint", "command",
-    "command_args_error", "digest", "enrollment", "flag_names", "parse", "party_id", "reading",
-    "register_type", "rfc6979_sign", "sign1", "to_be_signed", "verify", "verify_message",
+    "PublicKey", "Rule", "SigningKey", "ack", "ack_payload", "check_fields",
+    "check_message_fields", "checkpoint", "command", "command_args_error", "digest",
+    "enrollment", "flag_names", "parse", "party_id", "reading", "register_type", "rfc6979_sign",
+    "sign1", "sign1_encoded", "to_be_signed", "verify", "verify_message",
 ]
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 group order
@@ -243,6 +244,100 @@ def register_type(type_: int, signer_field: int, schema: dict[int, str],
         RULES.pop(type_, None)
 
 
+# --- the reading fast path ------------------------------------------------------------------
+# A v1 reading has one deterministic encoding: keys 0..8 (and 9) in order, shortest heads.
+# parse() recognises that layout byte for byte and builds the same dict decode() would, and
+# the key and kind checks of the schema are then already done. Any other byte sequence,
+# valid or not, goes through the strict decoder and check_fields(), so every result and
+# rejection reason is the generic one (tests/test_fastpath.py checks both agree).
+_READING_SCHEMA = SCHEMAS[READING]
+_READING_SCHEMA_V1 = dict(_READING_SCHEMA)
+# head byte -> (argument width, smallest argument in shortest form), majors 0 and 1
+_WIDE = {0x18: (1, 24), 0x19: (2, 1 << 8), 0x1A: (4, 1 << 16), 0x1B: (8, 1 << 32),
+         0x38: (1, 24), 0x39: (2, 1 << 8), 0x3A: (4, 1 << 16), 0x3B: (8, 1 << 32)}
+_READING_HEAD = b"\x00\x01\x01\x48"  # 0: 1, 1: bstr(8)
+_PREV_HEAD = b"\x08\x58\x20"  # 8: bstr(32)
+
+
+def _reading_fields(p: bytes) -> Fields | None:
+    """decode(p) if p is a type-1 payload in its deterministic layout, else None.
+
+    Written out flat (no helper calls): CPython's call overhead is most of its cost."""
+    try:
+        h = p[0]
+        if (h != 0xA9 and h != 0xAA) or p[1:5] != _READING_HEAD:
+            return None
+        n = len(p)
+        f: Fields = {0: READING, 1: p[5:13]}
+        pos = 13
+        for key in (2, 3, 4, 5, 6, 7):  # uints
+            if p[pos] != key:
+                return None
+            b = p[pos + 1]
+            if b < 24:
+                f[key] = b
+                pos += 2
+                continue
+            w = _WIDE.get(b)
+            if w is None or b > 0x1B:
+                return None
+            end = pos + 2 + w[0]
+            v = int.from_bytes(p[pos + 2:end], "big")
+            if v < w[1] or end > n:
+                return None
+            f[key] = v
+            pos = end
+        if p[pos:pos + 3] != _PREV_HEAD:
+            return None
+        end = pos + 35
+        f[8] = p[pos + 3:end]
+        if h == 0xA9:
+            return f if end == n else None
+        b = p[end + 1]
+        if p[end] != 9 or not 0xA0 <= b < 0xB8:  # 9: a map of fewer than 24 entries
+            return None
+        pos, last = end + 2, -1
+        q: dict[int, int] = {}
+        for _ in range(b - 0xA0):
+            k = p[pos]
+            if not last < k < 24:  # one-byte uint keys, ascending: the sorted order
+                return None
+            b = p[pos + 1]
+            if b < 0x18:
+                v, pos = b, pos + 2
+            elif 0x20 <= b < 0x38:
+                v, pos = 0x1F - b, pos + 2
+            else:  # any integer, as decode() reads it (the rules judge the value)
+                w = _WIDE.get(b)
+                if w is None:
+                    return None
+                end = pos + 2 + w[0]
+                v = int.from_bytes(p[pos + 2:end], "big")
+                if v < w[1] or end > n:
+                    return None
+                v = v if b < 0x20 else -1 - v
+                pos = end
+            q[k] = v
+            last = k
+        f[9] = q
+        return f if pos == n else None
+    except IndexError:
+        return None
+
+
+def check_message_fields(m: Message) -> None:
+    """check_fields(m.fields), without the key and kind checks that parse() already proved
+    for a reading in its deterministic layout (while the built-in reading schema is in
+    force); every rule still runs."""
+    if m.layout_checked and SCHEMAS.get(READING) is _READING_SCHEMA \
+            and _READING_SCHEMA == _READING_SCHEMA_V1:
+        rule = RULES.get(READING)
+        if rule is not None:
+            rule(m.fields)
+    else:
+        check_fields(m.fields)
+
+
 # --- keys ----------------------------------------------------------------------------------
 class PublicKey:
     """A party's P-256 public key: SEC1 uncompressed (65 bytes) and its 8-byte id."""
@@ -402,6 +497,9 @@ class Message:
     payload: bytes = field(compare=False)
     fields: Fields = field(compare=False)
     signature: bytes = field(compare=False)
+    # set by parse() when the payload had the one deterministic layout of a v1 reading:
+    # its keys and kinds are then known to match the built-in schema, only rules remain
+    layout_checked: bool = field(default=False, compare=False, repr=False)
 
     @property
     def type(self) -> int:
@@ -465,10 +563,13 @@ def parse(raw: bytes, schema: bool = True) -> Message:
         raise ProtocolError("too_large", f"message is {len(raw)} bytes, more than {MAX_MESSAGE}")
     raw = bytes(raw)
     kid, payload, sig = _envelope(raw)
-    try:
-        fields = decode(payload)
-    except CBORError as e:
-        raise CBORError(e.reason, f"payload: {e}") from None
+    fields = _reading_fields(payload)
+    layout = fields is not None
+    if fields is None:
+        try:
+            fields = decode(payload)
+        except CBORError as e:
+            raise CBORError(e.reason, f"payload: {e}") from None
     t: Any = fields.get(0) if isinstance(fields, dict) else None
     if not _is_int(t):
         raise ProtocolError("bad_payload", "payload must be a map with an integer type at key 0")
@@ -484,9 +585,10 @@ def parse(raw: bytes, schema: bool = True) -> Message:
         raise ProtocolError("sig_out_of_range", "signature r or s outside [1, n-1]")
     if s > HALF_N:
         raise ProtocolError("high_s", "signature s is not low-S (s > n/2)")
+    m = Message(raw, kid, payload, fields, sig, layout)
     if schema:
-        check_fields(fields)
-    return Message(raw, kid, payload, fields, sig)
+        check_message_fields(m)
+    return m
 
 
 def verify_message(m: Message, key: PublicKey, schema: bool = True) -> Message:
@@ -496,7 +598,7 @@ def verify_message(m: Message, key: PublicKey, schema: bool = True) -> Message:
     if not key.verify(m.signature, to_be_signed(m.payload)):
         raise ProtocolError("bad_signature", "ECDSA signature does not verify")
     if schema:
-        check_fields(m.fields)
+        check_message_fields(m)
     return m
 
 
@@ -509,17 +611,33 @@ def sign1(key: SigningKey, fields: Fields, check: bool = True) -> bytes:
     """The SPEC COSE_Sign1 of a payload map. With `check` (default) the fog refuses to sign
     what a receiver would reject: the signer field must be key.id, the schema must hold and
     the message must fit in MAX_MESSAGE."""
-    payload = encode(fields)
-    raw = (_ENV_PREFIX + key.id + head(2, len(payload)) + payload + _SIG_HEAD
-           + key.sign(to_be_signed(payload)))
+    raw = sign1_encoded(key, encode(fields))
     if check:
         parse(raw)
     return raw
 
 
+def sign1_encoded(key: SigningKey, payload: bytes) -> bytes:
+    """The COSE_Sign1 of an already encoded payload (e.g. ack_payload()), unchecked."""
+    return (_ENV_PREFIX + key.id + head(2, len(payload)) + payload + _SIG_HEAD
+            + key.sign(to_be_signed(payload)))
+
+
 # --- builders of the payloads the fog signs (SPEC section 4) ------------------------------
 def ack(dev: bytes, seq: int, digest: bytes, t: int, fog: bytes) -> Fields:
     return {0: ACK, 1: dev, 2: seq, 3: digest, 4: t, 17: fog}
+
+
+def ack_payload(dev: bytes, seq: int, digest: bytes, t: int, fog: bytes) -> bytes:
+    """encode(ack(...)), built by concatenation: the fog signs one ack per meter per group,
+    and the generic encoder's recursion and key sorting cost as much as the signature's
+    Python side. Keys 0, 1, 2, 3, 4, 17 encode as single bytes in that (sorted) order."""
+    if (type(dev) is bytes and type(digest) is bytes and type(fog) is bytes
+            and type(seq) is int and type(t) is int and seq >= 0 and t >= 0):
+        return b"".join((b"\xa6\x00\x03\x01", head(2, len(dev)), dev, b"\x02", head(0, seq),
+                         b"\x03", head(2, len(digest)), digest, b"\x04", head(0, t),
+                         b"\x11", head(2, len(fog)), fog))
+    return encode(ack(dev, seq, digest, t, fog))  # anything unusual: the generic rules
 
 
 def command(dev: bytes, cid: int, op: str, args: dict[int, Any], not_after: int, ref: bytes,

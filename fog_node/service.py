@@ -1,12 +1,17 @@
 """The running fog node: MQTT in, group-committed ingest, acks and checkpoints out.
 
-Threads: paho's network thread puts incoming messages on a queue; the ingest thread takes
-groups of up to `batch_max` (waiting at most `batch_wait_s` to fill one), processes each
-group as one log transaction, then publishes the acks; it also seals checkpoints and picks
-up enrollment requests queued by the CLI. The MQTT session is persistent (clean session
-off, fixed client id), so readings published while the fog is down wait at the broker.
-A reading whose PUBACK we sent but which we never committed (kill -9) is not lost either:
-the meter keeps it until our ack and sends it again.
+Processes and threads: the MQTT client (paho) runs in a child process, so that its
+per-packet Python work does not share this interpreter's lock with ingest; it hands the
+messages it receives over a pipe in batches, and publishes what this process sends it
+(acks, checkpoints) in order. Here a reader thread puts the messages on `inbox`, and the
+ingest thread takes groups of up to `batch_max` (waiting at most `batch_wait_s` to fill
+one), processes each group as one log transaction, then sends its acks; it also seals
+checkpoints and picks up enrollment requests queued by the CLI. The MQTT session is
+persistent (clean session off, fixed client id), so readings published while the fog is
+down wait at the broker. A reading whose PUBACK the child sent but which we never committed
+(kill -9) is not lost either: the meter keeps it until our ack and sends it again. The child
+leaves as soon as this process is gone (its end of the pipe closes), so a restarted node
+never meets its predecessor's client on the broker.
 """
 
 from __future__ import annotations
@@ -16,9 +21,15 @@ import json
 import logging
 import os
 import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +41,7 @@ from fog_node.node import FogConfig, FogError, FogNode
 
 log = logging.getLogger("fog_node")
 _REQUESTS = "requests"
+RESTART_PAUSE_S = 5.0  # between starts of the MQTT process, should it die
 
 
 def lock_data_dir(data_dir: Path) -> IO[str] | None:
@@ -67,53 +79,224 @@ def apply_request(node: FogNode, request: dict[str, Any]) -> tuple[list[Any], li
     return outcomes, acks
 
 
+# -- the MQTT client process -----------------------------------------------------------------
+_PUBLISH, _STOP = "publish", "stop"  # commands to the child
+_UP, _DOWN = "up", "down"  # connection events it reports, with the messages received
+_Publish = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
+
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+_CHILD = "import sys; from fog_node.service import mqtt_child; mqtt_child(sys.argv[1:])"
+
+
+def mqtt_child(argv: list[str]) -> None:
+    """The MQTT process (argv: pipe fd, host, port, client id, topics...).
+
+    One thread runs paho's documented external-loop API (loop_read, loop_write,
+    loop_misc) beside the pipe: each round reads whatever the broker sent, hands the
+    messages to the parent as one batch, queues what the parent asked to publish (in order),
+    and writes all of it, PUBACKs included, in one burst. The parent decides when it stops
+    (a stop command, or its death closing the pipe), so a Ctrl-C or a service manager's
+    SIGTERM to the whole process group cannot cut the link before the parent's last
+    publishes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(int(argv[0]))
+    host, port, client_id, topics = argv[1], int(argv[2]), argv[3], argv[4:]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                         protocol=mqtt.MQTTv311)
+    # acks: no in-flight limit. The default 20 makes delivery RTT-bound, and any limit costs
+    # a scan of every message in flight at each PUBACK (paho's _update_inflight)
+    client.max_inflight_messages_set(0)
+    events: list[str] = []
+    received: list[tuple[str, bytes]] = []
+
+    def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT connect refused: %s", reason)
+            return
+        for topic in topics:
+            c.subscribe(topic, 1)
+        events.append(_UP)
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        received.append((msg.topic, bytes(msg.payload)))
+
+    client.on_connect = on_connect
+    client.on_disconnect = lambda *_: events.append(_DOWN)
+    client.on_message = on_message
+    # writes wait for the end of the round instead of one send() per queued packet
+    client.on_socket_register_write = lambda *_: None
+    client.connect_async(host, port, 30)
+    retry_at, delay, misc_at, stop_by = 0.0, 1.0, 0.0, 0.0
+    stopping = False
+    while True:
+        now = time.monotonic()
+        sock = client.socket()
+        if stopping and (sock is None or now >= stop_by):
+            return  # disconnected (paho closes after sending DISCONNECT), or given up
+        if sock is None:
+            if now >= retry_at:
+                try:
+                    client.reconnect()
+                    delay, sock = 1.0, client.socket()
+                except OSError as e:  # the broker is away: retry after 1, 2, 4 .. 10 s
+                    if delay == 1.0:  # say so once per outage
+                        log.warning("MQTT connect to %s:%d failed: %s", host, port, e)
+                    retry_at, delay = now + delay, min(2 * delay, 10.0)
+        waiting: list[Any] = [conn] if sock is None else [conn, sock]
+        writing = [sock] if sock is not None and client.want_write() else []
+        ready, _, _ = select.select(waiting, writing, [], 1.0 if sock else
+                                    max(0.0, retry_at - now))
+        if sock is not None and sock in ready:
+            for _ in range(1000):  # every packet that is there, within reason
+                client.loop_read()
+                if client.socket() is not sock or not select.select([sock], [], [], 0)[0]:
+                    break
+        if conn in ready:
+            try:
+                while conn.poll():
+                    cmd, arg = conn.recv()
+                    if cmd == _PUBLISH:
+                        for topic, payload, qos, retain in arg:
+                            client.publish(topic, payload, qos, retain=retain)
+                    elif cmd == _STOP:
+                        client.disconnect()  # queued after every publish before it
+                        stopping, stop_by = True, now + 5
+            except (EOFError, OSError):  # the parent died: leave now, the broker keeps the session
+                os._exit(0)
+        if client.socket() is not None and client.want_write():
+            client.loop_write()
+        if events or received:
+            try:
+                conn.send((events[:], received[:]))
+            except OSError:
+                os._exit(0)
+            events.clear()
+            received.clear()
+        if now >= misc_at:  # keepalive pings, and noticing a silent broker
+            client.loop_misc()
+            misc_at = now + 1.0
+
+
+class _MQTTLink:
+    """The parent's side of the MQTT client process: its messages go to `inbox`, its
+    connection state to `connected` (with `on_up` called at each connect)."""
+
+    def __init__(self, config: FogConfig, client_id: str, topics: list[str],
+                 inbox: queue.SimpleQueue[tuple[str, bytes]], connected: threading.Event,
+                 on_up: Callable[[], None]) -> None:
+        self._args = (config.mqtt_host, config.mqtt_port, client_id, topics)
+        self._inbox = inbox
+        self._connected = connected
+        self._on_up = on_up
+        self._conn: Connection | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # the ingest and reader threads both send
+
+    def start(self) -> None:
+        # a fresh interpreter (not fork: this process has threads, and not multiprocessing's
+        # spawn, which re-runs the caller's main module) with its end of a socket pair
+        mine, theirs = socket.socketpair()
+        host, port, client_id, topics = self._args
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        with theirs:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(theirs.fileno()), host, str(port),
+                 client_id, *topics],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL)  # its warnings go to stderr
+        # now only the child holds its end: either side's death is end of file to the other
+        self._conn = Connection(mine.detach())
+        threading.Thread(target=self._read, args=(self._conn,), name="mqtt-reader",
+                         daemon=True).start()
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _read(self, conn: Connection) -> None:
+        put = self._inbox.put
+        while True:
+            try:
+                events, messages = conn.recv()
+            except (EOFError, OSError):
+                self._connected.clear()
+                return
+            for event in events:
+                if event == _UP:
+                    self._connected.set()
+                    try:
+                        self._on_up()
+                    except Exception:  # this thread must go on delivering messages
+                        log.exception("after MQTT connect")
+                else:
+                    self._connected.clear()
+            for m in messages:
+                put(m)
+
+    def publish(self, items: list[_Publish]) -> None:
+        if not items:
+            return
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.send((_PUBLISH, items))
+            except OSError:  # the child died; step() starts another
+                log.error("MQTT process gone: %d messages not published", len(items))
+
+    def stop(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.send((_STOP, None))
+            except OSError:
+                pass
+        if self._proc is not None:
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+            self._proc = None
+        if conn is not None:
+            conn.close()
+        self._connected.clear()
+
+
 class FogService:
     def __init__(self, node: FogNode, clock: Callable[[], float] = time.time) -> None:
         self.node = node
         self.config: FogConfig = node.config
         self.clock = clock
-        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
         self.root = self.config.mqtt_root
         self.fog_hex = node.id_hex
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fog-{self.fog_hex}",
-                                  clean_session=False, protocol=mqtt.MQTTv311)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_disconnect = self._on_disconnect
-        self.client.reconnect_delay_set(1, 10)
         self.connected = threading.Event()
+        self.link = _MQTTLink(self.config, f"fog-{self.fog_hex}",
+                              [f"{self.root}/d/+/{kind}" for kind in ("reading", "birth", "result")],
+                              self.inbox, self.connected, self._on_connect)
         self._thread: threading.Thread | None = None
+        self._link_started = 0.0
         self._last_seal = 0.0
         self._next_ivl = self._interval_after(clock())
 
     # -- MQTT ----------------------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    props: Any) -> None:
-        if reason.is_failure:
-            log.warning("MQTT connect refused: %s", reason)
-            return
-        for kind in ("reading", "birth", "result"):
-            client.subscribe(f"{self.root}/d/+/{kind}", 1)
-        self.connected.set()
+    def _on_connect(self) -> None:
         with self.node.lock:
             latest = self.node.checkpoints.latest()
         if latest is not None:
             self._publish_checkpoint(latest)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       props: Any) -> None:
-        self.connected.clear()  # paho reconnects by itself; _on_connect subscribes again
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put((msg.topic, bytes(msg.payload)))
-
     def _publish_checkpoint(self, cp: Checkpoint) -> None:
-        self.client.publish(f"{self.root}/f/{self.fog_hex}/checkpoint", cp.msg, 1, retain=True)
+        self.link.publish([(f"{self.root}/f/{self.fog_hex}/checkpoint", cp.msg, 1, True)])
 
     def _publish_acks(self, acks: list[tuple[bytes, bytes]]) -> None:
-        for dev, ack in acks:
-            self.client.publish(f"{self.root}/f/{self.fog_hex}/ack/{dev.hex()}", ack, 1)
+        prefix = f"{self.root}/f/{self.fog_hex}/ack/"
+        self.link.publish([(prefix + dev.hex(), ack, 1, False) for dev, ack in acks])
 
     # -- the ingest thread --------------------------------------------------------------------
     def _topic_dev(self, topic: str) -> bytes | None:
@@ -148,7 +331,19 @@ class FogService:
             self._publish_acks(acks)
         self._requests()
         self._maybe_seal()
+        self._check_link()
         return len(group)
+
+    def _check_link(self) -> None:
+        """Start a new MQTT process if the running node's died (not too often)."""
+        now = time.monotonic()
+        if self._thread is None or self.stop_event.is_set() or self.link.alive() \
+                or now - self._link_started < RESTART_PAUSE_S:
+            return
+        log.error("the MQTT process died; starting another")
+        self.link.stop()
+        self._link_started = now
+        self.link.start()
 
     def _interval_after(self, now: float) -> int:
         i = self.config.interval_s
@@ -189,8 +384,8 @@ class FogService:
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        self.client.connect_async(self.config.mqtt_host, self.config.mqtt_port, 30)
-        self.client.loop_start()
+        self._link_started = time.monotonic()
+        self.link.start()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self._thread.start()
 
@@ -205,5 +400,4 @@ class FogService:
             cp = self.node.checkpoints.seal(int(self.clock()))
         if cp is not None:
             self._publish_checkpoint(cp)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.link.stop()

@@ -5,7 +5,8 @@ them) by a separate process; the fog node runs here with its real MQTT service, 
 (WAL, synchronous=FULL) and group commit. Measured: readings per second from the first
 publish until every meter holds the ack of its last reading (verified, logged durably,
 acked), against the ceiling (raw `cryptography` P-256 verifications per second on one core,
-same messages) and a naive baseline (pycose verification).
+same messages) and a naive baseline (pycose verification). The backlog drain is timed from
+the fog's MQTT connection, so it leaves out starting the fog's MQTT process.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def publisher(path: Path, port: int, fog_hex: str) -> None:
             done.set()
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-    c.max_inflight_messages_set(1000)
+    c.max_inflight_messages_set(0)  # no limit: a limit costs paho a scan per PUBACK
     c.max_queued_messages_set(0)
     c.on_message = on_message
     c.connect("127.0.0.1", port)
@@ -153,8 +154,10 @@ def through_mqtt(msgs: list[tuple[bytes, P.SigningKey]]) -> tuple[float, float, 
             svc.stop()
             _publish(feed, broker.port, "0" * 16)  # no acks to wait for: nobody is ingesting
             svc = FogService(node)
-            t0 = time.perf_counter()
             svc.start()
+            # timed from the connection: the drain rate, without starting the MQTT process
+            svc.connected.wait(10)
+            t0 = time.perf_counter()
             while node.ingest.counters["logged"] < total:
                 if time.perf_counter() - t0 > 300:
                     raise RuntimeError("backlog not drained in 300 s")
@@ -216,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(publisher alone pushed {pushed:,.0f} /s)")
     print(f"  bound: every group signs one ack per meter it touched ({acks_per_reading:.2f} per"
           f" reading here, 1.0 when each meter sends one reading per interval);")
-    print(f"         at {signs:,.0f} signatures/s the verify+ack bound is {bound:,.0f} /s"
-          f" = {bound / ceiling:.2f} x ceiling")
+    print(f"         at {signs:,.0f} signatures/s the verify+ack bound on one core is "
+          f"{bound:,.0f} /s = {bound / ceiling:.2f} x ceiling (the fog spreads both over the"
+          " cores it has)")
     return 0
 
 
