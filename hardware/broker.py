@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from types import TracebackType
+from typing import Self
 
 
 class BrokerError(RuntimeError):
@@ -35,48 +36,37 @@ def free_port() -> int:
         return port
 
 
-class Mosquitto:
-    def __init__(self, workdir: pathlib.Path, port: int | None = None, persistence: bool = True):
+class _BrokerProcess:
+    """A broker in a child process on a loopback port: started, waited for, stopped."""
+
+    name = "broker"
+
+    def __init__(self, workdir: pathlib.Path, port: int | None = None):
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = self.workdir / "mosquitto.log"
+        self.log = self.workdir / f"{self.name}.log"
 
-    def _config(self) -> pathlib.Path:
-        conf = self.workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {self.workdir}/",
-            "autosave_interval 1",
-            "max_queued_messages 100000",
-            "max_inflight_messages 1000",  # 20 by default: QoS 1 delivery would be RTT-bound
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-        ]
-        conf.write_text("\n".join(lines) + "\n")
-        return conf
+    def _command(self) -> list[str]:
+        raise NotImplementedError
 
-    def start(self) -> Mosquitto:
+    def start(self) -> Self:
         if self.proc is not None:
             return self
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([find_mosquitto(), "-c", str(self._config())],
-                                         stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
+            self.proc = subprocess.Popen(self._command(), stdout=log, stderr=log,
+                                         cwd=pathlib.Path(__file__).resolve().parent.parent)
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BrokerError(f"mosquitto exited: {self.log.read_text()[-500:]}")
+                raise BrokerError(f"{self.name} exited: {self.log.read_text()[-500:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
             except OSError:
                 time.sleep(0.02)
-        raise BrokerError(f"mosquitto did not listen on port {self.port}")
+        raise BrokerError(f"{self.name} did not listen on port {self.port}")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -93,7 +83,7 @@ class Mosquitto:
         self.stop()
         self.start()
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
@@ -101,52 +91,39 @@ class Mosquitto:
         self.stop()
 
 
-class EmbeddedBroker:
-    """amqtt (pure Python) in a child process, with Mosquitto's interface: the demo's
-    broker on machines without mosquitto (hardware/amqtt_broker.py)."""
+class Mosquitto(_BrokerProcess):
+    name = "mosquitto"
 
-    def __init__(self, workdir: pathlib.Path, port: int | None = None):
-        self.workdir = pathlib.Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = self.workdir / "amqtt.log"
+    def __init__(self, workdir: pathlib.Path, port: int | None = None, persistence: bool = True):
+        super().__init__(workdir, port)
+        self.persistence = persistence
 
-    def start(self) -> EmbeddedBroker:
-        if self.proc is not None:
-            return self
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hardware.amqtt_broker", "--port", str(self.port)],
-                stdout=log, stderr=log, cwd=pathlib.Path(__file__).resolve().parent.parent)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BrokerError(f"amqtt exited: {self.log.read_text()[-500:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise BrokerError(f"amqtt did not listen on port {self.port}")
+    def _command(self) -> list[str]:
+        conf = self.workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            "max_queued_messages 100000",
+            "max_inflight_messages 1000",  # 20 by default: QoS 1 delivery would be RTT-bound
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        conf.write_text("\n".join(lines) + "\n")
+        return [find_mosquitto(), "-c", str(conf)]
 
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
 
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
+class EmbeddedBroker(_BrokerProcess):
+    """amqtt (pure Python) in a child process: the demo's broker on machines without
+    mosquitto (hardware/amqtt_broker.py). Sessions live in memory only."""
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    name = "amqtt"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "hardware.amqtt_broker", "--port", str(self.port)]
 
 
 def any_broker(workdir: pathlib.Path) -> Mosquitto | EmbeddedBroker:

@@ -151,6 +151,14 @@ def _check(name: str, ok: bool, detail: str) -> None:
         raise BundleError(name, detail)
 
 
+def _parsed(name: str, raw: bytes) -> P.Message:
+    """The message's envelope (who signed it), or the failure of check `name`."""
+    try:
+        return P.parse(raw, schema=False)
+    except P.ProtocolError as e:
+        raise BundleError(name, f"{e.reason}: {e}") from None
+
+
 def _signed(name: str, raw: bytes, key: P.PublicKey, type_: int) -> P.Fields:
     try:
         m = P.verify(raw, key)
@@ -192,17 +200,11 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
     except P.ProtocolError as e:
         raise BundleError("format", f"a public key is not a P-256 point: {e}") from None
 
-    try:
-        kid = P.parse(reading, schema=False).kid
-    except P.ProtocolError as e:
-        raise BundleError("reading_signature", f"{e.reason}: {e}") from None
+    kid = _parsed("reading_signature", reading).kid
     _check("device_id", kid == dev_pub.id,
            f"reading is from meter {kid.hex()}, device_pub is meter {dev_pub.id_hex}")
     rf = _signed("reading_signature", reading, dev_pub, P.READING)
-    try:
-        cp_kid = P.parse(cp_raw, schema=False).kid
-    except P.ProtocolError as e:
-        raise BundleError("checkpoint_signature", f"{e.reason}: {e}") from None
+    cp_kid = _parsed("checkpoint_signature", cp_raw).kid
     _check("fog_id", cp_kid == fog_pub.id,
            f"checkpoint is signed by {cp_kid.hex()}, fog_pub is {fog_pub.id_hex}")
     ef = _signed("enrollment", enr_raw, fog_pub, P.ENROLLMENT)
@@ -222,10 +224,7 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
     _check("anchor_signature", tf[3] == C.ANCHOR, f"transaction kind is {tf[3]!r}")
     _check("anchor_head", tf[4][1][-1] == cp_raw,
            "the checkpoint is not the newest one the anchor carries")
-    try:
-        hm = P.parse(header_raw)
-    except P.ProtocolError as e:
-        raise BundleError("block_signature", f"{e.reason}: {e}") from None
+    hm = _parsed("block_signature", header_raw)
     key = next((k for k in trusted if k.id == hm.kid), None)
     _check("block_signature", key is not None,
            f"block sealed by {hm.kid.hex()}, which is not a trusted key")
