@@ -3,14 +3,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint bench demo mpy clean
+.PHONY: setup test lint bench demo mpy clean flash
 
 setup: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo]'
+	$(PY) -m pip install -q -e '.[dev,demo,flash]'
 	touch $@
 
 # the real MicroPython VM (WebAssembly port) that tests and benchmarks run firmware in
@@ -37,9 +37,17 @@ bench: setup
 	$(PY) -m tools.bench_verify
 	$(PY) -m tools.bench_fog --meters 1000 --readings 10000
 	$(PY) -m tools.bench_chain
+	$(PY) -m tools.bench_rs485
 
 demo: setup
 	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out
+
+# put the firmware on a real board, make its key there and enroll it (hardware/boards/README.md):
+#   make flash BOARD=esp32|rp2 PORT=/dev/ttyUSB0 [FOG_DATA=fog-data] [ARGS='--transport mqtt ...']
+BOARD    ?= esp32
+FOG_DATA ?= fog-data
+flash: $(VENV)/.installed
+	$(PY) -m tools.flash --board $(BOARD) --port $(PORT) --fog-data $(FOG_DATA) $(ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache .stubs

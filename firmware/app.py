@@ -2,10 +2,15 @@
 #
 # Transport interface (MQTT and RS485 transports implement it; None = offline meter):
 #   connect(meter_id_hex, birth_msg) -> bool     announce the meter (birth, online status)
-#   connected() -> bool
+#   connected() -> bool                          False: the app pushes nothing (RS485 pulls)
 #   send_readings(list_of_msgs) -> bool          one batch in seq order (<= 32 messages)
 #   send_result(msg) -> None                     a command result
 #   poll() -> list of (kind, msg)                kind "ack" or "cmd"; never blocks long
+# optional:
+#   bind(app)                                    called once by App(): a transport that
+#                                                answers requests itself (RS485 slave) uses
+#                                                app.meter and app.command()
+#   serve_for(ms)                                run_forever() calls it instead of sleeping
 # A reading leaves the spool only on a valid fog ack, never on a transport's own ack.
 from core import keys
 from core.compat import const, unhexlify
@@ -24,6 +29,11 @@ def make_source(config, board):
         return Synthetic(seed=config.get("seed", 1))
     if kind == "pulse":
         return S0Pulse(board.pulse_count, config.get("s0_imp_per_kwh", 1000), config.get("s0_start_wh", 0))
+    if kind == "modbus":
+        from core.sdm import SdmSource
+
+        return SdmSource(board.uart_rs485("meter"), config.get("modbus_address", 1),
+                         config.get("modbus_timeout_ms", 200), baud=config.get("meter_baud", 9600))
     raise ValueError("unknown meter source " + repr(kind))
 
 
@@ -45,6 +55,8 @@ class App:
         self._waiting_since = 0
         self._ntp_at = None
         self.reboot_requested = False
+        if hasattr(transport, "bind"):
+            transport.bind(self)
 
     def uptime(self):
         return self.board.ticks_diff(self.board.ticks_ms(), self._t0) // 1000
@@ -158,6 +170,10 @@ class App:
 
     def run_forever(self, period_ms=1000):
         self.board.watchdog_start(max(8000, 4 * period_ms))
+        serve = getattr(self.transport, "serve_for", None)
         while True:
             self.step()
-            self.board.sleep_ms(period_ms)
+            if serve is not None:
+                serve(period_ms)
+            else:
+                self.board.sleep_ms(period_ms)

@@ -24,6 +24,10 @@ def main():
         from transport_mqtt import MqttTransport  # arrives with the MQTT issue
 
         transport = MqttTransport(board, config)
+    elif config.get("transport") == "rs485":
+        from transport_rs485 import Rs485Slave
+
+        transport = Rs485Slave(board.uart_rs485("bus"), config["rs485_address"], config.get("rs485_baud", 19200))
     app = App(board, config, transport)
     app.start()
     app.run_forever(config.get("period_ms", 1000))

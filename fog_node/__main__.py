@@ -2,16 +2,20 @@
 
     python -m fog_node init --data-dir fog-data
     python -m fog_node run --config fog.toml [--mqtt-host H --mqtt-port P --data-dir D --http-port N]
+    python -m fog_node run --rs485-port /dev/ttyUSB0 --rs485-addresses 1,2,5-9 [--rs485-baud 19200]
     python -m fog_node enroll --pub PUBHEX [--reason TEXT] [--data-dir D]
     python -m fog_node enroll --file provisioning.json
     python -m fog_node revoke --pub PUBHEX --reason TEXT
 
 The config file is TOML with the keys of FogConfig (data_dir, mqtt_host, mqtt_port,
 mqtt_root, http_host, http_port, seal_period_s, interval_s, grace_s, skew_s, batch_max,
-batch_wait_s, chain_url, anchor_period_s, chain_poll_s, dispatch_pub, and the simulation
-clock sim_compress, sim_start, sim_epoch); a flag overrides
+batch_wait_s, chain_url, anchor_period_s, chain_poll_s, dispatch_pub, the RS485 bus
+rs485_port, rs485_baud, rs485_addresses, rs485_timeout_s, rs485_slow_timeout_s, rs485_batch,
+and the simulation clock sim_compress, sim_start, sim_epoch); a flag overrides
 the file. With chain_url the node anchors its checkpoints to the dispatch chain and picks
-up instructions addressed to it. While a node runs, enroll/revoke hand their
+up instructions addressed to it. With rs485_port (a serial device or pyserial URL) the node
+is also Modbus RTU master of that RS485 bus, polling the meters at rs485_addresses (a TOML
+list of integers, or "1,2,5-9" on the command line); MQTT runs beside it either way. While a node runs, enroll/revoke hand their
 decision to it (it owns the log); otherwise they write it themselves.
 """
 
@@ -33,14 +37,27 @@ from fog_node import protocol as P
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.node import FogConfig, FogError, FogNode, init_data_dir, node_clock
+from fog_node.rs485 import check_addresses, parse_addresses
 from fog_node.service import FogService, apply_request, lock_data_dir, queue_request
 
-_FLAGS = {  # flag -> (FogConfig field, type)
+
+def _addresses(value: Any) -> list[int]:
+    """RS485 addresses: a TOML list of integers, or "1,2,5-9"."""
+    if isinstance(value, str):
+        return parse_addresses(value)
+    if isinstance(value, list) and all(isinstance(a, int) and not isinstance(a, bool)
+                                       for a in value):
+        return check_addresses(value)
+    raise ValueError(f"rs485_addresses: expected a list of integers or \"1,2,5-9\", got {value!r}")
+
+
+_FLAGS: dict[str, Callable[[Any], Any]] = {  # flag -> (FogConfig field, type)
     "mqtt_host": str, "mqtt_port": int, "mqtt_root": str, "data_dir": Path, "http_host": str,
     "http_port": int, "seal_period_s": float, "interval_s": int, "grace_s": int, "skew_s": int,
     "batch_max": int, "batch_wait_s": float, "chain_url": str, "anchor_period_s": float,
-    "chain_poll_s": float, "dispatch_pub": str, "sim_compress": float, "sim_start": float,
-    "sim_epoch": float,
+    "chain_poll_s": float, "dispatch_pub": str, "rs485_port": str, "rs485_baud": int,
+    "rs485_addresses": _addresses, "rs485_timeout_s": float, "rs485_slow_timeout_s": float,
+    "rs485_batch": int, "sim_compress": float, "sim_start": float, "sim_epoch": float,
 }
 
 
@@ -55,7 +72,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:
         for key, value in doc.items():
             if key not in _FLAGS:
                 raise FogError(f"config {path}: unknown key {key!r} (known: {', '.join(_FLAGS)})")
-            values[key] = _FLAGS[key](value)
+            try:
+                values[key] = _FLAGS[key](value)
+            except (TypeError, ValueError) as e:
+                raise FogError(f"config {path}: {key}: {e}") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
     return FogConfig(**values)
 
@@ -125,8 +145,10 @@ def run(config: FogConfig) -> int:
             http_port = api.start(config.http_host, config.http_port)
         except ImportError:  # the API module is optional for a headless node
             http_port = 0
+        bus = (f", rs485 {config.rs485_port} addresses {','.join(map(str, config.rs485_addresses))}"
+               if config.rs485_port else "")
         print(f"fog {node.id_hex} running: mqtt {config.mqtt_host}:{config.mqtt_port}, "
-              f"http {config.http_host}:{http_port}, data {config.data_dir}", flush=True)
+              f"http {config.http_host}:{http_port}, data {config.data_dir}{bus}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:

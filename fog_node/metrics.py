@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from fog_node.node import FogNode
 from fog_node.registry import ACTIVE, REVOKED
+from fog_node.rs485 import COUNTER_HELP as RS485_HELP
 
 PREFIX = "meterledger_fog_"
 
@@ -73,6 +74,8 @@ def render(node: FogNode, now: float) -> str:
         quarantine_size = node.registry.quarantine_size()
         statuses = Counter(d.status for d in node.registry.devices())
         alerts = Counter(kind for _, kind, _, _ in node.registry.alerts())
+    bus = node.rs485
+    rs485 = {k: bus.counters[k] for k in RS485_HELP} if bus is not None else None
 
     w = _Writer()
     w.one("accepted_total", "counter",
@@ -122,6 +125,9 @@ def render(node: FogNode, now: float) -> str:
                  "Dispatch-chain link events (anchors queued and landed, chain unavailable, "
                  "instructions received or rejected).",
                  [({"event": k}, chain.counters[k]) for k in sorted(chain.counters)])
+    if rs485 is not None:  # the node is master of an RS485 bus
+        for kind, help_ in RS485_HELP.items():
+            w.one(f"rs485_{kind}_total", "counter", "RS485 bus: " + help_, rs485[kind])
     return w.text()
 
 

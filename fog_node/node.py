@@ -52,6 +52,13 @@ class FogConfig:
     anchor_period_s: float = 60.0  # anchor at most this often, and at every interval close
     chain_poll_s: float = 1.0  # outbox and instruction polling
     dispatch_pub: str = ""  # pin the dispatch key (hex) instructions must be signed by
+    # RS485 bus master (docs/PROTOCOL.md section 17); runs beside MQTT when rs485_port is set
+    rs485_port: str = ""  # pyserial device or URL ("/dev/ttyUSB0", "rfc2217://..."); "": no bus
+    rs485_baud: int = 19200
+    rs485_addresses: list[int] = field(default_factory=list)  # slave addresses, 1..247
+    rs485_timeout_s: float = 0.0  # 0x04/0x41/0x44; 0: 0.1 s + a maximal answer's line time
+    rs485_slow_timeout_s: float = 10.0  # 0x42/0x43: the meter verifies (and signs) P-256
+    rs485_batch: int = 32  # readings fetched per meter per visit
     # simulation only (demo, tests): run the node's clock `sim_compress` times faster than
     # real time, reading sim_start at real Unix time sim_epoch, like virtual meters' clocks
     sim_compress: float = 1.0
@@ -108,6 +115,12 @@ class ChainView(Protocol):
     def anchored_height(self) -> int: ...
 
 
+class BusView(Protocol):
+    """What metrics read of the RS485 bus master (fog_node.rs485.BusMaster)."""
+
+    counters: Counter[str]
+
+
 class FogNode:
     def __init__(self, config: FogConfig, clock: Callable[[], float]) -> None:
         self.config = config
@@ -120,6 +133,7 @@ class FogNode:
         self.ingest = Ingest(self.key, self.log, self.registry, clock, config.skew_s)
         self.lock = threading.RLock()
         self.chain: ChainView | None = None  # set when the node anchors to a dispatch chain
+        self.rs485: BusView | None = None  # set when the node is master of an RS485 bus
         with self.lock:
             self.ingest.recover()
 

@@ -12,6 +12,12 @@ down wait at the broker. A reading whose PUBACK the child sent but which we neve
 (kill -9) is not lost either: the meter keeps it until our ack and sends it again. The child
 leaves as soon as this process is gone (its end of the pipe closes), so a restarted node
 never meets its predecessor's client on the broker.
+
+With `rs485_port` configured, a bus thread is master of an RS485 bus as well (fog_node.rs485,
+docs/PROTOCOL.md section 17): it polls the meters round robin and puts what it fetches
+through the same ingest, under the node's lock (never held during serial I/O). Should that
+thread die (the adapter unplugged, say), the ingest thread logs it and starts another, at
+most every 5 s, as it does for the MQTT process.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fog_node.checkpoints import Checkpoint
 from fog_node.node import FogConfig, FogError, FogNode
+from fog_node.rs485 import BusMaster
 
 log = logging.getLogger("fog_node")
 _REQUESTS = "requests"
-RESTART_PAUSE_S = 5.0  # between starts of the MQTT process, should it die
+RESTART_PAUSE_S = 5.0  # between starts of the MQTT process (or the bus thread), should it die
+BUS_IDLE_S = 0.1  # pause after a bus round that brought nothing new
 
 
 def lock_data_dir(data_dir: Path) -> IO[str] | None:
@@ -281,6 +289,17 @@ class FogService:
                               self.inbox, self.connected, self._on_connect)
         self._thread: threading.Thread | None = None
         self._link_started = 0.0
+        self.bus: BusMaster | None = None
+        self._bus_thread: threading.Thread | None = None
+        self._bus_started = 0.0
+        c = self.config
+        if c.rs485_port:
+            if not c.rs485_addresses:
+                raise FogError("rs485_port is set but rs485_addresses is empty")
+            self.bus = BusMaster(node, c.rs485_port, c.rs485_addresses, clock=clock,
+                                 baud=c.rs485_baud, timeout_s=c.rs485_timeout_s,
+                                 slow_timeout_s=c.rs485_slow_timeout_s, batch=c.rs485_batch)
+            node.rs485 = self.bus  # for /metrics
         self._last_seal = 0.0
         self._next_ivl = self._interval_after(clock())
 
@@ -332,6 +351,7 @@ class FogService:
         self._requests()
         self._maybe_seal()
         self._check_link()
+        self._check_bus()
         return len(group)
 
     def _check_link(self) -> None:
@@ -344,6 +364,33 @@ class FogService:
         self.link.stop()
         self._link_started = now
         self.link.start()
+
+    # -- the RS485 bus thread ---------------------------------------------------------------
+    def _run_bus(self) -> None:
+        bus = self.bus
+        assert bus is not None
+        try:
+            while not self.stop_event.is_set():
+                if bus.poll_once(self.stop_event) == 0:
+                    self.stop_event.wait(BUS_IDLE_S)
+        except Exception:
+            log.exception("RS485 bus thread died")  # _check_bus starts another
+        finally:
+            bus.close()
+
+    def _start_bus(self) -> None:
+        self._bus_started = time.monotonic()
+        self._bus_thread = threading.Thread(target=self._run_bus, name="rs485", daemon=True)
+        self._bus_thread.start()
+
+    def _check_bus(self) -> None:
+        """Start a new bus thread if the running node's died (not too often)."""
+        t = self._bus_thread
+        if t is None or t.is_alive() or self.stop_event.is_set() \
+                or time.monotonic() - self._bus_started < RESTART_PAUSE_S:
+            return
+        log.error("the RS485 bus thread died; starting another")
+        self._start_bus()
 
     def _interval_after(self, now: float) -> int:
         i = self.config.interval_s
@@ -388,12 +435,19 @@ class FogService:
         self.link.start()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self._thread.start()
+        if self.bus is not None:
+            self._start_bus()
 
     def stop(self) -> None:
         """Drain what arrived, seal a last checkpoint, and disconnect."""
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._bus_thread is not None:
+            # a visit ends within a few request timeouts (two slow ones at most per request)
+            self._bus_thread.join(4 * self.config.rs485_slow_timeout_s + 5)
+            if self._bus_thread.is_alive():
+                log.error("the RS485 bus thread did not stop")
         while not self.inbox.empty():
             self.step()
         with self.node.lock:

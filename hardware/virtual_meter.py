@@ -1,10 +1,17 @@
 """Virtual meters: the real firmware app on the host HAL, N at a time.
 
     python -m hardware.virtual_meter --count 3 --compress 900 --intervals 4 --print
+    python -m hardware.virtual_meter --count 4 --rs485 /dev/pts/5 --address 1 --fog-pub HEX
+    python -m hardware.virtual_meter --modbus-meter /dev/pts/7 --mqtt-host 127.0.0.1 --fog ID
 
 Each meter has its own flash directory (its key is generated there at first boot, as on a
 board), its own synthetic household and a clock that can run compressed, so a 15-minute
 interval passes in about a second with --compress 900.
+
+With --rs485 the meters are Modbus RTU slaves (addresses N, N+1, ...) on one serial line,
+the firmware's own transport_rs485 answering the fog's polls; with --modbus-meter each
+meter's source is an SDM-style meter read over Modbus (addresses --modbus-address, +1, ...)
+instead of the synthetic household.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import serial
 
 from tools.fields import named
 from tools.firmware import module
@@ -43,6 +52,66 @@ class VirtualClock:
         return int((self.real() - self.t0) * self.compress * 1000)
 
 
+class SharedLine:
+    """One serial port shared by several in-process endpoints, as transceivers on one wire:
+    every endpoint hears what arrives and what the others send (RS485 is a party line)."""
+
+    def __init__(self, port: Any):
+        self.port = port
+        self.taps: list[LineTap] = []
+
+    @classmethod
+    def open(cls, url: str, baud: int) -> SharedLine:
+        return cls(serial.serial_for_url(url, baudrate=baud, bytesize=8, parity="N",
+                                         stopbits=1, timeout=0))
+
+    def tap(self) -> LineTap:
+        t = LineTap(self)
+        self.taps.append(t)
+        return t
+
+    def pump(self) -> None:
+        n = self.port.in_waiting
+        if n:
+            data = self.port.read(n)
+            for t in self.taps:
+                t.buf += data
+
+    def send(self, sender: LineTap, data: bytes) -> int:
+        for t in self.taps:
+            if t is not sender:
+                t.buf += data
+        n: int = self.port.write(data)
+        self.port.flush()
+        return n
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class LineTap:
+    """One endpoint of a SharedLine with the MicroPython UART calls (read/write/any)."""
+
+    def __init__(self, line: SharedLine):
+        self.line = line
+        self.buf = bytearray()
+
+    def any(self) -> int:
+        self.line.pump()
+        return len(self.buf)
+
+    def read(self, n: int) -> bytes | None:
+        self.line.pump()
+        if not self.buf:
+            return None
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def write(self, data: bytes) -> int:
+        return self.line.send(self, bytes(data))
+
+
 @dataclass
 class VirtualMeter:
     index: int
@@ -56,9 +125,11 @@ class VirtualMeter:
 
 
 def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: dict[str, Any],
-               transport: Any = None) -> VirtualMeter:
-    """One meter: its board, its app, and (config "transport": "mqtt") the firmware's own
-    MQTT transport over the paho-backed umqtt API."""
+               transport: Any = None, bus: Any = None, meter_line: Any = None) -> VirtualMeter:
+    """One meter: its board, its app, and its transport: config "transport" "mqtt" is the
+    firmware's MQTT transport over the paho-backed umqtt API, "rs485" its Modbus slave on
+    `bus` (a port object: a SharedLine tap, or the board's serial port `rs485_port`).
+    Config "source" "modbus" reads an SDM meter on `meter_line` (or `meter_port`)."""
     host = module("hal.host")
     app_mod = module("app")
     cfg = dict(config)
@@ -70,8 +141,18 @@ def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: 
         from hardware import umqtt_paho
 
         transport = module("transport_mqtt").MqttTransport(board, cfg, umqtt_paho.factory)
+    if transport is None and cfg.get("transport") == "rs485":
+        # the slave's silence timing runs on real time, never on the compressed clock
+        transport = module("transport_rs485").Rs485Slave(
+            bus if bus is not None else board.uart_rs485("bus"), int(cfg["rs485_address"]),
+            int(cfg.get("rs485_baud", 19200)))
+    source = None
+    if cfg.get("source") == "modbus" and meter_line is not None:
+        source = module("core.sdm").SdmSource(
+            meter_line, int(cfg.get("modbus_address", 1)), int(cfg.get("modbus_timeout_ms", 200)),
+            baud=int(cfg.get("meter_baud", 9600)))
     vm = VirtualMeter(index, None, board)
-    vm.app = app_mod.App(board, cfg, transport, on_reading=vm.readings.append)
+    vm.app = app_mod.App(board, cfg, transport, source=source, on_reading=vm.readings.append)
     vm.app.start()
     return vm
 
@@ -85,17 +166,48 @@ def describe(msg: bytes) -> str:
             f"exp {f['exp']:>6} Wh flags {flags} ({len(msg)} bytes)")
 
 
+def meter_config(config: dict[str, Any], i: int) -> dict[str, Any]:
+    """Meter i's config: consecutive RS485 and SDM addresses from the first meter's."""
+    cfg = dict(config)
+    if "rs485_address" in cfg:
+        cfg["rs485_address"] = int(cfg["rs485_address"]) + i
+    if cfg.get("source") == "modbus":
+        cfg["modbus_address"] = int(cfg.get("modbus_address", 1)) + i
+    return cfg
+
+
 def run(count: int, data_dir: pathlib.Path, compress: float, intervals: int, start: float,
         config: dict[str, Any], out: Callable[[str], None] | None = None,
-        period: float = 0.01, fresh: bool = False) -> list[VirtualMeter]:
+        period: float = 0.01, fresh: bool = False, rs485: str | None = None,
+        modbus_meter: str | None = None, epoch: float | None = None) -> list[VirtualMeter]:
     if fresh and data_dir.exists():
         shutil.rmtree(data_dir)
-    clock = VirtualClock(start, compress)
-    meters = [make_meter(i, data_dir / f"meter-{i:03d}", clock, config) for i in range(count)]
+    # with an epoch the clock runs on Unix time, so it can be shared with a fog started with
+    # the same sim_start/sim_epoch/sim_compress (FogConfig)
+    clock = VirtualClock(start, compress) if epoch is None else \
+        VirtualClock(start, compress, time.time, t0=epoch)
+    bus = SharedLine.open(rs485, int(config.get("rs485_baud", 19200))) if rs485 else None
+    line = SharedLine.open(modbus_meter, int(config.get("meter_baud", 9600))) if modbus_meter else None
+    if bus is not None:
+        period = min(period, 0.002)  # a slave must answer within the master's timeout
+    meters = [make_meter(i, data_dir / f"meter-{i:03d}", clock, meter_config(config, i),
+                         bus=bus.tap() if bus else None, meter_line=line.tap() if line else None)
+              for i in range(count)]
     keys = module("core.keys")
     cose = module("core.cose")
+    # an SDM source costs a few Modbus transactions a sample: sample it like a board does
+    # (every period_ms of real time), while slaves keep answering polls in between
+    step_every = 0.25 if line is not None else period
+    last_step = 0.0
     while True:
+        stepping = time.monotonic() - last_step >= step_every
+        if stepping:
+            last_step = time.monotonic()
         for vm in meters:
+            if not stepping:
+                if vm.app.transport is not None:
+                    vm.app.transport.poll()
+                continue
             before = len(vm.readings)
             vm.app.step()
             for msg in vm.readings[before:]:
@@ -104,9 +216,15 @@ def run(count: int, data_dir: pathlib.Path, compress: float, intervals: int, sta
                 if out is not None:
                     out(describe(msg) + " signature ok")
                     out("  " + msg.hex())
-        if intervals and all(len(vm.readings) >= intervals for vm in meters):
+        if intervals and all(len(vm.readings) >= intervals and (bus is None or _all_acked(vm))
+                             for vm in meters):
             return meters
         time.sleep(period)
+
+
+def _all_acked(vm: VirtualMeter) -> bool:
+    """On RS485 a reading is only delivered once the fog has acked it (the master pulls)."""
+    return int(vm.app.meter.spool.acked) >= int(vm.app.meter.st["seq"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,12 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=float, default=None,
                     help="virtual clock start, Unix s (default: real time, or a fixed "
                          "reproducible start when compressing)")
+    ap.add_argument("--epoch", type=float, default=None,
+                    help="the real Unix time at which the clock reads --start (to share one "
+                         "simulated clock with a fog node's sim_start/sim_epoch)")
     ap.add_argument("--dur", type=int, default=900, help="interval length in seconds")
     ap.add_argument("--fog", help="fog id (16 hex) the meters are configured for")
     ap.add_argument("--fog-pub", help="fog public key (130 hex); meters then verify acks/commands")
     ap.add_argument("--mqtt-host", help="send readings to this MQTT broker (SPEC section 5)")
     ap.add_argument("--mqtt-port", type=int, default=1883)
     ap.add_argument("--mqtt-root", default="grid", help="topic root")
+    ap.add_argument("--rs485", metavar="PATH",
+                    help="serve the fog's Modbus RTU polls on this serial device, pty or pyserial URL")
+    ap.add_argument("--address", type=int, default=1,
+                    help="RS485 slave address of the first meter (the next ones count up)")
+    ap.add_argument("--baud", type=int, default=19200, help="RS485 bus baud rate (8N1)")
+    ap.add_argument("--modbus-meter", metavar="PATH",
+                    help="read energy from an SDM-style meter on this serial device/pty/URL")
+    ap.add_argument("--modbus-address", type=int, default=1,
+                    help="Modbus address of the first meter's SDM (the next ones count up)")
     ap.add_argument("--fresh", action="store_true", help="wipe --data-dir first (new keys)")
     ap.add_argument("--print", dest="show", action="store_true", help="print every signed reading")
     args = ap.parse_args(argv)
@@ -141,6 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         config["fog"] = args.fog
     if args.fog_pub:
         config["fog_pub"] = args.fog_pub
+    if args.rs485:
+        if args.mqtt_host:
+            ap.error("a meter has one transport: --rs485 or --mqtt-host, not both")
+        if not 1 <= args.address or args.address + args.count - 1 > 247:
+            ap.error("RS485 addresses must lie in 1..247")
+        config.update(transport="rs485", rs485_address=args.address, rs485_baud=args.baud)
+    if args.modbus_meter:
+        if not 1 <= args.modbus_address or args.modbus_address + args.count - 1 > 247:
+            ap.error("Modbus addresses must lie in 1..247")
+        config.update(source="modbus", modbus_address=args.modbus_address)
     if args.mqtt_host:
         if not args.fog:
             ap.error("--mqtt-host needs --fog (the fog id is part of the ack and command topics)")
@@ -149,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     out = print if args.show else None
     try:
         meters = run(args.count, args.data_dir, args.compress, args.intervals, start, config, out,
-                     fresh=args.fresh)
+                     fresh=args.fresh, rs485=args.rs485, modbus_meter=args.modbus_meter,
+                     epoch=args.epoch)
     except KeyboardInterrupt:
         return 130
     total = sum(len(vm.readings) for vm in meters)
