@@ -33,7 +33,8 @@ def make_source(config, board):
         from core.sdm import SdmSource
 
         return SdmSource(board.uart_rs485("meter"), config.get("modbus_address", 1),
-                         config.get("modbus_timeout_ms", 200), baud=config.get("meter_baud", 9600))
+                         config.get("modbus_timeout_ms", 200), baud=config.get("meter_baud", 9600),
+                         backoff_ms=config.get("modbus_backoff_ms", 10000))
     raise ValueError("unknown meter source " + repr(kind))
 
 

@@ -150,7 +150,8 @@ def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: 
     if cfg.get("source") == "modbus" and meter_line is not None:
         source = module("core.sdm").SdmSource(
             meter_line, int(cfg.get("modbus_address", 1)), int(cfg.get("modbus_timeout_ms", 200)),
-            baud=int(cfg.get("meter_baud", 9600)))
+            baud=int(cfg.get("meter_baud", 9600)),
+            backoff_ms=int(cfg.get("modbus_backoff_ms", 10000)))
     vm = VirtualMeter(index, None, board)
     vm.app = app_mod.App(board, cfg, transport, source=source, on_reading=vm.readings.append)
     vm.app.start()

@@ -1145,7 +1145,8 @@ def sdm() -> Iterator[TinySdm]:
 
 def sdm_source(sdm: TinySdm, tmp_path: Any, **cfg: Any) -> SdmSource:
     board = Board({"data_dir": str(tmp_path / "flash"), "meter_port": sdm.path})
-    src = make_source({"source": "modbus", "modbus_timeout_ms": 60, **cfg}, board)
+    src = make_source({"source": "modbus", "modbus_timeout_ms": 60, "modbus_backoff_ms": 0,
+                       **cfg}, board)
     assert isinstance(src, SdmSource) and src.name == "modbus"
     return src
 
@@ -1203,6 +1204,22 @@ def test_sdm_failures_after_the_retries(sdm: TinySdm, tmp_path: Any, mode: str, 
     assert sdm.requests == 2 and src.stats[stat] == 2
     sdm.mode = "ok"
     assert src.read(T0).imp == 12345678  # and it recovers
+
+
+def test_a_failed_sdm_is_left_alone_for_the_backoff(sdm: TinySdm, tmp_path: Any) -> None:
+    """A dead SDM costs its timeouts once, not at every loop pass: for modbus_backoff_ms
+    after a failure the source fails at once without a request (the fog bus stays served)."""
+    src = sdm_source(sdm, tmp_path, modbus_backoff_ms=300)
+    sdm.mode = "silent"
+    with pytest.raises(SourceError, match="no answer"):
+        src.read(T0)
+    assert sdm.requests == 2
+    sdm.mode = "ok"
+    with pytest.raises(SourceError, match="failed recently"):
+        src.read(T0)
+    assert sdm.requests == 2 and src.stats["skipped"] == 1
+    time.sleep(0.35)
+    assert src.read(T0).imp == 12345678 and sdm.requests == 2 + 3  # the backoff is over
 
 
 def test_sdm_noise_before_the_answer(sdm: TinySdm, tmp_path: Any) -> None:

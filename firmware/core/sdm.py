@@ -56,7 +56,7 @@ class SdmSource:
     name = "modbus"
 
     def __init__(self, port, address=1, timeout_ms=200, retries=1, ticks_ms=None,
-                 ticks_diff=None, sleep_ms=None, baud=9600):
+                 ticks_diff=None, sleep_ms=None, baud=9600, backoff_ms=10000):
         import time
 
         self.port = port
@@ -71,8 +71,26 @@ class SdmSource:
         self.framer = modbus.RtuFramer(False, baud if baud < 9600 else 9600)
         self.stats = {"requests": 0, "timeouts": 0, "crc_errors": 0, "exceptions": 0, "mismatched": 0}
         self.last = None  # the last good Sample
+        # after a failed read the SDM is left alone this long: a dead meter would otherwise
+        # cost (retries + 1) timeouts every loop pass, during which the fog bus goes unserved
+        self.backoff_ms = backoff_ms
+        self._failed_at = None
 
     def read(self, now):
+        if self._failed_at is not None:
+            if self._diff(self._ticks(), self._failed_at) < self.backoff_ms:
+                self.stats["skipped"] = self.stats.get("skipped", 0) + 1
+                raise SourceError("SDM at address " + str(self.address) + " failed recently")
+            self._failed_at = None
+        try:
+            s = self._read()
+        except SourceError:
+            self._failed_at = self._ticks()
+            raise
+        self.last = s
+        return s
+
+    def _read(self):
         try:
             d = self._regs(0x48, 4)  # the registers first: a silent meter costs one request
             imp = f32_scaled(_u32(d, 1), 1000)
@@ -85,9 +103,7 @@ class SdmSource:
             raise SourceError("SDM register out of range")
         if not 0 <= v < 0xFFFF:
             raise SourceError("SDM voltage out of range")
-        s = Sample(imp, exp, v, p if p > 0 else 0, -p if p < 0 else 0)
-        self.last = s
-        return s
+        return Sample(imp, exp, v, p if p > 0 else 0, -p if p < 0 else 0)
 
     def _regs(self, start, count):
         why = ""
