@@ -180,7 +180,9 @@ def meter_config(config: dict[str, Any], i: int) -> dict[str, Any]:
 def run(count: int, data_dir: pathlib.Path, compress: float, intervals: int, start: float,
         config: dict[str, Any], out: Callable[[str], None] | None = None,
         period: float = 0.01, fresh: bool = False, rs485: str | None = None,
-        modbus_meter: str | None = None, epoch: float | None = None) -> list[VirtualMeter]:
+        modbus_meter: str | None = None, epoch: float | None = None,
+        flash: pathlib.Path | None = None) -> list[VirtualMeter]:
+    """`flash`: the one meter's flash dir (a --image's data dir) instead of data_dir/meter-i."""
     if fresh and data_dir.exists():
         shutil.rmtree(data_dir)
     # with an epoch the clock runs on Unix time, so it can be shared with a fog started with
@@ -191,7 +193,7 @@ def run(count: int, data_dir: pathlib.Path, compress: float, intervals: int, sta
     line = SharedLine.open(modbus_meter, int(config.get("meter_baud", 9600))) if modbus_meter else None
     if bus is not None:
         period = min(period, 0.002)  # a slave must answer within the master's timeout
-    meters = [make_meter(i, data_dir / f"meter-{i:03d}", clock, meter_config(config, i),
+    meters = [make_meter(i, flash or data_dir / f"meter-{i:03d}", clock, meter_config(config, i),
                          bus=bus.tap() if bus else None, meter_line=line.tap() if line else None)
               for i in range(count)]
     keys = module("core.keys")
@@ -232,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hardware.virtual_meter", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1, help="number of meters")
+    ap.add_argument("--image", type=pathlib.Path, metavar="DIR",
+                    help="boot one meter from a flashed image (python -m tools.flash --target DIR):"
+                         " its config.json and its flash data dir, with its key")
     ap.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("demo-out/meters"),
                     help="one flash directory per meter is created below it")
     ap.add_argument("--compress", type=float, default=1.0,
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mqtt-root", default="grid", help="topic root")
     ap.add_argument("--rs485", metavar="PATH",
                     help="serve the fog's Modbus RTU polls on this serial device, pty or pyserial URL")
-    ap.add_argument("--address", type=int, default=1,
+    ap.add_argument("--address", type=int, default=None,
                     help="RS485 slave address of the first meter (the next ones count up)")
     ap.add_argument("--baud", type=int, default=19200, help="RS485 bus baud rate (8N1)")
     ap.add_argument("--modbus-meter", metavar="PATH",
@@ -268,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--compress must be positive")
     start = args.start if args.start is not None else (DEFAULT_START if args.compress > 1 else time.time())
     config: dict[str, Any] = {"dur": args.dur, "source": "sim"}
+    flash = None
+    if args.image is not None:
+        config, flash = image_config(ap, args)
     if args.fog:
         config["fog"] = args.fog
     if args.fog_pub:
@@ -275,15 +283,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.rs485:
         if args.mqtt_host:
             ap.error("a meter has one transport: --rs485 or --mqtt-host, not both")
-        if not 1 <= args.address or args.address + args.count - 1 > 247:
+        address = args.address or int(config.get("rs485_address", 1))
+        if not 1 <= address or address + args.count - 1 > 247:
             ap.error("RS485 addresses must lie in 1..247")
-        config.update(transport="rs485", rs485_address=args.address, rs485_baud=args.baud)
+        config.update(transport="rs485", rs485_address=address, rs485_baud=args.baud)
+    elif config.get("transport") == "rs485":
+        ap.error("this image's meter talks RS485: give --rs485 PATH (the line it is wired to)")
     if args.modbus_meter:
         if not 1 <= args.modbus_address or args.modbus_address + args.count - 1 > 247:
             ap.error("Modbus addresses must lie in 1..247")
         config.update(source="modbus", modbus_address=args.modbus_address)
+    if config.get("source") == "modbus" and not args.modbus_meter:
+        ap.error("this image's meter reads an SDM: give --modbus-meter PATH")
     if args.mqtt_host:
-        if not args.fog:
+        if not config.get("fog"):
             ap.error("--mqtt-host needs --fog (the fog id is part of the ack and command topics)")
         config.update(transport="mqtt", mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
                       mqtt_root=args.mqtt_root)
@@ -291,13 +304,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meters = run(args.count, args.data_dir, args.compress, args.intervals, start, config, out,
                      fresh=args.fresh, rs485=args.rs485, modbus_meter=args.modbus_meter,
-                     epoch=args.epoch)
+                     epoch=args.epoch, flash=flash)
     except KeyboardInterrupt:
         return 130
     total = sum(len(vm.readings) for vm in meters)
     print(f"{len(meters)} virtual meter(s), {total} signed readings, all signatures verified; "
-          f"flash under {args.data_dir}/")
+          f"flash under {flash or args.data_dir}/")
     return 0
+
+
+def image_config(ap: argparse.ArgumentParser, args: argparse.Namespace,
+                 ) -> tuple[dict[str, Any], pathlib.Path]:
+    """The config of a flashed image, and its flash data dir. Board pins mean nothing on a
+    host; the line (--rs485, --modbus-meter) and the broker (--mqtt-host) come from the
+    command line, since the image's names are the board's."""
+    import json
+
+    if args.count != 1:
+        ap.error("--image boots one meter: drop --count")
+    try:
+        config = json.loads((args.image / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        ap.error(f"--image {args.image}: no readable config.json ({e})")
+    if not isinstance(config, dict):
+        ap.error(f"--image {args.image}: config.json is not an object")
+    flash = args.image / str(config.pop("data_dir", "/data")).lstrip("/")
+    if not ((flash / "key").exists() or (flash / "key.tmp").exists()):
+        ap.error(f"--image {args.image}: no key in {flash} (was it provisioned?)")
+    if config.get("transport") == "mqtt" and not args.mqtt_host:
+        args.mqtt_host = config.get("mqtt_host")
+        args.mqtt_port = int(config.get("mqtt_port", args.mqtt_port))
+        args.mqtt_root = str(config.get("mqtt_root", args.mqtt_root))
+    if config.get("transport") == "rs485":
+        args.baud = int(config.get("rs485_baud", args.baud))
+    if "modbus_address" in config:
+        args.modbus_address = int(config["modbus_address"])
+    return config, flash
 
 
 if __name__ == "__main__":

@@ -665,3 +665,12 @@ def test_pico_w_pins_avoid_the_wifi_chip_and_fit_the_uarts():
         assert cfg[pre + "_tx"] in tx_ok and cfg[pre + "_rx"] in rx_ok, pre
     assert cfg["rs485_uart"] != cfg["meter_uart"]
     assert cfg["led_pin"] == "LED"
+
+
+def test_the_content_ambiguous_rs485_addresses_are_exactly_those_warned_about():
+    """The empty GET_READING answer at these addresses has a CRC whose low byte is 0xD2
+    (docs/PROTOCOL.md section 17); flashing warns about them."""
+    from fog_node import modbus as mb
+
+    ambiguous = [a for a in range(1, 248) if mb.adu(a, mb.FC_GET_READING)[2] == 0xD2]
+    assert tuple(ambiguous) == flash.CONTENT_AMBIGUOUS_ADDRESSES

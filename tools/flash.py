@@ -560,6 +560,11 @@ class Flasher:
 
 
 # -- command line -------------------------------------------------------------------------------
+# addresses whose empty 0x41 answer (address, 0x41, CRC) has a CRC low byte of 0xD2, the
+# first byte of a COSE message: content alone cannot tell that answer from a message's start
+CONTENT_AMBIGUOUS_ADDRESSES = (56, 59)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.flash", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -610,6 +615,12 @@ def main(argv: list[str] | None = None, runner: Runner | None = None,
         ap.error("--enroll needs --fog-data (the fog node's data dir)")
     if args.rs485_address is not None and not 1 <= args.rs485_address <= 247:
         ap.error("--rs485-address must be 1..247")
+    if args.rs485_address in CONTENT_AMBIGUOUS_ADDRESSES:
+        # docs/PROTOCOL.md section 17: our fog frames these at the silence; a master that
+        # frames by content alone (pymodbus) waits for a message that never comes
+        print(f"warning: at address {args.rs485_address} the empty GET_READING answer's CRC "
+              "starts with 0xD2; prefer another address if third-party masters poll this bus",
+              file=sys.stderr)
     try:
         fog = read_fog_pub(args)
         config = build_config(args, fog)
