@@ -12,8 +12,15 @@
 #                                                app.meter and app.command()
 #   serve_for(ms)                                run_forever() calls it instead of sleeping
 # A reading leaves the spool only on a valid fog ack, never on a transport's own ack.
+#
+# Actuators: the relay is closed when the fog's last "relay" command (persisted by the meter,
+# restored at boot) says on AND the limit guard (core/limit.py, configured by "limit") has not
+# tripped it; each step feeds the guard the import power of the sample the meter just took.
+# SPEC has no reading flag for a limit trip: the reading shows it as less energy, and the
+# meter's stats count it ("limit_trips", "limit_retries").
 from core import keys
 from core.compat import const, unhexlify
+from core.limit import LimitGuard
 from core.meter import Meter
 from core.sources import S0Pulse, Synthetic
 
@@ -56,6 +63,11 @@ class App:
         self._waiting_since = 0
         self._ntp_at = None
         self.reboot_requested = False
+        self.guard = LimitGuard()
+        self.relay_cmd = True  # the commanded state; the relay is closed = relay_cmd and guard
+        self._relay_out = None  # what the board was last told
+        self.meter.stats["limit_trips"] = 0
+        self.meter.stats["limit_retries"] = 0
         if hasattr(transport, "bind"):
             transport.bind(self)
 
@@ -65,9 +77,11 @@ class App:
     def start(self):
         b = self.board
         self.meter.boot(b.now(), b.clock_synced(), b.reset_cause(), self.uptime())
-        # restore the last commanded actuator state (the hal boots with the supply on)
-        self._set_relay(self.meter.st["relay"])
+        # restore the last commanded actuator state (the hal boots with the supply on); the
+        # limit guard's trips are not persisted: it starts fresh
+        self.relay_cmd = self.meter.st["relay"]
         self._set_limit(self.meter.st["limit"])
+        self._drive(True)
         if self.transport is not None:
             self.transport.connect(keys.id_hex(self.meter.id), self.meter.birth())
         return self.meter
@@ -78,6 +92,7 @@ class App:
         up = self.uptime()
         self._keep_clock(up)
         msg = self.meter.tick(b.now(), up)
+        self._enforce(up)
         if msg is not None and self.on_reading is not None:
             self.on_reading(msg)
         if self.transport is not None:
@@ -139,11 +154,16 @@ class App:
     def _apply(self, op, args):
         b = self.board
         if op == "relay":
-            self._set_relay(args[1])
+            self.relay_cmd = args[1]
+            self._drive(True)
             self.meter.remember("relay", args[1])
+            held = self.guard.remaining(self.uptime()) if args[1] else 0
+            if held:  # on, but a limit trip keeps the relay open until its retry
+                return "relay on (held open by the limit for " + str(held) + " s)"
             return "relay " + ("on" if args[1] else "off")
         if op == "limit":
             self._set_limit(args[1])
+            self._drive()
             self.meter.remember("limit", args[1])
             return "limit " + str(args[1]) + " W"
         if op == "interval":
@@ -158,15 +178,35 @@ class App:
             return "rebooting"
         return "pong"
 
-    def _set_relay(self, on):
+    def _enforce(self, up):
+        """Feed the limit guard this pass's sample and drive the relay from its decision."""
+        g = self.guard
+        s = getattr(self.meter, "last_sample", None)
+        g.update(None if s is None else s.p_imp, up, self.relay_cmd)
+        st = self.meter.stats
+        st["limit_trips"] = g.trips
+        st["limit_retries"] = g.retries
+        self._drive()
+
+    @property
+    def relay_closed(self):
+        """The relay as driven: commanded on and not tripped by the limit guard."""
+        return bool(self.relay_cmd) and self.guard.allows()
+
+    def _drive(self, force=False):
+        on = self.relay_closed
+        if on == self._relay_out and not force:
+            return
+        self._relay_out = on
         self.board.relay(on)
         src = self.meter.source
         if hasattr(src, "relay_on"):  # a simulated household feels its own relay
             src.relay_on = on
 
     def _set_limit(self, watts):
+        self.guard.set_limit(watts, self.uptime())
         src = self.meter.source
-        if hasattr(src, "limit_w"):
+        if hasattr(src, "limit_w"):  # a simulated household keeps itself under the limit
             src.limit_w = watts
 
     def run_forever(self, period_ms=1000):

@@ -34,7 +34,8 @@ from fog_node.cbor import CBORError, ProtocolError, Tag, decode, encode, head
 
 __all__ = [
     "ACK", "BIRTH", "CHECKPOINT", "CLOCK_STEPPED", "CLOCK_UNSYNCED", "COMMAND", "ENROLLMENT",
-    "ENROLLMENT_STATUSES", "FIELD_PRIME", "FLAG_NAMES", "HALF_N", "INTERVALS", "MAX_MESSAGE",
+    "ENROLLMENT_STATUSES", "ESTIMATE", "ESTIMATE_KINDS", "ESTIMATE_METHODS",
+    "FIELD_PRIME", "FLAG_NAMES", "HALF_N", "INTERVALS", "MAX_MESSAGE",
     "PARTIAL", "POWER_FAIL", "PROTECTED", "READING", "REGISTER_RESET", "RESULT", "RESULT_DONE",
     "RESULT_FAILED", "RESULT_REJECTED", "RULES", "SCHEMAS", "SIGNER_FIELD", "SKIPPED",
     "SOURCE_ERROR", "TAG_SIGN1", "TAMPER", "ZERO32", "Fields", "Message", "N", "ProtocolError",
@@ -242,6 +243,60 @@ def register_type(type_: int, signer_field: int, schema: dict[int, str],
         RULES[type_] = rule
     else:
         RULES.pop(type_, None)
+
+
+# --- type 10: estimate and supersession (docs/VEE.md; built by fog_node.vee) ---------------
+# One type, two kinds. "estimate": the fog's split of the exact register difference between
+# two readings of one meter over the intervals between them. "supersede": a later true
+# reading of that meter makes an estimate obsolete (nothing is overwritten; the fog logs new
+# estimates for what is still missing). Both are signed by the fog (key 17).
+ESTIMATE = 10
+ESTIMATE_KINDS = ("estimate", "supersede")
+ESTIMATE_METHODS = ("linear", "profile", "none")  # "none": energy unknown (register reset)
+_ESTIMATE_KEYS = {  # the keys each kind must carry, and no others
+    "estimate": frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17)),
+    "supersede": frozenset((0, 1, 2, 3, 11, 12, 13, 17)),
+}
+
+
+def _estimate_rules(f: Fields) -> None:
+    kind = f[2]
+    keys = _ESTIMATE_KEYS.get(kind)
+    if keys is None:
+        raise _bad("kind must be 'estimate' or 'supersede'")
+    missing, extra = sorted(keys - f.keys()), sorted(f.keys() - keys)
+    if missing:
+        raise _bad(f"type 10 kind {kind!r} is missing field {missing[0]}")
+    if extra:
+        raise _bad(f"type 10 kind {kind!r} has no field {extra[0]}")
+    if kind == "supersede":
+        if f[13] < 1:
+            raise _bad("seq of the superseding reading must be >= 1")
+        return
+    if f[4] not in ESTIMATE_METHODS:
+        raise _bad("method must be 'linear', 'profile' or 'none'")
+    if f[6] < 1:
+        raise _bad("from_seq must be >= 1")
+    if f[8] <= f[6]:
+        raise _bad("to_seq must be greater than from_seq")
+    ivls = f[10]
+    if not ivls:
+        raise _bad("ivls must not be empty")
+    width = 1 if f[4] == "none" else 3
+    shape = "[end]" if width == 1 else "[end, imp, exp]"
+    last = f[9]
+    for i, item in enumerate(ivls):
+        if not (isinstance(item, list) and len(item) == width
+                and all(_is_int(v) and v >= 0 for v in item)):
+            raise _bad(f"ivls item {i} must be {shape} of uints")
+        if item[0] <= last:
+            raise _bad(f"ivls item {i} must end after the previous one (or start)")
+        last = item[0]
+
+
+register_type(ESTIMATE, 17, {0: "u", 1: "b8", 2: "t", 3: "u", 4: "t?", 5: "b32?", 6: "u?",
+                             7: "b32?", 8: "u?", 9: "u?", 10: "a?", 11: "b32?", 12: "b32?",
+                             13: "u?", 17: "b8"}, _estimate_rules)
 
 
 # --- the reading fast path ------------------------------------------------------------------

@@ -102,10 +102,11 @@ KEY_OF = {METER.id: (METER.public_key, fw_keys.VerifyingKey(METER.public_key.raw
 base = st.sampled_from(BASES)
 
 
-# types the fog defines that no meter handles (docs/PROTOCOL.md section 15: 12 transaction,
-# 13 block header): a flip can turn a command's type 4 into 12, which the firmware calls
-# unknown_type and the fog checks further (e.g. kid_mismatch); both must reject it
-FOG_ONLY_TYPES = {12, 13}
+# types the fog defines that no meter handles (docs/VEE.md: 10 estimate; docs/PROTOCOL.md
+# section 15: 12 transaction, 13 block header): a flip can turn a command's type 4 into 12,
+# which the firmware calls unknown_type and the fog checks further (e.g. kid_mismatch); both
+# must reject it
+FOG_ONLY_TYPES = {10, 12, 13}
 
 
 def _payload_type(raw: bytes) -> Any:
@@ -598,18 +599,18 @@ def test_new_types_are_added_by_registering_a_schema():
             if f[2] > 100:
                 raise P.ProtocolError("bad_fields", "estimate too large")
 
-        P.register_type(10, 17, {0: "u", 17: "b8", 2: "u", 3: "a?", 4: "bool"}, rule)
-        raw = P.sign1(FOG, {0: 10, 17: FID, 2: 5, 4: False})
-        assert P.verify(raw, FOG.public_key).type == 10
+        P.register_type(30, 17, {0: "u", 17: "b8", 2: "u", 3: "a?", 4: "bool"}, rule)
+        raw = P.sign1(FOG, {0: 30, 17: FID, 2: 5, 4: False})
+        assert P.verify(raw, FOG.public_key).type == 30
         assert P.parse(raw).fields[2] == 5
         with pytest.raises(P.ProtocolError, match="estimate too large"):
-            P.sign1(FOG, {0: 10, 17: FID, 2: 500, 4: True})
+            P.sign1(FOG, {0: 30, 17: FID, 2: 500, 4: True})
         with pytest.raises(P.ProtocolError, match="no field"):
-            P.check_fields({0: 10, 17: FID, 2: 5, 4: True, 9: 1})
+            P.check_fields({0: 30, 17: FID, 2: 5, 4: True, 9: 1})
         with pytest.raises(ValueError):
-            P.register_type(11, 17, {0: "u", 17: "b8", 2: "float"})
+            P.register_type(31, 17, {0: "u", 17: "b8", 2: "float"})
         with pytest.raises(ValueError):
-            P.register_type(11, 1, {0: "u", 17: "b8"})
+            P.register_type(31, 1, {0: "u", 17: "b8"})
     finally:
         P.SIGNER_FIELD.clear()
         P.SIGNER_FIELD.update(saved_signers)

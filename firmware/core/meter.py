@@ -112,6 +112,7 @@ class Meter:
             s = self.source.read(now)
         except Exception:  # noqa: BLE001  any source failure means SOURCE_ERROR at close
             s = None
+        self.last_sample = s  # this pass's sample (None: source failed), for the app's limit guard
         if s is not None:
             self.engine.sample(s)
         if not self.engine.due(now, uptime):
