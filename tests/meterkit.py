@@ -16,6 +16,18 @@ FOG = keys.SigningKey(0xF0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0F0
 T0 = 1_800_000_000  # a multiple of 900
 
 
+class Clock:
+    """A board clock the test advances by hand: Unix seconds and uptime in ms."""
+
+    def __init__(self, t: int) -> None:
+        self.t = t
+        self.up_ms = 0
+
+    def advance(self, s: int) -> None:
+        self.t += s
+        self.up_ms += s * 1000
+
+
 class ScriptedSource:
     """Registers rise by `rate` Wh per second; tests can break or rewind it."""
 

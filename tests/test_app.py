@@ -15,17 +15,7 @@ from app import App
 from core import cose, keys
 from core import messages as M
 from hal.host import Board, HostReboot
-from tests.meterkit import FOG, T0
-
-
-class Clock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-        self.up_ms = 0
-
-    def advance(self, s: int) -> None:
-        self.t += s
-        self.up_ms += s * 1000
+from tests.meterkit import FOG, T0, Clock
 
 
 class RecordingTransport:

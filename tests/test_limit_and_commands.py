@@ -17,6 +17,7 @@ import pytest
 from fog_node import protocol as P
 from fog_node.cbor import encode, head
 from hardware.mpvm import run_micropython
+from tests.meterkit import Clock
 from tools.firmware import module
 
 limit = module("core.limit")
@@ -185,16 +186,6 @@ def test_limit_guard_decides_the_same_in_the_micropython_vm():
 
 
 # --- the guard in the app, on the host board ------------------------------------------------
-class Clock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-        self.up_ms = 0
-
-    def advance(self, s: int) -> None:
-        self.t += s
-        self.up_ms += s * 1000
-
-
 class RecordingTransport:
     def __init__(self) -> None:
         self.results: list[bytes] = []
