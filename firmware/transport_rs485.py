@@ -52,27 +52,11 @@ class Rs485Slave:
         self.dev_hex = None
         self.last_result = None
         self._in_cmd = False  # a 0x43 is being handled: its result is the answer
-        self._sample = None  # the source's last sample, for the live registers
-        self._source_ok = True
 
     # --- the app's transport interface ------------------------------------------------
     def bind(self, app):
         self.app = app
         self.birth = None
-        src = app.meter.source
-        read = src.read
-
-        def recording(now):  # keep the last sample; the meter itself does not
-            try:
-                s = read(now)
-            except Exception:
-                self._source_ok = False
-                raise
-            self._sample = s
-            self._source_ok = True
-            return s
-
-        src.read = recording
 
     def connect(self, dev_hex, birth):
         self.dev_hex = dev_hex
@@ -212,20 +196,22 @@ class Rs485Slave:
         m = self.app.meter
         st = m.st
         eng = m.engine
-        s = self._sample
+        s = m.last_good
         flags = eng.flags
         if not eng.synced:
             flags |= 0x01  # CLOCK_UNSYNCED
         elif eng.observed_from is not None and eng.observed_from > eng.next_t - eng.dur:
             flags |= 0x04  # PARTIAL
-        if not self._source_ok:
-            flags |= 0x20  # SOURCE_ERROR
+        # the relay as driven (commanded on and not tripped by the limit guard)
+        relay = 1 if getattr(self.app, "relay_closed", st["relay"]) else 0
+        if m.last_sample is None and s is not None:
+            flags |= 0x20  # SOURCE_ERROR: this pass's read failed (after good ones)
         if s is not None:
             imp, exp, v, pi, pe = s.imp, s.exp, s.v, s.p_imp, s.p_exp
         else:
             imp, exp, v, pi, pe = st.get("imp") or 0, st.get("exp") or 0, None, 0, 0
         return struct.pack(_MAP, 1, flags & 0xFFFF, st["seq"] & _M32, m.spool.acked & _M32,
                            imp & _M32, exp & _M32, 0xFFFF if v is None else _sat(v, 0xFFFE),
-                           _sat(pi), _sat(pe), 1 if st["relay"] else 0, _sat(st["limit"]),
+                           _sat(pi), _sat(pe), relay, _sat(st["limit"]),
                            st["last_t"] & _M32, _sat(eng.dur, 0xFFFF), _sat(len(m.spool), 0xFFFF),
                            st["boot"] & 0xFFFF, m.id)

@@ -40,6 +40,8 @@ class Meter:
         self.stats = {"readings": 0, "spool_full": 0, "acks": 0, "ack_rejected": 0,
                       "commands": 0, "commands_rejected": 0, "boots": 0}
         self.last_reject = ""
+        self.last_sample = None
+        self.last_good = None  # the last sample the source gave (RS485 live registers)
 
     # --- boot ------------------------------------------------------------------------
     def _load_key(self):
@@ -112,7 +114,9 @@ class Meter:
             s = self.source.read(now)
         except Exception:  # noqa: BLE001  any source failure means SOURCE_ERROR at close
             s = None
-        self.last_sample = s  # this pass's sample (None: source failed), for the app's limit guard
+        self.last_sample = s  # this pass's sample (None: source failed): limit guard, registers
+        if s is not None:
+            self.last_good = s
         if s is not None:
             self.engine.sample(s)
         if not self.engine.due(now, uptime):
