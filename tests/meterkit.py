@@ -28,6 +28,36 @@ class Clock:
         self.up_ms += s * 1000
 
 
+class RecordingTransport:
+    """The app's transport interface, recording what the app hands it; tests fill `inbox`
+    with ("ack" | "cmd", message) for the next poll()."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.births: list[bytes] = []
+        self.sent: list[list[bytes]] = []
+        self.results: list[bytes] = []
+        self.inbox: list[tuple[str, bytes]] = []
+
+    def connect(self, dev_hex: str, birth: bytes) -> bool:
+        self.births.append(birth)
+        return True
+
+    def connected(self) -> bool:
+        return self.up
+
+    def send_readings(self, msgs: list[bytes]) -> bool:
+        self.sent.append(list(msgs))
+        return True
+
+    def send_result(self, msg: bytes) -> None:
+        self.results.append(msg)
+
+    def poll(self) -> list[tuple[str, bytes]]:
+        out, self.inbox = self.inbox, []
+        return out
+
+
 class ScriptedSource:
     """Registers rise by `rate` Wh per second; tests can break or rewind it."""
 

@@ -15,34 +15,7 @@ from app import App
 from core import cose, keys
 from core import messages as M
 from hal.host import Board, HostReboot
-from tests.meterkit import FOG, T0, Clock
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.up = True
-        self.births: list[bytes] = []
-        self.sent: list[list[bytes]] = []
-        self.results: list[bytes] = []
-        self.inbox: list[tuple[str, bytes]] = []
-
-    def connect(self, dev_hex: str, birth: bytes) -> bool:
-        self.births.append(birth)
-        return True
-
-    def connected(self) -> bool:
-        return self.up
-
-    def send_readings(self, msgs: list[bytes]) -> bool:
-        self.sent.append(list(msgs))
-        return True
-
-    def send_result(self, msg: bytes) -> None:
-        self.results.append(msg)
-
-    def poll(self) -> list[tuple[str, bytes]]:
-        out, self.inbox = self.inbox, []
-        return out
+from tests.meterkit import FOG, T0, Clock, RecordingTransport
 
 
 def make_app(tmp_path: Any, clock: Clock, tr: RecordingTransport | None = None, **cfg: Any) -> App:

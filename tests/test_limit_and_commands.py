@@ -17,7 +17,7 @@ import pytest
 from fog_node import protocol as P
 from fog_node.cbor import encode, head
 from hardware.mpvm import run_micropython
-from tests.meterkit import Clock
+from tests.meterkit import Clock, RecordingTransport
 from tools.firmware import module
 
 limit = module("core.limit")
@@ -186,28 +186,6 @@ def test_limit_guard_decides_the_same_in_the_micropython_vm():
 
 
 # --- the guard in the app, on the host board ------------------------------------------------
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.results: list[bytes] = []
-        self.inbox: list[tuple[str, bytes]] = []
-
-    def connect(self, dev_hex: str, birth: bytes) -> bool:
-        return True
-
-    def connected(self) -> bool:
-        return True
-
-    def send_readings(self, msgs: list[bytes]) -> bool:
-        return True
-
-    def send_result(self, msg: bytes) -> None:
-        self.results.append(msg)
-
-    def poll(self) -> list[tuple[str, bytes]]:
-        out, self.inbox = self.inbox, []
-        return out
-
-
 class LoadBehindRelay:
     """A household drawing `watts` whenever the board's relay is closed: the meter measures
     behind its own relay, so an open relay means no power and no energy."""

@@ -631,6 +631,16 @@ STREAM_PARTS = st.lists(
 )
 
 
+def feed_in_pieces(fr: Any, stream: bytes, cuts: list[int]) -> list[tuple[int, int, bytes]]:
+    """Feed `stream` to the framer cut at `cuts` (sorted offsets), all at time 0."""
+    got: list[tuple[int, int, bytes]] = []
+    prev = 0
+    for c in [*cuts, len(stream)]:
+        got += fr.feed(stream[prev:c], 0)
+        prev = c
+    return got
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), STREAM_PARTS, st.data())
 def test_property_chunking_does_not_matter(requests: bool, parts: list[bytes], d: st.DataObject) -> None:
@@ -639,12 +649,7 @@ def test_property_chunking_does_not_matter(requests: bool, parts: list[bytes], d
     want = whole.feed(stream, 0) + whole.idle(SIL)
     cuts = sorted(d.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     fr = MB.RtuFramer(requests)
-    got: list[tuple[int, int, bytes]] = []
-    prev = 0
-    for c in [*cuts, len(stream)]:
-        got += fr.feed(stream[prev:c], 0)
-        prev = c
-    got += fr.idle(SIL)
+    got = feed_in_pieces(fr, stream, cuts) + fr.idle(SIL)
     assert got == want and counts(fr) == counts(whole)
 
 
@@ -656,11 +661,7 @@ def test_property_clean_frames_any_split(requests: bool, frames: list[tuple[int,
     stream = b"".join(MB.adu(*f) for f in frames)
     cuts = sorted(d.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     fr = MB.RtuFramer(requests)
-    got: list[tuple[int, int, bytes]] = []
-    prev = 0
-    for c in [*cuts, len(stream)]:
-        got += fr.feed(stream[prev:c], 0)
-        prev = c
+    got = feed_in_pieces(fr, stream, cuts)
     assert got == frames and counts(fr) == (len(frames), 0, 0) and fr.buffered() == 0
 
 
