@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fog_node.cbor import CBORError, ProtocolError, Tag, decode, encode, head
 
 __all__ = [
-    "ACK", "BIRTH", "CHECKPOINT", "CLOCK_STEPPED", "CLOCK_UNSYNCED", "COMMAND", "ENROLLMENT",
+    "ACK", "AGGREGATE", "AGGREGATE_ALERTS", "BIRTH", "CHECKPOINT", "CLOCK_STEPPED", "CLOCK_UNSYNCED", "COMMAND", "ENROLLMENT",
     "ENROLLMENT_STATUSES", "ESTIMATE", "ESTIMATE_KINDS", "ESTIMATE_METHODS",
     "FIELD_PRIME", "FLAG_NAMES", "HALF_N", "INTERVALS", "MAX_MESSAGE",
     "PARTIAL", "POWER_FAIL", "PROTECTED", "READING", "REGISTER_RESET", "RESULT", "RESULT_DONE",
@@ -297,6 +297,45 @@ def _estimate_rules(f: Fields) -> None:
 register_type(ESTIMATE, 17, {0: "u", 1: "b8", 2: "t", 3: "u", 4: "t?", 5: "b32?", 6: "u?",
                              7: "b32?", 8: "u?", 9: "u?", 10: "a?", 11: "b32?", 12: "b32?",
                              13: "u?", 17: "b8"}, _estimate_rules)
+
+
+# --- type 11: aggregate (docs/PROTOCOL.md section 18; built by fog_node.cooking) ----------
+# The cooked data of one feeder for one interval, signed by the fog. The entries of one
+# interval close (one per reported feeder, in feeder-name order) are hash-chained through
+# `prev`, so the checkpoint's `agg` (the digest of the last one) commits to all of them.
+# A revision (rev >= 1) is logged when late readings change an interval already reported;
+# it names the entry it revises in `replaces`. Nothing is overwritten.
+AGGREGATE = 11
+AGGREGATE_ALERTS = ("loss_high", "loss_negative", "outage", "voltage_low", "voltage_high",
+                    "tamper", "silent")
+
+
+def _aggregate_rules(f: Fields) -> None:
+    if not f[1]:
+        raise _bad("feeder name must not be empty")
+    if f[3] not in INTERVALS or f[2] % f[3]:
+        raise _bad("dur must be a v1 interval and ivl a multiple of it")
+    if f[7] + f[8] > f[6]:
+        raise _bad("measured + estimated meters exceed the feeder's meters")
+    if f[9] > f[4] + f[5]:
+        raise _bad("estimated Wh exceed the interval's import + export")
+    if (11 in f) != (12 in f) or (11 in f and f[11] > f[12]):
+        raise _bad("v_min and v_max come together, v_min <= v_max")
+    if not all(isinstance(a, str) and a in AGGREGATE_ALERTS for a in f[13]):
+        raise _bad(f"alerts must be drawn from {', '.join(AGGREGATE_ALERTS)}")
+    if len(set(f[13])) != len(f[13]) or list(f[13]) != sorted(f[13]):
+        raise _bad("alerts must be sorted and distinct")
+    if (f[16] == 0) == (18 in f):
+        raise _bad("replaces is present exactly when rev >= 1")
+    groups = f.get(20)
+    if groups is not None and not (groups and all(isinstance(g, str) and g for g in groups)):
+        raise _bad("merged must list the merged feeders' names")
+
+
+register_type(AGGREGATE, 17, {0: "u", 1: "t", 2: "u", 3: "u", 4: "u", 5: "u", 6: "u", 7: "u",
+                              8: "u", 9: "u", 10: "i?", 11: "u?", 12: "u?", 13: "a", 14: "u",
+                              15: "b32", 16: "u", 17: "b8", 18: "b32?", 19: "b32", 20: "a?"},
+              _aggregate_rules)
 
 
 # --- the reading fast path ------------------------------------------------------------------

@@ -106,7 +106,7 @@ base = st.sampled_from(BASES)
 # section 15: 12 transaction, 13 block header): a flip can turn a command's type 4 into 12,
 # which the firmware calls unknown_type and the fog checks further (e.g. kid_mismatch); both
 # must reject it
-FOG_ONLY_TYPES = {10, 12, 13}
+FOG_ONLY_TYPES = {10, 11, 12, 13}
 
 
 def _payload_type(raw: bytes) -> Any:
