@@ -7,6 +7,7 @@ data_dir/
   registry.db      devices, readings index, quarantine, evidence, alerts
   checkpoints.db   the side-chain of signed checkpoints
   chain.db         the outbox of dispatch-chain transactions, and instructions received
+  cooked.db        the cooked data's index of the log: readings, estimates, aggregates
 
 The ingest thread and the HTTP API share one FogNode; `lock` serialises their use of the
 SQLite connections (WAL lets readers run beside a writer, but a connection is one cursor
@@ -25,6 +26,8 @@ from typing import Protocol
 
 from fog_node import protocol as P
 from fog_node.checkpoints import Checkpoints
+from fog_node.cooking import CookConfig, Cooker
+from fog_node.feeders import Feeder, FeederRules
 from fog_node.ingest import Ingest
 from fog_node.logstore import SQLiteLogStore
 from fog_node.registry import Registry
@@ -59,6 +62,14 @@ class FogConfig:
     rs485_timeout_s: float = 0.0  # 0x04/0x41/0x44; 0: 0.1 s + a maximal answer's line time
     rs485_slow_timeout_s: float = 10.0  # 0x42/0x43: the meter verifies (and signs) P-256
     rs485_batch: int = 32  # readings fetched per meter per visit
+    # cooked data (docs/PROTOCOL.md section 18): feeders and the thresholds of their alerts
+    feeders: list[Feeder] = field(default_factory=list)  # none: one feeder "all"
+    privacy_min_meters: int = 5  # smaller feeders are merged, or suppressed
+    loss_alert_pct: float = 8.0
+    outage_pct: float = 50.0
+    voltage_low_dv: int = 2070
+    voltage_high_dv: int = 2530
+    on_tamper: str = "report"  # or "relay_off": open the relay of a meter reporting TAMPER
     # simulation only (demo, tests): run the node's clock `sim_compress` times faster than
     # real time, reading sim_start at real Unix time sim_epoch, like virtual meters' clocks
     sim_compress: float = 1.0
@@ -131,6 +142,13 @@ class FogNode:
         self.registry = Registry(d / "registry.db")
         self.checkpoints = Checkpoints(d / "checkpoints.db", self.key, self.log)
         self.ingest = Ingest(self.key, self.log, self.registry, clock, config.skew_s)
+        if config.on_tamper not in ("report", "relay_off"):
+            raise FogError(f"on_tamper must be 'report' or 'relay_off', not {config.on_tamper!r}")
+        rules = FeederRules(config.privacy_min_meters, config.loss_alert_pct,
+                            outage_pct=config.outage_pct, voltage_low_dv=config.voltage_low_dv,
+                            voltage_high_dv=config.voltage_high_dv)
+        self.cooker = Cooker(self.key, self.log, self.registry, d / "cooked.db",
+                             CookConfig(config.interval_s, tuple(config.feeders), rules))
         self.lock = threading.RLock()
         self.chain: ChainView | None = None  # set when the node anchors to a dispatch chain
         self.rs485: BusView | None = None  # set when the node is master of an RS485 bus
@@ -143,6 +161,7 @@ class FogNode:
 
     def close(self) -> None:
         with self.lock:
+            self.cooker.close_db()
             self.checkpoints.close()
             self.registry.close()
             self.log.close()
