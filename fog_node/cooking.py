@@ -120,6 +120,8 @@ class Cooker:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
         self._history: dict[bytes, deque[int]] = {}  # spike baselines, rebuilt as data comes
+        self._last: dict[bytes, tuple[Any, ...]] = {}  # each meter's highest-seq reading row
+        self._pending: list[tuple[Any, ...]] = []  # reading rows indexed, not yet written
 
     def close_db(self) -> None:
         self.db.close()
@@ -143,24 +145,49 @@ class Cooker:
         if start >= size:
             return 0
         last_closed = self.last_closed
+        rows = self._pending
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for idx in range(start, size):
                 m = P.parse(self.log.entry(idx), schema=False)
                 if m.type == P.READING:
-                    self._index_reading(m, idx, now, last_closed)
-                elif m.type == P.ESTIMATE:
+                    rows.append(self._index_reading(m, idx, now, last_closed))
+                    continue
+                self._flush_readings(rows)
+                if m.type == P.ESTIMATE:
                     self._index_estimate(m, idx, last_closed)
                 elif m.type == P.AGGREGATE:
                     f = m.fields
                     self.db.execute("INSERT OR IGNORE INTO aggregates VALUES (?, ?, ?, ?, ?, ?)",
                                     (f[1], f[2], f[16], m.digest, idx, m.raw))
+            self._flush_readings(rows)
             self._set_meta("cursor", size)
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._last.clear()
+            rows.clear()
             raise
         self.db.execute("COMMIT")
         return size - start
+
+    def _flush_readings(self, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self.db.executemany(f"INSERT OR IGNORE INTO readings ({_COLS}) VALUES "
+                                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR IGNORE INTO dirty_devs VALUES (?, ?)",
+                                [(r[0], r[1]) for r in rows])
+            rows.clear()
+
+    def _previous(self, dev: bytes, seq: int) -> tuple[Any, ...] | None:
+        """The meter's indexed reading with the highest seq below `seq`: from memory in the
+        in-order case, else from the index (after writing the rows still in memory)."""
+        last = self._last.get(dev)
+        if last is not None and last[1] == seq - 1:
+            return last
+        self._flush_readings(self._pending)
+        row = self.db.execute(f"SELECT {_COLS} FROM readings WHERE dev = ? AND seq < ? "
+                              "ORDER BY seq DESC LIMIT 1", (dev, seq)).fetchone()
+        return tuple(row) if row else None
 
     def _dirty_ivls(self, lo: int, hi: int, last_closed: int | None) -> None:
         """Mark closed intervals overlapping (lo, hi] for a revision check."""
@@ -171,11 +198,11 @@ class Cooker:
         for ivl in range(first, min(-(-hi // i) * i, last_closed) + 1, i):
             self.db.execute("INSERT OR IGNORE INTO dirty_ivls VALUES (?)", (ivl,))
 
-    def _index_reading(self, m: P.Message, idx: int, now: int, last_closed: int | None) -> None:
+    def _index_reading(self, m: P.Message, idx: int, now: int, last_closed: int | None,
+                       ) -> tuple[Any, ...]:
         f = m.fields
         dev, seq = f[1], f[2]
-        row = self.db.execute(f"SELECT {_COLS} FROM readings WHERE dev = ? AND seq < ? "
-                              "ORDER BY seq DESC LIMIT 1", (dev, seq)).fetchone()
+        row = self._previous(dev, seq)
         previous = _reading_fields(row) if row else None
         hist = self._history.setdefault(dev, deque(maxlen=self.config.vee.spike_history))
         findings = vee.validate(f, previous, hist, self.config.rating, self.config.vee)
@@ -193,13 +220,14 @@ class Cooker:
             if energy is not None:
                 hist.append(energy[0])
         q = f.get(9, {})
-        self.db.execute(f"INSERT OR IGNORE INTO readings ({_COLS}) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (dev, seq, f[3], f[4], f[5], f[6], f[7], q.get(1), q.get(2), m.digest,
-                         idx, int(bound)))
-        self.db.execute("INSERT OR IGNORE INTO dirty_devs VALUES (?, ?)", (dev, seq))
+        new = (dev, seq, f[3], f[4], f[5], f[6], f[7], q.get(1), q.get(2), m.digest, idx,
+               int(bound))
+        last = self._last.get(dev)
+        if last is None or seq > last[1]:
+            self._last[dev] = new
         self._dirty_ivls(f[3] - f[4], f[3] + f[4], last_closed)
         self.counters["readings_indexed"] += 1
+        return new
 
     def _index_estimate(self, m: P.Message, idx: int, last_closed: int | None) -> None:
         f = m.fields
@@ -416,6 +444,14 @@ class Cooker:
         what the first logged). `seal` is called between chunks of aggregates."""
         self.catch_up(now)
         self.estimate(now)
+        last, i = self.last_closed, self.config.interval_s
+        if last is not None and ivl - last > i:  # closes missed while the node was down
+            for missed in range(max(last + i, ivl - self.config.revision_intervals * i), ivl, i):
+                if self._close_one(missed, now, seal).aggregates and seal is not None:
+                    seal()  # so that each checkpoint covers one interval's aggregates
+        return self._close_one(ivl, now, seal)
+
+    def _close_one(self, ivl: int, now: int, seal: Callable[[], None] | None) -> Closed:
         last = self.last_closed
         rows = self.db.execute("SELECT digest, msg FROM aggregates WHERE ivl = ? AND rev = 0 "
                                "ORDER BY leaf", (ivl,)).fetchall()

@@ -292,3 +292,13 @@ def test_malformed_aggregates_are_rejected():
         with pytest.raises(P.ProtocolError, match=words) as e:
             P.sign1(key, {**good, **change})
         assert e.value.reason == "bad_fields"
+
+
+def test_intervals_missed_while_the_node_was_down_are_closed_too(fog: Fog):
+    for k in (1, 2, 3):
+        fog.all_read(T0 + k * I)
+    fog.close(T0 + I)
+    closed = fog.close(T0 + 4 * I)  # the closes of T0+2I and T0+3I were missed
+    assert [a[2] for a in fog.aggregates()] == [T0 + I, T0 + 2 * I, T0 + 3 * I, T0 + 4 * I]
+    assert [a[7] for a in fog.aggregates()] == [6, 6, 6, 0]
+    assert closed.ivl == T0 + 4 * I and closed.agg == P.digest(fog.entries(P.AGGREGATE)[-1].raw)
