@@ -36,6 +36,9 @@ from typing import Any
 from fog_node import protocol as P
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
+from fog_node.dispatch import Dispatcher
+from fog_node.faults import FaultReporter
+from fog_node.feeders import Feeder, parse_feeders
 from fog_node.node import FogConfig, FogError, FogNode, init_data_dir, node_clock
 from fog_node.rs485 import check_addresses, parse_addresses
 from fog_node.service import FogService, apply_request, lock_data_dir, queue_request
@@ -51,6 +54,16 @@ def _addresses(value: Any) -> list[int]:
     raise ValueError(f"rs485_addresses: expected a list of integers or \"1,2,5-9\", got {value!r}")
 
 
+def _feeders(value: Any) -> list[Feeder]:
+    """Feeders: a TOML array of tables ([[fog.feeders]]), or the same as JSON (CLI)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"feeders: not JSON: {e}") from None
+    return parse_feeders(value)
+
+
 _FLAGS: dict[str, Callable[[Any], Any]] = {  # flag -> (FogConfig field, type)
     "mqtt_host": str, "mqtt_port": int, "mqtt_root": str, "data_dir": Path, "http_host": str,
     "http_port": int, "seal_period_s": float, "interval_s": int, "grace_s": int, "skew_s": int,
@@ -58,6 +71,8 @@ _FLAGS: dict[str, Callable[[Any], Any]] = {  # flag -> (FogConfig field, type)
     "chain_poll_s": float, "dispatch_pub": str, "rs485_port": str, "rs485_baud": int,
     "rs485_addresses": _addresses, "rs485_timeout_s": float, "rs485_slow_timeout_s": float,
     "rs485_batch": int, "sim_compress": float, "sim_start": float, "sim_epoch": float,
+    "feeders": _feeders, "privacy_min_meters": int, "loss_alert_pct": float,
+    "outage_pct": float, "voltage_low_dv": int, "voltage_high_dv": int, "on_tamper": str,
 }
 
 
@@ -130,6 +145,10 @@ def run(config: FogConfig) -> int:
     node = FogNode(config, clock)
     service = FogService(node, clock)
     link = _chain_link(node, clock)
+    if link is not None:  # carry out the instructions the link picks up (docs/FOG_DISPATCH.md)
+        service.dispatcher = Dispatcher(node, link, service.send_command, clock)
+    # local faults: the configured action, then a fault transaction (docs/PROTOCOL.md s. 18)
+    service.faults = FaultReporter(link, lambda: service.dispatcher, config.on_tamper)
     api = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -153,6 +172,8 @@ def run(config: FogConfig) -> int:
             pass
     finally:
         service.stop()
+        if service.dispatcher is not None:
+            service.dispatcher.close()
         if link is not None:
             link.stop()
             link.step()  # one last round: anchor what the final seal added, if the chain is up

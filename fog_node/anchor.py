@@ -49,14 +49,23 @@ class AnchorError(RuntimeError):
 
 
 def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint | None,
-                 cps: list[Checkpoint], log: LogStore, now: int) -> tuple[bytes, int]:
+                 cps: list[Checkpoint], log: LogStore, now: int,
+                 aggregates: Callable[[int, int], list[bytes]] | None = None,
+                 known_aggregate: Callable[[bytes], bool] | None = None) -> tuple[bytes, int]:
     """The anchor transaction carrying the most of cps (oldest first, continuing `head`, the
     last anchored checkpoint) that fits a 4096-byte message, and how many it carries.
-    Checked here exactly as the chain will check it, so a bug shows up at the fog."""
+
+    `aggregates(lo, hi)` gives the type-11 entries at log indices lo <= i < hi: an anchor
+    carries those its checkpoints cover and the previous anchor's did not, so every
+    aggregate travels to the chain exactly once, with the first checkpoint that covers it.
+    Checked here exactly as the chain will check it (`known_aggregate`: carried by an
+    earlier anchor), so a bug shows up at the fog."""
     best: tuple[bytes, int] | None = None
+    base = head.size if head else 0
     for n in range(1, len(cps) + 1):
-        proof = log.consistency_proof(head.size if head else 0, cps[n - 1].size)
-        body = C.anchor_body([c.msg for c in cps[:n]], proof.path)
+        proof = log.consistency_proof(base, cps[n - 1].size)
+        aggs = aggregates(base, cps[n - 1].size) if aggregates is not None else []
+        body = C.anchor_body([c.msg for c in cps[:n]], proof.path, aggs)
         raw = P.sign1(key, C.tx(key.id, nonce, C.ANCHOR, body, now, chain), check=False)
         if len(raw) > P.MAX_MESSAGE:
             break
@@ -65,7 +74,8 @@ def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint |
         raise AnchorError(f"checkpoint {cps[0].height} alone does not fit an anchor")
     raw, n = best
     C.check_anchor(P.parse(raw).fields[4], key.public_key,
-                   C.AnchoredHead.of(P.parse(head.msg)) if head else None)
+                   C.AnchoredHead.of(P.parse(head.msg)) if head else None,
+                   known_aggregate or (lambda d: False))
     return raw, n
 
 
@@ -85,8 +95,13 @@ class ChainLink:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        # nonce allocation + outbox insert, by plan() here and queue_tx() from other threads
+        self._tx_lock = threading.Lock()
+        self._side_db: sqlite3.Connection | None = None  # queue_tx's own connection
 
     def close(self) -> None:
+        if self._side_db is not None:
+            self._side_db.close()
         self.db.close()
 
     @contextmanager
@@ -222,15 +237,16 @@ class ChainLink:
             return 0
         queued = 0
         while cps:
-            raw, n = self._build(head, cps, int(now))
-            f = P.parse(raw, schema=False).fields
-            with self._atomic():
-                self.db.execute(
-                    "INSERT INTO outbox (nonce, kind, digest, tx, first, last, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (f[2], C.ANCHOR, P.digest(raw), raw, cps[0].height, cps[n - 1].height,
-                     int(now)))
-                self._set_meta("last_planned", now)
+            with self._tx_lock:  # the nonce _build takes stays ours until the insert
+                raw, n = self._build(head, cps, int(now))
+                f = P.parse(raw, schema=False).fields
+                with self._atomic():
+                    self.db.execute(
+                        "INSERT INTO outbox (nonce, kind, digest, tx, first, last, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (f[2], C.ANCHOR, P.digest(raw), raw, cps[0].height, cps[n - 1].height,
+                         int(now)))
+                    self._set_meta("last_planned", now)
             head, cps = cps[n - 1], cps[n:]
             queued += 1
         self.counters["anchors_queued"] += queued
@@ -239,8 +255,11 @@ class ChainLink:
     def _build(self, head: Checkpoint | None, cps: list[Checkpoint], now: int) -> tuple[bytes, int]:
         chain = bytes.fromhex(str(self._meta("chain")))
         with self.node.lock:
+            cooker = self.node.cooker
+            base = head.size if head else 0
             return build_anchor(self.node.key, chain, self._next_nonce(), head, cps,
-                                self.node.log, now)
+                                self.node.log, now, cooker.aggregates_in,
+                                lambda d: cooker.known_aggregate(d, base))
 
     def flush(self) -> int:
         """Send queued transactions in nonce order until one fails; returns how many landed."""
@@ -314,3 +333,47 @@ class ChainLink:
         rows = self.db.execute("SELECT digest, height, tx, state FROM instructions "
                                "ORDER BY height, idx").fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # -- other transactions (execution reports, faults) ------------------------------------------
+    def queue_tx(self, kind: str, body: dict[int, Any],
+                 also: Callable[[sqlite3.Connection], None] | None = None) -> bytes:
+        """Sign a type-12 transaction of `kind` with this fog's next nonce and store it in the
+        outbox, where flush() sends it in nonce order with the anchors; returns its bytes.
+
+        Safe from any thread: the nonce is taken under the lock plan() holds for its own, and
+        the insert goes through a connection of its own (the link thread's connection may be
+        inside a transaction of flush()). `also`, when given, runs inside the same SQLite
+        transaction with that connection, so the caller's "reported" mark is durable together
+        with the transaction or not at all. Raises AnchorError until the first sync (the
+        chain id and this fog's nonce on the chain are unknown: try again later), and
+        ProtocolError for a body the chain would refuse or a message over 4096 bytes."""
+        with self._tx_lock:
+            db = self._side_db
+            if db is None:
+                db = sqlite3.connect(str(self.node.config.data_dir / "chain.db"),
+                                     isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA synchronous=FULL")  # per connection, as on self.db
+                self._side_db = db
+            meta = dict(db.execute("SELECT k, v FROM meta WHERE k IN "
+                                   "('synced', 'chain', 'base_nonce')").fetchall())
+            if meta.get("synced") is None:
+                raise AnchorError(f"cannot queue a {kind} transaction before the first contact "
+                                  "with the dispatch chain (chain id and nonce unknown)")
+            now = int(self.clock())
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # inside the write transaction: the latest outbox, whoever inserted last
+                row = db.execute("SELECT MAX(nonce) FROM outbox").fetchone()
+                nonce = max(int(row[0] or 0), int(meta.get("base_nonce") or 0)) + 1
+                raw = P.sign1(self.node.key, C.tx(self.node.key.id, nonce, kind, body, now,
+                                                  bytes.fromhex(str(meta["chain"]))))
+                db.execute("INSERT INTO outbox (nonce, kind, digest, tx, created) "
+                           "VALUES (?, ?, ?, ?, ?)", (nonce, kind, P.digest(raw), raw, now))
+                if also is not None:
+                    also(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        self.counters[f"{kind}s_queued"] += 1
+        return raw

@@ -200,6 +200,15 @@ class BusMaster:
         with self._cmd_lock:
             return len(self._commands.get(dev, ()))
 
+    def knows(self, dev: bytes) -> bool:
+        """Whether meter `dev` answers on this bus (an address gave its birth)."""
+        return any(s.dev == dev for s in self.slots)
+
+    def has_command(self, dev: bytes, msg: bytes) -> bool:
+        """Whether this exact command still waits for meter `dev` (not yet answered)."""
+        with self._cmd_lock:
+            return msg in self._commands.get(dev, ())
+
     def poll_once(self, stop: threading.Event | None = None) -> int:
         """One round over every address (cut short when `stop` is set); returns how many
         messages went into ingest."""

@@ -43,6 +43,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fog_node.checkpoints import Checkpoint
+from fog_node.cooking import Closed
+from fog_node.dispatch import Dispatcher
+from fog_node.faults import FaultReporter
 from fog_node.node import FogConfig, FogError, FogNode
 from fog_node.rs485 import BusMaster
 
@@ -302,6 +305,12 @@ class FogService:
             node.rs485 = self.bus  # for /metrics
         self._last_seal = 0.0
         self._next_ivl = self._interval_after(clock())
+        # -- dispatch (docs/FOG_DISPATCH.md): set by the runner when a chain link exists
+        self.dispatcher: Dispatcher | None = None
+        self._dispatched_at: float | None = None
+        # -- end dispatch
+        # local faults go here after their alert (fog_node.faults: action and fault tx)
+        self.faults: FaultReporter | None = None
 
     # -- MQTT ----------------------------------------------------------------------------
     def _on_connect(self) -> None:
@@ -350,9 +359,40 @@ class FogService:
             self._publish_acks(acks)
         self._requests()
         self._maybe_seal()
+        self._dispatch()  # dispatch hook: results just ingested are matched at once
         self._check_link()
         self._check_bus()
         return len(group)
+
+    # -- dispatch (docs/FOG_DISPATCH.md) -------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Run the dispatcher at most once a second (service clock); its failure is logged
+        and must not stop ingest."""
+        d = self.dispatcher
+        now = self.clock()
+        last = self._dispatched_at
+        if d is None or (last is not None and 0.0 <= now - last < 1.0):  # a clock step back runs it
+            return
+        self._dispatched_at = now
+        try:
+            d.tick(now)
+        except Exception:
+            log.exception("dispatch tick failed")
+
+    def send_command(self, dev: bytes, msg: bytes) -> None:
+        """Hand a signed command to the meter: on MQTT (QoS 1, not retained), and on the RS485
+        bus too when the meter answers there. A meter that gets both acts once and answers
+        the second copy as a replay."""
+        self.link.publish([(f"{self.root}/f/{self.fog_hex}/cmd/{dev.hex()}", msg, 1, False)])
+        bus = self.bus
+        if bus is not None and bus.knows(dev) and not bus.has_command(dev, msg):
+            # too long for an ADU: MQTT has it; not raised, since the dispatcher would
+            # then count it unsent and publish it again at its next tick
+            try:
+                bus.queue_command(dev, msg)
+            except ValueError as e:
+                log.warning("command for %s not queued on RS485: %s", dev.hex(), e)
+    # -- end dispatch
 
     def _check_link(self) -> None:
         """Start a new MQTT process if the running node's died (not too often)."""
@@ -397,17 +437,49 @@ class FogService:
         return (int(now) // i + 1) * i
 
     def _maybe_seal(self) -> None:
+        """At an interval close (plus grace): the cooked data of the interval, then a
+        checkpoint naming it (ivl, agg). Otherwise, every seal period: what new data calls
+        for (estimates, revisions), then a checkpoint if the log grew."""
         now = self.clock()
         cp: Checkpoint | None = None
+        closed: Closed | None = None
+        flush_faults = False
         with self.node.lock:
+            cooker, checkpoints = self.node.cooker, self.node.checkpoints
+
+            def seal() -> None:  # between chunks of aggregates (cooking.AGGREGATES_PER_CHECKPOINT)
+                checkpoints.seal(int(now), force=True)
+
             if now >= self._next_ivl + self.config.grace_s:
-                cp = self.node.checkpoints.seal(int(now), ivl=self._next_ivl)
+                ivl = self._next_ivl
+                closed = cooker.close(ivl, int(now), seal)
+                cp = checkpoints.seal(int(now), ivl=ivl, agg=closed.agg)
                 self._next_ivl = self._interval_after(now - self.config.grace_s)
             elif now - self._last_seal >= self.config.seal_period_s:
-                cp = self.node.checkpoints.seal(int(now))
+                cooker.tick(int(now), seal)
+                cp = checkpoints.seal(int(now))
+                self._last_seal = now
+                if self.faults is not None:
+                    flush_faults = True
         if cp is not None:
             self._last_seal = now
             self._publish_checkpoint(cp)
+        if closed is not None and closed.faults:
+            self._on_faults(closed, int(now))
+        if flush_faults and self.faults is not None:  # outside the node lock: the chain
+            self.faults.flush()  # link takes its nonce lock first, then the node's
+
+    def _on_faults(self, closed: Closed, now: int) -> None:
+        """Local faults of a closed interval: an alert each, the local action the config
+        asks for, and (when anchoring) a fault transaction saying what was done."""
+        for f in closed.faults:
+            with self.node.lock:
+                self.node.registry.alert(now, f"fault_{f.kind}", None,
+                                         f"feeder {f.feeder}, interval {f.ivl}: {f.detail}")
+            log.warning("fault %s on feeder %s at interval %d: %s", f.kind, f.feeder, f.ivl,
+                        f.detail)
+            if self.faults is not None:
+                self.faults(f, now)
 
     def _requests(self) -> None:
         d = self.config.data_dir / _REQUESTS
