@@ -6,5 +6,7 @@ store      block storage with the state derived from the blocks: SQLite and an i
 embedded   the embedded backend: one sealer (the dispatch key), group-sealed blocks
 verify     replays a chain from genesis (verify-chain)
 api        the HTTP JSON API; metrics: its Prometheus text
-node       the data dir (key, chain.db, lock); __main__: the CLI
+rules      rule files (TOML) and suggest(), the pure evaluation against anchored aggregates
+suggestions  the suggestion store and the dispatcher's approvals (docs/DISPATCH.md)
+node       the data dir (key, chain.db, lock, token); __main__: the CLI
 """

@@ -1,9 +1,14 @@
-"""python -m aggregator init | run | register | verify-chain
+"""python -m aggregator init | run | register | verify-chain | rules | suggestions | approve |
+dismiss
 
     python -m aggregator init --data-dir D [--name NAME]
     python -m aggregator run --data-dir D [--host 127.0.0.1] [--http-port N] [--config F.toml]
     python -m aggregator register --data-dir D --role fog --pub HEX [--name N] [--chain URL]
     python -m aggregator verify-chain [--data-dir D] [--chain URL] [--pub HEX]
+    python -m aggregator rules register FILE --data-dir D [--chain URL]
+    python -m aggregator suggestions [--data-dir D | --chain URL] [--state open]
+    python -m aggregator approve ID [--data-dir D | --chain URL] [--token-file F]
+    python -m aggregator dismiss ID [--data-dir D | --chain URL] [--token-file F]
 
 `run` prints `aggregator listening on URL` once it serves (--http-port 0 picks a free port)
 and stops cleanly on SIGTERM. `register` signs a register transaction with the dispatch key
@@ -12,16 +17,25 @@ else (no aggregator running) straight into its chain.db. `verify-chain` replays 
 from genesis (the data dir's chain.db, or --chain URL's blocks), checking it against the
 trusted dispatch key (--pub, or the data dir's dispatch.pub): exit 0 with a summary line,
 1 naming the first failure.
+
+`rules register` signs a `rules` transaction (name and version from the file, which must
+parse) and submits it like `register`. `suggestions` prints one JSON object per line.
+`approve` and `dismiss` act on a suggestion: on the aggregator running on the data dir (or
+at --chain URL) with the token of data_dir/dispatch.token (or --token-file), which signs the
+instruction with its dispatch key; with no aggregator running, in the data dir directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +44,24 @@ from aggregator.api import AggregatorAPI
 from aggregator.ledger import AggregatorError, ChainError, Receipt
 from aggregator.node import (
     CHAIN,
+    TOKEN,
     URL,
     AggregatorConfig,
     ConfigError,
+    ensure_token,
     init_data_dir,
     load_config,
     load_key,
     load_pub,
     lock_data_dir,
     open_ledger,
+    read_token,
     read_url,
     write_url,
 )
+from aggregator.rules import load_rules
 from aggregator.store import SQLiteBlockStore
+from aggregator.suggestions import Dispatcher, open_dispatcher, submit_signed
 from aggregator.verify import Replay, VerifyError, check_derived, store_blocks, verify_blocks
 from fog_node import chaintx as C
 from fog_node import protocol as P
@@ -59,10 +78,11 @@ def run(config: AggregatorConfig) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ledger = api = None
+    ledger = api = dispatcher = None
     try:
         ledger = open_ledger(d, time.time)
-        api = AggregatorAPI(ledger, time.time)
+        dispatcher = open_dispatcher(ledger, load_key(d), d, time.time)
+        api = AggregatorAPI(ledger, time.time, dispatcher, ensure_token(d))
         port = api.start(config.host, config.http_port)
         host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -75,6 +95,8 @@ def run(config: AggregatorConfig) -> int:
     finally:
         if api is not None:
             api.stop()
+        if dispatcher is not None:
+            dispatcher.store.close()
         if ledger is not None:
             ledger.close()
         (d / URL).unlink(missing_ok=True)
@@ -90,41 +112,119 @@ def register(d: Path, role: str, pub_hex: str, name: str, url: str | None) -> Re
     except ValueError as e:  # bytes.fromhex, or ProtocolError
         raise ConfigError(f"--pub: {e}") from None
     body = C.register_body(role, pub, name)
+    return _submit(d, url, lambda nonce: P.sign1(
+        key, C.tx(key.id, nonce, C.REGISTER, body, int(time.time()), key.id)))
 
-    def signed(nonce: int) -> bytes:
-        try:
-            return P.sign1(key, C.tx(key.id, nonce, C.REGISTER, body, int(time.time()), key.id))
-        except ProtocolError as e:  # e.g. a role chaintx does not know
-            raise ChainError(e.reason, str(e)) from None
 
+def register_rules(d: Path, path: Path, url: str | None) -> tuple[str, int, bytes, Receipt]:
+    """Sign and submit a `rules` transaction for the rule file at `path` (it must parse)."""
+    rs = load_rules(path)
+    key = load_key(d)
+    body = C.rules_body(rs.name, rs.version, rs.text)
+    r = _submit(d, url, lambda nonce: P.sign1(
+        key, C.tx(key.id, nonce, C.RULES, body, int(time.time()), key.id)))
+    return rs.name, rs.version, rs.digest, r
+
+
+def _running_url(d: Path) -> str:
+    url = read_url(d)
+    if url is None:
+        raise ConfigError(f"an aggregator runs on {d} but left no {URL}; pass --chain URL")
+    return url
+
+
+def _submit(d: Path, url: str | None, signed: Callable[[int], bytes]) -> Receipt:
+    """Submit the dispatch key's transaction signed(nonce): to `url`, else to the aggregator
+    running on the data dir, else (none runs) straight into its chain.db."""
+    key = load_key(d)
     if url is None:
         held = lock_data_dir(d)
         if held is not None:  # nobody runs on the chain: apply it ourselves
             try:
                 ledger = open_ledger(d, time.time)
                 try:
-                    me = ledger.participant(key.id)
-                    return ledger.submit(signed((me.nonce if me else 0) + 1))
+                    return submit_signed(ledger, key, signed)
                 finally:
                     ledger.close()
             finally:
                 held.close()
-        url = read_url(d)
-        if url is None:
-            raise ConfigError(f"an aggregator runs on {d} but left no {URL}; pass --chain URL")
+        url = _running_url(d)
     for _ in range(_RETRIES):
         me = next((p for p in remote.get(url, "/v1/participants")["participants"]
                    if p["id"] == key.id.hex()), None)
         if me is None:
             raise ConfigError(f"the dispatch key {key.id_hex} is no participant of the chain "
                               f"at {url}")
-        status, doc = remote.call(url, "/v1/tx", signed(int(me["nonce"]) + 1))
+        try:
+            raw = signed(int(me["nonce"]) + 1)
+        except ProtocolError as e:  # e.g. a role chaintx does not know
+            raise ChainError(e.reason, str(e)) from None
+        status, doc = remote.call(url, "/v1/tx", raw)
         if status == 200:
             return Receipt(bytes.fromhex(doc["digest"]), doc["height"], doc["index"])
         if status != 400 or doc.get("error") != "nonce_reused":
             raise ChainError(str(doc.get("error")), str(doc.get("detail", doc)))
     raise ChainError("nonce_reused", f"other transactions kept taking the dispatch key's next "
                                      f"nonce ({_RETRIES} tries)")
+
+
+@contextmanager
+def _local_dispatcher(d: Path) -> Iterator[Dispatcher | None]:
+    """The data dir's dispatcher when no aggregator runs on it (None when one does)."""
+    held = lock_data_dir(d)
+    if held is None:
+        yield None
+        return
+    try:
+        ledger = open_ledger(d, time.time)
+        try:
+            dispatcher = open_dispatcher(ledger, load_key(d), d, time.time)
+            try:
+                yield dispatcher
+            finally:
+                dispatcher.store.close()
+        finally:
+            ledger.close()
+    finally:
+        held.close()
+
+
+def suggestions(d: Path | None, url: str | None, state: str | None) -> list[dict[str, Any]]:
+    if url is None:
+        assert d is not None
+        with _local_dispatcher(d) as dispatcher:
+            if dispatcher is not None:
+                return [s.as_json() for s in dispatcher.suggestions(state)]
+        url = _running_url(d)
+    listed: list[dict[str, Any]] = remote.get(
+        url, "/v1/suggestions" + (f"?state={state}" if state else ""))["suggestions"]
+    return listed
+
+
+def decide(d: Path | None, url: str | None, token_file: Path | None, sid: str,
+           action: str) -> dict[str, Any]:
+    """Approve or dismiss suggestion `sid`; the API's answer (docs/DISPATCH.md)."""
+    if url is None:
+        assert d is not None
+        with _local_dispatcher(d) as dispatcher:
+            if dispatcher is not None:
+                if action == "dismiss":
+                    return dispatcher.dismiss(sid).as_json()
+                dispatcher.refresh()
+                r = dispatcher.approve(sid)
+                return {"instruction": r.digest.hex(), "height": r.height, "index": r.index}
+        url = _running_url(d)
+    if token_file is None:
+        if d is None:
+            raise ConfigError(f"{action} over HTTP needs the dispatch token: --data-dir or "
+                              "--token-file")
+        token_file = d / TOKEN
+    status, doc = remote.call(url, f"/v1/suggestions/{sid}/{action}", b"",
+                              read_token(token_file))
+    if status != 200:
+        raise remote.RemoteError(f"{action} {sid}: {status} {doc.get('error')}: "
+                                 f"{doc.get('detail', '')}")
+    return doc
 
 
 def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
@@ -176,6 +276,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--chain", help="verify a running aggregator's blocks over HTTP")
     p.add_argument("--pub", help="the trusted dispatch key (default: the data dir's)")
+    p = sub.add_parser("rules", help="rule sets on the chain")
+    rsub = p.add_subparsers(dest="rules_cmd", required=True)
+    p = rsub.add_parser("register", help="register a rule file (signed by the dispatch key)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--chain", help="the running aggregator's URL")
+    p = sub.add_parser("suggestions", help="list suggestions (JSON lines)")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--chain", help="the running aggregator's URL")
+    p.add_argument("--state", choices=("open", "approved", "dismissed"))
+    for name, what in (("approve", "sign and submit a suggestion's instruction"),
+                       ("dismiss", "dismiss a suggestion")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("id", help="the suggestion's id (64 hex characters)")
+        p.add_argument("--data-dir", type=Path)
+        p.add_argument("--chain", help="the running aggregator's URL")
+        p.add_argument("--token-file", type=Path, help="default: DATA_DIR/dispatch.token")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -192,6 +309,19 @@ def main(argv: list[str] | None = None) -> int:
             pid = P.party_id(bytes.fromhex(args.pub)).hex()
             print(f"registered {args.role} {pid} in block {r.height} at index {r.index} "
                   f"(tx {r.digest.hex()})")
+        elif args.cmd == "rules":
+            name, version, digest, r = register_rules(args.data_dir, args.file, args.chain)
+            print(f"registered rule set {name} v{version} ({digest.hex()}) in block {r.height} "
+                  f"at index {r.index} (tx {r.digest.hex()})")
+        elif args.cmd in ("suggestions", "approve", "dismiss"):
+            if args.data_dir is None and args.chain is None:
+                ap.error(f"{args.cmd} needs --data-dir or --chain")
+            if args.cmd == "suggestions":
+                for doc in suggestions(args.data_dir, args.chain, args.state):
+                    print(json.dumps(doc))
+            else:
+                doc = decide(args.data_dir, args.chain, args.token_file, args.id, args.cmd)
+                print(json.dumps(doc))
         else:
             if args.data_dir is None and args.chain is None:
                 ap.error("verify-chain needs --data-dir or --chain")

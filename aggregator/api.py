@@ -3,7 +3,9 @@
 POST /v1/tx takes one transaction (the raw COSE_Sign1 bytes) and answers once the block
 holding it is sealed: 200 {digest, height, index}; a refusal is 400 {error: reason, detail};
 the same bytes already on the chain are 409 {error: "duplicate", digest, height, index};
-503 {error: "unavailable", detail} while the ledger cannot seal. GET endpoints answer 400
+503 {error: "unavailable", detail} while the ledger cannot seal. POST
+/v1/suggestions/{id}/approve and /dismiss need `Authorization: Bearer TOKEN` (the data dir's
+dispatch.token; 401 unauthorized without it). GET endpoints answer 400
 for bad input (unknown query parameters included) and 404 for what the chain does not hold,
 as {error: "bad_request" | "not_found", detail}. Nothing a client sends produces a 500; an
 unexpected exception is logged and answered 500 {error: "internal"}.
@@ -11,6 +13,7 @@ unexpected exception is logged and answered 500 {error: "internal"}.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -33,6 +36,7 @@ from aggregator.ledger import (
     UnavailableError,
 )
 from aggregator.metrics import render
+from aggregator.suggestions import STATES, Dispatcher, SuggestionStateError
 from fog_node import protocol as P
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,8 @@ MAX_BODY = 64 * 1024  # read and refuse (too_large) up to this; beyond, refuse u
 _DIGITS = re.compile(r"[0-9]{1,30}")
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_BLOCKS, _TXS = "/v1/blocks/", "/v1/tx/"
+_BLOCKS, _TXS, _SUGGESTIONS = "/v1/blocks/", "/v1/tx/", "/v1/suggestions/"
+_DECISION = re.compile(r"/v1/suggestions/([0-9a-f]{64})/(approve|dismiss)")
 
 Answer = tuple[int, str, bytes]
 
@@ -99,11 +104,20 @@ class _Query:
             raise _bad(f"{name} must be a non-negative decimal integer, not {_show(text)}")
         return int(text)
 
+    def after(self) -> int:
+        after = self.optional_uint("after")
+        return -1 if after is None else min(after, INT64_MAX)
+
 
 class AggregatorAPI:
-    def __init__(self, ledger: Ledger, clock: Callable[[], float]) -> None:
+    """The API of a ledger; with a dispatcher and its token also the suggestions."""
+
+    def __init__(self, ledger: Ledger, clock: Callable[[], float],
+                 dispatcher: Dispatcher | None = None, token: str | None = None) -> None:
         self.ledger = ledger
         self.clock = clock
+        self.dispatcher = dispatcher
+        self.token = token
         self.refused: dict[str, int] = {}  # POSTs refused before reaching the ledger
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -113,6 +127,9 @@ class AggregatorAPI:
             "/v1/anchors": (self._anchors, ("fog",)),
             "/v1/instructions": (self._instructions, ("fog", "after")),
             "/v1/participants": (self._participants, ()),
+            "/v1/aggregates": (self._aggregates, ("fog", "feeder", "after")),
+            "/v1/rules": (self._rules, ()),
+            "/v1/suggestions": (self._suggestions, ("state",)),
             "/healthz": (self._health, ()),
         }
 
@@ -155,8 +172,9 @@ class AggregatorAPI:
         """(status, content type, body) of GET `target` (path and query)."""
         return self._guard(f"GET {target[:200]!r}", lambda: self._get(target))
 
-    def post(self, target: str, body: bytes) -> Answer:
-        return self._guard(f"POST {target[:200]!r}", lambda: self._post(target, body))
+    def post(self, target: str, body: bytes, auth: str | None = None) -> Answer:
+        """POST `target`; `auth` is the Authorization header, if any."""
+        return self._guard(f"POST {target[:200]!r}", lambda: self._post(target, body, auth))
 
     def _guard(self, what: str, fn: Callable[[], Answer]) -> Answer:
         try:
@@ -165,6 +183,8 @@ class AggregatorAPI:
             return _json(e.status, {"error": e.code, "detail": e.detail})
         except NotFoundError as e:
             return _json(404, {"error": "not_found", "detail": str(e)})
+        except SuggestionStateError as e:
+            return _json(409, {"error": "not_open", "detail": str(e)})
         except (UnavailableError, StorageError) as e:
             return _json(503, {"error": "unavailable", "detail": str(e)})
         except Exception:
@@ -200,14 +220,19 @@ class AggregatorAPI:
         handler, allowed = route
         return _json(200, handler(_Query(query, allowed)))
 
-    def _post(self, target: str, body: bytes) -> Answer:
+    def _post(self, target: str, body: bytes, auth: str | None) -> Answer:
         path, query = self._url(target)
+        decision = _DECISION.fullmatch(path)
+        if decision is not None:
+            _Query(query, ())
+            return self._decide(decision.group(1), decision.group(2), auth)
         if path != "/v1/tx":
             readable = (path in self._routes or path == "/metrics"
                         or path.startswith((_BLOCKS, _TXS)))
             raise APIError(405 if readable else 404,
                            "method_not_allowed" if readable else "not_found",
-                           f"POST goes to /v1/tx only, not {_show(path)}")
+                           f"POST goes to /v1/tx or {_SUGGESTIONS}{{id}}/approve|dismiss, "
+                           f"not {_show(path)}")
         _Query(query, ())
         try:
             r = self.ledger.submit(body)
@@ -216,6 +241,26 @@ class AggregatorAPI:
         except ChainError as e:
             return _json(400, {"error": e.reason, "detail": e.detail})
         return _json(200, _receipt(r))
+
+    def _decide(self, sid: str, action: str, auth: str | None) -> Answer:
+        d = self._dispatch()
+        given = (auth or "").removeprefix("Bearer ").strip()
+        if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
+            return _json(401, {"error": "unauthorized", "detail": "approve and dismiss need "
+                               "Authorization: Bearer with the data dir's dispatch.token"})
+        if action == "dismiss":
+            return _json(200, d.dismiss(sid).as_json())
+        d.refresh()
+        try:
+            r = d.approve(sid)
+        except ChainError as e:
+            return _json(400, {"error": e.reason, "detail": e.detail})
+        return _json(200, {"instruction": r.digest.hex(), "height": r.height, "index": r.index})
+
+    def _dispatch(self) -> Dispatcher:
+        if self.dispatcher is None:
+            raise APIError(404, "not_found", "this node serves no suggestions")
+        return self.dispatcher
 
     # -- endpoints ---------------------------------------------------------------------------------
     def _head(self, q: _Query) -> dict[str, Any]:
@@ -249,11 +294,31 @@ class AggregatorAPI:
 
     def _instructions(self, q: _Query) -> dict[str, Any]:
         fog = q.fog()
-        after = q.optional_uint("after")
         return {"instructions": [
             {"height": i.height, "index": i.index, "digest": i.digest.hex(), "tx": i.tx.hex()}
-            for i in self.ledger.instructions(fog, -1 if after is None
-                                              else min(after, INT64_MAX))]}
+            for i in self.ledger.instructions(fog, q.after())]}
+
+    def _aggregates(self, q: _Query) -> dict[str, Any]:
+        fog = q.fog()
+        feeder = q.values.get("feeder")
+        if feeder is not None and not feeder:
+            raise _bad("feeder must not be empty")
+        return {"aggregates": [
+            {"height": a.height, "index": a.index, "digest": a.digest.hex(), "fog": a.fog.hex(),
+             "feeder": a.feeder, "ivl": a.ivl, "rev": a.rev, "msg": a.msg.hex()}
+            for a in self.ledger.aggregates(fog, feeder, q.after())]}
+
+    def _rules(self, q: _Query) -> dict[str, Any]:
+        return {"rules": [
+            {"name": r.name, "version": r.version, "digest": r.digest.hex(),
+             "height": r.height, "index": r.index, "text": r.text}
+            for r in self.ledger.rules()]}
+
+    def _suggestions(self, q: _Query) -> dict[str, Any]:
+        state = q.values.get("state")
+        if state is not None and state not in STATES:
+            raise _bad(f"state must be one of {', '.join(STATES)}, not {_show(state)}")
+        return {"suggestions": [s.as_json() for s in self._dispatch().suggestions(state)]}
 
     def _participants(self, q: _Query) -> dict[str, Any]:
         return {"participants": [
@@ -298,7 +363,8 @@ def _handler_class(api: AggregatorAPI) -> type[BaseHTTPRequestHandler]:
                 self._send(*_json(400, {"error": "too_large", "detail":
                                         f"message is {n} bytes, more than {P.MAX_MESSAGE}"}))
                 return
-            self._send(*api.post(self.path, self.rfile.read(n)))
+            self._send(*api.post(self.path, self.rfile.read(n),
+                                 self.headers.get("Authorization")))
 
         def _not_allowed(self) -> None:
             self._send(*_json(405, {"error": "method_not_allowed", "detail":

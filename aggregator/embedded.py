@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aggregator.ledger import (
+    AggregateView,
     AggregatorError,
     AnchorView,
     Block,
@@ -34,6 +35,7 @@ from aggregator.ledger import (
     NotFoundError,
     Participant,
     Receipt,
+    RuleSetView,
     StorageError,
     TxView,
     UnavailableError,
@@ -250,6 +252,13 @@ class EmbeddedLedger:
 
     def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:
         return self._store.instructions(fog, after_height)
+
+    def aggregates(self, fog: bytes | None = None, feeder: str | None = None,
+                   after_height: int = -1) -> list[AggregateView]:
+        return self._store.aggregates(fog, feeder, after_height)
+
+    def rules(self) -> list[RuleSetView]:
+        return self._store.rules()
 
     def participant(self, pid: bytes) -> Participant | None:
         return self._store.participant(pid)

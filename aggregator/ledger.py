@@ -21,9 +21,11 @@ Validator. Checks, in order (the first failure is reported):
     field 6 = this chain's id       wrong_chain
     nonce = last + 1                nonce_reused (<= last), nonce_gap (> last + 1)
     sender's role may send the kind not_permitted
-    per kind                        already_registered; anchor_* (chaintx.check_anchor);
-                                    unknown_fog (instruction); unknown_instruction and
-                                    not_permitted (report from another fog)
+    per kind                        already_registered; anchor_* (chaintx.checked_anchor,
+                                    aggregates included); unknown_fog and unknown_rules
+                                    (instruction); unknown_instruction and not_permitted
+                                    (report from another fog); rules_version and
+                                    rules_registered (rules)
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from fog_node.cbor import ProtocolError
 DISPATCH, FOG = "dispatch", "fog"
 INT64_MAX = 2**63 - 1  # SQLite integers; larger anchored sizes/times are refused
 # the role a sender needs for each kind; a report needs to be from the instruction's fog
-PERMITTED = {C.REGISTER: DISPATCH, C.INSTRUCTION: DISPATCH, C.ANCHOR: FOG, C.FAULT: FOG}
+PERMITTED = {C.REGISTER: DISPATCH, C.INSTRUCTION: DISPATCH, C.ANCHOR: FOG, C.FAULT: FOG,
+             C.RULES: DISPATCH}
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -149,6 +152,55 @@ class InstructionView:
     tx: bytes
 
 
+@dataclass(frozen=True)
+class CarriedAggregate:
+    """A type-11 aggregate an anchor carried (its `fog` is the anchor's sender)."""
+
+    digest: bytes
+    feeder: str
+    ivl: int
+    rev: int
+    msg: bytes
+
+    @classmethod
+    def of(cls, m: P.Message) -> CarriedAggregate:
+        return cls(m.digest, m.fields[1], m.fields[2], m.fields[16], m.raw)
+
+
+@dataclass(frozen=True)
+class AggregateView:
+    """An anchored aggregate: the anchor's block height and index, and the aggregate."""
+
+    height: int
+    index: int
+    digest: bytes
+    fog: bytes
+    feeder: str
+    ivl: int
+    rev: int
+    msg: bytes
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A registered rule set (a `rules` transaction's body); its id is `digest`."""
+
+    name: str
+    version: int
+    digest: bytes
+    text: str
+
+
+@dataclass(frozen=True)
+class RuleSetView:
+    height: int
+    index: int
+    name: str
+    version: int
+    digest: bytes
+    text: str
+
+
 @dataclass
 class LedgerStats:
     """Counters since the ledger was opened, for /metrics."""
@@ -189,6 +241,16 @@ class Ledger(Protocol):
         """Instructions naming the fog in blocks above after_height, in chain order."""
         ...
 
+    def aggregates(self, fog: bytes | None = None, feeder: str | None = None,
+                   after_height: int = -1) -> list[AggregateView]:
+        """Anchored aggregates (of one fog, one feeder name) in blocks above after_height,
+        in chain order (within an anchor, in the order it carried them)."""
+        ...
+
+    def rules(self) -> list[RuleSetView]:
+        """Registered rule sets, in chain order."""
+        ...
+
     def participant(self, pid: bytes) -> Participant | None: ...
 
     def participants(self) -> list[Participant]: ...
@@ -212,6 +274,8 @@ class Effect:
     anchor_first: int = 0  # anchor: height of the first checkpoint carried
     anchor_head: C.AnchoredHead | None = None  # anchor: the newest one carried
     instruction_fog: bytes | None = None  # instruction: the fog it names
+    aggregates: tuple[CarriedAggregate, ...] = ()  # anchor: the aggregates carried
+    rules: RuleSet | None = None  # rules: the rule set registered
 
 
 class State(Protocol):
@@ -227,6 +291,18 @@ class State(Protocol):
 
     def receipt(self, digest: bytes) -> Receipt | None: ...
 
+    def aggregate_fog(self, digest: bytes) -> bytes | None:
+        """The fog whose anchor carried aggregate `digest`; None if none did."""
+        ...
+
+    def rules_version(self, name: str) -> int:
+        """The newest registered version of rule set `name`; 0 if none is."""
+        ...
+
+    def rules_name(self, digest: bytes) -> str | None:
+        """The name of registered rule set `digest`; None if it is not registered."""
+        ...
+
 
 class MemoryState:
     """State in dicts, optionally layered over a base State: the replay state of
@@ -238,6 +314,12 @@ class MemoryState:
         self.heads: dict[bytes, C.AnchoredHead] = {}
         self.instructions: dict[bytes, bytes] = {}
         self.receipts: dict[bytes, Receipt] = {}
+        self.aggregate_fogs: dict[bytes, bytes] = {}
+        self.rule_versions: dict[str, int] = {}
+        self.rule_names: dict[bytes, str] = {}
+        # views of what was applied with a receipt (a replay's, a memory store's), in order
+        self.aggregate_views: list[AggregateView] = []
+        self.rule_views: list[RuleSetView] = []
 
     def participant(self, pid: bytes) -> Participant | None:
         p = self.participants.get(pid)
@@ -255,6 +337,32 @@ class MemoryState:
         r = self.receipts.get(digest)
         return r if r is not None or self.base is None else self.base.receipt(digest)
 
+    def aggregate_fog(self, digest: bytes) -> bytes | None:
+        f = self.aggregate_fogs.get(digest)
+        return f if f is not None or self.base is None else self.base.aggregate_fog(digest)
+
+    def rules_version(self, name: str) -> int:
+        v = self.rule_versions.get(name)
+        if v is not None:
+            return v
+        return 0 if self.base is None else self.base.rules_version(name)
+
+    def rules_name(self, digest: bytes) -> str | None:
+        n = self.rule_names.get(digest)
+        return n if n is not None or self.base is None else self.base.rules_name(digest)
+
+    def absorb(self, other: MemoryState) -> None:
+        """Take over everything `other` (a stage layered over this state) applied."""
+        self.participants.update(other.participants)
+        self.heads.update(other.heads)
+        self.instructions.update(other.instructions)
+        self.receipts.update(other.receipts)
+        self.aggregate_fogs.update(other.aggregate_fogs)
+        self.rule_versions.update(other.rule_versions)
+        self.rule_names.update(other.rule_names)
+        self.aggregate_views += other.aggregate_views
+        self.rule_views += other.rule_views
+
     def apply(self, e: Effect, receipt: Receipt | None = None) -> None:
         if e.registers is not None:
             self.participants[e.registers.id] = e.registers
@@ -267,8 +375,19 @@ class MemoryState:
             self.heads[e.sender] = e.anchor_head
         if e.instruction_fog is not None:
             self.instructions[e.digest] = e.instruction_fog
+        for a in e.aggregates:
+            self.aggregate_fogs[a.digest] = e.sender
+        if e.rules is not None:
+            self.rule_versions[e.rules.name] = e.rules.version
+            self.rule_names[e.rules.digest] = e.rules.name
         if receipt is not None:
             self.receipts[e.digest] = receipt
+            h, i = receipt.height, receipt.index
+            self.aggregate_views += [AggregateView(h, i, a.digest, e.sender, a.feeder, a.ivl,
+                                                   a.rev, a.msg) for a in e.aggregates]
+            if e.rules is not None:
+                r = e.rules
+                self.rule_views.append(RuleSetView(h, i, r.name, r.version, r.digest, r.text))
 
 
 # --- the rules ----------------------------------------------------------------------------------------
@@ -326,21 +445,50 @@ class Validator:
                 raise ChainError("already_registered", f"{new.hex()} is registered already")
             return replace(effect, registers=Participant(new, body[1], body[2], body[3], 0))
         if kind == C.ANCHOR:
+            def carried(d: bytes) -> bool:  # carried by an earlier anchor of this fog
+                return state.aggregate_fog(d) == sender.id
+
             try:
-                cps = C.check_anchor(body, self._key(sender.pub), state.anchored(sender.id))
+                checked = C.checked_anchor(body, self._key(sender.pub),
+                                           state.anchored(sender.id), carried)
             except ProtocolError as e:
                 raise _refuse(e) from None
+            cps = checked.checkpoints
             head = C.AnchoredHead.of(cps[-1])
-            if max(head.size, head.t) > INT64_MAX:
-                raise ChainError("bad_fields", "the newest checkpoint's size or t is beyond "
-                                               "2^63-1, which this chain does not store")
-            return replace(effect, anchor_first=cps[0].fields[2], anchor_head=head)
+            big = [v for a in checked.aggregates for v in (a.fields[2], a.fields[16])
+                   if v > INT64_MAX]
+            if max(head.size, head.t) > INT64_MAX or big:
+                raise ChainError("bad_fields", "the newest checkpoint's size or t, or an "
+                                               "aggregate's ivl or rev, is beyond 2^63-1, "
+                                               "which this chain does not store")
+            # an aggregate is signed by the fog that carries it, so no other fog's anchor can
+            # have carried the same bytes: `carried` covers every earlier copy
+            return replace(effect, anchor_first=cps[0].fields[2], anchor_head=head,
+                           aggregates=tuple(CarriedAggregate.of(a)
+                                            for a in checked.aggregates))
         if kind == C.INSTRUCTION:
             fog = state.participant(body[1])
             if fog is None or fog.role != FOG:
                 raise ChainError("unknown_fog", f"the instruction names {body[1].hex()}, which "
                                                 "is not a registered fog")
+            if 7 in body and state.rules_name(body[7]) is None:
+                raise ChainError("unknown_rules", f"the instruction cites rule set "
+                                                  f"{body[7].hex()}, which is not registered")
             return replace(effect, instruction_fog=fog.id)
+        if kind == C.RULES:
+            name, version, digest = body[1], body[2], body[4]
+            last = state.rules_version(name)
+            if version <= last:
+                raise ChainError("rules_version", f"rule set {name!r} is at version {last}; "
+                                                  f"version {version} is not newer")
+            known_as = state.rules_name(digest)
+            if known_as is not None:
+                raise ChainError("rules_registered", f"this text ({digest.hex()}) is "
+                                                     f"registered already as {known_as!r}")
+            if version > INT64_MAX:
+                raise ChainError("bad_fields", "version is beyond 2^63-1, which this chain "
+                                               "does not store")
+            return replace(effect, rules=RuleSet(name, version, digest, body[3]))
         if kind == C.REPORT:
             named = state.instruction_fog(body[1])
             if named is None:

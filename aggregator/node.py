@@ -6,12 +6,16 @@ data_dir/
   chain.db         the chain (SQLite WAL): blocks and the state derived from them
   aggregator.lock  held (flock) by the process that owns chain.db for writing
   aggregator.url   the running service's base URL (written when it listens, removed at stop)
+  dispatch.token   the bearer token of POST /v1/suggestions/{id}/approve|dismiss (hex, mode
+                   0600; created by `init`, or by `run` for a data dir made before it existed)
+  suggestions.db   suggestions and the dispatcher's decisions on them (aggregator.suggestions)
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from fog_node import protocol as P
 
 KEY, PUB, CHAIN, LOCK, URL = "dispatch.key", "dispatch.pub", "chain.db", "aggregator.lock", \
     "aggregator.url"
+TOKEN = "dispatch.token"
 
 
 class ConfigError(AggregatorError):
@@ -83,7 +88,32 @@ def init_data_dir(data_dir: Path, t: int, name: str = "dispatch") -> P.SigningKe
         create_genesis(store, key, t, name)
     finally:
         store.close()
+    ensure_token(data_dir)
     return key
+
+
+def ensure_token(data_dir: Path) -> str:
+    """The data dir's dispatch token, created (random, mode 0600) if missing."""
+    path = data_dir / TOKEN
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_token(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return read_token(path)
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the dispatch token {path}: {e}") from None
+    if not token:
+        raise ConfigError(f"the dispatch token file {path} is empty")
+    return token
 
 
 def load_key(data_dir: Path) -> P.SigningKey:

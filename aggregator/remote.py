@@ -21,10 +21,15 @@ class RemoteError(AggregatorError):
     """The aggregator could not be reached or answered something unexpected."""
 
 
-def call(url: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, JSON answer) of GET `path`, or POST of `body` when given."""
+def call(url: str, path: str, body: bytes | None = None,
+         token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON answer) of GET `path`, or POST of `body` when given; `token` goes
+    in an Authorization: Bearer header."""
+    headers = {"Content-Type": "application/cbor"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url.rstrip("/") + path, data=body, method="GET" if body is None
-                                 else "POST", headers={"Content-Type": "application/cbor"})
+                                 else "POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
             status, text = resp.status, resp.read()

@@ -5,9 +5,12 @@ synchronous=FULL: a block is durable once `append` returns, and a block with its
 state is one transaction, so kill -9 leaves whole blocks only); `MemoryBlockStore` is its
 in-memory twin for tests. One contract test suite runs against both.
 
-The derived state (participants with their last nonce, anchors, instructions, the
-transaction index) is what the Validator reads; it is a cache of the blocks, which
-verify-chain rebuilds by replaying them.
+The derived state (participants with their last nonce, anchors, instructions, anchored
+aggregates, registered rule sets, the transaction index) is what the Validator reads; it is
+a cache of the blocks, which verify-chain rebuilds by replaying them.
+
+Format 2 added the aggregates and rules tables; a format-1 file is upgraded when opened for
+writing (the aggregates its anchors carried are read back from the stored transactions).
 """
 
 from __future__ import annotations
@@ -21,18 +24,22 @@ from typing import Any, Protocol
 
 from aggregator.ledger import (
     INT64_MAX,
+    AggregateView,
     AnchorView,
+    CarriedAggregate,
     Effect,
     InstructionView,
     MemoryState,
     Participant,
     Receipt,
+    RuleSetView,
     StorageError,
 )
 from fog_node import chaintx as C
 from fog_node import protocol as P
+from fog_node.cbor import ProtocolError
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL, "
     "header BLOB NOT NULL)",
@@ -47,6 +54,16 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS instructions (digest BLOB PRIMARY KEY, fog BLOB NOT NULL, "
     "height INTEGER NOT NULL, idx INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS instructions_by_fog ON instructions (fog, height, idx)",
+    # format 2
+    "CREATE TABLE IF NOT EXISTS aggregates (digest BLOB PRIMARY KEY, fog BLOB NOT NULL, "
+    "feeder TEXT NOT NULL, ivl INTEGER NOT NULL, rev INTEGER NOT NULL, height INTEGER NOT NULL, "
+    "idx INTEGER NOT NULL, pos INTEGER NOT NULL, msg BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS aggregates_by_fog ON aggregates (fog, feeder, height, idx, pos)",
+    "CREATE INDEX IF NOT EXISTS aggregates_by_height ON aggregates (height, idx, pos)",
+    "CREATE TABLE IF NOT EXISTS rules (digest BLOB PRIMARY KEY, name TEXT NOT NULL, "
+    "version INTEGER NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL, "
+    "text TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rules_by_name ON rules (name, version)",
 )
 
 
@@ -81,6 +98,12 @@ class BlockStore(Protocol):
 
     def receipt(self, digest: bytes) -> Receipt | None: ...
 
+    def aggregate_fog(self, digest: bytes) -> bytes | None: ...
+
+    def rules_version(self, name: str) -> int: ...
+
+    def rules_name(self, digest: bytes) -> str | None: ...
+
     # queries
     def participants(self) -> list[Participant]:
         """In registration order."""
@@ -90,6 +113,15 @@ class BlockStore(Protocol):
 
     def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]: ...
 
+    def aggregates(self, fog: bytes | None, feeder: str | None,
+                   after_height: int) -> list[AggregateView]:
+        """In chain order, then the order the anchor carried them."""
+        ...
+
+    def rules(self) -> list[RuleSetView]:
+        """In chain order."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -98,7 +130,12 @@ def _check_append(store: BlockStore, height: int, effects: Sequence[Effect]) -> 
         raise StorageError(f"block {height} cannot follow block {store.height()}")
     for e in effects:
         h = e.anchor_head
-        if e.nonce > INT64_MAX or (h is not None and max(h.size, h.t) > INT64_MAX):
+        values = [e.nonce, *(v for a in e.aggregates for v in (a.ivl, a.rev))]
+        if e.rules is not None:
+            values.append(e.rules.version)
+        if h is not None:
+            values += [h.size, h.t]
+        if max(values) > INT64_MAX:
             raise StorageError(f"transaction {e.digest.hex()} holds a value beyond 2^63-1")
 
 
@@ -135,11 +172,7 @@ class MemoryBlockStore:
                 if self._state.receipt(e.digest) or e.digest in stage.receipts:
                     raise StorageError(f"transaction {e.digest.hex()} is stored already")
                 stage.apply(e, Receipt(e.digest, height, i))
-            for pid, p in stage.participants.items():
-                self._state.participants[pid] = p
-            self._state.heads.update(stage.heads)
-            self._state.instructions.update(stage.instructions)
-            self._state.receipts.update(stage.receipts)
+            self._state.absorb(stage)
             for i, e in enumerate(effects):
                 if e.anchor_head is not None:
                     h = e.anchor_head
@@ -185,6 +218,34 @@ class MemoryBlockStore:
         with self._lock:
             self._live()
             return [i for i in self._instructions.get(fog, []) if i.height > after_height]
+
+    def aggregates(self, fog: bytes | None, feeder: str | None,
+                   after_height: int) -> list[AggregateView]:
+        with self._lock:
+            self._live()
+            return [a for a in self._state.aggregate_views
+                    if (fog is None or a.fog == fog) and (feeder is None or a.feeder == feeder)
+                    and a.height > after_height]
+
+    def rules(self) -> list[RuleSetView]:
+        with self._lock:
+            self._live()
+            return list(self._state.rule_views)
+
+    def aggregate_fog(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            self._live()
+            return self._state.aggregate_fog(digest)
+
+    def rules_version(self, name: str) -> int:
+        with self._lock:
+            self._live()
+            return self._state.rules_version(name)
+
+    def rules_name(self, digest: bytes) -> str | None:
+        with self._lock:
+            self._live()
+            return self._state.rules_name(digest)
 
     def close(self) -> None:
         with self._lock:
@@ -232,9 +293,12 @@ class SQLiteBlockStore:
         if version == 0 and tables:
             raise StorageError(f"{self.path} is an SQLite file with tables {sorted(tables)} "
                                "that is not a MeterLedger chain")
-        if version not in (0, _SCHEMA_VERSION) or (version == 0 and self.readonly):
+        upgradable = version in (0, 1) and not self.readonly
+        if version != _SCHEMA_VERSION and not upgradable:
             raise StorageError(f"{self.path} has chain format {version}; this code reads "
-                               f"format {_SCHEMA_VERSION}")
+                               f"format {_SCHEMA_VERSION}"
+                               + (" (open it once with the aggregator to upgrade it)"
+                                  if version == 1 else ""))
         return version
 
     def _setup(self, db: sqlite3.Connection) -> None:
@@ -243,14 +307,34 @@ class SQLiteBlockStore:
             raise StorageError(f"{self.path}: SQLite would not use WAL (journal mode {mode!r})")
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._check_version(db)
+            version = self._check_version(db)
             for statement in _SCHEMA:
                 db.execute(statement)
+            if version == 1:
+                self._upgrade_from_1(db)
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _upgrade_from_1(db: sqlite3.Connection) -> None:
+        """Fill the aggregates table from the anchors a format-1 chain holds. Format-1 code
+        did not check aggregates, so one that does not parse is left out; verify-chain then
+        names the anchor that carried it."""
+        rows = db.execute("SELECT height, idx, raw FROM txs ORDER BY height, idx").fetchall()
+        for height, idx, raw in rows:
+            try:
+                f = P.parse(bytes(raw), schema=False).fields
+                items = f[4].get(3, []) if f.get(3) == C.ANCHOR else []
+                aggs = [CarriedAggregate.of(P.parse(a)) for a in items]
+            except (ProtocolError, AttributeError, KeyError, TypeError):
+                continue
+            for pos, a in enumerate(aggs):
+                db.execute("INSERT OR IGNORE INTO aggregates (digest, fog, feeder, ivl, rev, "
+                           "height, idx, pos, msg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (a.digest, f[1], a.feeder, a.ivl, a.rev, height, idx, pos, a.msg))
 
     def _reader(self) -> sqlite3.Connection:
         if self._r is None:
@@ -332,6 +416,15 @@ class SQLiteBlockStore:
             if e.instruction_fog is not None:
                 db.execute("INSERT INTO instructions (digest, fog, height, idx) "
                            "VALUES (?, ?, ?, ?)", (e.digest, e.instruction_fog, height, i))
+            for pos, a in enumerate(e.aggregates):
+                db.execute("INSERT INTO aggregates (digest, fog, feeder, ivl, rev, height, idx, "
+                           "pos, msg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (a.digest, e.sender, a.feeder, a.ivl, a.rev, height, i, pos, a.msg))
+            if e.rules is not None:
+                rs = e.rules
+                db.execute("INSERT INTO rules (digest, name, version, height, idx, text) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           (rs.digest, rs.name, rs.version, height, i, rs.text))
 
     def participant(self, pid: bytes) -> Participant | None:
         rows = self._rows("SELECT id, role, pub, name, nonce FROM participants WHERE id = ?",
@@ -354,6 +447,18 @@ class SQLiteBlockStore:
         rows = self._rows("SELECT height, idx FROM txs WHERE digest = ?", (digest,))
         return Receipt(digest, rows[0][0], rows[0][1]) if rows else None
 
+    def aggregate_fog(self, digest: bytes) -> bytes | None:
+        rows = self._rows("SELECT fog FROM aggregates WHERE digest = ?", (digest,))
+        return bytes(rows[0][0]) if rows else None
+
+    def rules_version(self, name: str) -> int:
+        (v,) = self._rows("SELECT MAX(version) FROM rules WHERE name = ?", (name,))[0]
+        return 0 if v is None else int(v)
+
+    def rules_name(self, digest: bytes) -> str | None:
+        rows = self._rows("SELECT name FROM rules WHERE digest = ?", (digest,))
+        return str(rows[0][0]) if rows else None
+
     def participants(self) -> list[Participant]:
         return [_participant(r) for r in self._rows(
             "SELECT id, role, pub, name, nonce FROM participants ORDER BY rowid")]
@@ -370,6 +475,27 @@ class SQLiteBlockStore:
             "SELECT i.height, i.idx, i.digest, t.raw FROM instructions i JOIN txs t "
             "ON t.height = i.height AND t.idx = i.idx WHERE i.fog = ? AND i.height > ? "
             "ORDER BY i.height, i.idx", (fog, after))]
+
+    def aggregates(self, fog: bytes | None, feeder: str | None,
+                   after_height: int) -> list[AggregateView]:
+        where = ["height > ?"]
+        args: list[Any] = [max(-1, min(after_height, INT64_MAX))]
+        if fog is not None:
+            where.append("fog = ?")
+            args.append(fog)
+        if feeder is not None:
+            where.append("feeder = ?")
+            args.append(feeder)
+        return [AggregateView(h, i, bytes(d), bytes(f), feeder_, ivl, rev, bytes(msg))
+                for h, i, d, f, feeder_, ivl, rev, msg in self._rows(
+                    "SELECT height, idx, digest, fog, feeder, ivl, rev, msg FROM aggregates "
+                    f"WHERE {' AND '.join(where)} ORDER BY height, idx, pos", tuple(args))]
+
+    def rules(self) -> list[RuleSetView]:
+        return [RuleSetView(h, i, name, version, bytes(d), text)
+                for h, i, name, version, d, text in self._rows(
+                    "SELECT height, idx, name, version, digest, text FROM rules "
+                    "ORDER BY height, idx")]
 
     def close(self) -> None:
         for lock, name in ((self._wlock, "_w"), (self._rlock, "_r")):

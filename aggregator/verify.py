@@ -171,6 +171,17 @@ def check_derived(store: BlockStore, replay: Replay) -> None:
         if store.anchored(fog) != replay.state.heads[fog]:
             raise VerifyError(None, None, "derived_state",
                               f"the last anchor of fog {fog.hex()} differs from the blocks'")
+    fogs = {a.fog for a in replay.state.aggregate_views}
+    fogs |= {a.fog for a in store.aggregates(None, None, -1)}
+    for fog in sorted(fogs):
+        mine = [a for a in replay.state.aggregate_views if a.fog == fog]
+        if store.aggregates(fog, None, -1) != mine:
+            raise VerifyError(None, None, "derived_state",
+                              f"the anchored aggregates of fog {fog.hex()} differ from the "
+                              "blocks'")
+    if store.rules() != replay.state.rule_views:
+        raise VerifyError(None, None, "derived_state",
+                          "the registered rule sets differ from the blocks'")
     for digest, r in replay.state.receipts.items():
         if store.receipt(digest) != r:
             raise VerifyError(None, None, "derived_state",

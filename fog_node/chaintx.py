@@ -6,14 +6,15 @@ deterministic CBOR, low-S, kid = signer field) holds for them too.
 
 This module is pure: schemas, builders, the per-kind body rules, the block's transaction
 tree, and the SPEC section 8 anchor rule as a function of (anchor body, fog key, what the
-chain last anchored for that fog). The aggregator applies it with its state; the fog node
+chain last anchored for that fog, which aggregates it already holds; docs/DISPATCH.md). The aggregator applies it with its state; the fog node
 uses it to check its own anchors before sending them; the audit verifier uses the parsers.
 It lives in fog_node because the fog signs anchors and the fog never imports aggregator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,8 @@ from fog_node.cbor import ProtocolError
 TX, BLOCK = 12, 13
 ROLES = ("dispatch", "fog", "regulator", "plant", "market")
 REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
-KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT)
+RULES = "rules"
+KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES)
 
 # body schemas per kind, in the schema language of protocol.SCHEMAS
 BODIES: dict[str, dict[int, str]] = {
@@ -33,6 +35,7 @@ BODIES: dict[str, dict[int, str]] = {
     INSTRUCTION: {1: "b8", 2: "t", 3: "m", 4: "u", 5: "a", 6: "t", 7: "b?"},
     REPORT: {1: "b32", 2: "u", 3: "u", 4: "u", 5: "a", 6: "t"},  # instr, done/rej/failed, entries
     FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a"},            # kind, detail, t, action, entries
+    RULES: {1: "t", 2: "u", 3: "t", 4: "b32"},                  # name, version, text, digest
 }
 
 
@@ -95,6 +98,13 @@ def _tx_rules(f: P.Fields) -> None:
             raise _body_error(kind, f"op {body[2]!r} is the fog's own business, not dispatch's")
         if not _all(body[5], lambda x: isinstance(x, bytes) and len(x) == 8):
             raise _body_error(kind, "devs must be 8-byte meter ids")
+    elif kind == RULES:
+        if not body[1]:
+            raise _body_error(kind, "name must not be empty")
+        if body[2] < 1:
+            raise _body_error(kind, "version must be >= 1")
+        if body[4] != rules_digest(body[3]):
+            raise _body_error(kind, "digest is not the SHA-256 of the text's UTF-8 bytes")
     elif kind in (REPORT, FAULT):
         if not _all(body[5], lambda x: P._is_int(x) and x >= 0):
             raise _body_error(kind, "entries must be log indices (uint)")
@@ -135,6 +145,15 @@ def instruction_body(fog: bytes, op: str, args: dict[int, Any], not_after: int,
     if rule is not None:
         body[7] = rule
     return body
+
+
+def rules_digest(text: str) -> bytes:
+    """A rule set's id: SHA-256 of its text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).digest()
+
+
+def rules_body(name: str, version: int, text: str) -> dict[int, Any]:
+    return {1: name, 2: version, 3: text, 4: rules_digest(text)}
 
 
 def report_body(instruction: bytes, done: int, rejected: int, failed: int,
@@ -185,16 +204,36 @@ class AnchoredHead:
         return cls(f[2], f[3], f[4], cp.digest, f[6])
 
 
-def check_anchor(body: dict[int, Any], fog: P.PublicKey,
-                 last: AnchoredHead | None) -> list[P.Message]:
+@dataclass(frozen=True)
+class CheckedAnchor:
+    """What a valid anchor carries: its checkpoints and aggregates, each parsed and checked."""
+
+    checkpoints: list[P.Message]
+    aggregates: list[P.Message]
+
+
+def check_anchor(body: dict[int, Any], fog: P.PublicKey, last: AnchoredHead | None,
+                 known_aggregate: Callable[[bytes], bool] = lambda d: False) -> list[P.Message]:
     """The checkpoints an anchor body carries, each checked; raises ChainTxError.
+    See checked_anchor for the rules; this is its checkpoints."""
+    return checked_anchor(body, fog, last, known_aggregate).checkpoints
+
+
+def checked_anchor(body: dict[int, Any], fog: P.PublicKey, last: AnchoredHead | None,
+                   known_aggregate: Callable[[bytes], bool] = lambda d: False) -> CheckedAnchor:
+    """The checkpoints and aggregates an anchor body carries, each checked; raises
+    ChainTxError.
 
     The body carries every checkpoint the fog sealed since its last anchored one, oldest
     first, so the whole side-chain is on the main chain: each is a type-6 message signed by
     the fog; heights continue by one and prev links each to the one before (the first to
     `last`, or height 1 with zero prev for a fog's first anchor); sizes and times never go
     backwards; and the RFC 9162 consistency proof from `last` (size, root) to the newest
-    carried checkpoint verifies, so anchored history cannot be rewritten."""
+    carried checkpoint verifies, so anchored history cannot be rewritten.
+
+    Then the aggregates (anchor_aggregates), whose prev chains must be whole and whose
+    closes the checkpoints commit to must be on the chain: `known_aggregate(digest)` says
+    whether an earlier anchor of this fog carried that aggregate."""
     if not isinstance(body.get(1), list) or not body[1]:
         raise _body_error(ANCHOR, "carries no checkpoint")
     out: list[P.Message] = []
@@ -240,4 +279,80 @@ def check_anchor(body: dict[int, Any], fog: P.PublicKey,
     except merkle.MerkleError as e:
         raise ChainTxError("anchor_consistency",
                            f"consistency proof from size {first_size} to {newest[3]}: {e}") from None
+    aggs = anchor_aggregates(body, fog, known_aggregate)
+    _check_closes(out, aggs, known_aggregate)
+    return CheckedAnchor(out, aggs)
+
+
+def anchor_aggregates(body: dict[int, Any], fog: P.PublicKey,
+                      known_aggregate: Callable[[bytes], bool] = lambda d: False
+                      ) -> list[P.Message]:
+    """The type-11 aggregates an anchor body carries (key 3), in order; raises ChainTxError.
+
+    Each must be a type-11 message signed by the sending fog, carried once and never
+    carried before (`anchor_bad_aggregate`); each with a non-zero prev must follow an
+    aggregate carried earlier in this anchor or by an earlier anchor of this fog
+    (`anchor_aggregate_chain`), so an interval close's hash chain is anchored whole, in
+    order, from its first entry."""
+    items = body.get(3, [])
+    if not isinstance(items, list):
+        raise _body_error(ANCHOR, "field 3 must be a")
+    out: list[P.Message] = []
+    seen: set[bytes] = set()
+    for i, raw in enumerate(items):
+        if not isinstance(raw, bytes):
+            raise ChainTxError("anchor_bad_aggregate", f"aggregate {i} is not a byte string")
+        try:
+            parsed = P.parse(raw, schema=False)
+            if parsed.type != P.AGGREGATE:
+                raise ChainTxError("anchor_bad_aggregate", f"aggregate {i} is a type "
+                                   f"{parsed.type} message, not type 11")
+            if parsed.kid != fog.id:
+                raise ChainTxError("anchor_bad_aggregate",
+                                   f"aggregate {i} was signed by {parsed.kid.hex()}, not by "
+                                   f"the sending fog {fog.id_hex}")
+            agg = P.verify_message(parsed, fog)
+        except ChainTxError:
+            raise
+        except ProtocolError as e:
+            raise ChainTxError("anchor_bad_aggregate",
+                               f"aggregate {i}: {e.reason}: {e}") from None
+        d = agg.digest
+        if d in seen:
+            raise ChainTxError("anchor_bad_aggregate", f"aggregate {i} ({d.hex()}) is carried "
+                               "twice in this anchor")
+        if known_aggregate(d):
+            raise ChainTxError("anchor_bad_aggregate", f"aggregate {i} ({d.hex()}) was "
+                               "carried by an earlier anchor already")
+        prev = agg.fields[15]
+        if prev != P.ZERO32 and prev not in seen and not known_aggregate(prev):
+            raise ChainTxError("anchor_aggregate_chain",
+                               f"aggregate {i} ({agg.fields[1]!r}, ivl {agg.fields[2]}) has "
+                               f"prev {prev.hex()}, which is neither carried before it in this "
+                               "anchor nor by an earlier anchor of this fog")
+        seen.add(d)
+        out.append(agg)
     return out
+
+
+def _check_closes(cps: list[P.Message], aggs: list[P.Message],
+                  known_aggregate: Callable[[bytes], bool]) -> None:
+    """Every checkpoint's agg (the last aggregate of an interval close) is on the chain:
+    carried here (with the checkpoint's ivl) or by an earlier anchor of this fog."""
+    carried = {a.digest: a for a in aggs}
+    for i, cp in enumerate(cps):
+        f = cp.fields
+        if 8 not in f:
+            continue
+        agg = carried.get(f[8])
+        if agg is None:
+            if known_aggregate(f[8]):
+                continue
+            raise ChainTxError("anchor_missing_aggregate",
+                               f"checkpoint {i} (height {f[2]}) commits to aggregate "
+                               f"{f[8].hex()}, which neither this anchor nor an earlier one "
+                               "of this fog carries")
+        if agg.fields[2] != f.get(7):
+            raise ChainTxError("anchor_aggregate_ivl",
+                               f"checkpoint {i} (height {f[2]}) closes interval {f.get(7)} but "
+                               f"its aggregate {f[8].hex()} is for interval {agg.fields[2]}")

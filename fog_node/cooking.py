@@ -419,7 +419,7 @@ class Cooker:
         return [(g, cook(g, ivl, self.config.interval_s, data, self.config.rules))
                 for g in gs], suppressed
 
-    def _log_aggregates(self, items: list[P.Fields], seal: Callable[[], None] | None,
+    def _log_aggregates(self, items: list[P.Fields], seal: Callable[[], object] | None,
                         ) -> list[bytes]:
         """Sign and log aggregates of one interval, chained through prev, in chunks."""
         msgs: list[bytes] = []
@@ -439,7 +439,7 @@ class Cooker:
                 seal()
         return msgs
 
-    def close(self, ivl: int, now: int, seal: Callable[[], None] | None = None) -> Closed:
+    def close(self, ivl: int, now: int, seal: Callable[[], object] | None = None) -> Closed:
         """Log the aggregates of the interval ending at ivl (once: a second call returns
         what the first logged). `seal` is called between chunks of aggregates."""
         self.catch_up(now)
@@ -451,7 +451,7 @@ class Cooker:
                     seal()  # so that each checkpoint covers one interval's aggregates
         return self._close_one(ivl, now, seal)
 
-    def _close_one(self, ivl: int, now: int, seal: Callable[[], None] | None) -> Closed:
+    def _close_one(self, ivl: int, now: int, seal: Callable[[], object] | None) -> Closed:
         last = self.last_closed
         rows = self.db.execute("SELECT digest, msg FROM aggregates WHERE ivl = ? AND rev = 0 "
                                "ORDER BY leaf", (ivl,)).fetchall()
@@ -493,7 +493,7 @@ class Cooker:
                 self.counters[f"faults_{f.kind}"] += 1
         return new
 
-    def revise(self, now: int, seal: Callable[[], None] | None = None) -> list[bytes]:
+    def revise(self, now: int, seal: Callable[[], object] | None = None) -> list[bytes]:
         """Log revisions of closed intervals whose cooked data changed with late data."""
         ivls = [r[0] for r in self.db.execute("SELECT ivl FROM dirty_ivls ORDER BY ivl")]
         if not ivls:
@@ -520,7 +520,7 @@ class Cooker:
         self.counters["revisions_logged"] += len(msgs)
         return msgs
 
-    def tick(self, now: int, seal: Callable[[], None] | None = None) -> list[bytes]:
+    def tick(self, now: int, seal: Callable[[], object] | None = None) -> list[bytes]:
         """Index, estimate and revise; returns the entries logged. `seal` is called between
         chunks of aggregates (see AGGREGATES_PER_CHECKPOINT)."""
         self.catch_up(now)

@@ -10,7 +10,10 @@
 `chain.sign` signs a type-12 transaction with the sender's next nonce as the chain knows it
 (pass nonce= to choose one). `FogSide` is a fog's log and checkpoints (real fog_node stores)
 that builds anchor bodies the way a fog must: every checkpoint since the last anchored one
-and the consistency proof from it.
+and the consistency proof from it, with the type-11 aggregates logged since the last anchor
+(`close_interval` logs one interval close's aggregates, chained through prev, and seals a
+checkpoint with ivl and agg). The chain also serves suggestions: `chain.dispatcher`, and
+`chain.token` for `chain.post_auth`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,8 @@ from typing import Any
 
 from aggregator.api import AggregatorAPI
 from aggregator.embedded import EmbeddedLedger
-from aggregator.node import init_data_dir, open_ledger
+from aggregator.node import ensure_token, init_data_dir, open_ledger
+from aggregator.suggestions import Dispatcher, open_dispatcher
 from fog_node import chaintx as C
 from fog_node import protocol as P
 from fog_node.checkpoints import Checkpoint, Checkpoints
@@ -36,10 +40,13 @@ from fog_node.logstore import MemoryLogStore
 T0 = 1_800_000_000
 
 
-def http(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+def http(url: str, method: str = "GET", body: bytes | None = None,
+         token: str | None = None) -> tuple[int, dict[str, Any]]:
     """(status, JSON answer) of one request; HTTP errors are answers, not exceptions."""
-    req = urllib.request.Request(url, data=body, method=method,
-                                 headers={"Content-Type": "application/cbor"})
+    headers = {"Content-Type": "application/cbor"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -63,6 +70,8 @@ class Chain:
     ledger: EmbeddedLedger
     api: AggregatorAPI
     data_dir: Path
+    dispatcher: Dispatcher
+    token: str
 
     def next_nonce(self, key: P.SigningKey) -> int:
         p = self.ledger.participant(key.id)
@@ -80,6 +89,11 @@ class Chain:
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         return http(self.url + path)
 
+    def post_auth(self, path: str, token: str | None = "") -> tuple[int, dict[str, Any]]:
+        """POST an empty body to `path` with the chain's token ("" default), another one, or
+        (None) no Authorization header."""
+        return http(self.url + path, "POST", b"", self.token if token == "" else token)
+
     def register(self, role: str = "fog", key: P.SigningKey | None = None,
                  name: str = "") -> P.SigningKey:
         """Register `key` (default: a new one) with `role`, signed by the dispatch key."""
@@ -91,6 +105,7 @@ class Chain:
 
     def close(self) -> None:
         self.api.stop()
+        self.dispatcher.store.close()
         self.ledger.close()
 
 
@@ -99,9 +114,11 @@ def start_chain(tmp_path: Path, clock: Callable[[], float] = time.time) -> Chain
     data = tmp_path / "aggregator"
     key = init_data_dir(data, int(clock()))
     ledger = open_ledger(data, clock)
-    api = AggregatorAPI(ledger, clock)
+    dispatcher = open_dispatcher(ledger, key, data, clock)
+    token = ensure_token(data)
+    api = AggregatorAPI(ledger, clock, dispatcher, token)
     port = api.start("127.0.0.1", 0)
-    return Chain(f"http://127.0.0.1:{port}", key, key.id, ledger, api, data)
+    return Chain(f"http://127.0.0.1:{port}", key, key.id, ledger, api, data, dispatcher, token)
 
 
 @contextmanager
@@ -117,6 +134,22 @@ def make_fog(chain: Chain, name: str = "fog") -> P.SigningKey:
     return chain.register("fog", name=name)
 
 
+def aggregate_fields(fog: bytes, feeder: str, ivl: int, imp: int, exp: int = 0, *,
+                     dur: int = 900, meters: int = 3, measured: int = 3, estimated: int = 0,
+                     est_wh: int = 0, size: int = 0, prev: bytes = P.ZERO32, rev: int = 0,
+                     replaces: bytes | None = None, alerts: Sequence[str] = (),
+                     extra: dict[int, Any] | None = None) -> P.Fields:
+    """A type-11 aggregate's fields; `extra` adds optional keys by number (e.g. {10: loss})
+    or overrides any."""
+    f: P.Fields = {0: P.AGGREGATE, 1: feeder, 2: ivl, 3: dur, 4: imp, 5: exp, 6: meters,
+                   7: measured, 8: estimated, 9: est_wh, 13: sorted(alerts), 14: size,
+                   15: prev, 16: rev, 17: fog, 19: b"\x5a" * 32}
+    if replaces is not None:
+        f[18] = replaces
+    f.update(extra or {})
+    return f
+
+
 class FogSide:
     """A fog's log and signed checkpoints (fog_node's MemoryLogStore and Checkpoints)."""
 
@@ -126,6 +159,7 @@ class FogSide:
         self.checkpoints = Checkpoints(tmp_path / f"{name}-{self.key.id_hex}.db", self.key,
                                        self.log)
         self.anchored: Checkpoint | None = None  # the last checkpoint given to anchor()
+        self.pending_aggregates: list[bytes] = []  # logged since the last anchor()
 
     def grow(self, n: int, t: int = T0) -> Checkpoint:
         """Log n entries and seal a checkpoint over them."""
@@ -136,8 +170,31 @@ class FogSide:
         assert cp is not None
         return cp
 
+    def log_aggregates(self, fields: Sequence[P.Fields]) -> list[bytes]:
+        """Sign and log aggregates as given (prev untouched: a test may break the chain)."""
+        raws = [P.sign1(self.key, f) for f in fields]
+        self.log.append_batch(raws)
+        self.pending_aggregates += raws
+        return raws
+
+    def close_interval(self, ivl: int, feeders: Sequence[dict[str, Any]],
+                       t: int | None = None) -> list[bytes]:
+        """Log one interval close: an aggregate per item of `feeders` (keyword arguments of
+        aggregate_fields: feeder, imp, ...; ivl and the prev chain are filled in), then seal
+        a checkpoint with ivl and agg = the last one's digest. Returns the aggregates."""
+        prev, raws = P.ZERO32, []
+        for item in feeders:
+            item = {"size": self.log.size(), **item}
+            f = aggregate_fields(self.key.id, ivl=ivl, prev=prev, **item)
+            raws += self.log_aggregates([f])
+            prev = P.digest(raws[-1])
+        cp = self.checkpoints.seal(ivl if t is None else t, ivl=ivl, agg=prev, force=True)
+        assert cp is not None
+        return raws
+
     def anchor(self) -> dict[int, Any]:
-        """An anchor body: every checkpoint since the last anchor() and the proof from it."""
+        """An anchor body: every checkpoint since the last anchor() and the proof from it,
+        and the aggregates logged since."""
         latest = self.checkpoints.latest()
         assert latest is not None, "seal a checkpoint first"
         first = self.anchored.height + 1 if self.anchored else 1
@@ -145,7 +202,8 @@ class FogSide:
         since = self.anchored.size if self.anchored else 0
         proof = self.log.consistency_proof(since, latest.size).path
         self.anchored = latest
-        return C.anchor_body([c.msg for c in cps if c is not None], proof)
+        aggs, self.pending_aggregates = self.pending_aggregates, []
+        return C.anchor_body([c.msg for c in cps if c is not None], proof, aggs)
 
     def close(self) -> None:
         self.checkpoints.close()

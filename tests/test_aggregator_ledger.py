@@ -26,7 +26,7 @@ from aggregator.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
 from fog_node import chaintx as C
 from fog_node import merkle
 from fog_node import protocol as P
-from tests.chainkit import T0, FogSide
+from tests.chainkit import T0, FogSide, aggregate_fields
 
 DISPATCH = P.SigningKey.from_int(0xD15)
 
@@ -363,3 +363,48 @@ def test_block_times_never_go_backwards(store: GateStore) -> None:
     ts = [P.parse(ledger.block(h).header).fields[6] for h in range(3)]
     assert ts == [T0, T0 + 100, T0 + 100]
     ledger.close()
+
+
+def test_aggregates_and_rule_sets_on_both_stores_and_on_the_pool(world: World) -> None:
+    store, fs, fog = world.store, world.fogside, world.fog
+    ivl = T0 - T0 % 900
+    fs.grow(2)
+    first = fs.close_interval(ivl, [{"feeder": "a", "imp": 5}, {"feeder": "b", "imp": 6}])
+    a = fog.tx("anchor", fs.anchor())
+    second = fs.close_interval(ivl + 900, [{"feeder": "a", "imp": 7}])
+    rev = fs.log_aggregates([aggregate_fields(fs.key.id, "a", ivl, 8, rev=1,
+                                              replaces=P.digest(first[0]),
+                                              prev=P.digest(second[0]))])
+    b = fog.tx("anchor", fs.anchor())
+    text = 'name = "r"\n'
+    rules = world.dispatch.tx("rules", C.rules_body("r", 1, text))
+    cite = world.dispatch.tx("instruction", C.instruction_body(
+        fog.id, "ping", {}, T0, rule=C.rules_digest(text)))
+    store.hold()
+    ta, ra = in_thread(lambda: world.ledger.submit(a))
+    assert store.entered.acquire(timeout=60)  # a is being written
+    # b's revision chains onto a's close, c cites the pending rule set: both on the pool
+    threads = []
+    for n, raw in enumerate((b, rules, cite), 1):
+        threads.append(in_thread(functools.partial(world.ledger.submit, raw)))
+        wait_pending(world, n)
+    # the dispatch key's next nonce after the pending rules (5) and cite (6)
+    world.refused(world.dispatch.tx("rules", C.rules_body("r", 1, text + "#"), nonce=7),
+                  "rules_version")
+    store.gate.set()
+    for t, _ in [(ta, ra), *threads]:
+        t.join(60)
+    assert ra == [Receipt(P.digest(a), 4, 0)]
+    assert [out[0].height for _, out in threads] == [5, 5, 5]
+    views = world.ledger.aggregates(fog.id)
+    assert [(v.feeder, v.ivl, v.rev, v.height, v.index) for v in views] == [
+        ("a", ivl, 0, 4, 0), ("b", ivl, 0, 4, 0), ("a", ivl + 900, 0, 5, 0), ("a", ivl, 1, 5, 0)]
+    assert [v.msg for v in views] == first + second + rev
+    assert [v.digest for v in world.ledger.aggregates(fog.id, "b")] == [P.digest(first[1])]
+    assert len(world.ledger.aggregates(None, None, 4)) == 2
+    assert store.aggregate_fog(P.digest(rev[0])) == fog.id
+    (r,) = world.ledger.rules()
+    assert (r.name, r.version, r.digest, r.text, r.height, r.index) == (
+        "r", 1, C.rules_digest(text), text, 5, 1)
+    assert store.rules_version("r") == 1 and store.rules_name(r.digest) == "r"
+    assert store.rules_version("other") == 0

@@ -16,7 +16,7 @@ from fog_node.cbor import ProtocolError
 from fog_node.checkpoints import Checkpoint
 from fog_node.logstore import MemoryLogStore
 from tests import merkle_reference as ref
-from tests.chainkit import T0, FogSide
+from tests.chainkit import T0, FogSide, aggregate_fields
 
 SENDER = P.SigningKey.from_int(0xC0FFEE)
 CHAIN = bytes(range(8))
@@ -69,6 +69,12 @@ BAD_BODIES: list[tuple[str, str, dict[Any, Any], str]] = [
     ("fault-missing-action", "fault", {1: "k", 2: "d", 3: T0, 5: []}, "missing field 4"),
     ("fault-t-text", "fault", {**C.fault_body("k", "d", T0, "a"), 3: "now"},
      "field 3 must be u"),
+    ("rules-empty-name", "rules", C.rules_body("", 1, "x"), "name must not be empty"),
+    ("rules-version-0", "rules", C.rules_body("r", 0, "x"), "version must be >= 1"),
+    ("rules-wrong-digest", "rules", {**C.rules_body("r", 1, "x"), 4: D32},
+     "not the SHA-256 of the text"),
+    ("rules-text-bytes", "rules", {**C.rules_body("r", 1, "x"), 3: b"x"}, "field 3 must be t"),
+    ("rules-missing-digest", "rules", {1: "r", 2: 1, 3: "x"}, "missing field 4"),
     ("unknown-kind", "vote", {}, "unknown transaction kind"),
 ]
 
@@ -102,6 +108,7 @@ def test_good_bodies_of_every_kind_parse() -> None:
         "instruction": C.instruction_body(ID8, "limit", {1: 5000}, T0, [ID8], "peak", D32),
         "report": C.report_body(D32, 3, 1, 0, [0, 5, 9], "ok"),
         "fault": C.fault_body("rs485", "bus silent", T0, "restarted", [4]),
+        "rules": C.rules_body("district-7", 3, "name = \"district-7\"\n"),
     }
     for kind, body in bodies.items():
         m = P.verify(signed(kind, body), SENDER.public_key)
@@ -314,3 +321,29 @@ def test_fog_node_never_imports_aggregator() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "aggregator"]
     assert len(list(root.glob("*.py"))) > 10 and offenders == []
+
+
+# --- aggregates in anchors (type 11) ----------------------------------------------------------
+def test_aggregates_and_the_closes_that_commit_to_them(fog: FogSide) -> None:
+    fog.grow(2)
+    raws = fog.close_interval(T0 - T0 % 900, [{"feeder": "a", "imp": 5}, {"feeder": "b",
+                                                                         "imp": 6}])
+    body = fog.anchor()
+    checked = C.checked_anchor(body, fog.key.public_key, None)
+    assert [a.raw for a in checked.aggregates] == raws == [
+        a.raw for a in C.anchor_aggregates(body, fog.key.public_key)]
+    assert C.check_anchor(body, fog.key.public_key, None) == checked.checkpoints
+    last = C.AnchoredHead.of(checked.checkpoints[-1])
+    # a revision chained onto the anchored close: refused unless the chain knows its prev
+    rev = fog.log_aggregates([aggregate_fields(fog.key.id, "a", T0 - T0 % 900, 7, rev=1,
+                                               replaces=P.digest(raws[0]),
+                                               prev=P.digest(raws[1]))])
+    fog.grow(0)
+    body2 = fog.anchor()
+    refused(body2, fog, last, "anchor_aggregate_chain")
+    known = {P.digest(r) for r in raws}
+    assert C.checked_anchor(body2, fog.key.public_key, last,
+                            known.__contains__).aggregates[0].raw == rev[0]
+    with pytest.raises(C.ChainTxError, match="earlier anchor") as e:
+        C.check_anchor(body, fog.key.public_key, None, known.__contains__)
+    assert e.value.reason == "anchor_bad_aggregate"

@@ -35,7 +35,7 @@ from fog_node.node import FogConfig, FogNode, init_data_dir
 from tools.bench_chain import naive_tx_size
 
 T0 = 1_800_000_000
-I = 900
+IVL = 900
 
 
 def run(meters: int, feeder_size: int, root: Path) -> dict[str, float]:
@@ -64,10 +64,10 @@ def run(meters: int, feeder_size: int, root: Path) -> dict[str, float]:
             node.ingest.decide(k.public_key.raw, "active", "bench")
         prev = [P.ZERO32] * meters
         raw_bytes = naive = 0
-        for seq, t in ((1, T0), (2, T0 + I)):
+        for seq, t in ((1, T0), (2, T0 + IVL)):
             batch = []
             for m, k in enumerate(keys):
-                raw = P.sign1(k, P.reading(k.id, seq, t, I, 1000 * seq + m, 0, 0, prev[m],
+                raw = P.sign1(k, P.reading(k.id, seq, t, IVL, 1000 * seq + m, 0, 0, prev[m],
                                            {1: 2290, 2: 2350}), check=False)
                 prev[m] = P.digest(raw)
                 batch.append(raw)
@@ -77,17 +77,17 @@ def run(meters: int, feeder_size: int, root: Path) -> dict[str, float]:
                 raw_bytes = sum(len(r) for r in batch)
                 naive = sum(naive_tx_size(r) for r in batch)
         with node.lock:
-            node.cooker.catch_up(T0 + I)  # the service indexes as readings come, every 5 s
-            node.checkpoints.seal(T0 + I)
+            node.cooker.catch_up(T0 + IVL)  # the service indexes as readings come, every 5 s
+            node.checkpoints.seal(T0 + IVL)
         link.plan(force=True)
         link.flush()
         before = {r[0] for r in link.db.execute("SELECT nonce FROM outbox")}
-        now[0] = T0 + I + 60
+        now[0] = T0 + IVL + 60
         start = time.perf_counter()
         with node.lock:
-            closed = node.cooker.close(T0 + I, T0 + I + 60,
-                                       lambda: node.checkpoints.seal(T0 + I + 60, force=True))
-            node.checkpoints.seal(T0 + I + 60, ivl=T0 + I, agg=closed.agg)
+            closed = node.cooker.close(T0 + IVL, T0 + IVL + 60,
+                                       lambda: node.checkpoints.seal(T0 + IVL + 60, force=True))
+            node.checkpoints.seal(T0 + IVL + 60, ivl=T0 + IVL, agg=closed.agg)
         closed_s = time.perf_counter() - start
         link.plan()
         landed = link.flush()

@@ -1,0 +1,272 @@
+"""Suggestions: what the registered rule sets propose, kept with the dispatcher's decision.
+
+`SuggestionStore` keeps suggestions in `data_dir/suggestions.db` (SQLite) with their state:
+"open", "approved" (with the instruction transaction that carried it out) or "dismissed".
+It is not chain state: it holds the dispatcher's decisions, which the chain records only as
+the instructions they produced. `Dispatcher` refreshes it from the chain (the newest version
+of every registered rule set against every anchored aggregate, rules.suggest) and approves
+(signs and submits the instruction with the dispatch key) or dismisses.
+
+When a rule keeps firing for later intervals, a new suggestion for the same (rule set name,
+rule id, fog, feeder) is recorded only if the previous one is decided, its intervals do not
+overlap the new run (so a dismissed run is not asked about again, and a run that goes on is
+asked about again after for_intervals more intervals), and, if it was approved, its
+instruction has expired (not_after passed): an approved curtailment is in force until then.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aggregator.ledger import (
+    AggregatorError,
+    ChainError,
+    Ledger,
+    NotFoundError,
+    Receipt,
+    StorageError,
+)
+from aggregator.rules import OPS, RulesError, RuleSet, Suggestion, parse_rules, suggest
+from fog_node import chaintx as C
+from fog_node import protocol as P
+from fog_node.cbor import ProtocolError
+
+log = logging.getLogger("aggregator.suggestions")
+
+OPEN, APPROVED, DISMISSED = "open", "approved", "dismissed"
+STATES = (OPEN, APPROVED, DISMISSED)
+NONCE_RETRIES = 5  # fresh nonces to try when a concurrent dispatch transaction took ours
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS suggestions (id TEXT PRIMARY KEY, rules_name TEXT NOT NULL, "
+    "rule TEXT NOT NULL, fog BLOB NOT NULL, feeder TEXT NOT NULL, rules_digest BLOB NOT NULL, "
+    "metric TEXT NOT NULL, ivls TEXT NOT NULL, vals TEXT NOT NULL, op TEXT NOT NULL, "
+    "arg TEXT NOT NULL, devs TEXT NOT NULL, valid_s INTEGER NOT NULL, why TEXT NOT NULL, "
+    "created INTEGER NOT NULL, state TEXT NOT NULL, instruction BLOB, height INTEGER, "
+    "idx INTEGER, not_after INTEGER, decided INTEGER)",
+    "CREATE INDEX IF NOT EXISTS suggestions_by_key ON suggestions "
+    "(rules_name, rule, fog, feeder, created)",
+)
+_COLUMNS = ("id, rules_name, rule, fog, feeder, rules_digest, metric, ivls, vals, op, arg, "
+            "devs, valid_s, why, created, state, instruction, height, idx, not_after, decided")
+
+
+class SuggestionStateError(AggregatorError):
+    """An approve or dismiss of a suggestion that is not open."""
+
+
+@dataclass(frozen=True)
+class StoredSuggestion:
+    suggestion: Suggestion
+    state: str
+    instruction: bytes | None = None  # approved: the instruction transaction's digest
+    height: int | None = None
+    index: int | None = None
+    not_after: int | None = None  # approved: the instruction's not_after
+    decided: int | None = None  # when it was approved or dismissed
+
+    def as_json(self) -> dict[str, Any]:
+        s = self.suggestion
+        return {"id": s.id, "state": self.state, "fog": s.fog.hex(), "feeder": s.feeder,
+                "rule": s.rule, "rules_name": s.rules_name, "rules_digest": s.rules_digest.hex(),
+                "metric": s.metric, "ivls": list(s.ivls), "values": list(s.values),
+                "op": s.op, "args": {OPS[s.op][0]: s.args[1]},
+                "devs": [d.hex() for d in s.devs], "valid_s": s.valid_s, "why": s.why,
+                "created": s.created,
+                "instruction": self.instruction.hex() if self.instruction else None,
+                "height": self.height, "index": self.index, "not_after": self.not_after,
+                "decided": self.decided}
+
+
+def _row(r: Any) -> StoredSuggestion:
+    (sid, rules_name, rule, fog, feeder, digest, metric, ivls, vals, op, arg, devs, valid_s,
+     why, created, state, instruction, height, idx, not_after, decided) = r
+    s = Suggestion(sid, bytes(fog), feeder, rule, rules_name, bytes(digest), metric,
+                   tuple(json.loads(ivls)), tuple(json.loads(vals)), op, {1: json.loads(arg)},
+                   tuple(bytes.fromhex(d) for d in json.loads(devs)), valid_s, why, created)
+    return StoredSuggestion(s, state, bytes(instruction) if instruction is not None else None,
+                            height, idx, not_after, decided)
+
+
+class SuggestionStore:
+    """Suggestions in one SQLite file (WAL); safe from several threads."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        try:
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path}: cannot open as a suggestion store: {e}") from e
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            if self._db is None:
+                raise StorageError(f"the suggestion store {self.path} was used after close()")
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StorageError(f"{self.path}: {e}") from e
+
+    def record(self, candidates: list[Suggestion], now: int) -> list[StoredSuggestion]:
+        """Store the candidates the policy of the module doc lets in; returns those."""
+        added: list[StoredSuggestion] = []
+        for s in candidates:
+            if self._exec("SELECT 1 FROM suggestions WHERE id = ?", (s.id,)):
+                continue
+            last = self._exec(f"SELECT {_COLUMNS} FROM suggestions WHERE rules_name = ? AND "
+                              "rule = ? AND fog = ? AND feeder = ? ORDER BY created DESC, "
+                              "rowid DESC LIMIT 1", (s.rules_name, s.rule, s.fog, s.feeder))
+            if last:
+                prev = _row(last[0])
+                if prev.state == OPEN or s.ivls[0] <= prev.suggestion.ivls[-1]:
+                    continue
+                if prev.state == APPROVED and now < (prev.not_after or 0):
+                    continue
+            self._exec(f"INSERT INTO suggestions ({_COLUMNS}) VALUES "
+                       f"({', '.join('?' * 21)})",
+                       (s.id, s.rules_name, s.rule, s.fog, s.feeder, s.rules_digest, s.metric,
+                        json.dumps(list(s.ivls)), json.dumps(list(s.values)), s.op,
+                        json.dumps(s.args[1]), json.dumps([d.hex() for d in s.devs]),
+                        s.valid_s, s.why, s.created, OPEN, None, None, None, None, None))
+            added.append(StoredSuggestion(s, OPEN))
+        return added
+
+    def list(self, state: str | None = None) -> list[StoredSuggestion]:
+        """Oldest first; only those in `state` when given."""
+        where, args = ("WHERE state = ?", (state,)) if state is not None else ("", ())
+        return [_row(r) for r in self._exec(
+            f"SELECT {_COLUMNS} FROM suggestions {where} ORDER BY created, rowid", args)]
+
+    def get(self, sid: str) -> StoredSuggestion:
+        rows = self._exec(f"SELECT {_COLUMNS} FROM suggestions WHERE id = ?", (sid,))
+        if not rows:
+            raise NotFoundError(f"no suggestion {sid}")
+        return _row(rows[0])
+
+    def approved(self, sid: str, r: Receipt, not_after: int, now: int) -> None:
+        self._exec("UPDATE suggestions SET state = ?, instruction = ?, height = ?, idx = ?, "
+                   "not_after = ?, decided = ? WHERE id = ?",
+                   (APPROVED, r.digest, r.height, r.index, not_after, now, sid))
+
+    def dismissed(self, sid: str, now: int) -> None:
+        self._exec("UPDATE suggestions SET state = ?, decided = ? WHERE id = ?",
+                   (DISMISSED, now, sid))
+
+    def close(self) -> None:
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
+def submit_signed(ledger: Ledger, key: P.SigningKey, make: Callable[[int], bytes]) -> Receipt:
+    """Submit the transaction make(nonce) with the key's next nonce; a concurrent
+    transaction of the same key taking that nonce is retried with a fresh one."""
+    for attempt in range(NONCE_RETRIES):
+        me = ledger.participant(key.id)
+        if me is None:
+            raise ChainError("unregistered", f"the dispatch key {key.id_hex} is no participant "
+                                             "of this chain")
+        try:
+            raw = make(me.nonce + 1)
+        except ProtocolError as e:  # e.g. a why too long for 4096 bytes
+            raise ChainError(e.reason, str(e)) from None
+        try:
+            return ledger.submit(raw)
+        except ChainError as e:
+            if e.reason != "nonce_reused":
+                raise
+        time.sleep(0.05 * (attempt + 1))  # the other transaction's block is being sealed
+    raise ChainError("nonce_reused", f"other transactions kept taking the dispatch key's next "
+                                     f"nonce ({NONCE_RETRIES} tries)")
+
+
+class Dispatcher:
+    """Suggestions from the chain's rule sets and aggregates, and the dispatcher's decisions
+    on them (see the module doc). Thread-safe; `clock` gives Unix seconds."""
+
+    def __init__(self, ledger: Ledger, key: P.SigningKey, store: SuggestionStore,
+                 clock: Callable[[], float]) -> None:
+        self.ledger, self.key, self.store, self.clock = ledger, key, store, clock
+        self._lock = threading.Lock()
+        self._seen = -1  # aggregates of blocks up to this height are in _series
+        self._series: dict[tuple[bytes, str], list[P.Fields]] = {}
+        self._parsed: dict[bytes, RuleSet | None] = {}  # by digest; None: does not parse
+
+    def _rule_sets(self) -> list[RuleSet]:
+        newest: dict[str, tuple[int, bytes, str]] = {}
+        for r in self.ledger.rules():
+            if r.version > newest.get(r.name, (0, b"", ""))[0]:
+                newest[r.name] = (r.version, r.digest, r.text)
+        out = []
+        for name in sorted(newest):
+            version, digest, text = newest[name]
+            if digest not in self._parsed:
+                try:
+                    self._parsed[digest] = parse_rules(text, f"rule set {name} v{version}")
+                except RulesError as e:
+                    log.warning("registered %s; it proposes nothing", e)
+                    self._parsed[digest] = None
+            rs = self._parsed[digest]
+            if rs is not None:
+                out.append(rs)
+        return out
+
+    def refresh(self) -> list[StoredSuggestion]:
+        """Read what the chain added since the last refresh and record new suggestions."""
+        with self._lock:
+            for a in self.ledger.aggregates(after_height=self._seen):
+                fields = P.parse(a.msg, schema=False).fields  # the chain checked it
+                self._series.setdefault((a.fog, a.feeder), []).append(fields)
+                self._seen = max(self._seen, a.height)
+            now = int(self.clock())
+            return self.store.record(suggest(self._rule_sets(), self._series, now), now)
+
+    def suggestions(self, state: str | None = None) -> list[StoredSuggestion]:
+        self.refresh()
+        return self.store.list(state)
+
+    def approve(self, sid: str) -> Receipt:
+        """Sign the suggestion's instruction with the dispatch key (valid from now for its
+        valid_s), submit it, and mark the suggestion approved."""
+        with self._lock:
+            s = self._open(sid)
+            now = int(self.clock())
+            body = s.suggestion.instruction_body(now)
+            receipt = submit_signed(self.ledger, self.key, lambda nonce: P.sign1(
+                self.key, C.tx(self.key.id, nonce, C.INSTRUCTION, body, now,
+                               self.ledger.chain_id)))
+            self.store.approved(sid, receipt, body[4], now)
+            return receipt
+
+    def dismiss(self, sid: str) -> StoredSuggestion:
+        with self._lock:
+            self._open(sid)
+            self.store.dismissed(sid, int(self.clock()))
+            return self.store.get(sid)
+
+    def _open(self, sid: str) -> StoredSuggestion:
+        s = self.store.get(sid)
+        if s.state != OPEN:
+            raise SuggestionStateError(f"suggestion {sid} is {s.state}, not open")
+        return s
+
+
+def open_dispatcher(ledger: Ledger, key: P.SigningKey, data_dir: Path,
+                    clock: Callable[[], float]) -> Dispatcher:
+    return Dispatcher(ledger, key, SuggestionStore(data_dir / "suggestions.db"), clock)
