@@ -38,6 +38,7 @@ bench: setup
 	$(PY) -m tools.bench_fog --meters 1000 --readings 10000
 	$(PY) -m tools.bench_chain
 	$(PY) -m tools.bench_rs485
+	$(PY) -m tools.bench_cooked
 
 demo: setup
 	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out

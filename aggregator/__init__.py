@@ -7,6 +7,6 @@ embedded   the embedded backend: one sealer (the dispatch key), group-sealed blo
 verify     replays a chain from genesis (verify-chain)
 api        the HTTP JSON API; metrics: its Prometheus text
 rules      rule files (TOML) and suggest(), the pure evaluation against anchored aggregates
-suggestions  the suggestion store and the dispatcher's approvals (docs/DISPATCH.md)
+suggestions  the suggestion store and the dispatcher's approvals (docs/PROTOCOL.md section 19)
 node       the data dir (key, chain.db, lock, token); __main__: the CLI
 """

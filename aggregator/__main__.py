@@ -203,7 +203,7 @@ def suggestions(d: Path | None, url: str | None, state: str | None) -> list[dict
 
 def decide(d: Path | None, url: str | None, token_file: Path | None, sid: str,
            action: str) -> dict[str, Any]:
-    """Approve or dismiss suggestion `sid`; the API's answer (docs/DISPATCH.md)."""
+    """Approve or dismiss suggestion `sid`; the API's answer (docs/PROTOCOL.md section 19)."""
     if url is None:
         assert d is not None
         with _local_dispatcher(d) as dispatcher:

@@ -1,6 +1,6 @@
 """Rule sets: a dispatcher's TOML file of "when a feeder does X for N intervals, propose Y",
 parsed strictly, and `suggest`, the pure function that applies rule sets to anchored
-aggregates (docs/DISPATCH.md has the grammar and the semantics).
+aggregates (docs/PROTOCOL.md section 19 has the grammar and the semantics).
 
 The chain registers a rule set's text as it is (a `rules` transaction); its id is the
 SHA-256 of that text. The chain does not parse it: a chain rule must not depend on a grammar
@@ -205,7 +205,7 @@ def load_rules(path: Path) -> RuleSet:
 
 # --- metrics of one aggregate (type 11 fields) --------------------------------------------------
 def metric(name: str, f: P.Fields) -> float | None:
-    """`name` of one interval's aggregate; None where it is undefined (docs/DISPATCH.md)."""
+    """`name` of one interval's aggregate; None where it is undefined (docs/PROTOCOL.md section 19)."""
     dur = f[3]
     if name == "import_kw":
         return float(f[4] * 3.6 / dur)  # Wh * 3600 / dur / 1000

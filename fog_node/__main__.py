@@ -145,7 +145,7 @@ def run(config: FogConfig) -> int:
     node = FogNode(config, clock)
     service = FogService(node, clock)
     link = _chain_link(node, clock)
-    if link is not None:  # carry out the instructions the link picks up (docs/FOG_DISPATCH.md)
+    if link is not None:  # carry out the instructions the link picks up (docs/PROTOCOL.md section 20)
         service.dispatcher = Dispatcher(node, link, service.send_command, clock)
     # local faults: the configured action, then a fault transaction (docs/PROTOCOL.md s. 18)
     service.faults = FaultReporter(link, lambda: service.dispatcher, config.on_tamper)

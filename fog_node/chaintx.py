@@ -6,7 +6,7 @@ deterministic CBOR, low-S, kid = signer field) holds for them too.
 
 This module is pure: schemas, builders, the per-kind body rules, the block's transaction
 tree, and the SPEC section 8 anchor rule as a function of (anchor body, fog key, what the
-chain last anchored for that fog, which aggregates it already holds; docs/DISPATCH.md). The aggregator applies it with its state; the fog node
+chain last anchored for that fog, which aggregates it already holds; docs/PROTOCOL.md section 19). The aggregator applies it with its state; the fog node
 uses it to check its own anchors before sending them; the audit verifier uses the parsers.
 It lives in fog_node because the fog signs anchors and the fog never imports aggregator.
 """

@@ -16,7 +16,7 @@ The chain link records instructions addressed to this fog (fog_node.anchor). Eac
 All state lives in `chain.db` beside the outbox, on a connection of its own, so a restart
 resumes where it stopped: cids never repeat, commands keep being retried, and the report
 is queued together with the instruction's "reported" mark (one SQLite transaction), so an
-instruction is reported once. Choices and limits: docs/FOG_DISPATCH.md.
+instruction is reported once. Choices and limits: docs/PROTOCOL.md section 20.
 """
 
 from __future__ import annotations

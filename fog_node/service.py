@@ -305,7 +305,7 @@ class FogService:
             node.rs485 = self.bus  # for /metrics
         self._last_seal = 0.0
         self._next_ivl = self._interval_after(clock())
-        # -- dispatch (docs/FOG_DISPATCH.md): set by the runner when a chain link exists
+        # -- dispatch (docs/PROTOCOL.md section 20): set by the runner when a chain link exists
         self.dispatcher: Dispatcher | None = None
         self._dispatched_at: float | None = None
         # -- end dispatch
@@ -364,7 +364,7 @@ class FogService:
         self._check_bus()
         return len(group)
 
-    # -- dispatch (docs/FOG_DISPATCH.md) -------------------------------------------------------
+    # -- dispatch (docs/PROTOCOL.md section 20) -------------------------------------------------------
     def _dispatch(self) -> None:
         """Run the dispatcher at most once a second (service clock); its failure is logged
         and must not stop ingest."""

@@ -1,4 +1,4 @@
-"""Rule sets and suggestions (docs/DISPATCH.md): the strict TOML parser, the pure `suggest`,
+"""Rule sets and suggestions (docs/PROTOCOL.md section 19): the strict TOML parser, the pure `suggest`,
 the suggestion store's policy, the chain's `rules` transactions and `unknown_rules`, and the
 whole path through a real running aggregator: register rules, anchor aggregates, list the
 suggestion, approve it (API with its token, and the CLI) into an instruction on the chain."""
