@@ -19,8 +19,8 @@ import logging
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from fog_node import chaintx as C
@@ -29,6 +29,7 @@ from fog_node.chain_client import ChainClient, ChainClientError, ChainRefused, C
 from fog_node.checkpoints import Checkpoint
 from fog_node.logstore import LogStore
 from fog_node.node import FogNode
+from fog_node.sqlite_state import atomic, meta, set_meta
 
 log = logging.getLogger("fog_node.anchor")
 
@@ -104,26 +105,17 @@ class ChainLink:
             self._side_db.close()
         self.db.close()
 
-    @contextmanager
-    def _atomic(self) -> Iterator[None]:
+    def _atomic(self) -> AbstractContextManager[None]:
         # autocommit connection: group statements explicitly so an outbox row and the meta
         # that goes with it are durable together or not at all
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return atomic(self.db)
 
     # -- small state ---------------------------------------------------------------------
     def _meta(self, k: str) -> Any:
-        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
-        return row[0] if row else None
+        return meta(self.db, k)
 
     def _set_meta(self, k: str, v: Any) -> None:
-        self.db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE "
-                        "SET v = excluded.v", (k, v))
+        set_meta(self.db, k, v)
 
     @property
     def halted(self) -> str | None:

@@ -40,6 +40,7 @@ from fog_node.feeders import (
 )
 from fog_node.logstore import LogStore
 from fog_node.registry import Registry
+from fog_node.sqlite_state import atomic, meta, set_meta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -127,12 +128,11 @@ class Cooker:
         self.db.close()
 
     def _meta(self, k: str) -> int | None:
-        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
-        return int(row[0]) if row else None
+        v = meta(self.db, k)
+        return None if v is None else int(v)
 
     def _set_meta(self, k: str, v: int) -> None:
-        self.db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE "
-                        "SET v = excluded.v", (k, v))
+        set_meta(self.db, k, v)
 
     @property
     def last_closed(self) -> int | None:
@@ -467,11 +467,10 @@ class Cooker:
             items.append(f)
         msgs = self._log_aggregates(items, seal)
         self.catch_up(now)
-        self.db.execute("BEGIN IMMEDIATE")
-        self._set_meta("last_closed", ivl)
-        faults = self._faults([flt for _, c in cooked for flt in c.faults],
-                              [g.name for g, _ in cooked], now)
-        self.db.execute("COMMIT")
+        with atomic(self.db):
+            self._set_meta("last_closed", ivl)
+            faults = self._faults([flt for _, c in cooked for flt in c.faults],
+                                  [g.name for g, _ in cooked], now)
         self.counters["aggregates_logged"] += len(msgs)
         self.counters["intervals_closed"] += 1
         self.counters["groups_suppressed"] += len(suppressed)

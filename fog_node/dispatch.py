@@ -26,8 +26,8 @@ import re
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from fog_node import protocol as P
 from fog_node.anchor import AnchorError, ChainLink
 from fog_node.cbor import ProtocolError
 from fog_node.node import FogNode
+from fog_node.sqlite_state import atomic, meta
 
 log = logging.getLogger("fog_node.dispatch")
 
@@ -144,19 +145,11 @@ class Dispatcher:
         with self._lock:
             self.db.close()
 
-    @contextmanager
-    def _atomic(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _atomic(self) -> AbstractContextManager[None]:
+        return atomic(self.db)
 
     def _meta(self, k: str) -> Any:
-        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
-        return row[0] if row else None
+        return meta(self.db, k)
 
     # -- public ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
