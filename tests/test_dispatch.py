@@ -20,6 +20,8 @@ from fog_node import protocol as P
 from fog_node.anchor import AnchorError, ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.dispatch import EXPIRED, NOT_ENROLLED, REPLAY, Dispatcher, Outcome, tally
+from fog_node.faults import FaultReporter
+from fog_node.feeders import Fault
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import FogService, apply_request
 from hal.host import Board
@@ -416,3 +418,41 @@ def test_the_service_ticks_the_dispatcher_once_a_second_and_sends_on_both_links(
         assert bus.has_command(dev, b"cmd") and not bus.has_command(dev, b"other")
     finally:
         node.close()
+
+
+def test_a_local_fault_is_acted_on_then_reported_on_the_chain(tmp_path: Path):
+    """on_tamper = "relay_off": the tampering meter gets a relay-off command through the
+    dispatcher, and a fault transaction saying so lands on the chain; a fault found before
+    the link's first contact waits and is sent after it."""
+    clock = ManualClock(T0)
+    with running_chain(tmp_path, clock.now) as chain:
+        rig = Rig(tmp_path, chain, clock)
+        try:
+            bad = rig.apps[1]
+            tamper = Fault("tamper", "feeder-a", T0, "1 meter(s) report tampering",
+                           (bad.meter.id,), (7, 9))
+            reporter = FaultReporter(rig.link, lambda: rig.disp, "relay_off")
+            assert bad.relay_closed
+            reporter(tamper, T0 + 1)
+            rig.round()
+            assert not bad.relay_closed and all(a.relay_closed for a in rig.apps if a is not bad)
+            rig.link.flush()
+            [raw] = [r[0] for r in rig.link.db.execute("SELECT tx FROM outbox WHERE kind = 'fault'")]
+            status, doc = chain.get(f"/v1/tx/{P.digest(raw).hex()}")
+            assert status == 200 and doc["tx"] == raw.hex()  # on the chain
+            body = P.parse(raw).fields[4]
+            assert (body[1], body[3], body[5]) == ("tamper", T0 + 1, [7, 9])
+            assert body[2].startswith("feeder feeder-a, interval 1800000000: ")
+            assert body[4].startswith("relay_off: relay-off commands to 1 meter(s): "
+                                      + bad.meter.id.hex())
+            # reported only: no command; and a reporter before first contact keeps it waiting
+            fresh = ChainLink(rig.node, ChainClient(chain.url), clock.now)
+            fresh.db.execute("DELETE FROM meta WHERE k = 'synced'")
+            waiting = FaultReporter(fresh, lambda: None)
+            waiting(Fault("outage", "feeder-a", T0, "3 of 3 meters lost supply"), T0 + 2)
+            assert waiting.counters["fault_txs_queued"] == 0
+            fresh.step()  # first contact
+            assert waiting.flush() == 1
+            fresh.close()
+        finally:
+            rig.close()
