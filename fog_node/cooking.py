@@ -274,11 +274,12 @@ class Cooker:
 
     def _estimate_meter(self, dev: bytes, lo: int, hi: int, now: int) -> list[P.Fields]:
         q = self.db.execute
-        a = q("SELECT MAX(seq) FROM readings WHERE dev = ? AND seq < ? AND bound = 1",
-              (dev, lo)).fetchone()[0]
-        b = q("SELECT MIN(seq) FROM readings WHERE dev = ? AND seq > ? AND bound = 1",
-              (dev, hi)).fetchone()[0]
-        first, last = (a if a is not None else lo), (b if b is not None else hi)
+        # from the usable reading before the new ones to the usable reading after them
+        below = q("SELECT MAX(seq) FROM readings WHERE dev = ? AND seq < ? AND bound = 1",
+                  (dev, lo)).fetchone()[0]
+        above = q("SELECT MIN(seq) FROM readings WHERE dev = ? AND seq > ? AND bound = 1",
+                  (dev, hi)).fetchone()[0]
+        first, last = (below if below is not None else lo), (above if above is not None else hi)
         rows = q(f"SELECT {_COLS} FROM readings WHERE dev = ? AND seq BETWEEN ? AND ? "
                  "AND bound = 1 ORDER BY seq", (dev, first, last)).fetchall()
         live = q("SELECT digest, from_seq, to_seq, msg FROM estimates WHERE dev = ? AND "

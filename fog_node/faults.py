@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fog_node import chaintx as C
+from fog_node.anchor import AnchorError
+from fog_node.cbor import ProtocolError
 from fog_node.feeders import Fault
 
 log = logging.getLogger("fog_node.faults")
@@ -73,10 +75,14 @@ class FaultReporter:
         while self._waiting:
             try:
                 self.outbox.queue_tx(C.FAULT, self._waiting[0])
-            except Exception as e:
+            except AnchorError as e:  # no first contact with the chain yet: retry later
                 log.info("fault transaction waits: %s", e)
                 break
+            except ProtocolError as e:  # a body the chain would refuse: resending cannot help
+                log.error("fault transaction dropped: %s", e)
+                self.counters["fault_txs_dropped"] += 1
+            else:
+                queued += 1
             self._waiting.pop(0)
-            queued += 1
         self.counters["fault_txs_queued"] += queued
         return queued
