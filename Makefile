@@ -24,6 +24,7 @@ test: setup
 lint: setup mpy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m tools.stubcheck
 
 # every firmware file must compile for MicroPython

@@ -63,9 +63,9 @@ from aggregator.rules import load_rules
 from aggregator.store import SQLiteBlockStore
 from aggregator.suggestions import Dispatcher, open_dispatcher, submit_signed
 from aggregator.verify import Replay, VerifyError, check_derived, store_blocks, verify_blocks
-from fog_node import chaintx as C
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import ProtocolError
 
 _RETRIES = 5  # register: fresh nonces to try when a concurrent transaction took ours
 

@@ -37,7 +37,7 @@ from aggregator.ledger import (
 )
 from aggregator.metrics import render
 from aggregator.suggestions import STATES, Dispatcher, SuggestionStateError
-from fog_node import protocol as P
+from meterledger import wire as P
 
 log = logging.getLogger(__name__)
 

@@ -42,9 +42,9 @@ from aggregator.ledger import (
     Validator,
 )
 from aggregator.store import BlockStore
-from fog_node import chaintx as C
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import ProtocolError
 
 Clock = Callable[[], float]
 

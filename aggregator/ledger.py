@@ -33,9 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from fog_node import chaintx as C
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError
+from meterledger import wire as P
+from meterledger.wire import anchor as A
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import ProtocolError
 
 DISPATCH, FOG = "dispatch", "fog"
 INT64_MAX = 2**63 - 1  # SQLite integers; larger anchored sizes/times are refused
@@ -272,7 +273,7 @@ class Effect:
     kind: str
     registers: Participant | None = None  # register: the new participant (nonce 0)
     anchor_first: int = 0  # anchor: height of the first checkpoint carried
-    anchor_head: C.AnchoredHead | None = None  # anchor: the newest one carried
+    anchor_head: A.AnchoredHead | None = None  # anchor: the newest one carried
     instruction_fog: bytes | None = None  # instruction: the fog it names
     aggregates: tuple[CarriedAggregate, ...] = ()  # anchor: the aggregates carried
     rules: RuleSet | None = None  # rules: the rule set registered
@@ -281,7 +282,7 @@ class Effect:
 class State(Protocol):
     def participant(self, pid: bytes) -> Participant | None: ...
 
-    def anchored(self, fog: bytes) -> C.AnchoredHead | None:
+    def anchored(self, fog: bytes) -> A.AnchoredHead | None:
         """The fog's newest anchored checkpoint, None before its first anchor."""
         ...
 
@@ -311,7 +312,7 @@ class MemoryState:
     def __init__(self, base: State | None = None) -> None:
         self.base = base
         self.participants: dict[bytes, Participant] = {}
-        self.heads: dict[bytes, C.AnchoredHead] = {}
+        self.heads: dict[bytes, A.AnchoredHead] = {}
         self.instructions: dict[bytes, bytes] = {}
         self.receipts: dict[bytes, Receipt] = {}
         self.aggregate_fogs: dict[bytes, bytes] = {}
@@ -325,7 +326,7 @@ class MemoryState:
         p = self.participants.get(pid)
         return p if p is not None or self.base is None else self.base.participant(pid)
 
-    def anchored(self, fog: bytes) -> C.AnchoredHead | None:
+    def anchored(self, fog: bytes) -> A.AnchoredHead | None:
         h = self.heads.get(fog)
         return h if h is not None or self.base is None else self.base.anchored(fog)
 
@@ -449,12 +450,12 @@ class Validator:
                 return state.aggregate_fog(d) == sender.id
 
             try:
-                checked = C.checked_anchor(body, self._key(sender.pub),
+                checked = A.checked_anchor(body, self._key(sender.pub),
                                            state.anchored(sender.id), carried)
             except ProtocolError as e:
                 raise _refuse(e) from None
             cps = checked.checkpoints
-            head = C.AnchoredHead.of(cps[-1])
+            head = A.AnchoredHead.of(cps[-1])
             big = [v for a in checked.aggregates for v in (a.fields[2], a.fields[16])
                    if v > INT64_MAX]
             if max(head.size, head.t) > INT64_MAX or big:

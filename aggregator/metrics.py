@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from aggregator.ledger import AggregatorError, Ledger
-from fog_node.chaintx import ROLES
-from fog_node.metrics import escape_label
+from meterledger.infra.metrics import escape_label
+from meterledger.wire.chain import ROLES
 
 PREFIX = "meterledger_aggregator_"
 

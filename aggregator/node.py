@@ -25,7 +25,7 @@ from typing import IO, Any
 from aggregator.embedded import EmbeddedLedger, create_genesis
 from aggregator.ledger import AggregatorError
 from aggregator.store import SQLiteBlockStore
-from fog_node import protocol as P
+from meterledger import wire as P
 
 KEY, PUB, CHAIN, LOCK, URL = "dispatch.key", "dispatch.pub", "chain.db", "aggregator.lock", \
     "aggregator.url"

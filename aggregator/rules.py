@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.ledger import AggregatorError
-from fog_node import chaintx as C
-from fog_node import protocol as P
-from fog_node.cbor import encode
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import encode
 
 METRICS = ("import_kw", "export_kw", "net_kw", "loss_pct", "coverage_pct", "v_min_v",
            "v_max_v")

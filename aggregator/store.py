@@ -35,9 +35,10 @@ from aggregator.ledger import (
     RuleSetView,
     StorageError,
 )
-from fog_node import chaintx as C
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError
+from meterledger import wire as P
+from meterledger.wire import anchor as A
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import ProtocolError
 
 _SCHEMA_VERSION = 2
 _SCHEMA = (
@@ -92,7 +93,7 @@ class BlockStore(Protocol):
     # ledger.State
     def participant(self, pid: bytes) -> Participant | None: ...
 
-    def anchored(self, fog: bytes) -> C.AnchoredHead | None: ...
+    def anchored(self, fog: bytes) -> A.AnchoredHead | None: ...
 
     def instruction_fog(self, digest: bytes) -> bytes | None: ...
 
@@ -189,7 +190,7 @@ class MemoryBlockStore:
             self._live()
             return self._state.participant(pid)
 
-    def anchored(self, fog: bytes) -> C.AnchoredHead | None:
+    def anchored(self, fog: bytes) -> A.AnchoredHead | None:
         with self._lock:
             self._live()
             return self._state.anchored(fog)
@@ -431,13 +432,13 @@ class SQLiteBlockStore:
                           (pid,))
         return _participant(rows[0]) if rows else None
 
-    def anchored(self, fog: bytes) -> C.AnchoredHead | None:
+    def anchored(self, fog: bytes) -> A.AnchoredHead | None:
         rows = self._rows("SELECT last, size, root, head, t FROM anchors WHERE fog = ? "
                           "ORDER BY height DESC, idx DESC LIMIT 1", (fog,))
         if not rows:
             return None
         last, size, root, head, t = rows[0]
-        return C.AnchoredHead(last, size, bytes(root), bytes(head), t)
+        return A.AnchoredHead(last, size, bytes(root), bytes(head), t)
 
     def instruction_fog(self, digest: bytes) -> bytes | None:
         rows = self._rows("SELECT fog FROM instructions WHERE digest = ?", (digest,))

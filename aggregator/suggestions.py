@@ -36,9 +36,9 @@ from aggregator.ledger import (
     StorageError,
 )
 from aggregator.rules import OPS, RulesError, RuleSet, Suggestion, parse_rules, suggest
-from fog_node import chaintx as C
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import ProtocolError
 
 log = logging.getLogger("aggregator.suggestions")
 

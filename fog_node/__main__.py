@@ -33,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fog_node import protocol as P
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.dispatch import Dispatcher
@@ -42,6 +41,7 @@ from fog_node.feeders import Feeder, parse_feeders
 from fog_node.node import FogConfig, FogError, FogNode, init_data_dir, node_clock
 from fog_node.rs485 import check_addresses, parse_addresses
 from fog_node.service import FogService, apply_request, lock_data_dir, queue_request
+from meterledger import wire as P
 
 
 def _addresses(value: Any) -> list[int]:

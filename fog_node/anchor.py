@@ -23,13 +23,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.chain_client import ChainClient, ChainClientError, ChainRefused, ChainUnavailable
 from fog_node.checkpoints import Checkpoint
 from fog_node.logstore import LogStore
 from fog_node.node import FogNode
 from fog_node.sqlite_state import atomic, meta, set_meta
+from meterledger import wire as P
+from meterledger.wire import anchor as A
+from meterledger.wire import chain as C
 
 log = logging.getLogger("fog_node.anchor")
 
@@ -74,8 +75,8 @@ def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint |
     if best is None:
         raise AnchorError(f"checkpoint {cps[0].height} alone does not fit an anchor")
     raw, n = best
-    C.check_anchor(P.parse(raw).fields[4], key.public_key,
-                   C.AnchoredHead.of(P.parse(head.msg)) if head else None,
+    A.check_anchor(P.parse(raw).fields[4], key.public_key,
+                   A.AnchoredHead.of(P.parse(head.msg)) if head else None,
                    known_aggregate or (lambda d: False))
     return raw, n
 

@@ -21,11 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from fog_node import merkle
-from fog_node import protocol as P
 from fog_node.checkpoints import Checkpoint
 from fog_node.metrics import render
 from fog_node.node import FogError, FogNode
+from meterledger import wire as P
+from meterledger.wire import merkle
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from fog_node import protocol as P
 from fog_node.logstore import LogStore
+from meterledger import wire as P
 
 
 class CheckpointError(ValueError):

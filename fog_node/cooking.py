@@ -23,7 +23,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from fog_node import protocol as P
 from fog_node import vee
 from fog_node.feeders import (
     ESTIMATED,
@@ -41,6 +40,7 @@ from fog_node.feeders import (
 from fog_node.logstore import LogStore
 from fog_node.registry import Registry
 from fog_node.sqlite_state import atomic, meta, set_meta
+from meterledger import wire as P
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (

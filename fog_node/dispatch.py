@@ -31,12 +31,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.anchor import AnchorError, ChainLink
-from fog_node.cbor import ProtocolError
 from fog_node.node import FogNode
 from fog_node.sqlite_state import atomic, meta
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import ProtocolError
 
 log = logging.getLogger("fog_node.dispatch")
 

@@ -15,10 +15,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from fog_node import chaintx as C
 from fog_node.anchor import AnchorError
-from fog_node.cbor import ProtocolError
 from fog_node.feeders import Fault
+from meterledger.wire import chain as C
+from meterledger.wire.cbor import ProtocolError
 
 log = logging.getLogger("fog_node.faults")
 MAX_ENTRIES = 256  # log indices named in one fault transaction (it must fit 4096 bytes)

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fog_node import protocol as P
+from meterledger import wire as P
 
 MERGED = "merged"  # the name of the group of feeders too small to report on their own
 DEFAULT_FEEDER = "all"  # every meter, when no feeder is configured

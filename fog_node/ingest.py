@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError, item_end
 from fog_node.logstore import LogStore
 from fog_node.registry import ACTIVE, REVOKED, Device, Registry
+from meterledger import wire as P
+from meterledger.wire.cbor import ProtocolError, item_end
 
 LOGGED, DUPLICATE, QUARANTINED, REJECTED = "logged", "duplicate", "quarantined", "rejected"
 # message types a meter may send on its topics

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
-from fog_node import merkle
-from fog_node.merkle import CompactRange, ConsistencyProof, InclusionProof
+from meterledger.wire import merkle
+from meterledger.wire.merkle import CompactRange, ConsistencyProof, InclusionProof
 
 
 class LogStoreError(Exception):

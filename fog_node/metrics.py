@@ -15,17 +15,13 @@ from collections.abc import Iterable, Mapping
 from fog_node.node import FogNode
 from fog_node.registry import ACTIVE, REVOKED
 from fog_node.rs485 import COUNTER_HELP as RS485_HELP
+from meterledger.infra.metrics import escape_label
 
 PREFIX = "meterledger_fog_"
 
 
 class MetricsError(ValueError):
     """Text that is not in the exposition format `parse_metrics` reads."""
-
-
-def escape_label(value: str) -> str:
-    """A label value as the exposition format writes it inside double quotes."""
-    return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
 
 
 def _escape_help(text: str) -> str:

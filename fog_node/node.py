@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from fog_node import protocol as P
 from fog_node.checkpoints import Checkpoints
 from fog_node.cooking import CookConfig, Cooker
 from fog_node.feeders import Feeder, FeederRules
 from fog_node.ingest import Ingest
 from fog_node.logstore import SQLiteLogStore
 from fog_node.registry import Registry
+from meterledger import wire as P
 
 
 class FogError(RuntimeError):

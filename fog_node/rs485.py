@@ -47,12 +47,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fog_node import modbus as mb
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError
 from fog_node.ingest import REJECTED, Outcome
-from fog_node.modbus import Frame
 from fog_node.node import FogNode
+from meterledger import wire as P
+from meterledger.wire import modbus as mb
+from meterledger.wire.cbor import ProtocolError
+from meterledger.wire.modbus import Frame
 
 log = logging.getLogger("fog_node.rs485")
 

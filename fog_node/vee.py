@@ -11,7 +11,7 @@ rule with its threshold, the estimation method and its rounding, and the type-10
   difference between two readings split over the intervals between them, import and export
   separately, summing exactly to the difference (largest-remainder rounding).
 - estimate_payload / unknown_gap_payload / supersession_payload: the type-10 payloads the fog
-  signs (schema and rules in fog_node.protocol); audit_trail() checks a log's type-10 entries
+  signs (schema and rules in meterledger.wire); audit_trail() checks a log's type-10 entries
   against the readings they name.
 """
 
@@ -26,7 +26,7 @@ from fractions import Fraction
 from itertools import pairwise
 from typing import TypeVar
 
-from fog_node import protocol as P
+from meterledger import wire as P
 
 __all__ = [
     "DEFAULT_CONFIG", "DEFAULT_RATING", "KIND_ESTIMATE", "KIND_SUPERSEDE", "MAX_ESTIMATE_INTERVALS",

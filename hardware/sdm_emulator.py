@@ -41,7 +41,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Protocol
 
-from fog_node.modbus import (
+from hardware.pty import PtyPort, QuietTimeline
+from meterledger.wire.modbus import (
     EX_ILLEGAL_ADDRESS,
     EX_ILLEGAL_FUNCTION,
     EX_ILLEGAL_VALUE,
@@ -54,7 +55,6 @@ from fog_node.modbus import (
     float32_words,
     silence_us,
 )
-from hardware.pty import PtyPort, QuietTimeline
 
 NJ_PER_KWH = 3_600_000_000_000_000  # 1 kWh = 3.6e6 J = 3.6e15 nJ
 NJ_PER_MWH = 3_600_000_000  # 1 mWh = 3.6 J

@@ -27,8 +27,8 @@ from typing import Any
 
 import serial
 
-from tools.fields import named
-from tools.firmware import module
+from hardware.firmware import module
+from meterledger.wire.names import named
 
 DEFAULT_START = 1_800_000_000 - 60  # a minute before an interval boundary (2027-01-15)
 

@@ -32,10 +32,10 @@ from aggregator.api import AggregatorAPI
 from aggregator.embedded import EmbeddedLedger
 from aggregator.node import ensure_token, init_data_dir, open_ledger
 from aggregator.suggestions import Dispatcher, open_dispatcher
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.checkpoints import Checkpoint, Checkpoints
 from fog_node.logstore import MemoryLogStore
+from meterledger import wire as P
+from meterledger.wire import chain as C
 
 T0 = 1_800_000_000
 

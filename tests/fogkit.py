@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from fog_node import protocol as P
 from fog_node.logstore import LogStore
 from hardware.virtual_meter import VirtualMeter, make_meter
+from meterledger import wire as P
 
 
 class ManualClock:

@@ -1,9 +1,9 @@
 """A naive, slow, obviously-correct RFC 9162 section 2.1 Merkle tree, for tests only.
 
 Written straight from the RFC's recursive definitions over the entry list D, sharing no
-code with fog_node/merkle.py: MTH, PATH, PROOF/SUBPROOF recompute every subtree from the
+code with meterledger/wire/merkle.py: MTH, PATH, PROOF/SUBPROOF recompute every subtree from the
 entries, and the verifiers do not use the RFC's bit-twiddling algorithms (which is what
-fog_node.merkle implements) but rebuild the roots by recursing down the same tree shape
+meterledger.wire.merkle implements) but rebuild the roots by recursing down the same tree shape
 the builders use. Two derivations agreeing is the point.
 """
 

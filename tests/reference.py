@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 from ecdsa import NIST256p, SigningKey
-from ecdsa.util import sigencode_string_canonize
+from ecdsa.util import sigencode_string_canonize, sigencode_strings
 
 VECTORS = pathlib.Path(__file__).parent / "vectors" / "golden.json"
 N = NIST256p.order
@@ -30,6 +30,12 @@ def key(d: int) -> SigningKey:
 def pub(sk: SigningKey) -> bytes:
     raw: bytes = sk.get_verifying_key().to_string("uncompressed")
     return raw
+
+
+def rfc6979_sign(d: int, data: bytes) -> tuple[int, int]:
+    """python-ecdsa's RFC 6979 signature (r, s) over SHA-256(data), before low-S."""
+    r, s = key(d).sign_deterministic(data, hashfunc=hashlib.sha256, sigencode=sigencode_strings)
+    return int.from_bytes(r, "big"), int.from_bytes(s, "big")
 
 
 def party_id(pub65: bytes) -> bytes:

@@ -16,8 +16,8 @@ from aggregator.__main__ import verify_chain
 from aggregator.node import open_ledger
 from aggregator.store import SQLiteBlockStore
 from aggregator.verify import VerifyError
-from fog_node import chaintx as C
-from fog_node import protocol as P
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tests.chainkit import T0, Chain, FogSide, aggregate_fields, running_chain
 
 IVL = T0 - T0 % 900  # an interval end

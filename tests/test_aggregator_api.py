@@ -15,10 +15,10 @@ import pytest
 
 from aggregator.store import SQLiteBlockStore
 from aggregator.verify import store_blocks, verify_blocks
-from fog_node import chaintx as C
-from fog_node import merkle
-from fog_node import protocol as P
 from fog_node.metrics import parse_metrics
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire import merkle
 from tests.chainkit import T0, Chain, FogSide, http, http_text, running_chain
 from tests.test_chaintx import BAD_BODIES
 

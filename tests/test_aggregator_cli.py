@@ -23,8 +23,8 @@ import pytest
 from aggregator.ledger import MemoryState, Validator
 from aggregator.node import open_ledger
 from aggregator.store import SQLiteBlockStore
-from fog_node import chaintx as C
-from fog_node import protocol as P
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tests.chainkit import T0, FogSide, http
 
 ROOT = Path(__file__).resolve().parent.parent

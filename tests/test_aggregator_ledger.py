@@ -23,9 +23,9 @@ from aggregator.ledger import (
     UnavailableError,
 )
 from aggregator.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
-from fog_node import chaintx as C
-from fog_node import merkle
-from fog_node import protocol as P
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire import merkle
 from tests.chainkit import T0, FogSide, aggregate_fields
 
 DISPATCH = P.SigningKey.from_int(0xD15)

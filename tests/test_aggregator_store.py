@@ -22,8 +22,9 @@ from aggregator.ledger import (
     Validator,
 )
 from aggregator.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
-from fog_node import chaintx as C
-from fog_node import protocol as P
+from meterledger import wire as P
+from meterledger.wire import anchor as A
+from meterledger.wire import chain as C
 from tests.chainkit import T0, FogSide
 
 DISPATCH = P.SigningKey.from_int(0xD15)
@@ -127,7 +128,7 @@ def test_blocks_and_derived_state(store: BlockStore, tmp_path: Path) -> None:
             assert store.receipt(d) == Receipt(d, h, i), name
         latest = b.fog.checkpoints.latest()
         assert latest is not None
-        assert store.anchored(FOG.id) == C.AnchoredHead(3, 12, latest.root, latest.digest, T0)
+        assert store.anchored(FOG.id) == A.AnchoredHead(3, 12, latest.root, latest.digest, T0)
         assert store.anchors(FOG.id) == [
             AnchorView(2, 0, P.digest(txs["anchor1"]), 1, 1, 5, b.fog.log.root(5)),
             AnchorView(3, 0, P.digest(txs["anchor2"]), 2, 3, 12, b.fog.log.root(12))]

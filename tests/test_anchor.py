@@ -13,12 +13,12 @@ import pytest
 
 from aggregator.api import AggregatorAPI
 from aggregator.node import open_ledger
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import apply_request
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tests.chainkit import Chain, running_chain
 
 T0 = 1_800_000_000

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.anchor import ChainLink
 from fog_node.api import FogAPI
 from fog_node.chain_client import ChainClient, ChainClientError
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tests.chainkit import running_chain
 from tests.test_anchor import Clock, Meters, fog_node, grow
 from tools import audit

@@ -1,4 +1,4 @@
-"""fog_node.chaintx, the pure rules of the dispatch chain: type 12/13 schemas and body rules,
+"""meterledger.wire.chain, the pure rules of the dispatch chain: type 12/13 schemas and body rules,
 the block's transaction tree, and the SPEC section 8 anchor rule built from real fog logs
 (fog_node's log store and signed checkpoints)."""
 
@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from fog_node import chaintx as C
-from fog_node import merkle
-from fog_node import protocol as P
-from fog_node.cbor import ProtocolError
 from fog_node.checkpoints import Checkpoint
 from fog_node.logstore import MemoryLogStore
+from meterledger import wire as P
+from meterledger.wire import anchor as A
+from meterledger.wire import chain as C
+from meterledger.wire import merkle
+from meterledger.wire.cbor import ProtocolError
 from tests import merkle_reference as ref
 from tests.chainkit import T0, FogSide, aggregate_fields
 
@@ -156,33 +157,33 @@ def forged(key: P.SigningKey, height: int, size: int, root: bytes, prev: bytes,
     return P.sign1(key, P.checkpoint(key.id, height, size, root, prev, t), check=False)
 
 
-def head(cp: Checkpoint) -> C.AnchoredHead:
-    return C.AnchoredHead.of(P.parse(cp.msg))
+def head(cp: Checkpoint) -> A.AnchoredHead:
+    return A.AnchoredHead.of(P.parse(cp.msg))
 
 
-def refused(body: dict[int, Any], fog: FogSide, last: C.AnchoredHead | None, reason: str,
+def refused(body: dict[int, Any], fog: FogSide, last: A.AnchoredHead | None, reason: str,
             fragment: str | None = None) -> None:
     with pytest.raises(C.ChainTxError, match=fragment) as e:
-        C.check_anchor(body, fog.key.public_key, last)
+        A.check_anchor(body, fog.key.public_key, last)
     assert e.value.reason == reason, e.value
 
 
 def test_first_anchor_then_a_continuation_are_accepted(fog: FogSide) -> None:
     fog.grow(3)
     fog.grow(4, T0 + 5)
-    cps = C.check_anchor(fog.anchor(), fog.key.public_key, None)
+    cps = A.check_anchor(fog.anchor(), fog.key.public_key, None)
     assert [c.fields[2] for c in cps] == [1, 2] and cps[-1].fields[3] == 7
-    last = C.AnchoredHead.of(cps[-1])
+    last = A.AnchoredHead.of(cps[-1])
     assert (last.height, last.size, last.root) == (2, 7, fog.log.root(7))
     fog.grow(9, T0 + 10)
     fog.grow(0, T0 + 10)  # an unchanged log may be checkpointed again (same size, same t)
-    cps2 = C.check_anchor(fog.anchor(), fog.key.public_key, last)
+    cps2 = A.check_anchor(fog.anchor(), fog.key.public_key, last)
     assert [c.fields[2] for c in cps2] == [3, 4] and cps2[-1].fields[3] == 16
 
 
 def test_first_anchor_of_an_empty_log(fog: FogSide) -> None:
     fog.grow(0)
-    cps = C.check_anchor(fog.anchor(), fog.key.public_key, None)
+    cps = A.check_anchor(fog.anchor(), fog.key.public_key, None)
     assert cps[0].fields[3] == 0 and cps[0].fields[4] == merkle.EMPTY_ROOT
 
 
@@ -214,7 +215,7 @@ def test_a_fork_after_anchoring_is_anchor_consistency(fog: FogSide) -> None:
     # the honest continuation of the same log is accepted
     fog.anchored = fog.checkpoints.latest()
     fog.grow(5)
-    assert C.check_anchor(fog.anchor(), fog.key.public_key, last)[-1].fields[3] == 11
+    assert A.check_anchor(fog.anchor(), fog.key.public_key, last)[-1].fields[3] == 11
 
 
 def test_a_proof_for_other_sizes_is_anchor_consistency(fog: FogSide) -> None:
@@ -329,11 +330,11 @@ def test_aggregates_and_the_closes_that_commit_to_them(fog: FogSide) -> None:
     raws = fog.close_interval(T0 - T0 % 900, [{"feeder": "a", "imp": 5}, {"feeder": "b",
                                                                          "imp": 6}])
     body = fog.anchor()
-    checked = C.checked_anchor(body, fog.key.public_key, None)
+    checked = A.checked_anchor(body, fog.key.public_key, None)
     assert [a.raw for a in checked.aggregates] == raws == [
-        a.raw for a in C.anchor_aggregates(body, fog.key.public_key)]
-    assert C.check_anchor(body, fog.key.public_key, None) == checked.checkpoints
-    last = C.AnchoredHead.of(checked.checkpoints[-1])
+        a.raw for a in A.anchor_aggregates(body, fog.key.public_key)]
+    assert A.check_anchor(body, fog.key.public_key, None) == checked.checkpoints
+    last = A.AnchoredHead.of(checked.checkpoints[-1])
     # a revision chained onto the anchored close: refused unless the chain knows its prev
     rev = fog.log_aggregates([aggregate_fields(fog.key.id, "a", T0 - T0 % 900, 7, rev=1,
                                                replaces=P.digest(raws[0]),
@@ -342,8 +343,8 @@ def test_aggregates_and_the_closes_that_commit_to_them(fog: FogSide) -> None:
     body2 = fog.anchor()
     refused(body2, fog, last, "anchor_aggregate_chain")
     known = {P.digest(r) for r in raws}
-    assert C.checked_anchor(body2, fog.key.public_key, last,
+    assert A.checked_anchor(body2, fog.key.public_key, last,
                             known.__contains__).aggregates[0].raw == rev[0]
     with pytest.raises(C.ChainTxError, match="earlier anchor") as e:
-        C.check_anchor(body, fog.key.public_key, None, known.__contains__)
+        A.check_anchor(body, fog.key.public_key, None, known.__contains__)
     assert e.value.reason == "anchor_bad_aggregate"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fog_node import merkle
-from fog_node import protocol as P
 from fog_node.checkpoints import CheckpointError, Checkpoints
 from fog_node.logstore import MemoryLogStore, SQLiteLogStore
+from meterledger import wire as P
+from meterledger.wire import merkle
 
 FOG = P.SigningKey.from_int(0xF06)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from fog_node import protocol as P
 from fog_node import vee as V
 from fog_node.feeders import Feeder, FeederConfigError, members_digest, parse_feeders
 from fog_node.node import FogConfig, FogNode, init_data_dir
+from meterledger import wire as P
 
 T0 = 1_800_000_000  # a multiple of 900
 IVL = 900

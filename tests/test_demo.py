@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fog_node import protocol as P
+from meterledger import wire as P
 from tools import audit
 
 ROOT = Path(__file__).resolve().parent.parent

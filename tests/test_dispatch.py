@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 
 from app import App
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.anchor import AnchorError, ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.dispatch import EXPIRED, NOT_ENROLLED, REPLAY, Dispatcher, Outcome, tally
@@ -25,6 +23,8 @@ from fog_node.feeders import Fault
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import FogService, apply_request
 from hal.host import Board
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tests.chainkit import Chain, running_chain
 from tests.fogkit import ManualClock
 

@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.dispatch import Dispatcher
@@ -23,6 +21,8 @@ from fog_node.faults import FaultReporter
 from fog_node.feeders import Feeder
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import FogService, apply_request
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tests.chainkit import Chain, running_chain
 from tests.fogkit import ManualClock, mqtt_meters, wait
 

@@ -18,7 +18,10 @@ import time
 import pytest
 import serial
 
-from fog_node.modbus import (
+from hardware.pty import PtyPort, QuietTimeline, open_pty
+from hardware.rs485_bus import Rs485Bus
+from hardware.sdm_emulator import NJ_PER_KWH, REGISTERS, LoadProfile, SdmEmulator
+from meterledger.wire.modbus import (
     EX_ILLEGAL_ADDRESS,
     EX_ILLEGAL_FUNCTION,
     EX_ILLEGAL_VALUE,
@@ -29,9 +32,6 @@ from fog_node.modbus import (
     exception_code,
     read_input_registers,
 )
-from hardware.pty import PtyPort, QuietTimeline, open_pty
-from hardware.rs485_bus import Rs485Bus
-from hardware.sdm_emulator import NJ_PER_KWH, REGISTERS, LoadProfile, SdmEmulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fog_node import cbor as C
 from fog_node import ingest as I
-from fog_node import protocol as P
 from fog_node.logstore import SQLiteLogStore
 from fog_node.registry import Registry
+from meterledger import wire as P
+from meterledger.wire import cbor as C
+from meterledger.wire import cose as W_cose
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 T0 = 1_800_000_000
@@ -84,7 +85,7 @@ readings = st.builds(
 @given(readings)
 def test_reading_layout_decodes_as_the_strict_decoder(fields):
     payload = C.encode(fields)
-    fast = P._reading_fields(payload)
+    fast = W_cose._reading_fields(payload)
     assert fast == C.decode(payload) == fields
     assert fast is not None and all(type(fast[k]) is type(fields[k]) for k in fields)
 
@@ -124,11 +125,11 @@ def _verdict(raw: bytes) -> tuple[Any, ...]:
 @given(readings, st.data())
 def test_mutated_readings_get_the_outcome_and_reason_of_the_generic_path(fields, data):
     payload = _mutate(data, C.encode(fields))
-    fast = P._reading_fields(payload)
+    fast = W_cose._reading_fields(payload)
     if fast is not None:  # recognised: then it is exactly what the strict decoder returns
         assert outcome(lambda: C.decode(payload)) == ("ok", fast)
     raw = _resign(payload)
-    with mock.patch.object(P, "_reading_fields", lambda p: None):
+    with mock.patch.object(W_cose, "_reading_fields", lambda p: None):
         generic = _verdict(raw)
     assert _verdict(raw) == generic
 
@@ -154,7 +155,7 @@ def test_field_edits_get_the_outcome_and_reason_of_the_generic_path(fields, data
     except P.ProtocolError:
         return
     raw = _resign(payload)
-    with mock.patch.object(P, "_reading_fields", lambda p: None):
+    with mock.patch.object(W_cose, "_reading_fields", lambda p: None):
         generic = _verdict(raw), outcome(lambda: P.parse(raw).fields)
     assert (_verdict(raw), outcome(lambda: P.parse(raw).fields)) == generic
 

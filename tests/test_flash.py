@@ -20,13 +20,13 @@ import pytest
 from core import atomic
 from core.fs import VfsFS
 from fog_node import __main__ as fog_cli
-from fog_node import protocol as P
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.rs485 import BusMaster
 from fog_node.service import lock_data_dir
 from hardware.mpvm import run_micropython
 from hardware.rs485_bus import Rs485Bus
 from hardware.virtual_meter import make_meter
+from meterledger import wire as P
 from tests.fogkit import ManualClock
 from tools import flash
 from tools.flash import Result
@@ -670,7 +670,7 @@ def test_pico_w_pins_avoid_the_wifi_chip_and_fit_the_uarts():
 def test_the_content_ambiguous_rs485_addresses_are_exactly_those_warned_about():
     """The empty GET_READING answer at these addresses has a CRC whose low byte is 0xD2
     (docs/PROTOCOL.md section 17); flashing warns about them."""
-    from fog_node import modbus as mb
+    from meterledger.wire import modbus as mb
 
     ambiguous = [a for a in range(1, 248) if mb.adu(a, mb.FC_GET_READING)[2] == 0xD2]
     assert tuple(ambiguous) == flash.CONTENT_AMBIGUOUS_ADDRESSES

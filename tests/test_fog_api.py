@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from fog_node import protocol as P
 from fog_node.api import FogAPI
-from fog_node.metrics import escape_label, parse_metrics, render
+from fog_node.metrics import parse_metrics, render
 from fog_node.node import FogConfig, FogError, FogNode, init_data_dir
+from meterledger import wire as P
+from meterledger.infra.metrics import escape_label
 from tests import merkle_reference as R
 
 T0 = 1_800_000_000  # on the 900 s grid

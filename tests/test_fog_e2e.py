@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from fog_node import merkle
-from fog_node import protocol as P
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import FogService, apply_request
+from meterledger import wire as P
+from meterledger.wire import merkle
 from tests import merkle_reference as ref
 from tests.fogkit import ManualClock, logged_readings, mqtt_meters, wait
 

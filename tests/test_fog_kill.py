@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fog_node import merkle
-from fog_node import protocol as P
 from fog_node.checkpoints import Checkpoints
 from fog_node.logstore import SQLiteLogStore
+from meterledger import wire as P
+from meterledger.wire import merkle
 from tests import merkle_reference as ref
 from tests.fogkit import ManualClock, logged_readings, mqtt_meters, wait
 

@@ -15,10 +15,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fog_node import protocol as P
 from fog_node import service
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import FogService, apply_request
+from meterledger import wire as P
 from tests.fogkit import wait
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,16 +23,16 @@ from typing import Any
 import pytest
 
 from fog_node import metrics
-from fog_node import modbus as mb
-from fog_node import protocol as P
 from fog_node import rs485 as R
 from fog_node import service as S
 from fog_node.__main__ import load_config
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.rs485 import BusMaster
 from fog_node.service import FogService, apply_request
+from hardware.firmware import module
+from meterledger import wire as P
+from meterledger.wire import modbus as mb
 from tests.fogkit import ManualClock, logged_readings, wait
-from tools.firmware import module
 
 T0 = 1_800_000_000
 SLOW = 2.0  # the slow timeout in tests: the host meter verifies and signs in milliseconds

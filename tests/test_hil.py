@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from fog_node import protocol as P
 from fog_node.node import FogConfig, FogNode, init_data_dir, node_clock
 from fog_node.service import FogService, apply_request
 from hardware.rs485_bus import Rs485Bus
 from hardware.sdm_emulator import LoadProfile, SdmEmulator
 from hardware.virtual_meter import SharedLine, VirtualMeter, make_meter
+from meterledger import wire as P
 from tests.fogkit import ManualClock, logged_readings, wait
 
 pytestmark = pytest.mark.hil

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from fog_node import merkle
-from fog_node import protocol as P
 from fog_node.ingest import DUPLICATE, LOGGED, QUARANTINED, REJECTED, Ingest
 from fog_node.logstore import SQLiteLogStore
 from fog_node.registry import Registry
+from meterledger import wire as P
+from meterledger.wire import merkle
 from tests import reference
 
 T0 = 1_800_000_000

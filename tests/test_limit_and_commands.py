@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from fog_node import protocol as P
-from fog_node.cbor import encode, head
+from hardware.firmware import module
 from hardware.mpvm import run_micropython
+from meterledger import wire as P
+from meterledger.wire.cbor import encode, head
 from tests.meterkit import Clock, RecordingTransport
-from tools.firmware import module
 
 limit = module("core.limit")
 LimitGuard = limit.LimitGuard

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from fog_node import merkle
 from fog_node.logstore import (
     LogClosedError,
     LogCorruptError,
@@ -29,6 +28,7 @@ from fog_node.logstore import (
     MemoryLogStore,
     SQLiteLogStore,
 )
+from meterledger.wire import merkle
 from tests import merkle_reference as ref
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -1,9 +1,9 @@
-"""fog_node.merkle against published RFC 6962 data and the naive RFC 9162 reference.
+"""meterledger.wire.merkle against published RFC 6962 data and the naive RFC 9162 reference.
 
 Known answers come from tests/vectors/merkle.json (the Certificate Transparency test data
 as published by transparency-dev/merkle). Everything else is differential: the builders
 must produce exactly the reference's PATH and PROOF, and the RFC-algorithm verifiers in
-fog_node.merkle must accept and reject exactly what the reference's recursive verifiers do.
+meterledger.wire.merkle must accept and reject exactly what the reference's recursive verifiers do.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fog_node import merkle
-from fog_node.merkle import (
+from meterledger.wire import merkle
+from meterledger.wire.merkle import (
     EMPTY_ROOT,
     CompactRange,
     ConsistencyError,

@@ -1,4 +1,4 @@
-"""fog_node.modbus: CRC, ADUs and the RTU framer of docs/PROTOCOL.md section 17 (host side).
+"""meterledger.wire.modbus: CRC, ADUs and the RTU framer of docs/PROTOCOL.md section 17 (host side).
 
 The framer is fed byte streams with explicit µs timestamps; a gap of silence_us(baud) or
 more between two feeds (or an idle() call that late) is the 3.5-character silence.
@@ -16,9 +16,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pymodbus.framer import FramerRTU
 
-from fog_node import modbus as mb
-from fog_node import protocol as P
-from fog_node.modbus import Frame, RtuFramer
+from meterledger import wire as P
+from meterledger.wire import modbus as mb
+from meterledger.wire.modbus import Frame, RtuFramer
 
 KEY = P.SigningKey.from_int(0x51A7E)
 FOG = P.SigningKey.from_int(0xF06)
@@ -751,7 +751,7 @@ def test_property_back_to_back_any_split(frames, data):
 # --- the firmware's copy: same frames, same counters ------------------------------------------
 def _firmware_modbus() -> Any:
     try:
-        from tools.firmware import module
+        from hardware.firmware import module
 
         return module("core.modbus")
     except ImportError:  # pragma: no cover - the firmware copy not there (yet)

@@ -8,7 +8,7 @@ Both directions, over real pseudo-terminals (marked `hil`):
   codes 0x41 GET_READING and 0x44 GET_BIRTH sent as pymodbus custom PDUs;
 - a pymodbus RTU server (its SimDevice/SimData datastore, FLOAT32 input registers at the
   Eastron SDM addresses) read by the firmware's SdmSource (core/sdm.py) and by
-  fog_node.modbus's framer;
+  meterledger.wire.modbus's framer;
 
 and without a line, pymodbus's FramerRTU decoding the ADUs we build and our framers
 framing the ADUs pymodbus builds. Values are decoded with pymodbus's own helpers
@@ -41,13 +41,13 @@ from pymodbus.pdu.register_message import (
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from fog_node import modbus as mb
-from fog_node import protocol as P
+from hardware.firmware import module
 from hardware.rs485_bus import Rs485Bus
 from hardware.sdm_emulator import REGISTERS, LoadProfile, SdmEmulator
 from hardware.virtual_meter import VirtualMeter, make_meter
+from meterledger import wire as P
+from meterledger.wire import modbus as mb
 from tests.fogkit import ManualClock
-from tools.firmware import module
 
 T0 = 1_800_000_000
 FOG = P.SigningKey.from_int(0xF06_F06)
@@ -249,7 +249,7 @@ def test_pymodbus_decodes_the_emulators_answers_and_we_frame_pymodbus_answers():
 
 
 def test_pymodbus_frames_our_message_answers():
-    """0x44 and 0x41 answers built by fog_node.modbus and core/modbus.py: pymodbus's
+    """0x44 and 0x41 answers built by meterledger.wire.modbus and core/modbus.py: pymodbus's
     FramerRTU (with the custom PDUs) finds the frame and its CRC check accepts it."""
     fw = module("core.modbus")
     for seq in (1, 77, 2**32 - 1):
@@ -451,7 +451,7 @@ def test_pymodbus_custom_pdus_get_the_birth_and_readings(meter_on_bus):
     assert vm.app.transport.stats["crc_errors"] == 0
 
 
-# --- 3. a pymodbus server read by the firmware's SdmSource and by fog_node.modbus ------------
+# --- 3. a pymodbus server read by the firmware's SdmSource and by meterledger.wire.modbus ------------
 class PymodbusServer:
     """pymodbus's ModbusSerialServer on a serial port (a device path is a pyserial URL), in
     its own thread and event loop; stop() shuts it down and joins the thread."""
@@ -515,7 +515,7 @@ METERS = {
 
 
 def read_answer(port: Any, timeout: float = TIMEOUT) -> mb.Frame | None:
-    """The first frame fog_node.modbus's framer finds in what comes back."""
+    """The first frame meterledger.wire.modbus's framer finds in what comes back."""
     fr = mb.RtuFramer(requests=False, baud=9600)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -555,7 +555,7 @@ def test_firmware_sdm_source_and_fog_framer_read_a_pymodbus_server():
             assert scaled(98765.4321, 1000) == 98765430 and round(98765.4321 * 1000) == 98765432
             assert scaled(0.0625, 1000) == 62 and scaled(-1234.5, 1) == -1234
             assert scaled(12345.678, 1000) == 12345678
-            # fog_node.modbus: our request bytes, pymodbus's answer framed by our framer
+            # meterledger.wire.modbus: our request bytes, pymodbus's answer framed by our framer
             for address, kw in METERS.items():
                 port.reset_input_buffer()
                 port.write(mb.read_input_registers(address, 0x48, 4))

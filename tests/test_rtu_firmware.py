@@ -32,8 +32,8 @@ from core import messages as M
 from core import modbus as MB
 from core.sdm import SdmSource, f32_scaled
 from core.sources import SourceError
-from fog_node import protocol as P
 from hal.host import Board, HostReboot
+from meterledger import wire as P
 from tests.meterkit import new_meter
 from tests.meterkit import run as run_meter
 
@@ -418,7 +418,7 @@ def garbage_of(n: int, frame: bytes, longer: bytes, seed: int) -> list[bytes]:
 
 @pytest.mark.parametrize("requests", [True, False])
 def test_garbage_of_every_length_glued_to_a_frame(requests: bool) -> None:
-    from fog_node import modbus as host
+    from meterledger.wire import modbus as host
 
     frames = REQUESTS if requests else RESPONSES
     longer = max((MB.adu(*f) for f in (RESPONSES if requests else REQUESTS)), key=len)
@@ -685,8 +685,8 @@ TIMED_EVENTS = st.lists(
 @given(st.booleans(), TIMED_EVENTS)
 def test_property_same_frames_and_counters_as_the_fog_copy(requests: bool,
                                                            events: list[tuple[bytes | None, int]]) -> None:
-    """fog_node/modbus.py implements the same rules; fed the same timed stream, both agree."""
-    from fog_node import modbus as host
+    """meterledger/wire/modbus.py implements the same rules; fed the same timed stream, both agree."""
+    from meterledger.wire import modbus as host
 
     fw = MB.RtuFramer(requests)
     hs = host.RtuFramer(requests=requests)

@@ -19,8 +19,8 @@ from aggregator.ledger import Receipt
 from aggregator.node import open_ledger
 from aggregator.rules import RulesError, metric, newest_revisions, parse_rules, suggest
 from aggregator.suggestions import APPROVED, DISMISSED, OPEN, SuggestionStore
-from fog_node import chaintx as C
-from fog_node import protocol as P
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tests.chainkit import T0, Chain, FogSide, aggregate_fields, http, running_chain
 
 ROOT = Path(__file__).resolve().parent.parent

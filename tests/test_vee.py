@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.sources import Synthetic
-from fog_node import protocol as P
 from fog_node import vee as V
+from meterledger import wire as P
 
 T0 = 1_800_000_000  # a multiple of 900
 METER = P.SigningKey.from_int(0x5EED5)

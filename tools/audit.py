@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fog_node import chaintx as C
-from fog_node import merkle
-from fog_node import protocol as P
 from fog_node.chain_client import ChainClient, ChainClientError
+from meterledger import wire as P
+from meterledger.wire import chain as C
+from meterledger.wire import merkle
 
 BUNDLE_VERSION = 1
 # (check name, what it establishes), in the order verify runs them

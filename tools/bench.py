@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from tools.firmware import module
+from hardware.firmware import module
 
 D = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
 T0 = 1_800_000_000

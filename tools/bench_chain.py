@@ -24,11 +24,11 @@ from typing import Any
 
 from aggregator.embedded import EmbeddedLedger, create_genesis
 from aggregator.store import MemoryBlockStore
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.anchor import build_anchor
 from fog_node.checkpoints import Checkpoint, Checkpoints
 from fog_node.logstore import MemoryLogStore
+from meterledger import wire as P
+from meterledger.wire import chain as C
 
 T0 = 1_800_000_000
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from aggregator.api import AggregatorAPI
 from aggregator.node import init_data_dir as init_chain
 from aggregator.node import open_ledger
-from fog_node import chaintx as C
-from fog_node import protocol as P
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.feeders import Feeder
 from fog_node.node import FogConfig, FogNode, init_data_dir
+from meterledger import wire as P
+from meterledger.wire import chain as C
 from tools.bench_chain import naive_tx_size
 
 T0 = 1_800_000_000

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fog_node import protocol as P
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.service import FogService, apply_request
 from hardware.broker import Mosquitto
+from meterledger import wire as P
 from tools.bench_verify import make_messages, pycose_verify
 
 _ROOT = Path(__file__).resolve().parent.parent

@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fog_node import protocol as P
 from fog_node.node import FogConfig, FogNode, init_data_dir
 from fog_node.rs485 import BusMaster
 from fog_node.service import apply_request
 from hardware.rs485_bus import Rs485Bus
 from hardware.virtual_meter import SharedLine, VirtualClock, VirtualMeter, make_meter
+from meterledger import wire as P
 
 _START = 1_800_000_000 - 30  # just before an interval boundary
 _DUR = 900

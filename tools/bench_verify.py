@@ -3,7 +3,7 @@
 
   (a) ceiling: cryptography's P-256 ECDSA verify of pre-signed messages, with the public
       keys loaded, the DER signatures and ToBeSigned bytes prepared outside the timing;
-  (b) fog: fog_node.protocol.verify(raw, key) per message: strict envelope and payload
+  (b) fog: meterledger.wire.verify(raw, key) per message: strict envelope and payload
       decoding, kid, r/s range and low-S, the ECDSA verify and the payload schema;
   (b') its parts: parse only (no signature) and the fog's lookup path
       (parse, key registry lookup by kid, verify_message);
@@ -34,7 +34,7 @@ from pycose.keys import EC2Key
 from pycose.keys.curves import P256
 from pycose.messages import Sign1Message
 
-from fog_node import protocol as P
+from meterledger import wire as P
 
 T0 = 1_800_000_000
 
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"best of {args.repeat} interleaved passes ({args.pycose_repeat} for pycose)")
     rows = [
         ("(a) ceiling: cryptography verify, pre-decoded", "ceiling"),
-        ("(b) fog_node.protocol.verify (parse+schema+verify)", "fog_verify"),
+        ("(b) meterledger.wire.verify (parse+schema+verify)", "fog_verify"),
         ("    fog lookup path (parse, registry[kid], verify_message)", "fog_lookup_path"),
         ("    fog parse + schema only (no ECDSA)", "fog_parse_only"),
         ("(c) pycose decode + verify_signature", "pycose"),

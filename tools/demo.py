@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from fog_node import protocol as P
 from fog_node.chain_client import ChainClient, ChainClientError
 from fog_node.metrics import parse_metrics
 from hardware.broker import EmbeddedBroker, Mosquitto, any_broker, free_port
 from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
+from meterledger import wire as P
 from tools import audit
 
 _ROOT = Path(__file__).resolve().parent.parent

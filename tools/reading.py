@@ -15,8 +15,8 @@ import json
 import sys
 from typing import Any
 
-from tools.fields import TYPE_NAMES, named
-from tools.firmware import module
+from hardware.firmware import module
+from meterledger.wire.names import TYPE_NAMES, named
 
 _READING_KEYS = ("seq", "t", "dur", "imp", "exp", "flags", "prev")
 

@@ -1,7 +1,7 @@
 # Modbus RTU framing (SPEC section 6, docs/PROTOCOL.md section 17): CRC-16/MODBUS, ADUs,
-# and a framer that cuts a byte stream into frames. The same rules live in fog_node/modbus.py.
+# and a framer that cuts a byte stream into frames. The same rules live in meterledger/wire/modbus.py.
 #
-# Framer rules (identical in both copies; the module docstring of fog_node/modbus.py has
+# Framer rules (identical in both copies; the module docstring of meterledger/wire/modbus.py has
 # them at length):
 # - the buffer starts at a frame boundary (after a frame, a silence, reset()) until a byte
 #   is dropped; from then on until the next frame or silence it is resynchronising.

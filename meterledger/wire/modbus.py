@@ -1,4 +1,5 @@
-"""Modbus RTU framing for the fog node (the bus master), docs/PROTOCOL.md section 17.
+"""Modbus RTU framing on the host (the fog as bus master, the emulators), docs/PROTOCOL.md
+section 17.
 
 Pure and typed: no I/O, no clock. The firmware has its own copy of the same rules
 (firmware/core/modbus.py); both are fed the same byte streams in the tests and must produce
@@ -56,6 +57,8 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
+from meterledger.errors import HardwareError
+
 FC_READ_INPUT = 0x04
 FC_GET_READING = 0x41
 FC_PUT_ACK = 0x42
@@ -76,7 +79,7 @@ COSE_TAG_HEAD = 0xD2  # CBOR tag 18: every COSE_Sign1 message starts with it
 
 
 # --- errors ---------------------------------------------------------------------------------
-class ModbusError(Exception):
+class ModbusError(HardwareError):
     """Anything that went wrong on a Modbus transaction."""
 
 

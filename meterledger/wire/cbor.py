@@ -1,6 +1,6 @@
 """Strict deterministic CBOR for the SPEC section 2 subset, written for CPython speed.
 
-An independent implementation of the same rules as firmware/core/cbor.py (the fog never
+An independent implementation of the same rules as firmware/core/cbor.py (the host never
 imports the firmware; tests/test_fog_protocol.py cross-checks the two on golden vectors,
 mutations and random bytes). The decoder accepts exactly one encoding per value, RFC 8949
 section 4.2.1 "core deterministic": shortest integer and length heads, definite lengths,
@@ -19,23 +19,15 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from meterledger.errors import ProtocolError
+
+__all__ = ["CBORError", "ProtocolError", "Tag", "decode", "encode", "head", "item_end"]
+
 MAX_DEPTH = 8
 _U64 = 1 << 64
 # smallest value each head width may carry (shortest form), indexed by additional info
 _MIN_FOR_AI = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
 _WIDTH_FOR_AI = {24: 1, 25: 2, 26: 4, 27: 8}
-
-
-class ProtocolError(ValueError):
-    """Any rejection of wire data. `reason` is a stable code (docs/PROTOCOL.md section 3)
-    for counters and logs; str(error) says what exactly was wrong."""
-
-    def __init__(self, reason: str, msg: str) -> None:
-        super().__init__(msg)
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.reason!r}, {str(self)!r})"
 
 
 class CBORError(ProtocolError):

@@ -12,6 +12,8 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from meterledger.errors import MeterLedgerError
+
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
@@ -25,7 +27,7 @@ PerfectNode = Callable[[int, int], bytes]
 """node(level, index) -> hash of the perfect subtree of leaves [index*2^level, (index+1)*2^level)."""
 
 
-class MerkleError(ValueError):
+class MerkleError(MeterLedgerError, ValueError):
     """A tree size, index, hash or proof that does not fit the tree it claims to be about."""
 
 

@@ -1,0 +1,1 @@
+"""Plumbing the services share: SQLite, data directories, configuration, HTTP, metrics, clocks."""

@@ -1,0 +1,189 @@
+"""Main dispatch chain messages: type 12 (transaction) and type 13 (block header).
+
+SPEC section 4 leaves type 12 to the project (docs/PROTOCOL.md section 15); type 13 is ours.
+Both are ordinary SPEC COSE_Sign1 messages, so every section 3 rule (4096-byte limit,
+deterministic CBOR, low-S, kid = signer field) holds for them too.
+
+Pure: schemas, builders, the per-kind body rules and the block's transaction tree. The SPEC
+section 8 anchor rule is `meterledger.wire.anchor`. The chain applies these rules with its
+state, the fog checks its own transactions with them before sending, the audit verifier
+uses the parsers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from meterledger.errors import ProtocolError
+from meterledger.wire import merkle
+from meterledger.wire.keys import PublicKey
+from meterledger.wire.meter import ZERO32, command_args_error
+from meterledger.wire.schema import Fields, MessageType, is_int, predicate
+
+TX, BLOCK = 12, 13
+ROLES = ("dispatch", "fog", "regulator", "plant", "market")
+REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
+RULES = "rules"
+KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES)
+
+# body schemas per kind, in the schema language of protocol.SCHEMAS
+BODIES: dict[str, dict[int, str]] = {
+    REGISTER: {1: "t", 2: "b65", 3: "t"},                       # role, pub, name
+    ANCHOR: {1: "a", 2: "a", 3: "a?"},                          # checkpoints, proof, aggregates
+    INSTRUCTION: {1: "b8", 2: "t", 3: "m", 4: "u", 5: "a", 6: "t", 7: "b?"},
+    REPORT: {1: "b32", 2: "u", 3: "u", 4: "u", 5: "a", 6: "t"},  # instr, done/rej/failed, entries
+    FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a"},            # kind, detail, t, action, entries
+    RULES: {1: "t", 2: "u", 3: "t", 4: "b32"},                  # name, version, text, digest
+}
+
+
+class ChainTxError(ProtocolError):
+    """A transaction or anchor the chain must refuse; `reason` is a stable code."""
+
+
+def body_error(kind: str, msg: str) -> ChainTxError:
+    return ChainTxError("bad_fields", f"{kind} body: {msg}")
+
+
+def _check_body(kind: str, body: dict[Any, Any]) -> None:
+    schema = BODIES[kind]
+    for key in body:
+        if key not in schema:
+            raise body_error(kind, f"no field {key!r}")
+    for key, kind_ in schema.items():
+        optional = kind_.endswith("?")
+        kind_ = kind_.removesuffix("?")
+        if key not in body:
+            if optional:
+                continue
+            raise body_error(kind, f"missing field {key}")
+        if not predicate(kind_)(body[key]):
+            raise body_error(kind, f"field {key} must be {kind_}")
+
+
+def _all(items: list[Any], pred: Any) -> bool:
+    return all(pred(x) for x in items)
+
+
+def _tx_rules(f: Fields) -> None:
+    kind, body = f[3], f[4]
+    if kind not in BODIES:
+        raise ChainTxError("bad_fields", f"unknown transaction kind {kind!r}")
+    if f[2] < 1:
+        raise ChainTxError("bad_fields", "nonce must be >= 1")
+    _check_body(kind, body)
+    if kind == REGISTER:
+        if body[1] not in ROLES:
+            raise body_error(kind, f"role must be one of {', '.join(ROLES)}")
+        try:
+            PublicKey(body[2])
+        except ProtocolError as e:
+            raise body_error(kind, f"pub: {e}") from None
+    elif kind == ANCHOR:
+        if not body[1]:
+            raise body_error(kind, "carries no checkpoint")
+        for name, items, pred in (
+                ("checkpoints", body[1], lambda x: isinstance(x, bytes)),
+                ("proof", body[2], lambda x: isinstance(x, bytes) and len(x) == 32),
+                ("aggregates", body.get(3, []), lambda x: isinstance(x, bytes))):
+            if not _all(items, pred):
+                raise body_error(kind, f"{name} has an item of the wrong kind")
+    elif kind == INSTRUCTION:
+        err = command_args_error(body[2], body[3])
+        if err:
+            raise body_error(kind, err)
+        if body[2] in ("time", "reboot"):
+            raise body_error(kind, f"op {body[2]!r} is the fog's own business, not dispatch's")
+        if not _all(body[5], lambda x: isinstance(x, bytes) and len(x) == 8):
+            raise body_error(kind, "devs must be 8-byte meter ids")
+    elif kind == RULES:
+        if not body[1]:
+            raise body_error(kind, "name must not be empty")
+        if body[2] < 1:
+            raise body_error(kind, "version must be >= 1")
+        if body[4] != rules_digest(body[3]):
+            raise body_error(kind, "digest is not the SHA-256 of the text's UTF-8 bytes")
+    elif kind in (REPORT, FAULT):
+        if not _all(body[5], lambda x: is_int(x) and x >= 0):
+            raise body_error(kind, "entries must be log indices (uint)")
+
+
+def _block_rules(f: Fields) -> None:
+    if f[2] == 0 and f[3] != ZERO32:
+        raise ChainTxError("bad_fields", "prev must be 32 zero bytes at height 0 (genesis)")
+
+
+_TX_TYPE = MessageType(TX, 1, {0: "u", 1: "b8", 2: "u", 3: "t", 4: "m", 5: "u", 6: "b8"}, _tx_rules)
+_BLOCK_TYPE = MessageType(BLOCK, 1, {0: "u", 1: "b8", 2: "u", 3: "b32", 4: "b32", 5: "u", 6: "u",
+                                     7: "b8"}, _block_rules)
+TYPES = (_TX_TYPE, _BLOCK_TYPE)
+
+
+# --- builders ------------------------------------------------------------------------------
+def tx(sender: bytes, nonce: int, kind: str, body: dict[int, Any], t: int,
+       chain: bytes) -> Fields:
+    return {0: TX, 1: sender, 2: nonce, 3: kind, 4: body, 5: t, 6: chain}
+
+
+def register_body(role: str, pub: bytes, name: str = "") -> dict[int, Any]:
+    return {1: role, 2: pub, 3: name}
+
+
+def anchor_body(checkpoints: Sequence[bytes], proof: Sequence[bytes],
+                aggregates: Sequence[bytes] = ()) -> dict[int, Any]:
+    body: dict[int, Any] = {1: list(checkpoints), 2: list(proof)}
+    if aggregates:
+        body[3] = list(aggregates)
+    return body
+
+
+def instruction_body(fog: bytes, op: str, args: dict[int, Any], not_after: int,
+                     devs: Sequence[bytes] = (), why: str = "",
+                     rule: bytes | None = None) -> dict[int, Any]:
+    body: dict[int, Any] = {1: fog, 2: op, 3: args, 4: not_after, 5: list(devs), 6: why}
+    if rule is not None:
+        body[7] = rule
+    return body
+
+
+def rules_digest(text: str) -> bytes:
+    """A rule set's id: SHA-256 of its text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).digest()
+
+
+def rules_body(name: str, version: int, text: str) -> dict[int, Any]:
+    return {1: name, 2: version, 3: text, 4: rules_digest(text)}
+
+
+def report_body(instruction: bytes, done: int, rejected: int, failed: int,
+                entries: Sequence[int], detail: str = "") -> dict[int, Any]:
+    return {1: instruction, 2: done, 3: rejected, 4: failed, 5: list(entries), 6: detail}
+
+
+def fault_body(kind: str, detail: str, t: int, action: str,
+               entries: Sequence[int] = ()) -> dict[int, Any]:
+    return {1: kind, 2: detail, 3: t, 4: action, 5: list(entries)}
+
+
+def block_header(sealer: bytes, height: int, prev: bytes, txroot: bytes, ntx: int, t: int,
+                 chain: bytes) -> Fields:
+    return {0: BLOCK, 1: sealer, 2: height, 3: prev, 4: txroot, 5: ntx, 6: t, 7: chain}
+
+
+# --- a block's transactions as an RFC 9162 tree ---------------------------------------------
+def tx_root(txs: Sequence[bytes]) -> bytes:
+    """Root of the block's transactions (leaves = exact tx bytes, in block order)."""
+    return merkle.root_from_leaf_hashes([merkle.leaf_hash(t) for t in txs])
+
+
+def tx_path(txs: Sequence[bytes], index: int) -> list[bytes]:
+    """Inclusion path of txs[index] in tx_root(txs)."""
+    hashes = [merkle.leaf_hash(t) for t in txs]
+
+    def subtree(lo: int, hi: int) -> bytes:
+        return merkle.root_from_leaf_hashes(hashes[lo:hi])
+
+    return merkle.inclusion_path(index, len(txs), subtree)
+

@@ -1,0 +1,103 @@
+"""Cooked data the fog signs: type 10 (estimate and supersession, docs/VEE.md) and type 11
+(feeder aggregate, docs/PROTOCOL.md section 18)."""
+
+from __future__ import annotations
+
+from meterledger.wire.meter import INTERVALS
+from meterledger.wire.schema import Fields, MessageType
+from meterledger.wire.schema import bad_fields as _bad
+from meterledger.wire.schema import is_int as _is_int
+
+# --- type 10: estimate and supersession (docs/VEE.md; built by fog_node.vee) ---------------
+# One type, two kinds. "estimate": the fog's split of the exact register difference between
+# two readings of one meter over the intervals between them. "supersede": a later true
+# reading of that meter makes an estimate obsolete (nothing is overwritten; the fog logs new
+# estimates for what is still missing). Both are signed by the fog (key 17).
+ESTIMATE = 10
+ESTIMATE_KINDS = ("estimate", "supersede")
+ESTIMATE_METHODS = ("linear", "profile", "none")  # "none": energy unknown (register reset)
+_ESTIMATE_KEYS = {  # the keys each kind must carry, and no others
+    "estimate": frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17)),
+    "supersede": frozenset((0, 1, 2, 3, 11, 12, 13, 17)),
+}
+
+
+def _estimate_rules(f: Fields) -> None:
+    kind = f[2]
+    keys = _ESTIMATE_KEYS.get(kind)
+    if keys is None:
+        raise _bad("kind must be 'estimate' or 'supersede'")
+    missing, extra = sorted(keys - f.keys()), sorted(f.keys() - keys)
+    if missing:
+        raise _bad(f"type 10 kind {kind!r} is missing field {missing[0]}")
+    if extra:
+        raise _bad(f"type 10 kind {kind!r} has no field {extra[0]}")
+    if kind == "supersede":
+        if f[13] < 1:
+            raise _bad("seq of the superseding reading must be >= 1")
+        return
+    if f[4] not in ESTIMATE_METHODS:
+        raise _bad("method must be 'linear', 'profile' or 'none'")
+    if f[6] < 1:
+        raise _bad("from_seq must be >= 1")
+    if f[8] <= f[6]:
+        raise _bad("to_seq must be greater than from_seq")
+    ivls = f[10]
+    if not ivls:
+        raise _bad("ivls must not be empty")
+    width = 1 if f[4] == "none" else 3
+    shape = "[end]" if width == 1 else "[end, imp, exp]"
+    last = f[9]
+    for i, item in enumerate(ivls):
+        if not (isinstance(item, list) and len(item) == width
+                and all(_is_int(v) and v >= 0 for v in item)):
+            raise _bad(f"ivls item {i} must be {shape} of uints")
+        if item[0] <= last:
+            raise _bad(f"ivls item {i} must end after the previous one (or start)")
+        last = item[0]
+
+
+_ESTIMATE_TYPE = MessageType(ESTIMATE, 17, {0: "u", 1: "b8", 2: "t", 3: "u", 4: "t?", 5: "b32?", 6: "u?",
+                             7: "b32?", 8: "u?", 9: "u?", 10: "a?", 11: "b32?", 12: "b32?",
+                             13: "u?", 17: "b8"}, _estimate_rules)
+
+
+# --- type 11: aggregate (docs/PROTOCOL.md section 18; built by fog_node.cooking) ----------
+# The cooked data of one feeder for one interval, signed by the fog. The entries of one
+# interval close (one per reported feeder, in feeder-name order) are hash-chained through
+# `prev`, so the checkpoint's `agg` (the digest of the last one) commits to all of them.
+# A revision (rev >= 1) is logged when late readings change an interval already reported;
+# it names the entry it revises in `replaces`. Nothing is overwritten.
+AGGREGATE = 11
+AGGREGATE_ALERTS = ("loss_high", "loss_negative", "outage", "voltage_low", "voltage_high",
+                    "tamper", "silent")
+
+
+def _aggregate_rules(f: Fields) -> None:
+    if not f[1]:
+        raise _bad("feeder name must not be empty")
+    if f[3] not in INTERVALS or f[2] % f[3]:
+        raise _bad("dur must be a v1 interval and ivl a multiple of it")
+    if f[7] + f[8] > f[6]:
+        raise _bad("measured + estimated meters exceed the feeder's meters")
+    if f[9] > f[4] + f[5]:
+        raise _bad("estimated Wh exceed the interval's import + export")
+    if (11 in f) != (12 in f) or (11 in f and f[11] > f[12]):
+        raise _bad("v_min and v_max come together, v_min <= v_max")
+    if not all(isinstance(a, str) and a in AGGREGATE_ALERTS for a in f[13]):
+        raise _bad(f"alerts must be drawn from {', '.join(AGGREGATE_ALERTS)}")
+    if len(set(f[13])) != len(f[13]) or list(f[13]) != sorted(f[13]):
+        raise _bad("alerts must be sorted and distinct")
+    if (f[16] == 0) == (18 in f):
+        raise _bad("replaces is present exactly when rev >= 1")
+    groups = f.get(20)
+    if groups is not None and not (groups and all(isinstance(g, str) and g for g in groups)):
+        raise _bad("merged must list the merged feeders' names")
+
+
+_AGGREGATE_TYPE = MessageType(AGGREGATE, 17, {0: "u", 1: "t", 2: "u", 3: "u", 4: "u", 5: "u", 6: "u", 7: "u",
+                              8: "u", 9: "u", 10: "i?", 11: "u?", 12: "u?", 13: "a", 14: "u",
+                              15: "b32", 16: "u", 17: "b8", 18: "b32?", 19: "b32", 20: "a?"},
+              _aggregate_rules)
+
+TYPES = (_ESTIMATE_TYPE, _AGGREGATE_TYPE)

@@ -1,0 +1,53 @@
+"""The one registry of message types: the meter's (1-8), the fog's cooked data (10, 11) and
+the main chain's (12, 13), listed here explicitly, so which types a parser knows never
+depends on which modules happen to be imported.
+
+`register_type` adds a type at run time (for an extension or a test); `check_fields` applies
+a payload's schema and rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meterledger.wire import chain, cooked, meter
+from meterledger.wire.schema import Fields, MessageType, Rule, bad_fields, check_schema, is_int
+
+__all__ = ["RULES", "SCHEMAS", "SIGNER_FIELD", "check_fields", "register_type"]
+
+# payload key holding the signer id (must equal the kid), schema and rule, per type
+SIGNER_FIELD: dict[int, int] = {}
+SCHEMAS: dict[int, dict[int, str]] = {}
+RULES: dict[int, Rule] = {}
+
+
+def _add(mt: MessageType) -> None:
+    SIGNER_FIELD[mt.type] = mt.signer_field
+    SCHEMAS[mt.type] = dict(mt.schema)
+    if mt.rule is not None:
+        RULES[mt.type] = mt.rule
+    else:
+        RULES.pop(mt.type, None)
+
+
+for _mt in (*meter.TYPES, *cooked.TYPES, *chain.TYPES):
+    _add(_mt)
+
+
+def register_type(type_: int, signer_field: int, schema: dict[int, str],
+                  rule: Rule | None = None) -> None:
+    """Define (or redefine) a message type; ValueError on a malformed schema."""
+    _add(MessageType(type_, signer_field, schema, rule))
+
+
+def check_fields(fields: Fields) -> None:
+    """Raise ProtocolError("bad_fields") unless the payload matches its type's schema and
+    rules (docs/PROTOCOL.md section 4): no unknown key, no missing key, right CBOR kinds."""
+    t: Any = fields.get(0)
+    schema = SCHEMAS.get(t) if is_int(t) else None
+    if schema is None:
+        raise bad_fields(f"no schema for message type {t!r}")
+    check_schema(t, fields, schema)
+    rule = RULES.get(t)
+    if rule is not None:
+        rule(fields)
