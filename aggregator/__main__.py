@@ -39,10 +39,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aggregator import remote
-from aggregator.api import AggregatorAPI
-from aggregator.ledger import AggregatorError, ChainError, Receipt
-from aggregator.node import (
+from aggregator.chain.ledger import AggregatorError, ChainError, Receipt
+from aggregator.chain.service import remote
+from aggregator.chain.service.api import AggregatorAPI
+from aggregator.chain.service.node import (
     CHAIN,
     TOKEN,
     URL,
@@ -59,10 +59,10 @@ from aggregator.node import (
     read_url,
     write_url,
 )
-from aggregator.rules import load_rules
-from aggregator.store import SQLiteBlockStore
-from aggregator.suggestions import Dispatcher, open_dispatcher, submit_signed
-from aggregator.verify import Replay, VerifyError, check_derived, store_blocks, verify_blocks
+from aggregator.chain.store import SQLiteBlockStore
+from aggregator.chain.verify import Replay, VerifyError, check_derived, store_blocks, verify_blocks
+from aggregator.dispatch.rules import load_rules
+from aggregator.dispatch.suggestions import Dispatcher, open_dispatcher, submit_signed
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
@@ -254,8 +254,8 @@ def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
     return replay.summary().line()
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m aggregator", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("init", help="create the dispatch key and the chain's genesis block")

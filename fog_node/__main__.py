@@ -186,8 +186,8 @@ def run(config: FogConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fog_node", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_init = sub.add_parser("init", help="create the data dir and the fog key")

@@ -291,8 +291,8 @@ class Rs485Bus:
                 self.counters["dropped"] += len(buf) - done
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hardware.rs485_bus",
+def main(argv: list[str] | None = None, prog: str = "python -m hardware.rs485_bus") -> int:
+    ap = argparse.ArgumentParser(prog=prog,
                                  description="Emulated RS485 multidrop line over ptys.")
     ap.add_argument("--endpoints", type=int, default=2, help="number of endpoints (>= 2)")
     ap.add_argument("--baud", type=int, default=19200, help="line rate (pacing), 8N1")

@@ -505,8 +505,8 @@ def _profile_arg(spec: str) -> LoadProfile:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hardware.sdm_emulator",
+def main(argv: list[str] | None = None, prog: str = "python -m hardware.sdm_emulator") -> int:
+    ap = argparse.ArgumentParser(prog=prog,
                                  description="Eastron SDM-style Modbus RTU meter emulator.")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")

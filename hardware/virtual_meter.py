@@ -230,8 +230,8 @@ def _all_acked(vm: VirtualMeter) -> bool:
     return int(vm.app.meter.spool.acked) >= int(vm.app.meter.st["seq"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hardware.virtual_meter", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_meter") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1, help="number of meters")
     ap.add_argument("--image", type=pathlib.Path, metavar="DIR",

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aggregator.api import AggregatorAPI
-from aggregator.embedded import EmbeddedLedger
-from aggregator.node import ensure_token, init_data_dir, open_ledger
-from aggregator.suggestions import Dispatcher, open_dispatcher
+from aggregator.chain.backends.embedded import EmbeddedLedger
+from aggregator.chain.service.api import AggregatorAPI
+from aggregator.chain.service.node import ensure_token, init_data_dir, open_ledger
+from aggregator.dispatch.suggestions import Dispatcher, open_dispatcher
 from fog_node.checkpoints import Checkpoint, Checkpoints
 from fog_node.logstore import MemoryLogStore
 from meterledger import wire as P

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from aggregator.__main__ import verify_chain
-from aggregator.node import open_ledger
-from aggregator.store import SQLiteBlockStore
-from aggregator.verify import VerifyError
+from aggregator.chain.service.node import open_ledger
+from aggregator.chain.store import SQLiteBlockStore
+from aggregator.chain.verify import VerifyError
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from tests.chainkit import T0, Chain, FogSide, aggregate_fields, running_chain

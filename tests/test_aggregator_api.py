@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from aggregator.store import SQLiteBlockStore
-from aggregator.verify import store_blocks, verify_blocks
+from aggregator.chain.store import SQLiteBlockStore, StoredBlock
+from aggregator.chain.verify import store_blocks, verify_blocks
 from fog_node.metrics import parse_metrics
 from meterledger import wire as P
 from meterledger.wire import chain as C
@@ -48,6 +48,10 @@ def test_head_blocks_and_participants(chain: Chain) -> None:
     assert header.digest.hex() == head["hash"] and header.fields[2] == 0
     status, g = chain.get("/v1/blocks/0")
     assert status == 200 and g["hash"] == head["hash"] and len(g["txs"]) == 1
+    # the state root after genesis, as anyone replaying block 0 computes it
+    genesis = StoredBlock(0, bytes.fromhex(g["hash"]), bytes.fromhex(g["header"]),
+                          tuple(bytes.fromhex(t) for t in g["txs"]))
+    assert head["state_root"] == verify_blocks([genesis]).state_root.hex()
     fog = chain.register("fog", name="north")
     status, parts = chain.get("/v1/participants")
     assert parts == {"participants": [

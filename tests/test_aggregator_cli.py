@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from aggregator.ledger import MemoryState, Validator
-from aggregator.node import open_ledger
-from aggregator.store import SQLiteBlockStore
+from aggregator.chain.app.state import MemoryState, block_state_root
+from aggregator.chain.app.validator import Validator
+from aggregator.chain.service.node import open_ledger
+from aggregator.chain.store import SQLiteBlockStore
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from tests.chainkit import T0, FogSide, http
@@ -239,8 +240,11 @@ def sample(tmp_path: Path) -> tuple[Path, P.SigningKey]:
         for raw in txs:
             effects.append(Validator(key.id).check(raw, stage))
             stage.apply(effects[-1])
+        root = store.state_root(3)
+        assert root is not None
         store.append(4, P.sign1(key, C.block_header(key.id, 4, prev, C.tx_root(txs), 2, T0,
-                                                    key.id)), effects)
+                                                    key.id)), effects,
+                     block_state_root(root, 4, effects))
     finally:
         store.close()
     assert agg("verify-chain", "--data-dir", str(d)).returncode == 0
@@ -323,3 +327,38 @@ def test_verify_chain_finds_removed_and_moved_data(sample: tuple[Path, P.Signing
     out = agg("verify-chain", "--data-dir", str(d), "--pub",
               P.SigningKey.generate().public_key.raw.hex())
     failed(out, "block 0 tx 0", "untrusted_sealer")
+
+
+def test_verify_chain_checks_every_stored_state_root(sample: tuple[Path, P.SigningKey]) -> None:
+    d, _ = sample
+    root = read(d, "SELECT root FROM state_roots WHERE height = 3", ())
+    assert len(root) == 32
+    failed(tamper(d, "UPDATE state_roots SET root = ? WHERE height = 3", (flip(root, 0),)),
+           "block 3", "state_root")
+    assert tamper(d, "UPDATE state_roots SET root = ? WHERE height = 3", (root,)).returncode == 0
+
+
+def test_a_chain_without_state_roots_gets_them_by_replay(sample: tuple[Path, P.SigningKey]) -> None:
+    # a chain written before state roots existed: the ledger computes them once on opening,
+    # equal to what the roots sealed block by block were
+    d, _ = sample
+    db = sqlite3.connect(d / "chain.db")
+    sealed = db.execute("SELECT height, root FROM state_roots ORDER BY height").fetchall()
+    db.execute("DROP TABLE state_roots")
+    db.commit()
+    db.close()
+    assert [h for h, _ in sealed] == [0, 1, 2, 3, 4]
+    ro = SQLiteBlockStore(d / "chain.db", readonly=True)
+    try:
+        assert ro.state_root(4) is None  # read-only: nothing to fill in, nothing invented
+    finally:
+        ro.close()
+    ledger = open_ledger(d, lambda: float(T0))
+    try:
+        assert ledger.head().state_root == sealed[-1][1]
+    finally:
+        ledger.close()
+    db = sqlite3.connect(d / "chain.db")
+    assert db.execute("SELECT height, root FROM state_roots ORDER BY height").fetchall() == sealed
+    db.close()
+    assert agg("verify-chain", "--data-dir", str(d)).returncode == 0

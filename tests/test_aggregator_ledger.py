@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from aggregator.embedded import EmbeddedLedger, create_genesis
-from aggregator.ledger import (
+from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
+from aggregator.chain.ledger import (
     AggregatorError,
     ChainError,
     DuplicateError,
@@ -22,7 +22,7 @@ from aggregator.ledger import (
     StorageError,
     UnavailableError,
 )
-from aggregator.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
+from aggregator.chain.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
@@ -64,13 +64,13 @@ class GateStore:
         self.entered = threading.Semaphore(0)
         self.gate.clear()
 
-    def append(self, height: int, header: bytes, effects: Any) -> None:
+    def append(self, height: int, header: bytes, effects: Any, state_root: bytes) -> None:
         self.entered.release()
         assert self.gate.wait(60)
         if self.fail_next is not None:
             e, self.fail_next = self.fail_next, None
             raise e
-        self.inner.append(height, header, effects)
+        self.inner.append(height, header, effects, state_root)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -10,18 +10,17 @@ from typing import Any
 
 import pytest
 
-from aggregator.embedded import create_genesis
-from aggregator.ledger import (
+from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_state_root
+from aggregator.chain.app.validator import Validator
+from aggregator.chain.backends.embedded import create_genesis
+from aggregator.chain.ledger import (
     AnchorView,
-    Effect,
     InstructionView,
-    MemoryState,
     Participant,
     Receipt,
     StorageError,
-    Validator,
 )
-from aggregator.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
+from aggregator.chain.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
 from meterledger import wire as P
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
@@ -68,7 +67,9 @@ class Builder:
         h = self.store.height() + 1
         header = P.sign1(DISPATCH, C.block_header(DISPATCH.id, h, self.prev(), C.tx_root(raws),
                                                   len(raws), T0 + h, CHAIN))
-        self.store.append(h, header, effects)
+        prev_root = self.store.state_root(h - 1)
+        assert prev_root is not None
+        self.store.append(h, header, effects, block_state_root(prev_root, h, effects))
         return effects
 
     def prev(self) -> bytes:
@@ -149,7 +150,7 @@ def test_append_refuses_a_wrong_height(store: BlockStore, tmp_path: Path) -> Non
     effects = b.effects([raw])
     for h in (0, 2):
         with pytest.raises(StorageError, match=f"block {h} cannot follow block 0"):
-            store.append(h, b"header", effects)
+            store.append(h, b"header", effects, ZERO_ROOT)
     assert store.height() == 0 and store.participant(FOG.id) is None
     b.fog.close()
 
@@ -162,13 +163,13 @@ def test_append_is_all_or_nothing(store: BlockStore, tmp_path: Path) -> None:
     stranger = P.SigningKey.generate()
     orphan = Effect(b"raw", b"\x09" * 32, stranger.id, 1, "fault")  # sender not registered
     with pytest.raises(StorageError, match="not registered"):
-        store.append(1, b"header", [good, orphan])
+        store.append(1, b"header", [good, orphan], ZERO_ROOT)
     with pytest.raises(StorageError):  # the same transaction twice in one block
-        store.append(1, b"header", [good, good])
+        store.append(1, b"header", [good, good], ZERO_ROOT)
     assert store.height() == 0 and store.block(1) is None
     assert store.participant(FOG.id) is None and store.receipt(good.digest) is None
     assert store.participant(DISPATCH.id).nonce == 1  # type: ignore[union-attr]
-    store.append(1, b"header", [good])
+    store.append(1, b"header", [good], ZERO_ROOT)
     assert store.receipt(good.digest) == Receipt(good.digest, 1, 0)
     b.fog.close()
 
@@ -192,7 +193,7 @@ def test_closed_store_refuses_use(store: BlockStore) -> None:
     create_genesis(store, DISPATCH, T0)
     store.close()
     for call in (store.height, lambda: store.block(0), store.participants,
-                 lambda: store.receipt(b"\x00" * 32), lambda: store.append(1, b"", [])):
+                 lambda: store.receipt(b"\x00" * 32), lambda: store.append(1, b"", [], ZERO_ROOT)):
         with pytest.raises(StorageError, match=r"after close|closed"):
             call()
 
@@ -225,7 +226,7 @@ def test_sqlite_readonly(tmp_path: Path) -> None:
     try:
         assert ro.height() == 0 and ro.block(0) == s.block(0)
         with pytest.raises(StorageError, match="read-only"):
-            ro.append(1, b"", [])
+            ro.append(1, b"", [], ZERO_ROOT)
     finally:
         ro.close()
         s.close()

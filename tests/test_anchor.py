@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from aggregator.api import AggregatorAPI
-from aggregator.node import open_ledger
+from aggregator.chain.service.api import AggregatorAPI
+from aggregator.chain.service.node import open_ledger
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.node import FogConfig, FogNode, init_data_dir

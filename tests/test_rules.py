@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from aggregator.ledger import Receipt
-from aggregator.node import open_ledger
-from aggregator.rules import RulesError, metric, newest_revisions, parse_rules, suggest
-from aggregator.suggestions import APPROVED, DISMISSED, OPEN, SuggestionStore
+from aggregator.chain.ledger import Receipt
+from aggregator.chain.service.node import open_ledger
+from aggregator.dispatch.rules import RulesError, metric, newest_revisions, parse_rules, suggest
+from aggregator.dispatch.suggestions import APPROVED, DISMISSED, OPEN, SuggestionStore
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from tests.chainkit import T0, Chain, FogSide, aggregate_fields, http, running_chain

@@ -243,8 +243,8 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
 
 
 # --- CLI ---------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.audit", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bundle", help="fetch the proof bundle of one reading")

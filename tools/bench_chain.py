@@ -22,8 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aggregator.embedded import EmbeddedLedger, create_genesis
-from aggregator.store import MemoryBlockStore
+from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
+from aggregator.chain.store import MemoryBlockStore
 from fog_node.anchor import build_anchor
 from fog_node.checkpoints import Checkpoint, Checkpoints
 from fog_node.logstore import MemoryLogStore

@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from aggregator.api import AggregatorAPI
-from aggregator.node import init_data_dir as init_chain
-from aggregator.node import open_ledger
+from aggregator.chain.service.api import AggregatorAPI
+from aggregator.chain.service.node import init_data_dir as init_chain
+from aggregator.chain.service.node import open_ledger
 from fog_node.anchor import ChainLink
 from fog_node.chain_client import ChainClient
 from fog_node.feeders import Feeder

@@ -221,8 +221,8 @@ def fog_api_text(base: str) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--meters", type=int, default=20)
     ap.add_argument("--intervals", type=int, default=3)

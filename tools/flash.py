@@ -565,8 +565,8 @@ class Flasher:
 CONTENT_AMBIGUOUS_ADDRESSES = (56, 59)
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.flash", description=__doc__,
+def parser(prog: str = "python -m tools.flash") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--board", required=True, choices=sorted(BOARD_FILES),
                     help="esp32: ESP32-DevKitC, rp2: Raspberry Pi Pico W (hardware/boards/)")
@@ -602,8 +602,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, runner: Runner | None = None,
-         out: TextIO | None = None) -> int:
-    ap = parser()
+         out: TextIO | None = None, prog: str = "python -m tools.flash") -> int:
+    ap = parser(prog)
     args = ap.parse_args(argv)  # exits 2 on bad usage
     if args.firmware_bin is not None and args.target is not None:
         ap.error("--firmware-bin needs a board (--port), not --target")

@@ -127,8 +127,8 @@ def _read_hex_stdin() -> bytes:
     return _hex(sys.stdin.read(), "message on stdin")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.reading", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m tools.reading") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sign", help="sign reading.json (stdin) with a meter key; prints hex")

@@ -162,10 +162,10 @@ def run_micropython(
     return stdout
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m hardware.mpvm") -> int:
     """``python -m hardware.mpvm [options] script.py``: run a script in the VM, stream output."""
     parser = argparse.ArgumentParser(
-        prog="python -m hardware.mpvm",
+        prog=prog,
         description="Run a Python script inside the real MicroPython VM (Node + WebAssembly) "
         "with the firmware mounted at /fw and an empty writable /flash.",
     )

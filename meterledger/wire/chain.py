@@ -13,7 +13,7 @@ uses the parsers.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from meterledger.errors import ProtocolError
@@ -67,6 +67,60 @@ def _all(items: list[Any], pred: Any) -> bool:
     return all(pred(x) for x in items)
 
 
+def _register_rules(body: dict[int, Any]) -> None:
+    if body[1] not in ROLES:
+        raise body_error(REGISTER, f"role must be one of {', '.join(ROLES)}")
+    try:
+        PublicKey(body[2])
+    except ProtocolError as e:
+        raise body_error(REGISTER, f"pub: {e}") from None
+
+
+def _anchor_rules(body: dict[int, Any]) -> None:
+    if not body[1]:
+        raise body_error(ANCHOR, "carries no checkpoint")
+    for name, items, pred in (
+            ("checkpoints", body[1], lambda x: isinstance(x, bytes)),
+            ("proof", body[2], lambda x: isinstance(x, bytes) and len(x) == 32),
+            ("aggregates", body.get(3, []), lambda x: isinstance(x, bytes))):
+        if not _all(items, pred):
+            raise body_error(ANCHOR, f"{name} has an item of the wrong kind")
+
+
+def _instruction_rules(body: dict[int, Any]) -> None:
+    err = command_args_error(body[2], body[3])
+    if err:
+        raise body_error(INSTRUCTION, err)
+    if body[2] in ("time", "reboot"):
+        raise body_error(INSTRUCTION, f"op {body[2]!r} is the fog's own business, not "
+                                      "dispatch's")
+    if not _all(body[5], lambda x: isinstance(x, bytes) and len(x) == 8):
+        raise body_error(INSTRUCTION, "devs must be 8-byte meter ids")
+
+
+def _rules_rules(body: dict[int, Any]) -> None:
+    if not body[1]:
+        raise body_error(RULES, "name must not be empty")
+    if body[2] < 1:
+        raise body_error(RULES, "version must be >= 1")
+    if body[4] != rules_digest(body[3]):
+        raise body_error(RULES, "digest is not the SHA-256 of the text's UTF-8 bytes")
+
+
+def _entries_rules(kind: str) -> Callable[[dict[int, Any]], None]:
+    def rule(body: dict[int, Any]) -> None:
+        if not _all(body[5], lambda x: is_int(x) and x >= 0):
+            raise body_error(kind, "entries must be log indices (uint)")
+    return rule
+
+
+# the body rules per kind, run after the body schema (BODIES) held
+BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
+    REGISTER: _register_rules, ANCHOR: _anchor_rules, INSTRUCTION: _instruction_rules,
+    RULES: _rules_rules, REPORT: _entries_rules(REPORT), FAULT: _entries_rules(FAULT),
+}
+
+
 def _tx_rules(f: Fields) -> None:
     kind, body = f[3], f[4]
     if kind not in BODIES:
@@ -74,40 +128,7 @@ def _tx_rules(f: Fields) -> None:
     if f[2] < 1:
         raise ChainTxError("bad_fields", "nonce must be >= 1")
     _check_body(kind, body)
-    if kind == REGISTER:
-        if body[1] not in ROLES:
-            raise body_error(kind, f"role must be one of {', '.join(ROLES)}")
-        try:
-            PublicKey(body[2])
-        except ProtocolError as e:
-            raise body_error(kind, f"pub: {e}") from None
-    elif kind == ANCHOR:
-        if not body[1]:
-            raise body_error(kind, "carries no checkpoint")
-        for name, items, pred in (
-                ("checkpoints", body[1], lambda x: isinstance(x, bytes)),
-                ("proof", body[2], lambda x: isinstance(x, bytes) and len(x) == 32),
-                ("aggregates", body.get(3, []), lambda x: isinstance(x, bytes))):
-            if not _all(items, pred):
-                raise body_error(kind, f"{name} has an item of the wrong kind")
-    elif kind == INSTRUCTION:
-        err = command_args_error(body[2], body[3])
-        if err:
-            raise body_error(kind, err)
-        if body[2] in ("time", "reboot"):
-            raise body_error(kind, f"op {body[2]!r} is the fog's own business, not dispatch's")
-        if not _all(body[5], lambda x: isinstance(x, bytes) and len(x) == 8):
-            raise body_error(kind, "devs must be 8-byte meter ids")
-    elif kind == RULES:
-        if not body[1]:
-            raise body_error(kind, "name must not be empty")
-        if body[2] < 1:
-            raise body_error(kind, "version must be >= 1")
-        if body[4] != rules_digest(body[3]):
-            raise body_error(kind, "digest is not the SHA-256 of the text's UTF-8 bytes")
-    elif kind in (REPORT, FAULT):
-        if not _all(body[5], lambda x: is_int(x) and x >= 0):
-            raise body_error(kind, "entries must be log indices (uint)")
+    BODY_RULES[kind](body)
 
 
 def _block_rules(f: Fields) -> None:

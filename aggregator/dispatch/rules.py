@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aggregator.ledger import AggregatorError
+from aggregator.chain.ledger import AggregatorError
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import encode

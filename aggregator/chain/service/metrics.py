@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from aggregator.ledger import AggregatorError, Ledger
+from aggregator.chain.ledger import AggregatorError, Ledger
 from meterledger.infra.metrics import escape_label
 from meterledger.wire.chain import ROLES
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aggregator.ledger import (
+from aggregator.chain.ledger import (
     AggregatorError,
     ChainError,
     Ledger,
@@ -35,12 +35,12 @@ from aggregator.ledger import (
     Receipt,
     StorageError,
 )
-from aggregator.rules import OPS, RulesError, RuleSet, Suggestion, parse_rules, suggest
+from aggregator.dispatch.rules import OPS, RulesError, RuleSet, Suggestion, parse_rules, suggest
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
 
-log = logging.getLogger("aggregator.suggestions")
+log = logging.getLogger("aggregator.dispatch.suggestions")
 
 OPEN, APPROVED, DISMISSED = "open", "approved", "dismissed"
 STATES = (OPEN, APPROVED, DISMISSED)

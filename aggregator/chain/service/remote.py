@@ -11,8 +11,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from aggregator.ledger import AggregatorError
-from aggregator.store import StoredBlock
+from aggregator.chain.ledger import AggregatorError
+from aggregator.chain.store import StoredBlock
 
 TIMEOUT_S = 60.0
 

@@ -9,7 +9,8 @@ by Validator.check_genesis); then txroot. The first failure raises VerifyError n
 block height, the transaction index where there is one, and the reason.
 
 `check_derived` compares a store's derived state (what the Validator of a running node
-reads) with the replayed one, so an edited participants or anchors table is found too.
+reads) with the replayed one, so an edited participants or anchors table is found too, and
+every state root the store holds with the root the replay computes (reason `state_root`).
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.ledger import (
+from aggregator.chain.app.kinds.register import Registers
+from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_state_root
+from aggregator.chain.app.validator import Validator
+from aggregator.chain.ledger import (
     AggregatorError,
     ChainError,
-    MemoryState,
     Receipt,
-    Validator,
 )
-from aggregator.store import BlockStore, StoredBlock
+from aggregator.chain.store import BlockStore, StoredBlock
 from meterledger import wire as P
+from meterledger.errors import ProtocolError
 from meterledger.wire import chain as C
-from meterledger.wire.cbor import ProtocolError
 
 
 class VerifyError(AggregatorError):
@@ -73,6 +75,8 @@ class Replay:
         self.t = 0
         self.txs = 0
         self.anchors = 0
+        self.state_root = ZERO_ROOT  # after the newest replayed block
+        self.state_roots: list[tuple[int, bytes]] = []
 
     def block(self, b: StoredBlock) -> None:
         h = self.height + 1
@@ -101,6 +105,7 @@ class Replay:
                                                 f"holds {len(b.txs)}")):
             if cond:
                 raise VerifyError(h, None, reason, detail)
+        effects: list[Effect] = []
         for i, raw in enumerate(b.txs):
             try:
                 effect = (self.validator.check_genesis(raw) if h == 0
@@ -108,12 +113,15 @@ class Replay:
             except ChainError as err:
                 raise VerifyError(h, i, err.reason, err.detail) from None
             self.state.apply(effect, Receipt(effect.digest, h, i))
-            self.anchors += effect.anchor_head is not None
+            self.anchors += effect.kind == C.ANCHOR
+            effects.append(effect)
         if f[4] != C.tx_root(b.txs):
             raise VerifyError(h, None, "bad_txroot", "txroot is not the root of the block's "
                                                      "transactions")
         self.height, self.prev, self.t = h, m.digest, f[6]
         self.txs += len(b.txs)
+        self.state_root = block_state_root(self.state_root, h, effects)
+        self.state_roots.append((h, self.state_root))
 
     def _genesis(self, b: StoredBlock, f: dict[Any, Any]) -> None:
         chain = f.get(7)
@@ -124,8 +132,8 @@ class Replay:
             effect = Validator(chain).check_genesis(b.txs[0])
         except ChainError as e:
             raise VerifyError(0, 0, e.reason, e.detail) from None
-        assert effect.registers is not None
-        sealer = P.PublicKey(effect.registers.pub)
+        assert isinstance(effect, Registers)
+        sealer = P.PublicKey(effect.participant.pub)
         if self.trusted is not None and sealer != self.trusted:
             raise VerifyError(0, 0, "untrusted_sealer", f"genesis registers {sealer.id_hex}, "
                                                         f"not the trusted {self.trusted.id_hex}")
@@ -158,8 +166,21 @@ def store_blocks(store: BlockStore) -> Iterable[StoredBlock]:
         yield b
 
 
+def replay_state_roots(store: BlockStore) -> list[tuple[int, bytes]]:
+    """The state root after every block of `store`, by replaying it (a chain written before
+    state roots existed); raises VerifyError if the chain does not replay."""
+    return verify_blocks(store_blocks(store)).state_roots
+
+
 def check_derived(store: BlockStore, replay: Replay) -> None:
-    """The store's derived state equals the replayed one (through the replayed height)."""
+    """The store's derived state equals the replayed one (through the replayed height),
+    and so does every state root it stored."""
+    for h, root in replay.state_roots:
+        stored_root = store.state_root(h)
+        if stored_root is not None and stored_root != root:
+            raise VerifyError(h, None, "state_root",
+                              f"the store's state root {stored_root.hex()} differs from the "
+                              f"replayed {root.hex()}")
     stored = {p.id: p for p in store.participants()}
     replayed = replay.state.participants
     for pid in sorted(set(stored) | set(replayed)):

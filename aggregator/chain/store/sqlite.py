@@ -1,13 +1,9 @@
-"""Block storage: the blocks, and the validation state derived from them, written together.
+"""`SQLiteBlockStore`: a chain in one SQLite file (WAL, synchronous=FULL: a block is durable
+once `append` returns, and a block with its derived state and state root is one transaction,
+so kill -9 leaves whole blocks only). The interface is aggregator.chain.store.base.
 
-`BlockStore` is the interface; `SQLiteBlockStore` keeps a chain in one SQLite file (WAL,
-synchronous=FULL: a block is durable once `append` returns, and a block with its derived
-state is one transaction, so kill -9 leaves whole blocks only); `MemoryBlockStore` is its
-in-memory twin for tests. One contract test suite runs against both.
-
-The derived state (participants with their last nonce, anchors, instructions, anchored
-aggregates, registered rule sets, the transaction index) is what the Validator reads; it is
-a cache of the blocks, which verify-chain rebuilds by replaying them.
+The state_roots table came after format 2 and is created when missing (an older reader
+ignores it); the ledger fills in the roots of blocks written before it by replaying them.
 
 Format 2 added the aggregates and rules tables; a format-1 file is upgraded when opened for
 writing (the aggregates its anchors carried are read back from the stored transactions).
@@ -19,26 +15,25 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from aggregator.ledger import (
-    INT64_MAX,
+from aggregator.chain.app.state import INT64_MAX, Effect, apply_effect
+from aggregator.chain.ledger import (
     AggregateView,
     AnchorView,
     CarriedAggregate,
-    Effect,
     InstructionView,
-    MemoryState,
     Participant,
     Receipt,
+    RuleSet,
     RuleSetView,
     StorageError,
 )
+from aggregator.chain.store.base import StoredBlock, check_append
 from meterledger import wire as P
+from meterledger.errors import ProtocolError
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
-from meterledger.wire.cbor import ProtocolError
 
 _SCHEMA_VERSION = 2
 _SCHEMA = (
@@ -65,192 +60,9 @@ _SCHEMA = (
     "version INTEGER NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL, "
     "text TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS rules_by_name ON rules (name, version)",
+    # the state root after each block (aggregator.chain.app.state)
+    "CREATE TABLE IF NOT EXISTS state_roots (height INTEGER PRIMARY KEY, root BLOB NOT NULL)",
 )
-
-
-@dataclass(frozen=True)
-class StoredBlock:
-    height: int
-    hash: bytes
-    header: bytes
-    txs: tuple[bytes, ...]
-
-
-class BlockStore(Protocol):
-    """Blocks 0..height() and the state derived from them (also a ledger.State)."""
-
-    def height(self) -> int:
-        """Height of the newest block; -1 while the store holds none (before genesis)."""
-        ...
-
-    def block(self, height: int) -> StoredBlock | None: ...
-
-    def append(self, height: int, header: bytes, effects: Sequence[Effect]) -> None:
-        """Add block `height` (= height() + 1) with the transactions of `effects`, in order,
-        and their effects on the derived state: all or nothing, durable on return."""
-        ...
-
-    # ledger.State
-    def participant(self, pid: bytes) -> Participant | None: ...
-
-    def anchored(self, fog: bytes) -> A.AnchoredHead | None: ...
-
-    def instruction_fog(self, digest: bytes) -> bytes | None: ...
-
-    def receipt(self, digest: bytes) -> Receipt | None: ...
-
-    def aggregate_fog(self, digest: bytes) -> bytes | None: ...
-
-    def rules_version(self, name: str) -> int: ...
-
-    def rules_name(self, digest: bytes) -> str | None: ...
-
-    # queries
-    def participants(self) -> list[Participant]:
-        """In registration order."""
-        ...
-
-    def anchors(self, fog: bytes) -> list[AnchorView]: ...
-
-    def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]: ...
-
-    def aggregates(self, fog: bytes | None, feeder: str | None,
-                   after_height: int) -> list[AggregateView]:
-        """In chain order, then the order the anchor carried them."""
-        ...
-
-    def rules(self) -> list[RuleSetView]:
-        """In chain order."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def _check_append(store: BlockStore, height: int, effects: Sequence[Effect]) -> None:
-    if height != store.height() + 1:
-        raise StorageError(f"block {height} cannot follow block {store.height()}")
-    for e in effects:
-        h = e.anchor_head
-        values = [e.nonce, *(v for a in e.aggregates for v in (a.ivl, a.rev))]
-        if e.rules is not None:
-            values.append(e.rules.version)
-        if h is not None:
-            values += [h.size, h.t]
-        if max(values) > INT64_MAX:
-            raise StorageError(f"transaction {e.digest.hex()} holds a value beyond 2^63-1")
-
-
-class MemoryBlockStore:
-    """BlockStore in memory (tests); behaves like SQLiteBlockStore but forgets on close."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._blocks: list[StoredBlock] | None = []
-        self._state = MemoryState()
-        self._anchors: dict[bytes, list[AnchorView]] = {}
-        self._instructions: dict[bytes, list[InstructionView]] = {}
-
-    def _live(self) -> list[StoredBlock]:
-        if self._blocks is None:
-            raise StorageError("the memory block store was used after close()")
-        return self._blocks
-
-    def height(self) -> int:
-        with self._lock:
-            return len(self._live()) - 1
-
-    def block(self, height: int) -> StoredBlock | None:
-        with self._lock:
-            blocks = self._live()
-            return blocks[height] if 0 <= height < len(blocks) else None
-
-    def append(self, height: int, header: bytes, effects: Sequence[Effect]) -> None:
-        with self._lock:
-            blocks = self._live()
-            _check_append(self, height, effects)
-            stage = MemoryState(self._state)  # all or nothing: apply to a stage first
-            for i, e in enumerate(effects):
-                if self._state.receipt(e.digest) or e.digest in stage.receipts:
-                    raise StorageError(f"transaction {e.digest.hex()} is stored already")
-                stage.apply(e, Receipt(e.digest, height, i))
-            self._state.absorb(stage)
-            for i, e in enumerate(effects):
-                if e.anchor_head is not None:
-                    h = e.anchor_head
-                    self._anchors.setdefault(e.sender, []).append(AnchorView(
-                        height, i, e.digest, e.anchor_first, h.height, h.size, h.root))
-                if e.instruction_fog is not None:
-                    self._instructions.setdefault(e.instruction_fog, []).append(
-                        InstructionView(height, i, e.digest, e.raw))
-            blocks.append(StoredBlock(height, P.digest(header), header,
-                                      tuple(e.raw for e in effects)))
-
-    def participant(self, pid: bytes) -> Participant | None:
-        with self._lock:
-            self._live()
-            return self._state.participant(pid)
-
-    def anchored(self, fog: bytes) -> A.AnchoredHead | None:
-        with self._lock:
-            self._live()
-            return self._state.anchored(fog)
-
-    def instruction_fog(self, digest: bytes) -> bytes | None:
-        with self._lock:
-            self._live()
-            return self._state.instruction_fog(digest)
-
-    def receipt(self, digest: bytes) -> Receipt | None:
-        with self._lock:
-            self._live()
-            return self._state.receipt(digest)
-
-    def participants(self) -> list[Participant]:
-        with self._lock:
-            self._live()
-            return list(self._state.participants.values())
-
-    def anchors(self, fog: bytes) -> list[AnchorView]:
-        with self._lock:
-            self._live()
-            return list(self._anchors.get(fog, []))
-
-    def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]:
-        with self._lock:
-            self._live()
-            return [i for i in self._instructions.get(fog, []) if i.height > after_height]
-
-    def aggregates(self, fog: bytes | None, feeder: str | None,
-                   after_height: int) -> list[AggregateView]:
-        with self._lock:
-            self._live()
-            return [a for a in self._state.aggregate_views
-                    if (fog is None or a.fog == fog) and (feeder is None or a.feeder == feeder)
-                    and a.height > after_height]
-
-    def rules(self) -> list[RuleSetView]:
-        with self._lock:
-            self._live()
-            return list(self._state.rule_views)
-
-    def aggregate_fog(self, digest: bytes) -> bytes | None:
-        with self._lock:
-            self._live()
-            return self._state.aggregate_fog(digest)
-
-    def rules_version(self, name: str) -> int:
-        with self._lock:
-            self._live()
-            return self._state.rules_version(name)
-
-    def rules_name(self, digest: bytes) -> str | None:
-        with self._lock:
-            self._live()
-            return self._state.rules_name(digest)
-
-    def close(self) -> None:
-        with self._lock:
-            self._blocks = None
 
 
 class SQLiteBlockStore:
@@ -373,59 +185,56 @@ class SQLiteBlockStore:
             return None
         return StoredBlock(height, bytes(row[0]), bytes(row[1]), tuple(bytes(t[0]) for t in txs))
 
-    def append(self, height: int, header: bytes, effects: Sequence[Effect]) -> None:
+    def append(self, height: int, header: bytes, effects: Sequence[Effect],
+               state_root: bytes) -> None:
+        with self._wlock:
+            check_append(self, height, effects)
+
+            def write(db: sqlite3.Connection) -> None:
+                db.execute("INSERT INTO blocks (height, hash, header) VALUES (?, ?, ?)",
+                           (height, P.digest(header), header))
+                w = _Writer(db)
+                for i, e in enumerate(effects):
+                    apply_effect(w, e, Receipt(e.digest, height, i))
+                db.execute("INSERT INTO state_roots (height, root) VALUES (?, ?)",
+                           (height, state_root))
+
+            self._transaction(f"writing block {height}", write)
+
+    def put_state_roots(self, roots: Sequence[tuple[int, bytes]]) -> None:
+        with self._wlock:
+            self._transaction("writing state roots", lambda db: db.executemany(
+                "INSERT OR REPLACE INTO state_roots (height, root) VALUES (?, ?)", roots))
+
+    def _transaction(self, what: str, fn: Any) -> None:
         if self._w is None:
             raise StorageError(f"the chain store {self.path} is "
                                + ("read-only" if self.readonly else "closed"))
-        with self._wlock:
-            _check_append(self, height, effects)
-            db = self._w
+        db = self._w
+        try:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._write(db, height, header, effects)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise StorageError(f"{self.path}: writing block {height} failed: {e}") from e
+                fn(db)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path}: {what} failed: {e}") from e
 
-    @staticmethod
-    def _write(db: sqlite3.Connection, height: int, header: bytes,
-               effects: Sequence[Effect]) -> None:
-        db.execute("INSERT INTO blocks (height, hash, header) VALUES (?, ?, ?)",
-                   (height, P.digest(header), header))
-        for i, e in enumerate(effects):
-            db.execute("INSERT INTO txs (height, idx, digest, raw) VALUES (?, ?, ?, ?)",
-                       (height, i, e.digest, e.raw))
-            if e.registers is not None:
-                r = e.registers
-                db.execute("INSERT INTO participants (id, role, pub, name, nonce) "
-                           "VALUES (?, ?, ?, ?, ?)", (r.id, r.role, r.pub, r.name, r.nonce))
-            cur = db.execute("UPDATE participants SET nonce = ? WHERE id = ?",
-                             (e.nonce, e.sender))
-            if cur.rowcount != 1:
-                raise StorageError(f"effect of {e.digest.hex()} names sender "
-                                   f"{e.sender.hex()}, who is not registered")
-            if e.anchor_head is not None:
-                h = e.anchor_head
-                db.execute("INSERT INTO anchors (fog, height, idx, digest, first, last, size, "
-                           "root, head, t) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (e.sender, height, i, e.digest, e.anchor_first, h.height, h.size,
-                            h.root, h.digest, h.t))
-            if e.instruction_fog is not None:
-                db.execute("INSERT INTO instructions (digest, fog, height, idx) "
-                           "VALUES (?, ?, ?, ?)", (e.digest, e.instruction_fog, height, i))
-            for pos, a in enumerate(e.aggregates):
-                db.execute("INSERT INTO aggregates (digest, fog, feeder, ivl, rev, height, idx, "
-                           "pos, msg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (a.digest, e.sender, a.feeder, a.ivl, a.rev, height, i, pos, a.msg))
-            if e.rules is not None:
-                rs = e.rules
-                db.execute("INSERT INTO rules (digest, name, version, height, idx, text) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           (rs.digest, rs.name, rs.version, height, i, rs.text))
+    def state_root(self, height: int) -> bytes | None:
+        if not 0 <= height <= INT64_MAX:
+            return None
+        try:
+            rows = self._rows("SELECT root FROM state_roots WHERE height = ?", (height,))
+        except StorageError:
+            if self._has_roots():
+                raise
+            return None  # a read-only file written before state roots existed
+        return bytes(rows[0][0]) if rows else None
+
+    def _has_roots(self) -> bool:
+        return bool(self._rows("SELECT 1 FROM sqlite_master WHERE name = 'state_roots'"))
 
     def participant(self, pid: bytes) -> Participant | None:
         rows = self._rows("SELECT id, role, pub, name, nonce FROM participants WHERE id = ?",
@@ -510,3 +319,53 @@ class SQLiteBlockStore:
 def _participant(row: Any) -> Participant:
     pid, role, pub, name, nonce = row
     return Participant(bytes(pid), role, bytes(pub), name, nonce)
+
+
+class _Writer:
+    """The StateWriter of one block's SQLite transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def put_tx(self, digest: bytes, at: Receipt | None, raw: bytes) -> None:
+        assert at is not None
+        self.db.execute("INSERT INTO txs (height, idx, digest, raw) VALUES (?, ?, ?, ?)",
+                        (at.height, at.index, digest, raw))
+
+    def put_participant(self, p: Participant) -> None:
+        self.db.execute("INSERT INTO participants (id, role, pub, name, nonce) "
+                        "VALUES (?, ?, ?, ?, ?)", (p.id, p.role, p.pub, p.name, p.nonce))
+
+    def put_nonce(self, pid: bytes, nonce: int) -> None:
+        cur = self.db.execute("UPDATE participants SET nonce = ? WHERE id = ?", (nonce, pid))
+        if cur.rowcount != 1:
+            raise StorageError(f"an effect names sender {pid.hex()}, who is not registered")
+
+    def put_anchor(self, fog: bytes, at: Receipt | None, digest: bytes, first: int,
+                   head: A.AnchoredHead) -> None:
+        assert at is not None
+        self.db.execute("INSERT INTO anchors (fog, height, idx, digest, first, last, size, "
+                        "root, head, t) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (fog, at.height, at.index, digest, first, head.height, head.size,
+                         head.root, head.digest, head.t))
+
+    def put_instruction(self, digest: bytes, fog: bytes, at: Receipt | None,
+                        raw: bytes) -> None:
+        assert at is not None
+        self.db.execute("INSERT INTO instructions (digest, fog, height, idx) "
+                        "VALUES (?, ?, ?, ?)", (digest, fog, at.height, at.index))
+
+    def put_aggregate(self, fog: bytes, at: Receipt | None, pos: int,
+                      a: CarriedAggregate) -> None:
+        assert at is not None
+        self.db.execute("INSERT INTO aggregates (digest, fog, feeder, ivl, rev, height, idx, "
+                        "pos, msg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (a.digest, fog, a.feeder, a.ivl, a.rev, at.height, at.index, pos,
+                         a.msg))
+
+    def put_rules(self, rules: RuleSet, at: Receipt | None) -> None:
+        assert at is not None
+        self.db.execute("INSERT INTO rules (digest, name, version, height, idx, text) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (rules.digest, rules.name, rules.version, at.height, at.index,
+                         rules.text))

@@ -20,18 +20,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aggregator.ledger import (
+from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_state_root
+from aggregator.chain.app.validator import Validator
+from aggregator.chain.ledger import (
     AggregateView,
     AggregatorError,
     AnchorView,
     Block,
     ChainError,
     DuplicateError,
-    Effect,
     Head,
     InstructionView,
     LedgerStats,
-    MemoryState,
     NotFoundError,
     Participant,
     Receipt,
@@ -39,12 +39,12 @@ from aggregator.ledger import (
     StorageError,
     TxView,
     UnavailableError,
-    Validator,
 )
-from aggregator.store import BlockStore
+from aggregator.chain.store import BlockStore
+from aggregator.chain.verify import replay_state_roots
 from meterledger import wire as P
+from meterledger.errors import ProtocolError
 from meterledger.wire import chain as C
-from meterledger.wire.cbor import ProtocolError
 
 Clock = Callable[[], float]
 
@@ -58,7 +58,7 @@ def create_genesis(store: BlockStore, key: P.SigningKey, t: int, name: str = "di
                             C.register_body("dispatch", key.public_key.raw, name), t, key.id))
     effect = Validator(key.id).check_genesis(raw)
     header = P.sign1(key, C.block_header(key.id, 0, P.ZERO32, C.tx_root([raw]), 1, t, key.id))
-    store.append(0, header, [effect])
+    store.append(0, header, [effect], block_state_root(ZERO_ROOT, 0, [effect]))
 
 
 @dataclass
@@ -75,6 +75,7 @@ class _Tip:
     hash: bytes
     header: bytes
     t: int
+    state_root: bytes
 
 
 @dataclass
@@ -123,7 +124,12 @@ class EmbeddedLedger:
             t: int = P.parse(b.header, schema=False).fields[6]
         except (ProtocolError, KeyError) as e:
             raise StorageError(f"block {b.height}'s header cannot be read: {e}") from None
-        return _Tip(b.height, b.hash, b.header, t)
+        root = self._store.state_root(b.height)
+        if root is None:  # a chain written before state roots: compute them once by replay
+            roots = replay_state_roots(self._store)
+            self._store.put_state_roots(roots)
+            root = roots[-1][1]
+        return _Tip(b.height, b.hash, b.header, t, root)
 
     @property
     def chain_id(self) -> bytes:
@@ -191,8 +197,10 @@ class EmbeddedLedger:
         t = max(int(self._clock()), tip.t)  # block times never go backwards
         header = P.sign1(self._key, C.block_header(self._key.id, height, tip.hash,
                                                    C.tx_root(txs), len(txs), t, self._chain))
-        self._store.append(height, header, [p.effect for p in batch])
-        return _Tip(height, P.digest(header), header, t)
+        effects = [p.effect for p in batch]
+        root = block_state_root(tip.state_root, height, effects)
+        self._store.append(height, header, effects, root)
+        return _Tip(height, P.digest(header), header, t, root)
 
     def _sealed(self, tip: _Tip, batch: list[_Pending]) -> None:
         self._tip = tip
@@ -203,7 +211,7 @@ class EmbeddedLedger:
             del self._pending[p.effect.digest]
             kind = p.effect.kind
             self._stats.accepted[kind] = self._stats.accepted.get(kind, 0) + 1
-            if p.effect.anchor_head is not None:
+            if kind == C.ANCHOR:
                 self._stats.anchors += 1
         self._rebuild_overlay()
 
@@ -231,7 +239,8 @@ class EmbeddedLedger:
     def head(self) -> Head:
         with self._cond:
             tip = self._tip
-        return Head(tip.height, tip.hash, tip.header, self._chain, self._key.public_key.raw)
+        return Head(tip.height, tip.hash, tip.header, self._chain, self._key.public_key.raw,
+                    tip.state_root)
 
     def block(self, height: int) -> Block:
         b = self._store.block(height) if height <= self.head().height else None

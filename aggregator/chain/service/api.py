@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from aggregator.ledger import (
+from aggregator.chain.ledger import (
     INT64_MAX,
     AggregatorError,
     ChainError,
@@ -35,8 +35,8 @@ from aggregator.ledger import (
     StorageError,
     UnavailableError,
 )
-from aggregator.metrics import render
-from aggregator.suggestions import STATES, Dispatcher, SuggestionStateError
+from aggregator.chain.service.metrics import render
+from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
 from meterledger import wire as P
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,8 @@ class AggregatorAPI:
     def _head(self, q: _Query) -> dict[str, Any]:
         h = self.ledger.head()
         return {"height": h.height, "hash": h.hash.hex(), "header": h.header.hex(),
-                "chain": h.chain.hex(), "sealer_pub": h.sealer_pub.hex()}
+                "chain": h.chain.hex(), "sealer_pub": h.sealer_pub.hex(),
+                "state_root": h.state_root.hex()}
 
     def _block(self, text: str) -> dict[str, Any]:
         if not _DIGITS.fullmatch(text):

@@ -8,7 +8,7 @@ data_dir/
   aggregator.url   the running service's base URL (written when it listens, removed at stop)
   dispatch.token   the bearer token of POST /v1/suggestions/{id}/approve|dismiss (hex, mode
                    0600; created by `init`, or by `run` for a data dir made before it existed)
-  suggestions.db   suggestions and the dispatcher's decisions on them (aggregator.suggestions)
+  suggestions.db   suggestions and the dispatcher's decisions on them (aggregator.dispatch.suggestions)
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from aggregator.embedded import EmbeddedLedger, create_genesis
-from aggregator.ledger import AggregatorError
-from aggregator.store import SQLiteBlockStore
+from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
+from aggregator.chain.ledger import AggregatorError
+from aggregator.chain.store import SQLiteBlockStore
 from meterledger import wire as P
 
 KEY, PUB, CHAIN, LOCK, URL = "dispatch.key", "dispatch.pub", "chain.db", "aggregator.lock", \

@@ -1,0 +1,14 @@
+"""The chain's transaction kinds, one module each, registered here explicitly.
+
+Adding a kind: its body schema and body rules in `meterledger.wire.chain` (the contract the
+fog and auditors check too), one module here with KIND, ROLE and check() (see `base`), and
+one line in KINDS below.
+"""
+
+from __future__ import annotations
+
+from aggregator.chain.app.kinds import anchor, fault, instruction, register, report, rules
+from aggregator.chain.app.kinds.base import KindRule
+
+KINDS: dict[str, KindRule] = {m.KIND: m for m in (register, anchor, instruction, report,
+                                                      fault, rules)}

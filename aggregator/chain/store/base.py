@@ -1,0 +1,104 @@
+"""Block storage: the interface, shared by the SQLite store and its in-memory twin.
+
+A `BlockStore` holds blocks 0..height() and the state derived from them (what the Validator
+reads: participants with their last nonce, anchors, instructions, anchored aggregates,
+registered rule sets, the transaction index), written together with each block, plus the
+state root after each block. The derived state is a cache of the blocks, which verify-chain
+rebuilds by replaying them. One contract test suite runs against both implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aggregator.chain.app.state import INT64_MAX, Effect
+from aggregator.chain.ledger import (
+    AggregateView,
+    AnchorView,
+    InstructionView,
+    Participant,
+    Receipt,
+    RuleSetView,
+    StorageError,
+)
+from meterledger.wire import anchor as A
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    height: int
+    hash: bytes
+    header: bytes
+    txs: tuple[bytes, ...]
+
+
+class BlockStore(Protocol):
+    """Blocks 0..height() and the state derived from them (also an app.state.State)."""
+
+    def height(self) -> int:
+        """Height of the newest block; -1 while the store holds none (before genesis)."""
+        ...
+
+    def block(self, height: int) -> StoredBlock | None: ...
+
+    def append(self, height: int, header: bytes, effects: Sequence[Effect],
+               state_root: bytes) -> None:
+        """Add block `height` (= height() + 1) with the transactions of `effects`, in order,
+        their effects on the derived state and the state root after it: all or nothing,
+        durable on return."""
+        ...
+
+    def state_root(self, height: int) -> bytes | None:
+        """The state root stored with block `height`; None if none is (a chain written
+        before state roots existed, until the ledger fills them in)."""
+        ...
+
+    def put_state_roots(self, roots: Sequence[tuple[int, bytes]]) -> None:
+        """Store the state roots of existing blocks (computed by replaying them)."""
+        ...
+
+    # app.state.State
+    def participant(self, pid: bytes) -> Participant | None: ...
+
+    def anchored(self, fog: bytes) -> A.AnchoredHead | None: ...
+
+    def instruction_fog(self, digest: bytes) -> bytes | None: ...
+
+    def receipt(self, digest: bytes) -> Receipt | None: ...
+
+    def aggregate_fog(self, digest: bytes) -> bytes | None: ...
+
+    def rules_version(self, name: str) -> int: ...
+
+    def rules_name(self, digest: bytes) -> str | None: ...
+
+    # queries
+    def participants(self) -> list[Participant]:
+        """In registration order."""
+        ...
+
+    def anchors(self, fog: bytes) -> list[AnchorView]: ...
+
+    def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]: ...
+
+    def aggregates(self, fog: bytes | None, feeder: str | None,
+                   after_height: int) -> list[AggregateView]:
+        """In chain order, then the order the anchor carried them."""
+        ...
+
+    def rules(self) -> list[RuleSetView]:
+        """In chain order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+
+def check_append(store: BlockStore, height: int, effects: Sequence[Effect]) -> None:
+    if height != store.height() + 1:
+        raise StorageError(f"block {height} cannot follow block {store.height()}")
+    for e in effects:
+        if max(e.stored_ints()) > INT64_MAX:
+            raise StorageError(f"transaction {e.digest.hex()} holds a value beyond 2^63-1")

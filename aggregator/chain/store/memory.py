@@ -1,0 +1,178 @@
+"""The in-memory twin of the SQLite block store (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from aggregator.chain.app.state import Effect, MemoryState, apply_effect
+from aggregator.chain.ledger import (
+    AggregateView,
+    AnchorView,
+    CarriedAggregate,
+    InstructionView,
+    Participant,
+    Receipt,
+    RuleSet,
+    RuleSetView,
+    StorageError,
+)
+from aggregator.chain.store.base import StoredBlock, check_append
+from meterledger import wire as P
+from meterledger.wire import anchor as A
+
+
+class _Views:
+    """A StateWriter keeping the per-fog anchor and instruction lists the queries answer."""
+
+    def __init__(self) -> None:
+        self.anchors: dict[bytes, list[AnchorView]] = {}
+        self.instructions: dict[bytes, list[InstructionView]] = {}
+
+    def put_tx(self, digest: bytes, at: Receipt | None, raw: bytes) -> None:
+        pass
+
+    def put_participant(self, p: Participant) -> None:
+        pass
+
+    def put_nonce(self, pid: bytes, nonce: int) -> None:
+        pass
+
+    def put_anchor(self, fog: bytes, at: Receipt | None, digest: bytes, first: int,
+                   head: A.AnchoredHead) -> None:
+        assert at is not None
+        self.anchors.setdefault(fog, []).append(AnchorView(
+            at.height, at.index, digest, first, head.height, head.size, head.root))
+
+    def put_instruction(self, digest: bytes, fog: bytes, at: Receipt | None,
+                        raw: bytes) -> None:
+        assert at is not None
+        self.instructions.setdefault(fog, []).append(
+            InstructionView(at.height, at.index, digest, raw))
+
+    def put_aggregate(self, fog: bytes, at: Receipt | None, pos: int,
+                      a: CarriedAggregate) -> None:
+        pass
+
+    def put_rules(self, rules: RuleSet, at: Receipt | None) -> None:
+        pass
+
+
+class MemoryBlockStore:
+    """BlockStore in memory (tests); behaves like SQLiteBlockStore but forgets on close."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._blocks: list[StoredBlock] | None = []
+        self._state = MemoryState()
+        self._views = _Views()
+        self._roots: dict[int, bytes] = {}
+
+    def _live(self) -> list[StoredBlock]:
+        if self._blocks is None:
+            raise StorageError("the memory block store was used after close()")
+        return self._blocks
+
+    def height(self) -> int:
+        with self._lock:
+            return len(self._live()) - 1
+
+    def block(self, height: int) -> StoredBlock | None:
+        with self._lock:
+            blocks = self._live()
+            return blocks[height] if 0 <= height < len(blocks) else None
+
+    def append(self, height: int, header: bytes, effects: Sequence[Effect],
+               state_root: bytes) -> None:
+        with self._lock:
+            blocks = self._live()
+            check_append(self, height, effects)
+            stage = MemoryState(self._state)  # all or nothing: apply to a stage first
+            for i, e in enumerate(effects):
+                if self._state.receipt(e.digest) or e.digest in stage.receipts:
+                    raise StorageError(f"transaction {e.digest.hex()} is stored already")
+                stage.apply(e, Receipt(e.digest, height, i))
+            self._state.absorb(stage)
+            for i, e in enumerate(effects):
+                apply_effect(self._views, e, Receipt(e.digest, height, i))
+            blocks.append(StoredBlock(height, P.digest(header), header,
+                                      tuple(e.raw for e in effects)))
+            self._roots[height] = state_root
+
+    def state_root(self, height: int) -> bytes | None:
+        with self._lock:
+            self._live()
+            return self._roots.get(height)
+
+    def put_state_roots(self, roots: Sequence[tuple[int, bytes]]) -> None:
+        with self._lock:
+            self._live()
+            self._roots.update(roots)
+
+    def participant(self, pid: bytes) -> Participant | None:
+        with self._lock:
+            self._live()
+            return self._state.participant(pid)
+
+    def anchored(self, fog: bytes) -> A.AnchoredHead | None:
+        with self._lock:
+            self._live()
+            return self._state.anchored(fog)
+
+    def instruction_fog(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            self._live()
+            return self._state.instruction_fog(digest)
+
+    def receipt(self, digest: bytes) -> Receipt | None:
+        with self._lock:
+            self._live()
+            return self._state.receipt(digest)
+
+    def participants(self) -> list[Participant]:
+        with self._lock:
+            self._live()
+            return list(self._state.participants.values())
+
+    def anchors(self, fog: bytes) -> list[AnchorView]:
+        with self._lock:
+            self._live()
+            return list(self._views.anchors.get(fog, []))
+
+    def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]:
+        with self._lock:
+            self._live()
+            return [i for i in self._views.instructions.get(fog, []) if i.height > after_height]
+
+    def aggregates(self, fog: bytes | None, feeder: str | None,
+                   after_height: int) -> list[AggregateView]:
+        with self._lock:
+            self._live()
+            return [a for a in self._state.aggregate_views
+                    if (fog is None or a.fog == fog) and (feeder is None or a.feeder == feeder)
+                    and a.height > after_height]
+
+    def rules(self) -> list[RuleSetView]:
+        with self._lock:
+            self._live()
+            return list(self._state.rule_views)
+
+    def aggregate_fog(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            self._live()
+            return self._state.aggregate_fog(digest)
+
+    def rules_version(self, name: str) -> int:
+        with self._lock:
+            self._live()
+            return self._state.rules_version(name)
+
+    def rules_name(self, digest: bytes) -> str | None:
+        with self._lock:
+            self._live()
+            return self._state.rules_name(digest)
+
+    def close(self) -> None:
+        with self._lock:
+            self._blocks = None
+
