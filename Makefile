@@ -40,6 +40,7 @@ bench: setup
 	$(PY) -m tools.bench_chain
 	$(PY) -m tools.bench_rs485
 	$(PY) -m tools.bench_cooked
+	$(PY) -m tools.bench_api
 
 demo: setup
 	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aggregator.chain.ledger import AggregatorError, ChainError, Receipt
+from aggregator.chain.ledger import ChainError, Receipt
 from aggregator.chain.service import remote
 from aggregator.chain.service.api import AggregatorAPI
 from aggregator.chain.service.node import (
@@ -64,8 +64,9 @@ from aggregator.chain.verify import Replay, VerifyError, check_derived, store_bl
 from aggregator.dispatch.rules import load_rules
 from aggregator.dispatch.suggestions import Dispatcher, open_dispatcher, submit_signed
 from meterledger import wire as P
+from meterledger.errors import MeterLedgerError, ProtocolError
+from meterledger.infra import config as cfg
 from meterledger.wire import chain as C
-from meterledger.wire.cbor import ProtocolError
 
 _RETRIES = 5  # register: fresh nonces to try when a concurrent transaction took ours
 
@@ -254,6 +255,7 @@ def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
     return replay.summary().line()
 
 
+# long: the argparse tree of every subcommand, then one dispatch
 def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,10 +264,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--name", default="dispatch", help="the dispatch center's name on the chain")
     p = sub.add_parser("run", help="serve the chain's HTTP API")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--data-dir", dest="data_dir", type=Path)
-    p.add_argument("--host")
-    p.add_argument("--http-port", dest="http_port", type=int)
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML file ([aggregator] table); a flag overrides the file")
+    cfg.add_flags(p, AggregatorConfig)
     p = sub.add_parser("register", help="register a participant (signed by the dispatch key)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--role", required=True, choices=C.ROLES)
@@ -301,8 +302,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
             key = init_data_dir(args.data_dir, int(time.time()), args.name)
             print(f"chain {key.id_hex}\ndispatch pub {key.public_key.raw.hex()}")
         elif args.cmd == "run":
-            flags: dict[str, Any] = {k: getattr(args, k) for k in ("data_dir", "host",
-                                                                   "http_port")}
+            flags = cfg.flag_values(args, AggregatorConfig)
             return run(load_config(args.config, flags))
         elif args.cmd == "register":
             r = register(args.data_dir, args.role, args.pub, args.name, args.chain)
@@ -330,9 +330,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
     except VerifyError as e:
         print(f"verify-chain FAILED: {e}")
         return 1
-    except AggregatorError as e:
+    except MeterLedgerError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

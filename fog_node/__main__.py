@@ -28,71 +28,21 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fog_node.anchor import ChainLink
-from fog_node.chain_client import ChainClient
-from fog_node.dispatch import Dispatcher
-from fog_node.faults import FaultReporter
-from fog_node.feeders import Feeder, parse_feeders
-from fog_node.node import FogConfig, FogError, FogNode, init_data_dir, node_clock
-from fog_node.rs485 import check_addresses, parse_addresses
-from fog_node.service import FogService, apply_request, lock_data_dir, queue_request
+from fog_node.chainlink.dispatch import Dispatcher
+from fog_node.chainlink.faults import FaultReporter
+from fog_node.chainlink.link import ChainLink
+from fog_node.config import FogConfig, load_config, node_clock
+from fog_node.enrollment import apply_request, queue_request
+from fog_node.node import FogError, FogNode, init_data_dir, lock_data_dir
+from fog_node.service import FogService
 from meterledger import wire as P
-
-
-def _addresses(value: Any) -> list[int]:
-    """RS485 addresses: a TOML list of integers, or "1,2,5-9"."""
-    if isinstance(value, str):
-        return parse_addresses(value)
-    if isinstance(value, list) and all(isinstance(a, int) and not isinstance(a, bool)
-                                       for a in value):
-        return check_addresses(value)
-    raise ValueError(f"rs485_addresses: expected a list of integers or \"1,2,5-9\", got {value!r}")
-
-
-def _feeders(value: Any) -> list[Feeder]:
-    """Feeders: a TOML array of tables ([[fog.feeders]]), or the same as JSON (CLI)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"feeders: not JSON: {e}") from None
-    return parse_feeders(value)
-
-
-_FLAGS: dict[str, Callable[[Any], Any]] = {  # flag -> (FogConfig field, type)
-    "mqtt_host": str, "mqtt_port": int, "mqtt_root": str, "data_dir": Path, "http_host": str,
-    "http_port": int, "seal_period_s": float, "interval_s": int, "grace_s": int, "skew_s": int,
-    "batch_max": int, "batch_wait_s": float, "chain_url": str, "anchor_period_s": float,
-    "chain_poll_s": float, "dispatch_pub": str, "rs485_port": str, "rs485_baud": int,
-    "rs485_addresses": _addresses, "rs485_timeout_s": float, "rs485_slow_timeout_s": float,
-    "rs485_batch": int, "sim_compress": float, "sim_start": float, "sim_epoch": float,
-    "feeders": _feeders, "privacy_min_meters": int, "loss_alert_pct": float,
-    "outage_pct": float, "voltage_low_dv": int, "voltage_high_dv": int, "on_tamper": str,
-}
-
-
-def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise FogError(f"config {path}: {e}") from None
-        doc = doc.get("fog", doc)  # a [fog] table or top-level keys
-        for key, value in doc.items():
-            if key not in _FLAGS:
-                raise FogError(f"config {path}: unknown key {key!r} (known: {', '.join(_FLAGS)})")
-            try:
-                values[key] = _FLAGS[key](value)
-            except (TypeError, ValueError) as e:
-                raise FogError(f"config {path}: {key}: {e}") from None
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return FogConfig(**values)
+from meterledger.clients.chain import ChainClient
+from meterledger.errors import MeterLedgerError
+from meterledger.infra import config as cfg
 
 
 def _provisioning(path: Path) -> list[dict[str, Any]]:
@@ -193,9 +143,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int
     p_init = sub.add_parser("init", help="create the data dir and the fog key")
     p_init.add_argument("--data-dir", type=Path, default=Path("fog-data"))
     p_run = sub.add_parser("run", help="run the fog node")
-    p_run.add_argument("--config", type=Path)
-    for name, typ in _FLAGS.items():
-        p_run.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    p_run.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML file ([fog] table); a flag overrides the file "
+                            "(example: docs/examples/fog.toml)")
+    cfg.add_flags(p_run, FogConfig)
     for name in ("enroll", "revoke"):
         p = sub.add_parser(name, help=f"{name} a meter by its public key")
         p.add_argument("--data-dir", type=Path, default=Path("fog-data"))
@@ -211,7 +162,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int
             print(f"fog id {key.id.hex()}\nfog pub {key.public_key.raw.hex()}")
             return 0
         if args.cmd == "run":
-            flags = {k: getattr(args, k) for k in _FLAGS}
+            flags = cfg.flag_values(args, FogConfig)
             return run(load_config(args.config, flags))
         status = "active" if args.cmd == "enroll" else "revoked"
         if args.cmd == "revoke" and not args.reason:
@@ -225,9 +176,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int
             ap.error(f"{args.cmd} needs --pub or --file")
         decide(args.data_dir, reqs)
         return 0
-    except (FogError, ValueError) as e:  # ValueError: a bad public key and the like
+    except (MeterLedgerError, ValueError) as e:  # ValueError: a bad public key and the like
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

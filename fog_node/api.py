@@ -3,49 +3,64 @@
 Anyone holding a reading can ask for its inclusion proof against a signed checkpoint and
 check it with the fog's public key alone; an auditor can ask for consistency proofs
 between two signed checkpoints. Bytes are lowercase hex. Bad input is a 400 saying what
-was wrong, something that is not there a 404; nothing a client sends produces a 500 (an
-unexpected exception is logged and answered 500 {"error": "internal"}, never a traceback).
+was wrong, something that is not there a 404, a method other than GET (or HEAD) on an
+endpoint a 405; every error is a JSON object whose `error` says what was wrong. Nothing a
+client sends produces a 500 (an unexpected exception is logged and answered 500
+{"error": "internal"}, never a traceback). `GET /openapi.json` describes the API.
 
-Every handler holds `node.lock` while it reads the stores, which the ingest thread writes.
+Served by the shared HTTP layer (meterledger.infra.http: Starlette on uvicorn); the metrics
+through prometheus_client (fog_node.metrics). Every handler holds `node.lock` while it reads
+the stores, which the ingest thread writes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import threading
-from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from fog_node.checkpoints import Checkpoint
-from fog_node.metrics import render
+from fog_node.log.checkpoints import Checkpoint
+from fog_node.metrics import registry
 from fog_node.node import FogError, FogNode
 from meterledger import wire as P
+from meterledger.infra import http as H
+from meterledger.infra.metrics import CONTENT_TYPE as PROMETHEUS
+from meterledger.infra.metrics import exposition
 from meterledger.wire import merkle
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+JSON = H.JSON
 # SQLite integers are signed 64-bit: nothing larger is stored, and larger query arguments
 # would raise OverflowError inside sqlite3, so they are answered before any query
 INT64_MAX = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes '²' and '٣'
 _MAX_DIGITS = 30  # far beyond 2^64; keeps int() of a client's string cheap
 _DEV = re.compile(r"[0-9a-fA-F]{16}")
-_ENTRIES = "/v1/entries/"
+_show = H.show
 
 
-class APIError(FogError):
-    """A request the API answers with an error status; the message says what was wrong."""
+class APIError(FogError, H.HTTPError):
+    """A request the API answers with an error status; the message says what was wrong
+    (in `error`, the fog's envelope: {"error": message})."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        H.HTTPError.__init__(self, status, message)
+
+
+class _Errors(H.Errors):
+    """The fog's envelope: the message itself in `error`, no code (what its clients read)."""
+
+    def make(self, status: int, code: str, message: str | None, *,
+             headers: Mapping[str, str] | None = None) -> H.HTTPError:
+        return H.HTTPError(status, message if message is not None else code, headers=headers)
+
+    def not_allowed(self, method: str, path: str, allowed: Sequence[str]) -> H.HTTPError:
+        # `error` as the fog always said it; `detail` names the endpoint and what it takes
+        return H.HTTPError(405, f"method {method} is not allowed: the API is read-only (GET)",
+                           f"{method} {_show(path)}: this endpoint answers "
+                           f"{', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
 
 
 def _bad(message: str) -> APIError:
@@ -56,11 +71,6 @@ def _missing(message: str) -> APIError:
     return APIError(404, message)
 
 
-def _show(value: str) -> str:
-    """A client's value quoted for an error message, cut short if it is long."""
-    return repr(value if len(value) <= 40 else value[:40] + "...")
-
-
 def _uint(name: str, text: str) -> int:
     if not _DIGITS.fullmatch(text):
         raise _bad(f"{name} must be a non-negative decimal integer, not {_show(text)}")
@@ -69,110 +79,68 @@ def _uint(name: str, text: str) -> int:
     return int(text)
 
 
-class _Query:
-    """The query string of one request, each parameter at most once, none unknown."""
+def _query_uint(q: H.Query, name: str) -> int:
+    return _uint(name, q.text(name))
 
-    def __init__(self, query: str, allowed: tuple[str, ...]) -> None:
-        self.values: dict[str, str] = {}
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            if name not in allowed:
-                takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
-                raise _bad(f"unknown parameter {_show(name)}: this endpoint {takes}")
-            if name in self.values:
-                raise _bad(f"parameter {name} is given more than once")
-            self.values[name] = value
 
-    def text(self, name: str) -> str:
-        if name not in self.values:
-            raise _bad(f"missing parameter {name}")
-        return self.values[name]
-
-    def uint(self, name: str) -> int:
-        return _uint(name, self.text(name))
-
-    def optional_uint(self, name: str) -> int | None:
-        return self.uint(name) if name in self.values else None
+def _query_optional_uint(q: H.Query, name: str) -> int | None:
+    return _query_uint(q, name) if name in q.values else None
 
 
 def _hex(b: bytes) -> str:
     return b.hex()
 
 
+_DEV_DOC = "the meter's 8-byte id, 16 hex characters"
+
+
 class FogAPI:
     def __init__(self, node: FogNode, clock: Callable[[], float] | None = None) -> None:
         self.node = node
         self.clock = clock if clock is not None else node.clock
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._routes: dict[str, tuple[Callable[[_Query], dict[str, Any]], tuple[str, ...]]] = {
-            "/v1/checkpoint": (self._checkpoint, ()),
-            "/v1/proof/inclusion": (self._inclusion, ("dev", "seq", "size")),
-            "/v1/proof/consistency": (self._consistency, ("first", "second")),
-            "/v1/proof/enrollment": (self._enrollment, ("dev", "size", "before")),
-            "/v1/devices": (self._devices, ()),
-            "/healthz": (self._health, ()),
-        }
+        # the API's own registry: several nodes (and APIs) may live in one process
+        self.metrics = registry(node, lambda: self.clock())
+        R, Q = H.Route, H.Param
+        self.http = H.HTTPService(
+            "fog-api",
+            [R("/v1/checkpoint", self._checkpoint),
+             R("/v1/proof/inclusion", self._inclusion,
+               query=(Q("dev", True, _DEV_DOC), Q("seq", True, "the reading's seq (>= 1)"),
+                      Q("size", False, "a sealed checkpoint's size (default: the latest)"))),
+             R("/v1/proof/consistency", self._consistency,
+               query=(Q("first", True, "the size of the earlier sealed checkpoint"),
+                      Q("second", True, "the size of the later sealed checkpoint"))),
+             R("/v1/proof/enrollment", self._enrollment,
+               query=(Q("dev", True, _DEV_DOC), Q("size", True, "a sealed checkpoint's size"),
+                      Q("before", False, "only decisions logged below this index"))),
+             R("/v1/devices", self._devices),
+             R("/healthz", self._health),
+             R("/v1/entries/{index:path}", self._entry),
+             R("/metrics", self._metrics, content_type=PROMETHEUS)],
+            errors=_Errors(), title="MeterLedger fog node", server="MeterLedgerFog/1",
+            logger=log)
 
     # -- serving ------------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve in a daemon thread; port 0 picks a free one. Returns the bound port."""
-        if self._server is not None:
+        """Serve in a background thread; port 0 picks a free one. Returns the bound port."""
+        if self.http.serving:
             raise FogError(f"the API is already serving on port {self.port}")
-        server = ThreadingHTTPServer((host, port), _handler_class(self))
-        server.daemon_threads = True  # a stuck client must not keep the node from exiting
-        self._server = server
-        # shutdown() waits for the loop's next poll: 0.1 s keeps stop() quick
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.1,),
-                                        name="fog-api", daemon=True)
-        self._thread.start()
-        return self.port
+        return self.http.start(host, port)
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if not self.http.serving:
             raise FogError("the API is not serving")
-        port: int = self._server.server_address[1]
-        return port
+        return self.http.port
 
     def stop(self) -> None:
         """Stop serving and close the socket; a no-op if not serving."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
+        self.http.stop()
 
     def handle(self, target: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) of GET `target` (path and query)."""
-        try:
-            try:
-                url = urlsplit(target)
-            except ValueError as e:  # e.g. an absolute URL with a broken [IPv6] host
-                raise _bad(f"cannot parse the request target {_show(target)}: {e}") from None
-            if url.path == "/metrics":
-                _Query(url.query, ())
-                return 200, PROMETHEUS, render(self.node, self.clock()).encode()
-            if url.path.startswith(_ENTRIES):
-                _Query(url.query, ())
-                return self._json(200, self._entry(url.path[len(_ENTRIES):]))
-            route = self._routes.get(url.path)
-            if route is None:
-                known = ", ".join([*self._routes, _ENTRIES + "{index}", "/metrics"])
-                raise _missing(f"no endpoint {_show(url.path)}; the API has {known}")
-            handler, allowed = route
-            return self._json(200, handler(_Query(url.query, allowed)))
-        except APIError as e:
-            return self._json(e.status, {"error": str(e)})
-        except Exception:
-            log.exception("fog API: unexpected error answering GET %r", target[:200])
-            return self._json(500, {"error": "internal"})
-
-    @staticmethod
-    def _json(status: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
-        return status, JSON, json.dumps(body).encode() + b"\n"
+        """(status, content type, body) of GET `target` (path and query), in process."""
+        a = self.http.call("GET", target)
+        return a.status, a.content_type, a.body
 
     # -- endpoints ------------------------------------------------------------------------
     def _latest(self) -> Checkpoint:
@@ -192,7 +160,8 @@ class FogAPI:
             raise _bad(f"{name} {size} is not the size of a sealed checkpoint ({hint})")
         return cp
 
-    def _checkpoint(self, q: _Query) -> dict[str, Any]:
+    def _checkpoint(self, req: H.Request) -> dict[str, Any]:
+        """The latest signed checkpoint, with the fog's id and public key."""
         with self.node.lock:
             cp = self._latest()
         return {"checkpoint": _hex(cp.msg), "height": cp.height, "size": cp.size,
@@ -200,17 +169,23 @@ class FogAPI:
                 "fog_pub": _hex(self.node.key.public_key.raw)}
 
     @staticmethod
-    def _dev(q: _Query) -> bytes:
+    def _dev(q: H.Query) -> bytes:
         dev_text = q.text("dev")
         if not _DEV.fullmatch(dev_text):
             raise _bad(f"dev must be 16 hex characters (the meter's 8-byte id), "
                        f"not {_show(dev_text)}")
         return bytes.fromhex(dev_text)
 
-    def _inclusion(self, q: _Query) -> dict[str, Any]:
+    def _inclusion(self, req: H.Request) -> dict[str, Any]:
+        """Inclusion proof of a meter's reading against a signed checkpoint.
+
+        The latest checkpoint unless `size` names an earlier one; the proof, the logged
+        entry and the checkpoint it verifies against.
+        """
+        q = req.query
         dev = self._dev(q)
-        seq = q.uint("seq")
-        size = q.optional_uint("size")
+        seq = _query_uint(q, "seq")
+        size = _query_optional_uint(q, "size")
         if seq < 1:
             raise _bad("seq must be >= 1 (a meter's first reading is seq 1)")
         with self.node.lock:
@@ -249,10 +224,16 @@ class FogAPI:
                 return i
         return None
 
-    def _enrollment(self, q: _Query) -> dict[str, Any]:
+    def _enrollment(self, req: H.Request) -> dict[str, Any]:
+        """Inclusion proof of the meter's enrollment decision in force below `before`.
+
+        The last enrollment decision (type 8) of the meter logged below `before` (default:
+        `size`), proved against the sealed checkpoint of `size` entries.
+        """
+        q = req.query
         dev = self._dev(q)
-        size = q.uint("size")
-        before = q.optional_uint("before")
+        size = _query_uint(q, "size")
+        before = _query_optional_uint(q, "before")
         before = size if before is None or before > size else before
         with self.node.lock:
             cp = self._sealed("size", size)
@@ -265,8 +246,10 @@ class FogAPI:
         return {"leaf_index": idx, "tree_size": cp.size, "path": [_hex(h) for h in proof.path],
                 "entry": _hex(entry), "checkpoint": _hex(cp.msg)}
 
-    def _consistency(self, q: _Query) -> dict[str, Any]:
-        first, second = q.uint("first"), q.uint("second")
+    def _consistency(self, req: H.Request) -> dict[str, Any]:
+        """Consistency proof between two sealed checkpoints (by their sizes)."""
+        q = req.query
+        first, second = _query_uint(q, "first"), _query_uint(q, "second")
         if first > second:
             raise _bad(f"first {first} is larger than second {second}; a log only grows")
         with self.node.lock:
@@ -278,8 +261,9 @@ class FogAPI:
                 # the signed checkpoints, so a client can check the roots are the fog's
                 "first_checkpoint": _hex(a.msg), "second_checkpoint": _hex(b.msg)}
 
-    def _entry(self, index_text: str) -> dict[str, Any]:
-        index = _uint("entry index", index_text)
+    def _entry(self, req: H.Request) -> dict[str, Any]:
+        """One log entry by its index: the bytes, the Merkle leaf hash and the type."""
+        index = _uint("entry index", req.params["index"])
         with self.node.lock:
             size = self.node.log.size()
             if index >= size:
@@ -292,7 +276,8 @@ class FogAPI:
         return {"index": index, "entry": _hex(entry), "leaf_hash": _hex(merkle.leaf_hash(entry)),
                 "type": type_}
 
-    def _devices(self, q: _Query) -> dict[str, Any]:
+    def _devices(self, req: H.Request) -> dict[str, Any]:
+        """Enrolled meters, meters waiting for a decision and the quarantine's size."""
         with self.node.lock:
             devices = self.node.registry.devices()
             births = dict(self.node.ingest.pending_births)
@@ -308,52 +293,13 @@ class FogAPI:
             "quarantined": quarantined,
         }
 
-    def _health(self, q: _Query) -> dict[str, Any]:
+    def _health(self, req: H.Request) -> dict[str, Any]:
+        """Liveness: the log's size and the latest checkpoint's height."""
         with self.node.lock:
             size = self.node.log.size()
             latest = self.node.checkpoints.latest()
         return {"ok": True, "log_size": size, "checkpoint_height": latest.height if latest else 0}
 
-
-def _handler_class(api: FogAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "MeterLedgerFog/1"
-        timeout = 30  # seconds a client may sit on an idle connection
-
-        def do_GET(self) -> None:
-            self._send(*api.handle(self.path))
-
-        def do_HEAD(self) -> None:
-            self._send(*api.handle(self.path), with_body=False)
-
-        def _not_allowed(self) -> None:
-            self._send(*FogAPI._json(405, {"error": f"method {self.command} is not allowed: "
-                                                   "the API is read-only (GET)"}), allow=True)
-
-        do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
-
-        def send_error(self, code: int, message: str | None = None,
-                       explain: str | None = None) -> None:
-            # http.server's own errors (bad request line, URI too long, unknown method) in
-            # the API's JSON shape instead of an HTML page
-            self.close_connection = True
-            text = message or explain or HTTPStatus(code).phrase
-            self._send(*FogAPI._json(code, {"error": text}),
-                       with_body=getattr(self, "command", None) != "HEAD")
-
-        def _send(self, status: int, ctype: str, payload: bytes, *, with_body: bool = True,
-                  allow: bool = False) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Cache-Control", "no-store")  # checkpoints and counters move
-            if allow:
-                self.send_header("Allow", "GET, HEAD")
-            self.end_headers()
-            if with_body:
-                self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-    return Handler
+    def _metrics(self, req: H.Request) -> H.Reply:
+        """The node's counters in the Prometheus text format (0.0.4)."""
+        return H.Reply(exposition(self.metrics), content_type=PROMETHEUS)

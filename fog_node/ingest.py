@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from fog_node.logstore import LogStore
+from fog_node.log.store import LogStore
 from fog_node.registry import ACTIVE, REVOKED, Device, Registry
 from meterledger import wire as P
 from meterledger.wire.cbor import ProtocolError, item_end

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from meterledger import errors
+
 ACTIVE = "active"
 REVOKED = "revoked"
 
@@ -36,7 +38,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 """
 
 
-class RegistryError(ValueError):
+class RegistryError(errors.MeterLedgerError, ValueError):
     pass
 
 

@@ -16,8 +16,10 @@ import time
 from types import TracebackType
 from typing import Self
 
+from meterledger import errors
 
-class BrokerError(RuntimeError):
+
+class BrokerError(errors.HardwareError, RuntimeError):
     pass
 
 

@@ -230,6 +230,7 @@ def _all_acked(vm: VirtualMeter) -> bool:
     return int(vm.app.meter.spool.acked) >= int(vm.app.meter.st["seq"])
 
 
+# long: the argparse flags of every transport and source, then one dispatch
 def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_meter") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

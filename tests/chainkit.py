@@ -32,8 +32,8 @@ from aggregator.chain.backends.embedded import EmbeddedLedger
 from aggregator.chain.service.api import AggregatorAPI
 from aggregator.chain.service.node import ensure_token, init_data_dir, open_ledger
 from aggregator.dispatch.suggestions import Dispatcher, open_dispatcher
-from fog_node.checkpoints import Checkpoint, Checkpoints
-from fog_node.logstore import MemoryLogStore
+from fog_node.log.checkpoints import Checkpoint, Checkpoints
+from fog_node.log.store import MemoryLogStore
 from meterledger import wire as P
 from meterledger.wire import chain as C
 

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from fog_node.logstore import LogStore
+from fog_node.log.store import LogStore
 from hardware.virtual_meter import VirtualMeter, make_meter
 from meterledger import wire as P
 

@@ -95,7 +95,7 @@ def test_init_register_and_verify_without_a_running_node(tmp_path: Path) -> None
     assert (d / "dispatch.key").stat().st_mode & 0o777 == 0o600
     assert (d / "dispatch.pub").read_text() == key.public_key.raw.hex() + "\n"
     again = agg("init", "--data-dir", str(d))
-    assert again.returncode == 1 and "exists already" in again.stderr
+    assert again.returncode == 2 and "exists already" in again.stderr
     fog = P.SigningKey.generate()
     out = agg("register", "--data-dir", str(d), "--role", "fog", "--pub",
               fog.public_key.raw.hex(), "--name", "fog-1")
@@ -103,9 +103,9 @@ def test_init_register_and_verify_without_a_running_node(tmp_path: Path) -> None
         in out.stdout, out.stderr
     out = agg("register", "--data-dir", str(d), "--role", "plant", "--pub",
               fog.public_key.raw.hex())
-    assert out.returncode == 1 and "already_registered" in out.stderr
+    assert out.returncode == 2 and "already_registered" in out.stderr
     out = agg("register", "--data-dir", str(d), "--role", "fog", "--pub", "04abcd")
-    assert out.returncode == 1 and "--pub" in out.stderr
+    assert out.returncode == 2 and "--pub" in out.stderr
     out = agg("verify-chain", "--data-dir", str(d))
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout == (f"chain {key.id_hex} ok: 2 blocks (0..1), 2 transactions, "
@@ -125,7 +125,7 @@ def test_sigterm_and_kill_9_restarts_keep_the_chain(tmp_path: Path, runner: Runn
     chain = key.id
     proc, url = runner.start("--data-dir", str(d), "--http-port", "0")
     second = agg("run", "--data-dir", str(d), "--http-port", "0")
-    assert second.returncode == 1 and "another aggregator is running" in second.stderr
+    assert second.returncode == 2 and "another aggregator is running" in second.stderr
     fs = FogSide(tmp_path)
     fogs = [fs.key] + [P.SigningKey.generate() for _ in range(3)]
     # register through the running node: found from its data dir, then by --chain URL

@@ -13,11 +13,12 @@ import pytest
 
 from aggregator.chain.service.api import AggregatorAPI
 from aggregator.chain.service.node import open_ledger
-from fog_node.anchor import ChainLink
-from fog_node.chain_client import ChainClient
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.service import apply_request
+from fog_node.chainlink.link import ChainLink
+from fog_node.config import FogConfig
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient
 from meterledger.wire import chain as C
 from tests.chainkit import Chain, running_chain
 

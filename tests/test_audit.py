@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from fog_node.anchor import ChainLink
 from fog_node.api import FogAPI
-from fog_node.chain_client import ChainClient, ChainClientError
+from fog_node.chainlink.link import ChainLink
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.wire import chain as C
 from tests.chainkit import running_chain
 from tests.test_anchor import Clock, Meters, fog_node, grow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fog_node.checkpoints import CheckpointError, Checkpoints
-from fog_node.logstore import MemoryLogStore, SQLiteLogStore
+from fog_node.log.checkpoints import CheckpointError, Checkpoints
+from fog_node.log.store import MemoryLogStore, SQLiteLogStore
 from meterledger import wire as P
 from meterledger.wire import merkle
 

@@ -1,4 +1,4 @@
-"""Cooked data on a real fog node (fog_node.cooking, fog_node.feeders): VEE on logged
+"""Cooked data on a real fog node (fog_node.cooking.cooker, fog_node.cooking.feeders): VEE on logged
 readings, type-10 estimates and supersessions in the log, type-11 aggregates per feeder at
 interval close with revisions for late data, privacy merging, feeder loss and local faults.
 Real SQLite stores in a temporary data dir; meters are signing keys making SPEC readings."""
@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from fog_node import vee as V
-from fog_node.feeders import Feeder, FeederConfigError, members_digest, parse_feeders
-from fog_node.node import FogConfig, FogNode, init_data_dir
+from fog_node.config import FogConfig
+from fog_node.cooking import vee as V
+from fog_node.cooking.feeders import Feeder, FeederConfigError, members_digest, parse_feeders
+from fog_node.node import FogNode, init_data_dir
 from meterledger import wire as P
 
 T0 = 1_800_000_000  # a multiple of 900

@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 
 from app import App
-from fog_node.anchor import AnchorError, ChainLink
-from fog_node.chain_client import ChainClient
-from fog_node.dispatch import EXPIRED, NOT_ENROLLED, REPLAY, Dispatcher, Outcome, tally
-from fog_node.faults import FaultReporter
-from fog_node.feeders import Fault
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.service import FogService, apply_request
+from fog_node.chainlink.dispatch import EXPIRED, NOT_ENROLLED, REPLAY, Dispatcher, Outcome, tally
+from fog_node.chainlink.faults import FaultReporter
+from fog_node.chainlink.link import AnchorError, ChainLink
+from fog_node.config import FogConfig
+from fog_node.cooking.feeders import Fault
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.service import FogService
 from hal.host import Board
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient
 from meterledger.wire import chain as C
 from tests.chainkit import Chain, running_chain
 from tests.fogkit import ManualClock
@@ -398,7 +400,7 @@ def test_the_service_ticks_the_dispatcher_once_a_second_and_sends_on_both_links(
         ticks = _Ticks()
         service.dispatcher = ticks  # type: ignore[assignment]
         for _ in range(5):
-            service._dispatch()
+            service.scheduler.dispatch()
             clock.advance(0.5)
         assert [t - T0 for t in ticks.at] == [0, 1, 2]
         published: list[Any] = []

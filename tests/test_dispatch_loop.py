@@ -14,14 +14,16 @@ from typing import Any
 
 import pytest
 
-from fog_node.anchor import ChainLink
-from fog_node.chain_client import ChainClient
-from fog_node.dispatch import Dispatcher
-from fog_node.faults import FaultReporter
-from fog_node.feeders import Feeder
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.service import FogService, apply_request
+from fog_node.chainlink.dispatch import Dispatcher
+from fog_node.chainlink.faults import FaultReporter
+from fog_node.chainlink.link import ChainLink
+from fog_node.config import FogConfig
+from fog_node.cooking.feeders import Feeder
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.service import FogService
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient
 from meterledger.wire import chain as C
 from tests.chainkit import Chain, running_chain
 from tests.fogkit import ManualClock, mqtt_meters, wait

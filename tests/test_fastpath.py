@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fog_node import ingest as I
-from fog_node.logstore import SQLiteLogStore
+from fog_node.log.store import SQLiteLogStore
 from fog_node.registry import Registry
 from meterledger import wire as P
 from meterledger.wire import cbor as C

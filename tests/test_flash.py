@@ -20,15 +20,15 @@ import pytest
 from core import atomic
 from core.fs import VfsFS
 from fog_node import __main__ as fog_cli
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.rs485 import BusMaster
-from fog_node.service import lock_data_dir
+from fog_node.config import FogConfig
+from fog_node.node import FogNode, init_data_dir, lock_data_dir
+from fog_node.transport.rs485.master import BusMaster
 from hardware.mpvm import run_micropython
 from hardware.rs485_bus import Rs485Bus
 from hardware.virtual_meter import make_meter
 from meterledger import wire as P
 from tests.fogkit import ManualClock
-from tools import flash
+from tools import flash, flashing
 from tools.flash import Result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -517,7 +517,7 @@ def test_port_flow_against_a_fake_board(tmp_path, fog_pub, monkeypatch):
 def test_a_running_meter_is_stopped_before_the_copy(tmp_path, fog_pub, monkeypatch):
     """Its watchdog keeps running after mpremote interrupts main.py: main.py is moved aside
     and the board hard-reset before anything is copied, and main.py.off is dropped after."""
-    monkeypatch.setattr(flash, "PORT_SETTLE_S", 0.0)
+    monkeypatch.setattr(flashing, "PORT_SETTLE_S", 0.0)
     board = FakeBoard(port="/dev/null", running=True)  # a port path that exists
     r = _flash(["--board", "esp32", "--port", "/dev/null", "--fog-pub", fog_pub], runner=board,
                cwd=tmp_path, monkeypatch=monkeypatch)
@@ -567,8 +567,8 @@ def test_bad_provision_output_fails(tmp_path, fog_pub):
 
 
 def test_missing_mpy_cross_fails_the_compile_step(tmp_path, fog_pub, monkeypatch):
-    real = flash.find_tool
-    monkeypatch.setattr(flash, "find_tool",
+    real = flashing.find_tool
+    monkeypatch.setattr(flashing, "find_tool",
                         lambda *names: None if names[0] == "mpy-cross" else real(*names))
     r = _flash(["--board", "esp32", "--target", str(tmp_path / "img"), "--fog-pub", fog_pub])
     assert r["rc"] == 1
@@ -580,7 +580,7 @@ def test_failing_mpy_cross_fails_the_compile_step(tmp_path, fog_pub, monkeypatch
     fake = tmp_path / "mpy-cross"
     fake.write_text("#!/bin/sh\necho 'SyntaxError: invalid syntax' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(flash, "find_tool", lambda *names: str(fake))
+    monkeypatch.setattr(flashing, "find_tool", lambda *names: str(fake))
     r = _flash(["--board", "esp32", "--target", str(tmp_path / "img"), "--fog-pub", fog_pub])
     assert r["rc"] == 1
     assert "step 1/4 (compile firmware" in r["err"] and "SyntaxError" in r["err"]

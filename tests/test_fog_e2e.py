@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.service import FogService, apply_request
+from fog_node.config import FogConfig
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.service import FogService
 from meterledger import wire as P
 from meterledger.wire import merkle
 from tests import merkle_reference as ref

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fog_node.checkpoints import Checkpoints
-from fog_node.logstore import SQLiteLogStore
+from fog_node.log.checkpoints import Checkpoints
+from fog_node.log.store import SQLiteLogStore
 from meterledger import wire as P
 from meterledger.wire import merkle
 from tests import merkle_reference as ref

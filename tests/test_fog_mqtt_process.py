@@ -1,4 +1,4 @@
-"""The fog's MQTT client process (fog_node.service): it leaves when the fog process dies,
+"""The fog's MQTT client process (fog_node.transport.mqtt): it leaves when the fog process dies,
 and the fog replaces it should it die first. Real processes, real mosquitto."""
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fog_node import service
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.service import FogService, apply_request
+from fog_node.config import FogConfig
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.service import FogService
 from meterledger import wire as P
 from tests.fogkit import wait
 

@@ -1,4 +1,4 @@
-"""The fog node as Modbus RTU master (fog_node/rs485.py, docs/PROTOCOL.md section 17).
+"""The fog node as Modbus RTU master (fog_node/transport/rs485/master.py, docs/PROTOCOL.md section 17).
 
 The fog's BusMaster opens the slave side of a real pseudo-terminal with pyserial; the test
 holds the master side and runs a multidrop line on it (`Line`): every meter hears what the
@@ -23,12 +23,14 @@ from typing import Any
 import pytest
 
 from fog_node import metrics
-from fog_node import rs485 as R
 from fog_node import service as S
-from fog_node.__main__ import load_config
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.rs485 import BusMaster
-from fog_node.service import FogService, apply_request
+from fog_node.config import FogConfig, load_config
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.service import FogService
+from fog_node.transport.rs485 import master as R
+from fog_node.transport.rs485.addresses import parse_addresses
+from fog_node.transport.rs485.master import BusMaster
 from hardware.firmware import module
 from meterledger import wire as P
 from meterledger.wire import modbus as mb
@@ -321,11 +323,11 @@ def drained(meters: list[Meter]) -> Callable[[], bool]:
 
 # --- without a line -------------------------------------------------------------------------
 def test_addresses_and_timeouts():
-    assert R.parse_addresses("1,2,5-9") == [1, 2, 5, 6, 7, 8, 9]
-    assert R.parse_addresses(" 7 ") == [7]
+    assert parse_addresses("1,2,5-9") == [1, 2, 5, 6, 7, 8, 9]
+    assert parse_addresses(" 7 ") == [7]
     for bad in ("0", "248", "1,1", "5-3", "x", "1-2-3"):
         with pytest.raises(ValueError):
-            R.parse_addresses(bad)
+            parse_addresses(bad)
     assert R.default_timeout_s(19200) == pytest.approx(0.1 + 256 * 10 / 19200, abs=1e-3)
     assert R.default_timeout_s(9600) > R.default_timeout_s(115200)
 
@@ -337,7 +339,7 @@ def test_config_keys(tmp_path):
     c = load_config(cfg, {})
     assert (c.rs485_port, c.rs485_baud, c.rs485_addresses, c.rs485_timeout_s,
             c.rs485_slow_timeout_s, c.rs485_batch) == ("/dev/ttyUSB0", 9600, [1, 2, 9], 0.5, 12.0, 8)
-    assert load_config(cfg, {"rs485_addresses": R.parse_addresses("3-4")}).rs485_addresses == [3, 4]
+    assert load_config(cfg, {"rs485_addresses": parse_addresses("3-4")}).rs485_addresses == [3, 4]
     d = FogConfig()
     assert (d.rs485_port, d.rs485_baud, d.rs485_addresses, d.rs485_timeout_s,
             d.rs485_slow_timeout_s, d.rs485_batch) == ("", 19200, [], 0.0, 10.0, 32)
@@ -770,3 +772,18 @@ def test_a_babbling_line_is_survived(rig_factory):
     assert c["crc_errors"] + c["garbage"] + c["bad_answers"] + c["timeouts"] >= 4
     poll_until(bus, drained(ms))
     assert_logged_once(rig.node, ms)
+
+
+def test_the_example_config_is_every_setting_at_its_default() -> None:
+    # docs/examples/fog.toml is what a newcomer copies: it must load, and it must show each
+    # setting (but the simulation ones) at the default `fog_node run --help` states
+    import dataclasses
+
+    from fog_node.config import FogConfig
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "fog.toml"
+    assert load_config(example, {}) == FogConfig()
+    text = example.read_text()
+    for f in dataclasses.fields(FogConfig):
+        if "meterledger.help" in f.metadata and not f.name.startswith("sim_"):
+            assert f"\n{f.name} = " in text or f.name == "feeders", f.name

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
-from fog_node.node import FogConfig, FogNode, init_data_dir, node_clock
-from fog_node.service import FogService, apply_request
+from fog_node.config import FogConfig, node_clock
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.service import FogService
 from hardware.rs485_bus import Rs485Bus
 from hardware.sdm_emulator import LoadProfile, SdmEmulator
 from hardware.virtual_meter import SharedLine, VirtualMeter, make_meter

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fog_node.ingest import DUPLICATE, LOGGED, QUARANTINED, REJECTED, Ingest
-from fog_node.logstore import SQLiteLogStore
+from fog_node.log.store import SQLiteLogStore
 from fog_node.registry import Registry
 from meterledger import wire as P
 from meterledger.wire import merkle

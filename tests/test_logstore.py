@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fog_node.logstore import (
+from fog_node.log.store import (
     LogClosedError,
     LogCorruptError,
     LogEntryError,
@@ -274,7 +274,7 @@ def test_refuses_a_file_missing_a_node(tmp_path: pathlib.Path) -> None:
 CHILD = textwrap.dedent(
     """
     import sys
-    from fog_node.logstore import SQLiteLogStore
+    from fog_node.log.store import SQLiteLogStore
 
     store = SQLiteLogStore(sys.argv[1])
     size = store.size()

@@ -319,7 +319,7 @@ def test_rules_register_suggestions_and_approve_from_the_cli(tmp_path: Path) -> 
     assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text().strip()) == 64
     (tmp_path / "bad.toml").write_text(rule_file(metric="power"))
     out = agg_cli("rules", "register", str(tmp_path / "bad.toml"), "--data-dir", str(d))
-    assert out.returncode == 1 and "rule 'r1': metric: 'power'" in out.stderr
+    assert out.returncode == 2 and "rule 'r1': metric: 'power'" in out.stderr
     (tmp_path / "d7.toml").write_text(EXAMPLE)
     out = agg_cli("rules", "register", str(tmp_path / "d7.toml"), "--data-dir", str(d))
     assert out.returncode == 0, out.stderr
@@ -372,12 +372,12 @@ def test_rules_register_suggestions_and_approve_from_the_cli(tmp_path: Path) -> 
             (s2,) = [json.loads(line) for line in out.stdout.splitlines()]
             assert (s2["feeder"], s2["ivls"]) == ("feeder-b", [IVL + 1800, IVL + 2700])
             out = agg_cli("approve", s2["id"], "--chain", url)
-            assert out.returncode == 1 and "needs the dispatch token" in out.stderr
+            assert out.returncode == 2 and "needs the dispatch token" in out.stderr
             out = agg_cli("approve", s2["id"], "--data-dir", str(d))
             assert out.returncode == 0, out.stderr
             second = json.loads(out.stdout)
             out = agg_cli("dismiss", s2["id"], "--data-dir", str(d))
-            assert out.returncode == 1 and "409 not_open" in out.stderr
+            assert out.returncode == 2 and "409 not_open" in out.stderr
             _, listed = http(f"{url}/v1/instructions?fog={fs.key.id_hex}")
             assert [i["digest"] for i in listed["instructions"]] == [done["instruction"],
                                                                     second["instruction"]]

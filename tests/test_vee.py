@@ -1,4 +1,4 @@
-"""Validation, estimation and editing on the fog (fog_node.vee, docs/VEE.md): every rule fires
+"""Validation, estimation and editing on the fog (fog_node.cooking.vee, docs/VEE.md): every rule fires
 on a crafted reading and stays quiet on a simulated household's normal day; estimates split
 the exact register difference (property), the documented cases give the documented values
 and a complete audit trail; type-10 messages round-trip and malformed ones are rejected."""
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.sources import Synthetic
-from fog_node import vee as V
+from fog_node.cooking import vee as V
 from meterledger import wire as P
 
 T0 = 1_800_000_000  # a multiple of 900

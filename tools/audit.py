@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fog_node.chain_client import ChainClient, ChainClientError
+from meterledger import errors
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
 
@@ -49,7 +50,7 @@ CHECKS = (
 )
 
 
-class BundleError(ValueError):
+class BundleError(errors.MeterLedgerError, ValueError):
     """A failed check; `check` is its name in CHECKS."""
 
     def __init__(self, check: str, detail: str) -> None:
@@ -175,6 +176,7 @@ def _proof(name: str, run: Callable[[], None]) -> None:
         raise BundleError(name, str(e)) from None
 
 
+# long: every check of a bundle in the order they are reported
 def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
     """Every check of CHECKS in order; raises BundleError naming the first that fails."""
     _check("format", isinstance(doc, dict) and doc.get("version") == BUNDLE_VERSION,

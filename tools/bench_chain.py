@@ -24,9 +24,9 @@ from typing import Any
 
 from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
 from aggregator.chain.store import MemoryBlockStore
-from fog_node.anchor import build_anchor
-from fog_node.checkpoints import Checkpoint, Checkpoints
-from fog_node.logstore import MemoryLogStore
+from fog_node.chainlink.link import build_anchor
+from fog_node.log.checkpoints import Checkpoint, Checkpoints
+from fog_node.log.store import MemoryLogStore
 from meterledger import wire as P
 from meterledger.wire import chain as C
 

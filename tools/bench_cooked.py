@@ -26,11 +26,12 @@ from pathlib import Path
 from aggregator.chain.service.api import AggregatorAPI
 from aggregator.chain.service.node import init_data_dir as init_chain
 from aggregator.chain.service.node import open_ledger
-from fog_node.anchor import ChainLink
-from fog_node.chain_client import ChainClient
-from fog_node.feeders import Feeder
-from fog_node.node import FogConfig, FogNode, init_data_dir
+from fog_node.chainlink.link import ChainLink
+from fog_node.config import FogConfig
+from fog_node.cooking.feeders import Feeder
+from fog_node.node import FogNode, init_data_dir
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient
 from meterledger.wire import chain as C
 from tools.bench_chain import naive_tx_size
 
@@ -38,6 +39,7 @@ T0 = 1_800_000_000
 IVL = 900
 
 
+# long: one measured run: set-up, timing and tear-down together
 def run(meters: int, feeder_size: int, root: Path) -> dict[str, float]:
     now = [float(T0)]
 

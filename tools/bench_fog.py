@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.service import FogService, apply_request
+from fog_node.config import FogConfig
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.service import FogService
 from hardware.broker import Mosquitto
 from meterledger import wire as P
 from tools.bench_verify import make_messages, pycose_verify

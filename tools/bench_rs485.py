@@ -2,7 +2,7 @@
 
 For each baud rate, M virtual meters (the real firmware: Modbus slave, spool, signatures)
 sit on an emulated multidrop line (hardware.rs485_bus, pseudo-terminals paced at the baud
-rate, 10 bits a byte) with the fog node's bus master (fog_node.rs485) and its real ingest
+rate, 10 bits a byte) with the fog node's bus master (fog_node.transport.rs485.master) and its real ingest
 (signature checks, SQLite log, acks). Two phases, measured in one run:
 
 * backlog: every meter holds R readings; time from the first poll (which also reads each
@@ -28,9 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fog_node.node import FogConfig, FogNode, init_data_dir
-from fog_node.rs485 import BusMaster
-from fog_node.service import apply_request
+from fog_node.config import FogConfig
+from fog_node.enrollment import apply_request
+from fog_node.node import FogNode, init_data_dir
+from fog_node.transport.rs485.master import BusMaster
 from hardware.rs485_bus import Rs485Bus
 from hardware.virtual_meter import SharedLine, VirtualClock, VirtualMeter, make_meter
 from meterledger import wire as P
@@ -89,6 +90,7 @@ def make_backlog(root: Path, meters: int, readings: int, fog: P.SigningKey) -> P
     return src
 
 
+# long: one measured run: set-up, timing and tear-down together
 def run_baud(root: Path, backlog: Path, fog_dir: Path, baud: int, meters: int,
              readings: int) -> Figures:
     work = root / f"run-{baud}"

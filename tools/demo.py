@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from fog_node.chain_client import ChainClient, ChainClientError
 from fog_node.metrics import parse_metrics
 from hardware.broker import EmbeddedBroker, Mosquitto, any_broker, free_port
 from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
+from meterledger import errors
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient, ChainClientError
 from tools import audit
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ START = 1_800_000_000 - 30  # virtual time: 30 s before an interval boundary
 FOG, AGG = "meterledger_fog_", "meterledger_aggregator_"  # metric name prefixes
 
 
-class DemoError(RuntimeError):
+class DemoError(errors.MeterLedgerError, RuntimeError):
     pass
 
 
@@ -96,6 +97,7 @@ def anchored_intervals(chain: ChainClient, fog_hex: str, seen: dict[str, list[in
     return {i for ivls in seen.values() for i in ivls}
 
 
+# long: the demo's steps in the order a user sees them printed
 def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
          broker_kind: str = "auto") -> int:
     if out.exists():

@@ -16,12 +16,13 @@ import sys
 from typing import Any
 
 from hardware.firmware import module
+from meterledger import errors
 from meterledger.wire.names import TYPE_NAMES, named
 
 _READING_KEYS = ("seq", "t", "dur", "imp", "exp", "flags", "prev")
 
 
-class InputError(ValueError):
+class InputError(errors.MeterLedgerError, ValueError):
     """reading.json or a hex argument is not what the tool expects."""
 
 

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 
+from meterledger import errors
+
 __all__ = [
     "FIRMWARE_DIR",
     "NPM_PACKAGE",
@@ -55,11 +57,11 @@ _PACKAGE_DIR = REPO_ROOT / "node_modules" / "@micropython" / "micropython-webass
 _SETUP_HINT = "run `make setup` (or `npm ci` in the repo root)"
 
 
-class MicroPythonUnavailable(RuntimeError):
+class MicroPythonUnavailable(errors.HardwareError, RuntimeError):
     """Node or the MicroPython npm package is not installed."""
 
 
-class MicroPythonError(RuntimeError):
+class MicroPythonError(errors.HardwareError, RuntimeError):
     """VM code failed: an uncaught exception, ``sys.exit(n)`` with n != 0, or a runner error.
 
     The message contains the MicroPython traceback (the VM's stderr).

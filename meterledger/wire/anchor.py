@@ -53,6 +53,7 @@ def check_anchor(body: dict[int, Any], fog: PublicKey, last: AnchoredHead | None
     return checked_anchor(body, fog, last, known_aggregate).checkpoints
 
 
+# long: the SPEC section 8 rule in the order its reasons are reported
 def checked_anchor(body: dict[int, Any], fog: PublicKey, last: AnchoredHead | None,
                    known_aggregate: Callable[[bytes], bool] = lambda d: False) -> CheckedAnchor:
     """The checkpoints and aggregates an anchor body carries, each checked; raises

@@ -109,6 +109,7 @@ def _truncated(pos: int) -> CBORError:
     return CBORError("malformed", f"truncated CBOR at byte {pos}")
 
 
+# long: one function per CBOR item keeps the checks in the firmware's order, and is the hot path
 def _item(data: bytes, pos: int, depth: int, tags: Collection[int] | None) -> tuple[Any, int]:
     if pos >= len(data):
         raise _truncated(pos)

@@ -8,7 +8,7 @@ from meterledger.wire.schema import Fields, MessageType
 from meterledger.wire.schema import bad_fields as _bad
 from meterledger.wire.schema import is_int as _is_int
 
-# --- type 10: estimate and supersession (docs/VEE.md; built by fog_node.vee) ---------------
+# --- type 10: estimate and supersession (docs/VEE.md; built by fog_node.cooking.vee) ---------------
 # One type, two kinds. "estimate": the fog's split of the exact register difference between
 # two readings of one meter over the intervals between them. "supersede": a later true
 # reading of that meter makes an estimate obsolete (nothing is overwritten; the fog logs new
@@ -62,7 +62,7 @@ _ESTIMATE_TYPE = MessageType(ESTIMATE, 17, {0: "u", 1: "b8", 2: "t", 3: "u", 4: 
                              13: "u?", 17: "b8"}, _estimate_rules)
 
 
-# --- type 11: aggregate (docs/PROTOCOL.md section 18; built by fog_node.cooking) ----------
+# --- type 11: aggregate (docs/PROTOCOL.md section 18; built by fog_node.cooking.cooker) ----------
 # The cooked data of one feeder for one interval, signed by the fog. The entries of one
 # interval close (one per reported feeder, in feeder-name order) are hash-chained through
 # `prev`, so the checkpoint's `agg` (the digest of the last one) commits to all of them.

@@ -304,6 +304,7 @@ def verify_inclusion(
         )
 
 
+# long: RFC 9162 section 2.1.4.2 step by step, so it can be read against the RFC
 def verify_consistency(
     first: int, second: int, first_root: bytes, second_root: bytes, path: Sequence[bytes]
 ) -> None:

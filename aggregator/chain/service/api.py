@@ -332,6 +332,7 @@ class AggregatorAPI:
                 "pending": self.ledger.stats().pending}
 
 
+# long: the HTTP handler class and its methods in one place
 def _handler_class(api: AggregatorAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "MeterLedgerAggregator/1"

@@ -23,16 +23,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from fog_node.chain_client import ChainClient, ChainClientError, ChainRefused, ChainUnavailable
-from fog_node.checkpoints import Checkpoint
-from fog_node.logstore import LogStore
+from fog_node.log.checkpoints import Checkpoint
+from fog_node.log.store import LogStore
 from fog_node.node import FogNode
-from fog_node.sqlite_state import atomic, meta, set_meta
+from meterledger import errors
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClient, ChainClientError, ChainRefused, ChainUnavailable
+from meterledger.infra.sqlite import atomic, meta, set_meta
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
 
-log = logging.getLogger("fog_node.anchor")
+log = logging.getLogger("fog_node.chainlink.link")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v);
 """
 
 
-class AnchorError(RuntimeError):
+class AnchorError(errors.MeterLedgerError, RuntimeError):
     """The fog's view and the chain's disagree in a way a retry cannot fix."""
 
 

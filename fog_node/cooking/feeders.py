@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from meterledger import errors
 from meterledger import wire as P
 
 MERGED = "merged"  # the name of the group of feeders too small to report on their own
@@ -26,7 +27,7 @@ OTHER_FEEDER = "other"  # meters no configured feeder lists
 MEASURED, ESTIMATED, MISSING = "measured", "estimated", "missing"
 
 
-class FeederConfigError(ValueError):
+class FeederConfigError(errors.ConfigError):
     """A feeder configuration that cannot be used; the message says which entry and why."""
 
 

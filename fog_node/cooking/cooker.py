@@ -23,8 +23,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from fog_node import vee
-from fog_node.feeders import (
+from fog_node.cooking import vee
+from fog_node.cooking.feeders import (
     ESTIMATED,
     MEASURED,
     MISSING,
@@ -37,10 +37,10 @@ from fog_node.feeders import (
     groups,
     same_content,
 )
-from fog_node.logstore import LogStore
+from fog_node.log.store import LogStore
 from fog_node.registry import Registry
-from fog_node.sqlite_state import atomic, meta, set_meta
 from meterledger import wire as P
+from meterledger.infra.sqlite import atomic, meta, set_meta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (

@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from meterledger import errors
 
-class ChainClientError(RuntimeError):
+
+class ChainClientError(errors.MeterLedgerError, RuntimeError):
     """Talking to the dispatch chain failed; the message says how."""
 
 
-class ChainUnavailable(ChainClientError):
+class ChainUnavailable(ChainClientError, errors.UnavailableError):
     """No usable answer (connection refused, timeout, 5xx): retry later."""
 
 
-class ChainRefused(ChainClientError):
+class ChainRefused(ChainClientError, errors.RefusedError):
     """The chain refused a transaction; `reason` is its stable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -26,6 +26,7 @@ from fractions import Fraction
 from itertools import pairwise
 from typing import TypeVar
 
+from meterledger import errors
 from meterledger import wire as P
 
 __all__ = [
@@ -188,6 +189,7 @@ def _check_pair(before: Fields, after: Fields) -> None:
         raise ValueError("the later reading must have the greater seq")
 
 
+# long: the VEE rules of docs/VEE.md in their documented order, one block each
 def validate(reading: Fields, previous: Fields | None, history_wh: Sequence[int] = (),
              rating: MeterRating = DEFAULT_RATING,
              config: VeeConfig = DEFAULT_CONFIG) -> list[Finding]:
@@ -287,7 +289,7 @@ KIND_ESTIMATE, KIND_SUPERSEDE = P.ESTIMATE_KINDS
 MAX_ESTIMATE_INTERVALS = 128
 
 
-class RegisterResetInGap(ValueError):
+class RegisterResetInGap(errors.MeterLedgerError, ValueError):
     """The register difference across the gap is meaningless: no energy can be estimated."""
 
 
@@ -458,6 +460,7 @@ def estimate_intervals(estimate: Fields) -> list[EstimatedInterval]:
 
 
 # --- audit -------------------------------------------------------------------------------------
+# long: one pass over a log's type-10 entries with the checks of docs/VEE.md section 5
 def audit_trail(entries: Iterable[tuple[bytes, Fields]]) -> list[str]:
     """What is wrong with a log's type-10 entries, [] if nothing. entries: (digest, payload)
     of each log entry in log order (other types are skipped). Checks: an estimate names two

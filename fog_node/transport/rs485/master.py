@@ -49,12 +49,13 @@ from typing import Any
 
 from fog_node.ingest import REJECTED, Outcome
 from fog_node.node import FogNode
+from fog_node.transport.rs485.addresses import check_addresses
 from meterledger import wire as P
 from meterledger.wire import modbus as mb
 from meterledger.wire.cbor import ProtocolError
 from meterledger.wire.modbus import Frame
 
-log = logging.getLogger("fog_node.rs485")
+log = logging.getLogger("fog_node.transport.rs485.master")
 
 FALLBACK_S = 60.0  # no ack progress for this long: fetch again from the contiguous seq
 DEFAULT_GAP_S = 0.02
@@ -83,34 +84,6 @@ _KINDS = tuple(COUNTER_HELP)
 def default_timeout_s(baud: int) -> float:
     """0.1 s for the meter to start answering, plus a maximal answer's time on the line."""
     return 0.1 + mb.MAX_ADU * mb.char_us(baud) / 1e6
-
-
-def parse_addresses(text: str) -> list[int]:
-    """"1,2,5-9" -> [1, 2, 5, 6, 7, 8, 9]; each address 1..247, no repeats."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            a, b = int(lo), int(hi) if sep else int(lo)
-        except ValueError:
-            raise ValueError(f"bad RS485 address {part!r} (expected N or N-M)") from None
-        if a > b:
-            raise ValueError(f"bad RS485 address range {part!r}")
-        out.extend(range(a, b + 1))
-    return check_addresses(out)
-
-
-def check_addresses(addresses: Sequence[int]) -> list[int]:
-    out = [int(a) for a in addresses]
-    for a in out:
-        if not 1 <= a <= mb.MAX_ADDRESS:
-            raise ValueError(f"RS485 address {a} outside 1..{mb.MAX_ADDRESS}")
-    if len(set(out)) != len(out):
-        raise ValueError("an RS485 address is listed twice")
-    return out
 
 
 class CrcError(mb.ModbusError):

@@ -15,12 +15,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from fog_node.anchor import AnchorError
-from fog_node.feeders import Fault
+from fog_node.chainlink.link import AnchorError
+from fog_node.cooking.feeders import Fault
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
 
-log = logging.getLogger("fog_node.faults")
+log = logging.getLogger("fog_node.chainlink.faults")
 MAX_ENTRIES = 256  # log indices named in one fault transaction (it must fit 4096 bytes)
 TAMPER_HOLD_S = 3600  # how long a relay-off for tamper may still be carried out
 

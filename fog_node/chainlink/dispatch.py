@@ -1,6 +1,6 @@
 """Carrying out dispatch instructions: signed commands out, signed results in, a report back.
 
-The chain link records instructions addressed to this fog (fog_node.anchor). Each `tick`:
+The chain link records instructions addressed to this fog (fog_node.chainlink.link). Each `tick`:
 1. matches the command results (type 5) ingest logged since the last tick to the commands
    they answer, by (meter, cid);
 2. turns each newly recorded instruction into one signed type-4 command per meter (its
@@ -31,14 +31,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from fog_node.anchor import AnchorError, ChainLink
+from fog_node.chainlink.link import AnchorError, ChainLink
 from fog_node.node import FogNode
-from fog_node.sqlite_state import atomic, meta
 from meterledger import wire as P
+from meterledger.infra.sqlite import atomic, meta
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
 
-log = logging.getLogger("fog_node.dispatch")
+log = logging.getLogger("fog_node.chainlink.dispatch")
 
 GRACE_S = 10.0  # after not_after, for results of commands accepted just before it
 SCAN_MAX = 10_000  # log entries looked at per tick (bounds the time node.lock is held)

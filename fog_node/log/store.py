@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+from meterledger import errors
 from meterledger.wire import merkle
 from meterledger.wire.merkle import CompactRange, ConsistencyProof, InclusionProof
 
 
-class LogStoreError(Exception):
+class LogStoreError(errors.StorageError):
     """Something the log store was asked to do, or found on disk, that it cannot accept."""
 
 

@@ -12,11 +12,12 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from fog_node.logstore import LogStore
+from fog_node.log.store import LogStore
+from meterledger import errors
 from meterledger import wire as P
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.StorageError, ValueError):
     pass
 
 

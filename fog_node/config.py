@@ -1,0 +1,106 @@
+"""The fog node's configuration (`FogConfig`): one definition for the TOML file
+(`[fog]` table or top-level keys), the `fog_node run` flags and their help.
+
+Example: docs/examples/fog.toml. Simulation settings (sim_*) are for the demo and tests only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fog_node.cooking.feeders import Feeder, parse_feeders
+from fog_node.transport.rs485.addresses import check_addresses, parse_addresses
+from meterledger.infra import config as cfg
+from meterledger.infra.config import setting
+
+
+def _addresses(value: Any) -> list[int]:
+    """RS485 addresses: a TOML list of integers, or "1,2,5-9"."""
+    if isinstance(value, str):
+        return parse_addresses(value)
+    if isinstance(value, list) and all(isinstance(a, int) and not isinstance(a, bool)
+                                       for a in value):
+        return check_addresses(value)
+    raise ValueError(f"rs485_addresses: expected a list of integers or \"1,2,5-9\", got {value!r}")
+
+
+def _feeders(value: Any) -> list[Feeder]:
+    """Feeders: a TOML array of tables ([[fog.feeders]]), or the same as JSON (CLI)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"feeders: not JSON: {e}") from None
+    return parse_feeders(value)
+
+
+@dataclass
+class FogConfig:
+    data_dir: Path = setting(Path("fog-data"), help="the node's data directory (keys, databases)")
+    mqtt_host: str = setting("127.0.0.1", help="MQTT broker host")
+    mqtt_port: int = setting(1883, help="MQTT broker port")
+    mqtt_root: str = setting("grid", help="MQTT topic root")
+    http_host: str = setting("127.0.0.1", help="address the HTTP API listens on")
+    http_port: int = setting(8080, help="HTTP API port (0: any free port, printed at start)")
+    seal_period_s: float = setting(5.0, help="seconds between checkpoints while the log grows")
+    interval_s: int = setting(900, help="interval length in seconds; a checkpoint at each close")
+    grace_s: int = setting(60, help="seconds after an interval's end that late readings still "
+                                    "count for its checkpoint")
+    skew_s: int = setting(300, help="readings more than this many seconds in the future are "
+                                    "rejected")
+    batch_max: int = setting(1000, help="messages per group commit")
+    batch_wait_s: float = setting(0.02, help="seconds the ingest thread waits to fill a group")
+    chain_url: str = setting("", help="the dispatch chain's API URL; empty: no anchoring")
+    anchor_period_s: float = setting(60.0, help="anchor at most this often (s), and at every "
+                                                "interval close")
+    chain_poll_s: float = setting(1.0, help="seconds between outbox and instruction polls")
+    dispatch_pub: str = setting("", help="pin the dispatch key (hex) instructions must be "
+                                         "signed by")
+    # RS485 bus master (docs/PROTOCOL.md section 17); runs beside MQTT when rs485_port is set
+    rs485_port: str = setting("", help="serial device or pyserial URL of the RS485 bus "
+                                       "(/dev/ttyUSB0, rfc2217://...); empty: no bus")
+    rs485_baud: int = setting(19200, help="RS485 line speed")
+    rs485_addresses: list[int] = setting(help="Modbus slave addresses to poll (1..247), e.g. "
+                                              "1,2,5-9", parse=_addresses,
+                                         default_factory=list, metavar="LIST")
+    rs485_timeout_s: float = setting(0.0, help="timeout of 0x04/0x41/0x44 requests; 0: 0.1 s "
+                                               "plus a maximal answer's line time")
+    rs485_slow_timeout_s: float = setting(10.0, help="timeout of 0x42/0x43 requests (the "
+                                                     "meter verifies and signs P-256)")
+    rs485_batch: int = setting(32, help="readings fetched per meter per visit")
+    # cooked data (docs/PROTOCOL.md section 18): feeders and the thresholds of their alerts
+    feeders: list[Feeder] = setting(help="feeders as JSON [{\"name\":..., \"meters\":[...], "
+                                         "\"head\":...}]; none: one feeder 'all'",
+                                    parse=_feeders, default_factory=list, metavar="JSON")
+    privacy_min_meters: int = setting(5, help="feeders with fewer meters are merged, or "
+                                              "suppressed")
+    loss_alert_pct: float = setting(8.0, help="feeder loss above this percent raises loss_high")
+    outage_pct: float = setting(50.0, help="share of silent meters (percent) that makes an "
+                                           "outage")
+    voltage_low_dv: int = setting(2070, help="voltage_low below this (0.1 V)")
+    voltage_high_dv: int = setting(2530, help="voltage_high above this (0.1 V)")
+    on_tamper: str = setting("report", help="report, or relay_off: open the relay of a meter "
+                                            "reporting TAMPER")
+    # simulation only (demo, tests): run the node's clock `sim_compress` times faster than
+    # real time, reading sim_start at real Unix time sim_epoch, like virtual meters' clocks
+    sim_compress: float = setting(1.0, help="simulation only: clock speed-up factor")
+    sim_start: float = setting(0.0, help="simulation only: simulated time at sim_epoch")
+    sim_epoch: float = setting(0.0, help="simulation only: real Unix time of sim_start")
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:
+    """FogConfig from a TOML file ([fog] table or top-level keys), then the flags given."""
+    return cfg.load(FogConfig, path, "fog", overrides)
+
+
+def node_clock(config: FogConfig, real: Callable[[], float]) -> Callable[[], float]:
+    """The node's clock: `real` itself, or the compressed simulation clock of the config."""
+    if config.sim_compress == 1.0:
+        return real
+    start, epoch, k = config.sim_start, config.sim_epoch, config.sim_compress
+    return lambda: start + (real() - epoch) * k

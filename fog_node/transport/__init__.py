@@ -1,0 +1,1 @@
+"""How bytes reach ingest: MQTT (`mqtt`) and the RS485 bus (`rs485`)."""

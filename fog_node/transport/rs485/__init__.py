@@ -1,0 +1,1 @@
+"""The fog as Modbus RTU master on an RS485 bus."""

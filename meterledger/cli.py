@@ -1,0 +1,197 @@
+"""The `meterledger` console script: one command over every MeterLedger entry point.
+
+    meterledger fog init|enroll|revoke|run ...             python -m fog_node
+    meterledger chain init|run|register|verify-chain|rules|suggestions|approve|dismiss ...
+                                                           python -m aggregator
+    meterledger meter sim ...                              python -m hardware.virtual_meter
+    meterledger meter sign|verify|decode ...               python -m tools.reading
+    meterledger audit bundle|verify ...                    python -m tools.audit
+    meterledger flash ...                                  python -m tools.flash
+    meterledger demo ...                                   python -m tools.demo
+    meterledger bus ...                                    python -m hardware.rs485_bus
+    meterledger sdm ...                                    python -m hardware.sdm_emulator
+    meterledger vm SCRIPT ...                              python -m hardware.mpvm
+
+A command hands its arguments to the module's own `main(argv, prog=...)`: the flags, the
+help and the output are the module's, and the `python -m` forms stay as aliases. A module is
+imported, by its name in the table below, only when its command runs, so `meterledger --help`
+loads no service, tool or device (nor paho or pyserial).
+
+Exit status: the command's own; 2 with one line `error: <message>` on stderr for a usage error
+(an unknown command, a bad flag) or a `MeterLedgerError` the command did not handle itself;
+130, quietly, on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import NoReturn
+
+from meterledger.errors import MeterLedgerError
+
+PROG = "meterledger"
+_HELP = ("-h", "--help")
+
+
+class UsageError(MeterLedgerError):
+    """The command line is not one the script or the command's parser accepts."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A name on the command line: a leaf runs `module`'s `main`, a group picks a child."""
+
+    name: str
+    summary: str
+    module: str = ""  # imported when the command runs (its `main(argv, prog=...)`)
+    forward_name: bool = False  # the module's own subcommand: main gets [name, *args]
+    children: tuple[Command, ...] = ()
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("fog", "the fog node: init, enroll, revoke, run", "fog_node.__main__"),
+    Command("chain", "the dispatch chain: init, run, register, verify-chain, rules, suggestions, "
+                     "approve, dismiss", "aggregator.__main__"),
+    Command("meter", "virtual meters and signed readings: sim, sign, verify, decode", children=(
+        Command("sim", "run virtual meters on the firmware app (hardware.virtual_meter)",
+                "hardware.virtual_meter"),
+        Command("sign", "sign reading.json (stdin) with a meter key; prints hex (tools.reading)",
+                "tools.reading", forward_name=True),
+        Command("verify", "verify a hex message (stdin) against a public key (tools.reading)",
+                "tools.reading", forward_name=True),
+        Command("decode", "decode a hex message (stdin) without a key (tools.reading)",
+                "tools.reading", forward_name=True),
+    )),
+    Command("audit", "proof bundles of one reading: bundle, verify", "tools.audit"),
+    Command("flash", "put the firmware on a board or into an image dir, and enroll it",
+            "tools.flash"),
+    Command("demo", "the end-to-end demo: meters -> MQTT -> fog -> chain -> proof bundle",
+            "tools.demo"),
+    Command("bus", "an emulated RS485 multidrop line over ptys", "hardware.rs485_bus"),
+    Command("sdm", "an emulated SDM Modbus RTU meter on a pty or serial port",
+            "hardware.sdm_emulator"),
+    Command("vm", "run a script in the MicroPython VM with the firmware mounted",
+            "hardware.mpvm"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `meterledger ARGV`; the exit status (the console script exits with it)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _dispatch(PROG, COMMANDS, args, top=True)
+    except MeterLedgerError as e:  # UsageError included
+        print(f"error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:  # --help, or a command that exits rather than returns
+        return _status(e.code)
+
+
+def _dispatch(prog: str, commands: Sequence[Command], args: list[str], top: bool = False) -> int:
+    names = ", ".join(c.name for c in commands)
+    if not args:
+        raise UsageError(f"{prog}: missing command (choose from {names}; see {prog} --help)")
+    first, rest = args[0], args[1:]
+    if first in _HELP:
+        print(_help(prog, commands, top))
+        return 0
+    if top and first == "--version":
+        from importlib.metadata import version
+
+        print(f"{PROG} {version('meterledger')}")
+        return 0
+    command = next((c for c in commands if c.name == first), None)
+    if command is None:
+        what = "option" if first.startswith("-") else "command"
+        raise UsageError(f"{prog}: unknown {what} {first!r} (choose from {names})")
+    if command.children:
+        return _dispatch(f"{prog} {command.name}", command.children, rest)
+    if command.forward_name:  # the module names this subcommand itself
+        return _run(command.module, prog, [command.name, *rest])
+    return _run(command.module, f"{prog} {command.name}", rest)
+
+
+def _run(module_name: str, prog: str, argv: list[str]) -> int:
+    # imported by name when the command runs, so that nothing else loads. Note that
+    # import-linter's graph does not see these imports: written as `import` statements,
+    # meterledger.cli -> tools.reading -> hardware.firmware would break the contract
+    # "only hardware/ and tools/ drive the firmware" (whose source is all of `meterledger`).
+    module = importlib.import_module(module_name)
+    with _one_line_usage_errors():
+        status = module.main(argv, prog=prog)
+    return _status(status)
+
+
+def _help(prog: str, commands: Sequence[Command], top: bool) -> str:
+    width = max(len(c.name) for c in commands) + 2
+    lines = [f"usage: {prog} [-h]{' [--version]' if top else ''} COMMAND [ARGS ...]", ""]
+    if top:
+        lines += ["MeterLedger: signed smart-meter readings, fog nodes with a Merkle side-chain",
+                  "and a dispatch chain. One command over every tool; the `python -m` forms",
+                  "remain as aliases.", ""]
+    lines.append("commands:")
+    lines += [f"  {c.name:<{width}}{c.summary}" for c in commands]
+    lines += ["", f"`{prog} COMMAND --help` shows that command's own help."]
+    if top:
+        lines += textwrap.wrap("The same commands as `python -m MODULE` (README.md, Tools): "
+                               + ", ".join(f"{c.name}={_alias(c)}" for c in commands) + ".",
+                               79)
+    return "\n".join(lines)
+
+
+def _alias(command: Command) -> str:
+    """The module(s) a command runs, as `python -m` names them."""
+    modules = [command.module] if command.module else [c.module for c in command.children]
+    return "+".join(dict.fromkeys(m.removesuffix(".__main__") for m in modules))
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """While a command parses its arguments, argparse's usage errors raise `UsageError`
+    (printed as one line by `main`) instead of printing the usage and exiting."""
+    original = argparse.ArgumentParser.error
+
+    def error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+        raise UsageError(f"{parser.prog}: {message}{_valid_subcommands(parser, message)}")
+
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
+def _valid_subcommands(parser: argparse.ArgumentParser, message: str) -> str:
+    """' (choose from a, b)' when `message` says the parser's subcommand is missing."""
+    if not message.startswith("the following arguments are required"):
+        return ""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and action.dest in message:
+            return f" (choose from {', '.join(action.choices)})"
+    return ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _status(code: object) -> int:
+    """sys.exit's convention: None is 0, an int is itself, anything else is printed and 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

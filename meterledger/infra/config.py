@@ -1,0 +1,113 @@
+"""Service configuration: one definition drives the TOML file's validation, the defaults and
+the command line's flags with their `--help`.
+
+A service's config is a dataclass whose fields carry `setting(...)` metadata: the help text
+and, where the TOML or flag value is not already the field's type, a parser. `load` reads a
+TOML file (a `[table]` of the service's name, or top-level keys), refuses unknown keys and
+bad values with a message naming the file, key and value, then applies the flags that were
+given. `add_flags` puts every setting on an argparse parser as `--name-with-dashes` with its
+help and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meterledger.errors import ConfigError
+
+T = TypeVar("T")
+_PARSE, _HELP, _META = "meterledger.parse", "meterledger.help", "meterledger.metavar"
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str,
+            parse: Callable[[Any], Any] | None = None,
+            default_factory: Callable[[], Any] | None = None, metavar: str | None = None) -> Any:
+    """A config field: its default, its help, and how a TOML or flag value becomes it."""
+    meta = {_HELP: help, _PARSE: parse, _META: metavar}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _settings(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if _HELP in f.metadata]
+
+
+_BUILTIN: dict[str, Callable[[Any], Any]] = {"str": str, "int": int, "float": float,
+                                             "Path": Path, "bool": bool}
+
+
+def _parser(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
+    parse = f.metadata.get(_PARSE)
+    if parse is not None:
+        return parse  # type: ignore[no-any-return]
+    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    fn = _BUILTIN.get(name)
+    if fn is None:
+        raise TypeError(f"setting {f.name} of type {name!r} needs parse=")
+    if fn is int:
+        return _int
+    if fn is float:
+        return _float
+    return fn
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError(f"expected an integer, got {v!r}")
+    return int(v)
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def load(cls: type[T], path: Path | None, table: str, overrides: Mapping[str, Any]) -> T:
+    """`cls` from the TOML file at `path` (its [table] or top-level keys), then the flags
+    given (None values are flags not given). Raises ConfigError naming what was wrong."""
+    fields = {f.name: f for f in _settings(cls)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config {path}: {e}") from None
+        doc = doc.get(table, doc)
+        for key, value in doc.items():
+            f = fields.get(key)
+            if f is None:
+                raise ConfigError(f"config {path}: unknown key {key!r} "
+                                  f"(known: {', '.join(fields)})")
+            try:
+                values[key] = _parser(f)(value)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config {path}: {key}: {e}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type[Any],
+              skip: tuple[str, ...] = ()) -> None:
+    """Every setting of `cls` as a flag with its help and default (flags default to None, so
+    `load` can tell a flag given from one left out)."""
+    for f in _settings(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        shown = "" if default in ("", [], None) else f" (default: {default})"
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_parser(f),
+                            default=None, metavar=f.metadata.get(_META),
+                            help=f.metadata[_HELP] + shown)
+
+
+def flag_values(args: argparse.Namespace, cls: type[Any]) -> dict[str, Any]:
+    """The setting flags of a parsed command line (None where a flag was not given)."""
+    return {f.name: getattr(args, f.name, None) for f in _settings(cls)}
