@@ -27,6 +27,7 @@ __all__ = ["PREFIX", "MetricsError", "families", "parse_metrics", "registry", "r
 PREFIX = "meterledger_fog_"
 
 
+# long: every metric family of the fog in one list, in exposition order
 def families(node: FogNode, now: float) -> M.Families:
     """All fog metrics at time `now` (Unix seconds)."""
     with node.lock:

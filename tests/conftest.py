@@ -25,3 +25,12 @@ def broker(tmp_path):
 
     with Mosquitto(tmp_path / "broker") as b:
         yield b
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/system/ runs a whole stack: mark it `system`, so
+    `pytest -m "not system"` is the quick inner loop."""
+    system = ROOT / "tests" / "system"
+    for item in items:
+        if system in pathlib.Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.system)

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from hardware.firmware import BOARDS_DIR, FIRMWARE_DIR
 from meterledger import errors
 from meterledger import wire as P
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
-BOARDS_DIR = ROOT / "hardware" / "boards"
+FIRMWARE = FIRMWARE_DIR
 BOARD_FILES = {"esp32": "esp32_devkitc.json", "rp2": "pico_w.json"}
 # top-level files MicroPython runs from source (boot.py and main.py are looked up as .py only;
 # provision.py is run by `mpremote run` and kept readable on the device)

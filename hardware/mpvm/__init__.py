@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 
+from hardware.firmware import FIRMWARE_DIR as _FIRMWARE_DIR
 from meterledger import errors
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 RUNNER = pathlib.Path(__file__).resolve().parent / "runner.mjs"
-FIRMWARE_DIR = REPO_ROOT / "firmware"
+FIRMWARE_DIR = _FIRMWARE_DIR  # the firmware tree mounted at /fw (hardware.firmware)
 NPM_PACKAGE = "@micropython/micropython-webassembly-pyscript"
 _PACKAGE_DIR = REPO_ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
 

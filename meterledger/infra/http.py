@@ -43,11 +43,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-import h11
 import starlette.routing
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -57,9 +55,9 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn import Config, Server
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from meterledger.errors import MeterLedgerError
+from meterledger.infra import http_transport as T
 
 __all__ = [
     "JSON", "Answer", "Errors", "HTTPError", "HTTPService", "HTTPServiceError", "Param", "Query",
@@ -70,11 +68,10 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 MAX_BODY = 64 * 1024  # default request body cap (bytes)
-MAX_HEAD = 64 * 1024  # request line and headers together (http.server took 64 KiB lines)
+MAX_HEAD = T.MAX_HEAD
 _IDLE_S = 30  # a keep-alive connection may sit idle this long
 _GRACE_S = 5  # stop() lets requests in flight finish for this long, then cancels them
 _START_S = 10.0  # start() waits this long for the server to listen
-_BACKLOG = 2048  # uvicorn's
 _NON_WORD = re.compile(r"[^0-9A-Za-z]+")
 
 Handler = Callable[["Request"], "dict[str, Any] | Reply"]
@@ -276,129 +273,6 @@ class _Endpoint:
         await response(scope, receive, send)
 
 
-# -- logs --------------------------------------------------------------------------------------
-_DISCONNECTS: tuple[type[BaseException], ...] = (ConnectionError, ClientDisconnect,
-                                                  asyncio.CancelledError)
-
-
-class _NoDisconnectTracebacks(logging.Filter):
-    """On uvicorn's error log: a client that went away (or a request cancelled when stop()
-    ran out of patience) is a one-line debug note, not an error with a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, _DISCONNECTS):
-            record.msg = (f"{str(record.msg).strip()} ({type(exc).__name__}: a client that went "
-                          "away or a request cancelled at shutdown)")
-            record.args = ()
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
-def _quiet_uvicorn() -> None:
-    err = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _NoDisconnectTracebacks) for f in err.filters):
-        err.addFilter(_NoDisconnectTracebacks())
-    if err.level == logging.NOTSET:  # unless configured otherwise: no start/stop chatter
-        err.setLevel(logging.WARNING)
-
-
-# -- the protocol: h11, with malformed requests answered in the envelope -----------------------
-class _Connection(h11.Connection):
-    """h11's connection, remembering why the request could not be parsed."""
-
-    error: h11.RemoteProtocolError | None = None
-
-    def next_event(self) -> Any:
-        try:
-            return super().next_event()
-        except h11.RemoteProtocolError as e:
-            self.error = e
-            raise
-
-
-def _protocol_class(service: HTTPService) -> type[H11Protocol]:
-    class Protocol(H11Protocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.conn = _Connection(h11.SERVER, MAX_HEAD)
-
-        def send_400_response(self, msg: str) -> None:
-            """A request h11 cannot parse (or a client that hung up in the middle of one):
-            answered in the API's envelope, then the connection is closed."""
-            err = self.conn.error if isinstance(self.conn, _Connection) else None
-            status = err.error_status_hint if err is not None else 400
-            text = f"invalid HTTP request: {err}" if err is not None else msg
-            text = text if len(text) <= 120 else text[:120] + "..."  # h11 quotes the line
-            if status == 431:
-                pending, _ = self.conn.trailing_data
-                status, text = ((414, f"the request line is longer than {MAX_HEAD} bytes")
-                                if b"\n" not in pending else
-                                (431, f"the request head is longer than {MAX_HEAD} bytes"))
-            e = service.errors.malformed(status, text)
-            headers = [(b"content-type", JSON.encode()), (b"connection", b"close"),
-                       *service.raw_headers]
-            body = json_body(e.body())
-            try:
-                for event in (h11.Response(status_code=status, headers=headers,
-                                           reason=_reason(status)),
-                              h11.Data(data=body), h11.EndOfMessage()):
-                    self.transport.write(self.conn.send(event))
-            except h11.LocalProtocolError:  # a response had begun: nothing more to say
-                pass
-            self.transport.close()
-
-        def eof_received(self) -> bool | None:  # type: ignore[override]
-            """The client closed its side. A request read whole is still answered (then the
-            connection closes); one cut short is answered 400; an idle connection closes."""
-            cycle = self.cycle
-            state = self.conn.their_state
-            if cycle is not None and not cycle.response_complete:
-                if state in (h11.DONE, h11.MUST_CLOSE):  # the request is read whole
-                    cycle.keep_alive = False
-                    return True  # keep the transport open to write the answer
-                cycle.disconnected = True  # the handler's body will never come
-                cycle.message_event.set()
-                return None
-            pending, _ = self.conn.trailing_data
-            if pending and self.conn.our_state is h11.IDLE:
-                self.send_400_response("the client closed the connection in the middle of "
-                                       "a request")
-                return True
-            return None
-
-    return Protocol
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (0: a free port); IPv4 first where a name has
-    both (as http.server, which was IPv4 only), "" for every address."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                               proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, addr = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
-    # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on connections whose
-    # socket says so, and with Nagle on every keep-alive answer (head and body written
-    # apart) waits ~40 ms for the client's delayed ACK
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(_BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
 # -- the service --------------------------------------------------------------------------------
 class HTTPService:
     """A route table served by Starlette on uvicorn in a background thread."""
@@ -521,6 +395,9 @@ class HTTPService:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _malformed_body(self, status: int, message: str) -> bytes:
+        return json_body(self.errors.malformed(status, message).body())
+
     def _refuse(self, reason: str) -> None:
         if self.on_refuse is not None:
             self.on_refuse(reason)
@@ -588,11 +465,12 @@ class HTTPService:
         with self._lock:
             if self._server is not None:
                 raise HTTPServiceError(f"{self.name} is already serving on port {self._port}")
-            _quiet_uvicorn()
+            T.quiet_uvicorn()
             if self.access_log:  # another service's Config may have cut it off the root
                 logging.getLogger("uvicorn.access").propagate = True
-            sock = _listen(host, port)
-            config = Config(self, http=_protocol_class(self), ws="none", lifespan="off",
+            sock = T.listen(host, port)
+            protocol = T.protocol_class(self._malformed_body, self.raw_headers)
+            config = Config(self, http=protocol, ws="none", lifespan="off",
                             interface="asgi3",
                             loop="asyncio", log_config=None, access_log=self.access_log,
                             proxy_headers=False, server_header=False,

@@ -1,7 +1,7 @@
 """Strict deterministic CBOR for the SPEC section 2 subset, written for CPython speed.
 
 An independent implementation of the same rules as firmware/core/cbor.py (the host never
-imports the firmware; tests/test_fog_protocol.py cross-checks the two on golden vectors,
+imports the firmware; tests/wire/test_protocol.py cross-checks the two on golden vectors,
 mutations and random bytes). The decoder accepts exactly one encoding per value, RFC 8949
 section 4.2.1 "core deterministic": shortest integer and length heads, definite lengths,
 map keys sorted bytewise by their encoding with no duplicates. Allowed: unsigned and

@@ -45,7 +45,7 @@ _SIG_HEAD = b"\x58\x40"
 # parse() recognises that layout byte for byte and builds the same dict decode() would, and
 # the key and kind checks of the schema are then already done. Any other byte sequence,
 # valid or not, goes through the strict decoder and check_fields(), so every result and
-# rejection reason is the generic one (tests/test_fastpath.py checks both agree).
+# rejection reason is the generic one (tests/wire/test_fastpath.py checks both agree).
 _READING_SCHEMA = SCHEMAS[READING]
 _READING_SCHEMA_V1 = dict(_READING_SCHEMA)
 # head byte -> (argument width, smallest argument in shortest form), majors 0 and 1

@@ -246,7 +246,7 @@ class EmbeddedLedger:
         b = self._store.block(height) if height <= self.head().height else None
         if b is None:
             raise NotFoundError(f"no block {height}: the head is block {self.head().height}")
-        return Block(b.height, b.hash, b.header, b.txs)
+        return b
 
     def tx(self, digest: bytes) -> TxView:
         r = self._store.receipt(digest)

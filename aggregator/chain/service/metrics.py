@@ -1,38 +1,31 @@
-"""The aggregator's Prometheus metrics, in the text exposition format (version 0.0.4).
+"""The aggregator's Prometheus metrics, exposed through prometheus_client.
 
-Same format and helpers as the fog's (fog_node.metrics, whose `parse_metrics` reads both
-back); the names start with `meterledger_aggregator_`.
+`families` reads the ledger's counters (and the refusals the API counted before the ledger)
+and describes them as metric families; `registry` makes a CollectorRegistry of the API's own
+that does so on every scrape, and `render` is one scrape as exposition text (format 0.0.4).
+Names, labels, HELP and TYPE lines are the ones the aggregator has always exposed, under
+`meterledger_aggregator_` (meterledger.infra.metrics keeps prometheus_client from renaming
+counters); values are written as prometheus_client writes them (`3.0`). `parse_metrics`
+(meterledger.infra.metrics) reads the text back.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry
 
 from aggregator.chain.ledger import AggregatorError, Ledger
-from meterledger.infra.metrics import escape_label
+from meterledger.infra import metrics as M
 from meterledger.wire.chain import ROLES
+
+__all__ = ["PREFIX", "families", "registry", "render"]
 
 PREFIX = "meterledger_aggregator_"
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_: str,
-               samples: Iterable[tuple[Mapping[str, str], int]]) -> None:
-        full = PREFIX + name
-        self.lines += [f"# HELP {full} {help_}", f"# TYPE {full} {kind}"]
-        for labels, value in samples:
-            text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-            self.lines.append(f"{full}{{{text}}} {value}" if labels else f"{full} {value}")
-
-    def one(self, name: str, kind: str, help_: str, value: int) -> None:
-        self.family(name, kind, help_, [({}, value)])
-
-
-def render(ledger: Ledger, refused: Mapping[str, int]) -> str:
+def families(ledger: Ledger, refused: Mapping[str, int]) -> M.Families:
     """All aggregator metrics; `refused` counts POSTs the API refused before the ledger."""
     s = ledger.stats()
     head = ledger.head()
@@ -42,7 +35,7 @@ def render(ledger: Ledger, refused: Mapping[str, int]) -> str:
         roles: Counter[str] | None = Counter(p.role for p in ledger.participants())
     except AggregatorError:  # the store cannot be read (closing): the rest still renders
         roles = None
-    w = _Writer()
+    w = M.Families(PREFIX)
     w.family("accepted_total", "counter",
              "Transactions sealed into blocks since the service started, by kind.",
              [({"kind": k}, s.accepted[k]) for k in sorted(s.accepted)])
@@ -58,4 +51,15 @@ def render(ledger: Ledger, refused: Mapping[str, int]) -> str:
     w.one("pending", "gauge", "Transactions validated and waiting for their block.", s.pending)
     w.family("participants", "gauge", "Registered participants by role.",
              [({"role": r}, roles[r]) for r in ROLES] if roles is not None else [])
-    return "\n".join(w.lines) + "\n"
+    return w
+
+
+def registry(ledger: Ledger, refused: Callable[[], Mapping[str, int]]) -> CollectorRegistry:
+    """A registry of the ledger's metrics, read afresh on every scrape (`refused()`: the
+    API's own refusals, by reason)."""
+    return M.registry(lambda: families(ledger, refused()))
+
+
+def render(ledger: Ledger, refused: Mapping[str, int]) -> str:
+    """All aggregator metrics as one exposition-format document."""
+    return M.render(families(ledger, refused))

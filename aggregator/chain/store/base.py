@@ -10,13 +10,13 @@ rebuilds by replaying them. One contract test suite runs against both implementa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from aggregator.chain.app.state import INT64_MAX, Effect
 from aggregator.chain.ledger import (
     AggregateView,
     AnchorView,
+    Block,
     InstructionView,
     Participant,
     Receipt,
@@ -25,13 +25,8 @@ from aggregator.chain.ledger import (
 )
 from meterledger.wire import anchor as A
 
-
-@dataclass(frozen=True)
-class StoredBlock:
-    height: int
-    hash: bytes
-    header: bytes
-    txs: tuple[bytes, ...]
+# a stored block is what the Ledger answers with: header, its digest and the transactions
+StoredBlock = Block
 
 
 class BlockStore(Protocol):

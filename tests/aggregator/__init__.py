@@ -1,0 +1,1 @@
+"""Tests: the dispatch chain and its applications."""

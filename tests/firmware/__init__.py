@@ -1,0 +1,1 @@
+"""Tests: the MicroPython firmware, on CPython and in the real MicroPython VM."""

@@ -1,0 +1,1 @@
+"""Tests: the fog node, part by part."""

@@ -1,0 +1,1 @@
+"""Tests: emulators, the flash tool and the hardware-in-the-loop door."""

@@ -1,0 +1,1 @@
+"""Tests: third-party implementations (pycose, pymodbus) against ours."""

@@ -1,0 +1,1 @@
+"""Tests: the shared library's infra, the console script, the tools and the layout."""

@@ -1,0 +1,1 @@
+"""Tests: whole stacks end to end (marker `system`)."""

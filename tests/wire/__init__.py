@@ -1,0 +1,1 @@
+"""Tests: the wire contract (meterledger.wire) against golden vectors and independent references."""
