@@ -30,6 +30,7 @@ from fog_node.node import FogNode, init_data_dir
 from fog_node.service import FogService
 from fog_node.transport.rs485 import master as R
 from fog_node.transport.rs485.addresses import parse_addresses
+from fog_node.transport.rs485.link import MemoryLink
 from fog_node.transport.rs485.master import BusMaster
 from hardware.firmware import module
 from meterledger import wire as P
@@ -787,3 +788,98 @@ def test_the_example_config_is_every_setting_at_its_default() -> None:
     for f in dataclasses.fields(FogConfig):
         if "meterledger.help" in f.metadata and not f.name.startswith("sim_"):
             assert f"\n{f.name} = " in text or f.name == "feeders", f.name
+
+
+# --- the in-memory link twin -----------------------------------------------------------------
+class MemoryDrop:
+    """The meters' end of a MemoryLink as a multidrop line: what the master sends reaches
+    every meter's port, what a meter sends goes to the master."""
+
+    def __init__(self, link: MemoryLink) -> None:
+        self.link = link
+        self.ports: list[MemoryUart] = []
+
+    def port(self) -> MemoryUart:
+        self.ports.append(MemoryUart(self))
+        return self.ports[-1]
+
+    def pull(self) -> None:
+        data = self.link.read()
+        for p in self.ports:
+            p.rx += data
+
+
+class MemoryUart:
+    """One meter's port on a MemoryDrop, with the MicroPython UART calls Rs485Slave uses."""
+
+    def __init__(self, line: MemoryDrop) -> None:
+        self.line = line
+        self.link = line.link
+        self.rx = bytearray()
+
+    def any(self) -> int:
+        self.line.pull()
+        return len(self.rx)
+
+    def read(self, n: int = 1) -> bytes | None:
+        self.any()
+        data = bytes(self.rx[:n])
+        del self.rx[:n]
+        return data or None
+
+    def write(self, data: bytes) -> int:
+        self.link.write(bytes(data))
+        return len(data)
+
+
+def test_memory_link_pairs_carry_bytes_both_ways_in_order():
+    a, b = MemoryLink.pair()
+    assert a.read() == b"" and b.read() == b""
+    a.write(b"\x01\x02")
+    a.write(b"\x03")
+    b.wait(5.0)  # returns at once: bytes are there
+    assert b.read() == b"\x01\x02\x03" and b.read() == b""
+    b.write(b"ok")
+    assert a.read() == b"ok"
+    a.close()
+    with pytest.raises(OSError):
+        a.write(b"x")
+
+
+def test_the_polling_protocol_over_the_in_memory_link(tmp_path):
+    """The master's whole protocol (birth, readings, ack) with real firmware meters, over the
+    in-memory twin of the serial line: the same outcome as on a pty, no device at all."""
+    clock = ManualClock(T0 - 10)
+    init_data_dir(tmp_path / "fog")
+    node = FogNode(FogConfig(data_dir=tmp_path / "fog"), clock.now)
+    fog_end, meters_end = MemoryLink.pair()
+    line = MemoryDrop(meters_end)  # both meters hear the master, as on RS485
+    meters = MeterThread()
+    for i, address in enumerate((3, 4)):
+        m = firmware_meter(tmp_path, i, clock, meter_config(node.key, i, address), line.port())
+        meters.meters.append(m)
+        apply_request(node, {"pub": m.app.meter.key.pub.hex(), "status": "active"})
+    meters.start()
+    opened: list[MemoryLink] = []
+
+    def link() -> MemoryLink:
+        opened.append(fog_end)
+        return fog_end
+
+    bus = BusMaster(node, "memory", [3, 4], clock=clock.now, timeout_s=FAST,
+                    slow_timeout_s=SLOW, link=link)
+    try:
+        for _ in range(2):
+            clock.advance(900)
+            meters.step()
+        poll_until(bus, drained(meters.meters))
+        assert_logged_once(node, meters.meters)
+        assert [bus.device_at(a) for a in (3, 4)] == [m.id for m in meters.meters]
+        c = bus.counters
+        assert c["timeouts"] == 0 and c["crc_errors"] == 0 and c["answers"] == c["requests"]
+        assert opened == [fog_end]  # opened once, kept
+    finally:
+        bus.close()
+        meters.stop()
+        node.close()
+    assert fog_end.closed

@@ -38,18 +38,17 @@ meter whose thread waits for the interpreter, a busy MCU) needs more than the mi
 from __future__ import annotations
 
 import logging
-import select
 import struct
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fog_node.ingest import REJECTED, Outcome
 from fog_node.node import FogNode
 from fog_node.transport.rs485.addresses import check_addresses
+from fog_node.transport.rs485.link import Link, SerialLink
 from meterledger import wire as P
 from meterledger.wire import modbus as mb
 from meterledger.wire.cbor import ProtocolError
@@ -126,7 +125,8 @@ class BusMaster:
     def __init__(self, node: FogNode, url: str, addresses: Sequence[int], *,
                  clock: Callable[[], float], baud: int = 19200, timeout_s: float = 0.0,
                  slow_timeout_s: float = 10.0, batch: int = 32, gap_s: float = DEFAULT_GAP_S,
-                 turnaround_s: float = DEFAULT_TURNAROUND_S, port: Any = None) -> None:
+                 turnaround_s: float = DEFAULT_TURNAROUND_S,
+                 link: Callable[[], Link] | None = None) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.node = node
@@ -144,7 +144,9 @@ class BusMaster:
         self._turnaround_us = max(self.framer.silence, int(turnaround_s * 1e6))
         self._commands: dict[bytes, deque[bytes]] = {}
         self._cmd_lock = threading.Lock()
-        self._port: Any = port
+        # how the line is (re)opened: pyserial on `url` unless a link factory is given
+        self._open_link: Callable[[], Link] = link or (lambda: SerialLink(url, baud))
+        self._link: Link | None = None
         self._fed_us = 0  # the framer's timeline (see the module doc)
         self._rx_us = 0  # real time of the last byte read
         self._quiet = True  # the framer was told about the silence since the last byte
@@ -198,10 +200,10 @@ class BusMaster:
             raise
 
     def close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
+        link, self._link = self._link, None
+        if link is not None:
             try:
-                port.close()
+                link.close()
             except Exception:  # closing a vanished device may fail; it is closed either way
                 log.debug("closing the RS485 port", exc_info=True)
 
@@ -411,9 +413,7 @@ class BusMaster:
         request = mb.adu(address, fc, data)
         self._drain()
         self._turnaround()
-        port = self._port
-        port.write(request)
-        port.flush()
+        self._line().write(request)
         self.counters["requests"] += 1
         crc_before = self.framer.counters["crc_errors"]
         deadline = time.monotonic() + timeout_s
@@ -448,13 +448,15 @@ class BusMaster:
 
     # -- the line --------------------------------------------------------------------------
     def _open(self) -> None:
-        if self._port is None:
-            import serial  # pyserial
-
-            self._port = serial.serial_for_url(self.url, baudrate=self.baud, bytesize=8,
-                                               parity="N", stopbits=1, timeout=0)
+        if self._link is None:
+            self._link = self._open_link()
             self.framer.reset()
             self._quiet = True
+
+    def _line(self) -> Link:
+        if self._link is None:
+            raise mb.ModbusError("the RS485 line is closed")
+        return self._link
 
     def _sync(self) -> None:
         for k in ("crc_errors", "garbage"):
@@ -485,10 +487,7 @@ class BusMaster:
         return frames
 
     def _read(self) -> bytes:
-        port = self._port
-        n = port.in_waiting
-        data: bytes = port.read(n if n > 0 else 1)
-        return data
+        return self._line().read()
 
     def _receive(self, deadline: float) -> list[Frame]:
         """Whatever frames the line gives until something arrives or the deadline."""
@@ -501,13 +500,7 @@ class BusMaster:
             return out
         wait = min(0.002, deadline - time.monotonic())
         if wait > 0:
-            fileno = getattr(self._port, "fileno", None)
-            try:
-                if fileno is None:
-                    raise OSError
-                select.select([fileno()], [], [], wait)
-            except (OSError, ValueError):  # no descriptor to wait on (e.g. loop://)
-                time.sleep(min(wait, 0.0005))
+            self._line().wait(wait)
         return []
 
     def _drain(self) -> None:
