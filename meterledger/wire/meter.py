@@ -86,24 +86,31 @@ _SCHEMAS: dict[int, dict[int, str]] = {
 
 
 
+# the keys the rules read, as plain ints (the reading rule runs for every message)
+_SEQ, _T, _DUR, _FLAGS, _PREV, _Q = (int(k) for k in (Reading.SEQ, Reading.T, Reading.DUR,
+                                                       Reading.FLAGS, Reading.PREV, Reading.Q))
+_DEV, _PUB = int(Reading.DEV), int(Birth.PUB)
+
+
 def _reading_rules(f: Fields) -> None:
-    if f[2] < 1:
+    seq, t, dur, flags = f[_SEQ], f[_T], f[_DUR], f[_FLAGS]
+    if seq < 1:
         raise _bad("seq must be >= 1")
-    if f[4] < 1:
+    if dur < 1:
         raise _bad("dur must be >= 1 second")
-    if f[7] > 0xFF:
+    if flags > 0xFF:
         raise _bad("flags has bits v1 does not define")
-    if not f[7] & CLOCK_UNSYNCED and f[3] % f[4]:
+    if not flags & CLOCK_UNSYNCED and t % dur:
         raise _bad("t is not a multiple of dur and CLOCK_UNSYNCED is not set")
-    if f[2] == 1 and f[8] != ZERO32:
+    if seq == 1 and f[_PREV] != ZERO32:
         raise _bad("prev must be 32 zero bytes when seq = 1")
-    for k, v in f.get(9, {}).items():
+    for k, v in f.get(_Q, {}).items():
         if k not in (1, 2, 3, 4, 5) or not _is_int(v) or (k != 5 and v < 0):
             raise _bad(f"q has a bad entry {k!r}")
 
 
-def _pub_matches_dev(f: Fields) -> None:
-    if party_id(f[10]) != f[1]:
+def _pub_matches_dev(f: Fields) -> None:  # birth and enrollment: the same keys
+    if party_id(f[_PUB]) != f[_DEV]:
         raise _bad("dev is not the id of pub")
 
 
@@ -131,26 +138,27 @@ def command_args_error(op: Any, args: dict[Any, Any]) -> str | None:
 
 
 def _command_rules(f: Fields) -> None:
-    err = command_args_error(f[3], f[4])
+    err = command_args_error(f[Command.OP], f[Command.ARGS])
     if err:
         raise _bad(err)
 
 
 def _result_rules(f: Fields) -> None:
-    if f[3] > 2:
+    if f[Result.STATUS] > 2:
         raise _bad("status must be 0 (done), 1 (rejected) or 2 (failed)")
 
 
 def _checkpoint_rules(f: Fields) -> None:
-    if f[2] < 1:
+    height = f[Checkpoint.HEIGHT]
+    if height < 1:
         raise _bad("height must be >= 1")
-    if f[2] == 1 and f[5] != ZERO32:
+    if height == 1 and f[Checkpoint.PREV] != ZERO32:
         raise _bad("prev must be 32 zero bytes at height 1")
 
 
 def _enrollment_rules(f: Fields) -> None:
     _pub_matches_dev(f)
-    if f[18] not in ENROLLMENT_STATUSES:
+    if f[Enrollment.STATUS] not in ENROLLMENT_STATUSES:
         raise _bad("status must be 'active' or 'revoked'")
 
 

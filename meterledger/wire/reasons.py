@@ -1,0 +1,41 @@
+"""Every stable reason code a receiver reports, in one place (docs/PROTOCOL.md sections 3,
+12 and 15). Counters, logs, API answers and verify-chain use these strings; they never
+change meaning. `tests/wire/test_reasons.py` checks that every reason the code raises is
+listed here.
+"""
+
+from __future__ import annotations
+
+# SPEC section 3, in the order receivers check (the first failure is the one reported)
+ENVELOPE = (
+    "too_large", "malformed", "not_deterministic", "forbidden_type", "trailing_bytes",
+    "bad_tag", "bad_structure", "bad_protected", "bad_kid", "bad_signature_encoding",
+    "bad_payload", "unknown_type", "kid_mismatch", "sig_out_of_range", "high_s",
+    "bad_signature", "bad_fields",
+)
+# encoding a value the deterministic CBOR subset cannot carry; a public key not on P-256
+ENCODING = ("unencodable", "bad_public_key")
+# the fog's ingest (section 12): what a receiver's policy refuses after the checks above
+INGEST = (
+    "topic_mismatch", "wrong_type", "revoked", "wrong_fog", "equivocation", "future_t",
+    "prev_mismatch", "bad_batch",
+)
+# the dispatch chain (section 15): common checks, then each kind's rule
+CHAIN = (
+    "duplicate", "wrong_type", "unregistered", "wrong_chain", "nonce_reused", "nonce_gap",
+    "not_permitted", "already_registered", "unknown_fog", "unknown_rules",
+    "unknown_instruction", "rules_version", "rules_registered", "bad_genesis", "unavailable",
+)
+# the SPEC section 8 anchor rule and the aggregates an anchor carries (sections 15, 19)
+ANCHOR = (
+    "anchor_bad_checkpoint", "anchor_wrong_fog", "anchor_height", "anchor_prev",
+    "anchor_size_shrank", "anchor_t_backwards", "anchor_consistency", "anchor_bad_aggregate",
+    "anchor_aggregate_chain", "anchor_missing_aggregate", "anchor_aggregate_ivl",
+)
+# verify-chain's replay of stored blocks (section 15)
+REPLAY = (
+    "missing_block", "bad_height", "bad_prev", "t_backwards", "bad_ntx", "bad_txroot",
+    "untrusted_sealer", "derived_state", "state_root",
+)
+
+ALL = frozenset((*ENVELOPE, *ENCODING, *INGEST, *CHAIN, *ANCHOR, *REPLAY))
