@@ -7,14 +7,15 @@ Example: docs/examples/fog.toml. Simulation settings (sim_*) are for the demo an
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fog_node.cooking.feeders import Feeder, parse_feeders
 from fog_node.transport.rs485.addresses import check_addresses, parse_addresses
+from meterledger.infra import clock
 from meterledger.infra import config as cfg
+from meterledger.infra.clock import Clock
 from meterledger.infra.config import setting
 
 
@@ -98,9 +99,6 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:
     return cfg.load(FogConfig, path, "fog", overrides)
 
 
-def node_clock(config: FogConfig, real: Callable[[], float]) -> Callable[[], float]:
+def node_clock(config: FogConfig, real: Clock) -> Clock:
     """The node's clock: `real` itself, or the compressed simulation clock of the config."""
-    if config.sim_compress == 1.0:
-        return real
-    start, epoch, k = config.sim_start, config.sim_epoch, config.sim_compress
-    return lambda: start + (real() - epoch) * k
+    return clock.compressed(real, config.sim_start, config.sim_epoch, config.sim_compress)

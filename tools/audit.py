@@ -25,6 +25,7 @@ from typing import Any
 from meterledger import errors
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError
+from meterledger.clients.fog import FogClient
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
 
@@ -64,12 +65,12 @@ def _h(b: bytes) -> str:
     return b.hex()
 
 
-def build_bundle(fog: ChainClient, chain: ChainClient, dev: bytes, seq: int) -> dict[str, Any]:
+def build_bundle(fog: FogClient, chain: ChainClient, dev: bytes, seq: int) -> dict[str, Any]:
     """Ask the fog node and the chain for everything that proves reading (dev, seq).
-    `fog` is a ChainClient pointed at the fog's API (both are plain JSON GETs)."""
-    info = fog.get("/v1/checkpoint")
+    `fog` is the fog's API, `chain` the dispatch chain's (meterledger.clients)."""
+    info = fog.checkpoint()
     fog_pub, fog_id = bytes.fromhex(info["fog_pub"]), info["fog_id"]
-    first = fog.get("/v1/proof/inclusion", dev=dev.hex(), seq=seq)
+    first = fog.inclusion(dev, seq)
     leaf = int(first["leaf_index"])
     anchors = [a for a in chain.anchors(fog_id) if int(a["size"]) > leaf]
     if not anchors:
@@ -80,9 +81,9 @@ def build_bundle(fog: ChainClient, chain: ChainClient, dev: bytes, seq: int) -> 
     tx_raw = bytes.fromhex(tx["tx"])
     head = P.parse(tx_raw).fields[4][1][-1]
     size = int(anchor["size"])
-    proof = fog.get("/v1/proof/inclusion", dev=dev.hex(), seq=seq, size=size)
-    enrollment = fog.get("/v1/proof/enrollment", dev=dev.hex(), size=size, before=leaf)
-    devices = {d["dev"]: d for d in fog.get("/v1/devices")["devices"]}
+    proof = fog.inclusion(dev, seq, size)
+    enrollment = fog.enrollment_proof(dev, size, leaf)
+    devices = {d["dev"]: d for d in fog.devices()}
     header = bytes.fromhex(tx["header"])
     return {
         "version": BUNDLE_VERSION,
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> 
             print("error: --dev must be 16 hex characters", file=sys.stderr)
             return 2
         try:
-            doc = build_bundle(ChainClient(args.fog), ChainClient(args.chain), dev, args.seq)
+            doc = build_bundle(FogClient(args.fog), ChainClient(args.chain), dev, args.seq)
         except ChainClientError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

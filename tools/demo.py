@@ -31,6 +31,7 @@ from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
 from meterledger import errors
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError
+from meterledger.clients.fog import FogClient
 from tools import audit
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -178,9 +179,9 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
                               if i >= min(firsts)}
             time.sleep(0.01)
 
-        fog_api = ChainClient(fog_url)
+        fog_api = FogClient(fog_url)
         m = parse_metrics(fog_api_text(fog_url))
-        cp = fog_api.get("/v1/checkpoint")
+        cp = fog_api.checkpoint()
         chain_m = parse_metrics(fog_api_text(chain_url))
         rejected = sum(v for k, v in m.items() if k.startswith(FOG + "rejected_total{"))
         rejected += sum(v for k, v in chain_m.items() if k.startswith(AGG + "rejected_total{"))

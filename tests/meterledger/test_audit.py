@@ -17,6 +17,7 @@ from fog_node.api import FogAPI
 from fog_node.chainlink.link import ChainLink
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError
+from meterledger.clients.fog import FogClient
 from meterledger.wire import chain as C
 from tests.fog_node.test_anchor import Clock, Meters, fog_node, grow
 from tests.kit.chainkit import running_chain
@@ -43,7 +44,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         api = FogAPI(node, clock)
         port = api.start()
         fog_url = f"http://127.0.0.1:{port}"
-        bundle = audit.build_bundle(ChainClient(fog_url), ChainClient(chain.url),
+        bundle = audit.build_bundle(FogClient(fog_url), ChainClient(chain.url),
                                     meters.keys[1].id, 3)
         yield {"bundle": bundle, "trust": chain.key.public_key, "fog_url": fog_url,
                "chain": chain, "node": node, "meters": meters, "tmp": tmp}
@@ -102,7 +103,7 @@ def test_a_reading_not_yet_anchored_gets_no_bundle(world: Any) -> None:
     node, meters = world["node"], world["meters"]
     node.ingest.process(meters.interval())  # logged, not sealed or anchored
     with pytest.raises(ChainClientError, match=r"not logged|not anchored|not yet covered"):
-        audit.build_bundle(ChainClient(world["fog_url"]), ChainClient(world["chain"].url),
+        audit.build_bundle(FogClient(world["fog_url"]), ChainClient(world["chain"].url),
                            meters.keys[0].id, meters.seq[0])
 
 
