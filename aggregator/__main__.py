@@ -66,6 +66,7 @@ from aggregator.dispatch.suggestions import Dispatcher, open_dispatcher, submit_
 from meterledger import wire as P
 from meterledger.errors import MeterLedgerError, ProtocolError
 from meterledger.infra import config as cfg
+from meterledger.infra.args import ArgumentParser
 from meterledger.wire import chain as C
 
 _RETRIES = 5  # register: fresh nonces to try when a concurrent transaction took ours
@@ -257,7 +258,7 @@ def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
 
 # long: the argparse tree of every subcommand, then one dispatch
 def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+    ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("init", help="create the dispatch key and the chain's genesis block")

@@ -43,6 +43,7 @@ from meterledger import wire as P
 from meterledger.clients.chain import ChainClient
 from meterledger.errors import MeterLedgerError
 from meterledger.infra import config as cfg
+from meterledger.infra.args import ArgumentParser
 
 
 def _provisioning(path: Path) -> list[dict[str, Any]]:
@@ -137,7 +138,7 @@ def run(config: FogConfig) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+    ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_init = sub.add_parser("init", help="create the data dir and the fog key")

@@ -7,7 +7,7 @@ Example: docs/examples/fog.toml. Simulation settings (sim_*) are for the demo an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,6 @@ class FogConfig:
     sim_compress: float = setting(1.0, help="simulation only: clock speed-up factor")
     sim_start: float = setting(0.0, help="simulation only: simulated time at sim_epoch")
     sim_epoch: float = setting(0.0, help="simulation only: real Unix time of sim_start")
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:

@@ -8,12 +8,12 @@ enrollment, and evidence of equivocation. The clock is passed in, never read her
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from meterledger import errors
+from meterledger.infra.sqlite import connect
 
 ACTIVE = "active"
 REVOKED = "revoked"
@@ -62,9 +62,7 @@ class Device:
 class Registry:
     def __init__(self, path: Path | str) -> None:
         # one connection, used from the ingest thread; WAL so the HTTP API can read alongside
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = connect(path)
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -31,7 +31,6 @@ Model (see docs/HIL.md):
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import math
 import os
@@ -45,6 +44,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from hardware.pty import bytes_waiting, close_pty, open_pty
+from meterledger.infra.args import ArgumentParser
 
 INJECT = -1  # the transmitter of inject()ed bytes: no endpoint
 MAX_BURST = 256  # one maximal ADU: a longer burst of line activity is delivered in pieces
@@ -292,7 +292,7 @@ class Rs485Bus:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m hardware.rs485_bus") -> int:
-    ap = argparse.ArgumentParser(prog=prog,
+    ap = ArgumentParser(prog=prog,
                                  description="Emulated RS485 multidrop line over ptys.")
     ap.add_argument("--endpoints", type=int, default=2, help="number of endpoints (>= 2)")
     ap.add_argument("--baud", type=int, default=19200, help="line rate (pacing), 8N1")

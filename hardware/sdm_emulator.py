@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from hardware.pty import PtyPort, QuietTimeline
+from meterledger.infra.args import ArgumentParser
 from meterledger.wire.modbus import (
     EX_ILLEGAL_ADDRESS,
     EX_ILLEGAL_FUNCTION,
@@ -506,7 +507,7 @@ def _profile_arg(spec: str) -> LoadProfile:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m hardware.sdm_emulator") -> int:
-    ap = argparse.ArgumentParser(prog=prog,
+    ap = ArgumentParser(prog=prog,
                                  description="Eastron SDM-style Modbus RTU meter emulator.")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")

@@ -28,6 +28,7 @@ from typing import Any
 import serial
 
 from hardware.firmware import module
+from meterledger.infra.args import ArgumentParser
 from meterledger.wire.names import named
 
 DEFAULT_START = 1_800_000_000 - 60  # a minute before an interval boundary (2027-01-15)
@@ -232,7 +233,7 @@ def _all_acked(vm: VirtualMeter) -> bool:
 
 # long: the argparse flags of every transport and source, then one dispatch
 def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_meter") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+    ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1, help="number of meters")
     ap.add_argument("--image", type=pathlib.Path, metavar="DIR",

@@ -24,14 +24,11 @@ Exit status: the command's own; 2 with one line `error: <message>` on stderr for
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn
 
 from meterledger.errors import MeterLedgerError
 
@@ -124,10 +121,9 @@ def _run(module_name: str, prog: str, argv: list[str]) -> int:
     # import-linter's graph does not see these imports: written as `import` statements,
     # meterledger.cli -> tools.reading -> hardware.firmware would break the contract
     # "only hardware/ and tools/ drive the firmware" (whose source is all of `meterledger`).
+    # their parsers (meterledger.infra.args) report a usage error as one line and exit 2
     module = importlib.import_module(module_name)
-    with _one_line_usage_errors():
-        status = module.main(argv, prog=prog)
-    return _status(status)
+    return _status(module.main(argv, prog=prog))
 
 
 def _help(prog: str, commands: Sequence[Command], top: bool) -> str:
@@ -151,32 +147,6 @@ def _alias(command: Command) -> str:
     """The module(s) a command runs, as `python -m` names them."""
     modules = [command.module] if command.module else [c.module for c in command.children]
     return "+".join(dict.fromkeys(m.removesuffix(".__main__") for m in modules))
-
-
-@contextmanager
-def _one_line_usage_errors() -> Iterator[None]:
-    """While a command parses its arguments, argparse's usage errors raise `UsageError`
-    (printed as one line by `main`) instead of printing the usage and exiting."""
-    original = argparse.ArgumentParser.error
-
-    def error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-        raise UsageError(f"{parser.prog}: {message}{_valid_subcommands(parser, message)}")
-
-    argparse.ArgumentParser.error = error  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
-
-
-def _valid_subcommands(parser: argparse.ArgumentParser, message: str) -> str:
-    """' (choose from a, b)' when `message` says the parser's subcommand is missing."""
-    if not message.startswith("the following arguments are required"):
-        return ""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and action.dest in message:
-            return f" (choose from {', '.join(action.choices)})"
-    return ""
 
 
 def _one_line(text: str) -> str:

@@ -26,6 +26,7 @@ from meterledger import errors
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.clients.fog import FogClient
+from meterledger.infra.args import ArgumentParser
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
 
@@ -247,7 +248,7 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
 
 # --- CLI ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+    ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bundle", help="fetch the proof bundle of one reading")

@@ -32,6 +32,7 @@ from meterledger import errors
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.clients.fog import FogClient
+from meterledger.infra.args import ArgumentParser
 from tools import audit
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ def fog_api_text(base: str) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+    ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--meters", type=int, default=20)
     ap.add_argument("--intervals", type=int, default=3)

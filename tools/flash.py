@@ -41,6 +41,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from meterledger.infra.args import ArgumentParser
 from tools.flashing import (
     BOARD_FILES,
     Flasher,
@@ -66,7 +67,7 @@ CONTENT_AMBIGUOUS_ADDRESSES = (56, 59)
 
 
 def parser(prog: str = "python -m tools.flash") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+    ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--board", required=True, choices=sorted(BOARD_FILES),
                     help="esp32: ESP32-DevKitC, rp2: Raspberry Pi Pico W (hardware/boards/)")

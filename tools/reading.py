@@ -17,6 +17,7 @@ from typing import Any
 
 from hardware.firmware import module
 from meterledger import errors
+from meterledger.infra.args import ArgumentParser
 from meterledger.wire.names import TYPE_NAMES, named
 
 _READING_KEYS = ("seq", "t", "dur", "imp", "exp", "flags", "prev")
@@ -129,7 +130,7 @@ def _read_hex_stdin() -> bytes:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tools.reading") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
+    ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sign", help="sign reading.json (stdin) with a meter key; prints hex")

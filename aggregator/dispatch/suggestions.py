@@ -37,6 +37,7 @@ from aggregator.chain.ledger import (
 )
 from aggregator.dispatch.rules import OPS, RulesError, RuleSet, Suggestion, parse_rules, suggest
 from meterledger import wire as P
+from meterledger.infra.sqlite import connect
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
 
@@ -104,10 +105,7 @@ class SuggestionStore:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
         try:
-            self._db: sqlite3.Connection | None = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db: sqlite3.Connection | None = connect(self.path, timeout=30)
             for statement in _SCHEMA:
                 self._db.execute(statement)
         except sqlite3.Error as e:

@@ -34,7 +34,7 @@ from typing import Any
 from fog_node.chainlink.link import AnchorError, ChainLink
 from fog_node.node import FogNode
 from meterledger import wire as P
-from meterledger.infra.sqlite import atomic, meta
+from meterledger.infra.sqlite import atomic, connect, meta
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
 
@@ -131,9 +131,7 @@ class Dispatcher:
         self.counters: Counter[str] = Counter()
         self._lock = threading.RLock()  # tick (ingest thread) and command() (any thread)
         # a connection of our own: the link thread's may be inside a transaction
-        self.db = sqlite3.connect(str(node.config.data_dir / "chain.db"), isolation_level=None,
-                                  check_same_thread=False)
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = connect(node.config.data_dir / "chain.db", wal=False)
         self.db.executescript(_SCHEMA)
         if self._meta(_CURSOR) is None:
             # no command of ours existed before now, so no result to look for before here

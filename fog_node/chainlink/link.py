@@ -29,7 +29,7 @@ from fog_node.node import FogNode
 from meterledger import errors
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError, ChainRefused, ChainUnavailable
-from meterledger.infra.sqlite import atomic, meta, set_meta
+from meterledger.infra.sqlite import atomic, connect, meta, set_meta
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
 
@@ -93,10 +93,7 @@ class ChainLink:
         self.counters: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.db = sqlite3.connect(str(node.config.data_dir / "chain.db"), isolation_level=None,
-                                  check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = connect(node.config.data_dir / "chain.db")
         self.db.executescript(_SCHEMA)
         # nonce allocation + outbox insert, by plan() here and queue_tx() from other threads
         self._tx_lock = threading.Lock()
@@ -344,9 +341,7 @@ class ChainLink:
         with self._tx_lock:
             db = self._side_db
             if db is None:
-                db = sqlite3.connect(str(self.node.config.data_dir / "chain.db"),
-                                     isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA synchronous=FULL")  # per connection, as on self.db
+                db = connect(self.node.config.data_dir / "chain.db", wal=False)
                 self._side_db = db
             meta = dict(db.execute("SELECT k, v FROM meta WHERE k IN "
                                    "('synced', 'chain', 'base_nonce')").fetchall())

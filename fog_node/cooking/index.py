@@ -5,7 +5,6 @@ estimates (estimates.py) and the aggregates (aggregates.py) build on. See cooker
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from fog_node.cooking.feeders import (
 from fog_node.log.store import LogStore
 from fog_node.registry import Registry
 from meterledger import wire as P
-from meterledger.infra.sqlite import meta, set_meta
+from meterledger.infra.sqlite import connect, meta, set_meta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -98,9 +97,7 @@ class CookedIndex:
         self.registry = registry
         self.config = config
         self.counters: Counter[str] = Counter()
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = connect(path)
         self.db.executescript(_SCHEMA)
         self._history: dict[bytes, deque[int]] = {}  # spike baselines, rebuilt as data comes
         self._last: dict[bytes, tuple[Any, ...]] = {}  # each meter's highest-seq reading row

@@ -8,13 +8,13 @@ refers to a log size that was committed before it was signed.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from fog_node.log.store import LogStore
 from meterledger import errors
 from meterledger import wire as P
+from meterledger.infra.sqlite import connect
 
 
 class CheckpointError(errors.StorageError, ValueError):
@@ -38,9 +38,7 @@ class Checkpoints:
     def __init__(self, path: Path | str, key: P.SigningKey, log: LogStore) -> None:
         self.key = key
         self.log = log
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS checkpoints (height INTEGER PRIMARY KEY, "
                         "size INTEGER NOT NULL, root BLOB NOT NULL, t INTEGER NOT NULL, "
                         "msg BLOB NOT NULL)")

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from meterledger import errors
+from meterledger.infra.sqlite import connect
 from meterledger.wire import merkle
 from meterledger.wire.merkle import CompactRange, ConsistencyProof, InclusionProof
 
@@ -256,7 +257,10 @@ class SQLiteLogStore(_CachedTreeLog):
         self._path = os.fspath(path)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            db = connect(self._path, wal=False)  # _setup asks for WAL and checks the answer
+        except sqlite3.Error as e:  # e.g. a file that is no database at all
+            raise LogStoreError(f"{self._path}: cannot open as a log: {e}") from e
         try:
             self._db = db
             self._setup(db)
@@ -277,7 +281,6 @@ class SQLiteLogStore(_CachedTreeLog):
                     f"{self._path}: SQLite would not use WAL (journal mode is {mode!r}); "
                     "the log needs a file on a filesystem that supports it"
                 )
-            db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 version = db.execute("PRAGMA user_version").fetchone()[0]

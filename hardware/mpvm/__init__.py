@@ -26,7 +26,6 @@ or from a shell: ``python -m hardware.mpvm script.py``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import shutil
@@ -36,6 +35,7 @@ import tempfile
 
 from hardware.firmware import FIRMWARE_DIR as _FIRMWARE_DIR
 from meterledger import errors
+from meterledger.infra.args import ArgumentParser
 
 __all__ = [
     "FIRMWARE_DIR",
@@ -167,7 +167,7 @@ def run_micropython(
 
 def main(argv: list[str] | None = None, prog: str = "python -m hardware.mpvm") -> int:
     """``python -m hardware.mpvm [options] script.py``: run a script in the VM, stream output."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Run a Python script inside the real MicroPython VM (Node + WebAssembly) "
         "with the firmware mounted at /fw and an empty writable /flash.",

@@ -17,24 +17,26 @@ from meterledger.errors import ConfigError
 from meterledger.wire import PublicKey, SigningKey
 
 
-def _write_new_secret(path: Path, text: str, what: str) -> None:
+def _write_new_secret(path: Path, text: str) -> bool:
+    """Write `text` to a new file readable by its owner only, fsynced; False if the file
+    exists already (never overwritten)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise ConfigError(f"{path} exists already; {what}") from None
+        return False
     with os.fdopen(fd, "w") as f:
         f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
+    return True
 
 
 def create_key(key_path: Path, pub_path: Path, exists: str) -> SigningKey:
     """Make a new key and write it (0600, fsynced) and its public key; refuses to replace
     one (`exists` says why, e.g. "a fog node keeps its key for life")."""
-    if key_path.exists():
-        raise ConfigError(f"{key_path} exists already; {exists}")
     key = SigningKey.generate()
-    _write_new_secret(key_path, key.private_bytes().hex(), exists)
+    if not _write_new_secret(key_path, key.private_bytes().hex()):
+        raise ConfigError(f"{key_path} exists already; {exists}")
     pub_path.write_text(key.public_key.raw.hex() + "\n")
     return key
 
@@ -65,10 +67,7 @@ def read_pub(pub_path: Path, what: str = "public key") -> PublicKey:
 
 def ensure_secret(path: Path, what: str = "token") -> str:
     """A random bearer token (hex) in `path` (mode 0600), created if missing."""
-    try:
-        _write_new_secret(path, secrets.token_hex(32), "")
-    except ConfigError:
-        pass
+    _write_new_secret(path, secrets.token_hex(32))
     return read_secret(path, what)
 
 

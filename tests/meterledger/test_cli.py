@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meterledger.cli import main
 from tests import reference
+from tests.kit.fogkit import wait
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "meterledger"
@@ -249,11 +249,9 @@ def test_ctrl_c_exits_130_quietly():
     proc = subprocess.Popen([str(SCRIPT), "meter", "decode"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 60
-        while "pipe_read" not in Path(f"/proc/{proc.pid}/wchan").read_text():
-            assert time.monotonic() < deadline, "the script never blocked on stdin"
-            time.sleep(0.02)
-        time.sleep(0.1)
+        # blocked in the read of stdin: Python's SIGINT handler is in place by then
+        wait(lambda: "pipe_read" in Path(f"/proc/{proc.pid}/wchan").read_text(), timeout=60,
+             what="the script to block on stdin")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:

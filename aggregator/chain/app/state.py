@@ -59,6 +59,10 @@ class Effect:
     nonce: int
     kind: str
 
+    def common(self) -> tuple[bytes, bytes, bytes, int, str]:
+        """The common fields, in order, for building a kind's Effect from this one."""
+        return self.raw, self.digest, self.sender, self.nonce, self.kind
+
     def apply(self, w: StateWriter, at: Receipt | None) -> None:
         """The kind's own writes (none for a kind that only records the transaction)."""
 
@@ -231,7 +235,6 @@ class WriteSet:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, Any], Any] = {}
-        self._nonces: dict[bytes, int] = {}
 
     def _put(self, table: str, key: Any, value: Any) -> None:
         self.values[(table, key)] = value

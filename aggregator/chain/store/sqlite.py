@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aggregator.chain.app.state import INT64_MAX, Effect, apply_effect
@@ -32,6 +32,7 @@ from aggregator.chain.ledger import (
 from aggregator.chain.store.base import StoredBlock, check_append
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
+from meterledger.infra.sqlite import atomic, connect
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
 
@@ -95,10 +96,7 @@ class SQLiteBlockStore:
 
     @staticmethod
     def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
-        db = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri,
-                             timeout=30)
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+        return connect(target, wal=False, uri=uri, timeout=30)  # _setup asks for WAL
 
     def _check_version(self, db: sqlite3.Connection) -> int:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -206,19 +204,14 @@ class SQLiteBlockStore:
             self._transaction("writing state roots", lambda db: db.executemany(
                 "INSERT OR REPLACE INTO state_roots (height, root) VALUES (?, ?)", roots))
 
-    def _transaction(self, what: str, fn: Any) -> None:
+    def _transaction(self, what: str, fn: Callable[[sqlite3.Connection], object]) -> None:
         if self._w is None:
             raise StorageError(f"the chain store {self.path} is "
                                + ("read-only" if self.readonly else "closed"))
         db = self._w
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with atomic(db):
                 fn(db)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             raise StorageError(f"{self.path}: {what} failed: {e}") from e
 

@@ -52,6 +52,5 @@ def check(tx: Tx, state: State) -> Effect:
                                        "not store")
     # an aggregate is signed by the fog that carries it, so no other fog's anchor can have
     # carried the same bytes: `carried` covers every earlier copy
-    e = tx.effect()
-    return Anchors(e.raw, e.digest, e.sender, e.nonce, e.kind, cps[0].fields[2], head,
+    return Anchors(*tx.effect().common(), cps[0].fields[2], head,
                    tuple(CarriedAggregate.of(a) for a in checked.aggregates))

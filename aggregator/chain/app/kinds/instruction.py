@@ -31,5 +31,4 @@ def check(tx: Tx, state: State) -> Effect:
     if 7 in body and state.rules_name(body[7]) is None:
         raise ChainError("unknown_rules", f"the instruction cites rule set {body[7].hex()}, "
                                           "which is not registered")
-    e = tx.effect()
-    return Instructs(e.raw, e.digest, e.sender, e.nonce, e.kind, fog.id)
+    return Instructs(*tx.effect().common(), fog.id)

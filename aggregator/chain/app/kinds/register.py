@@ -31,4 +31,4 @@ def check(tx: Tx, state: State) -> Effect:
 
 
 def registers(e: Effect, p: Participant) -> Registers:
-    return Registers(e.raw, e.digest, e.sender, e.nonce, e.kind, p)
+    return Registers(*e.common(), p)

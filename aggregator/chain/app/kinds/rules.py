@@ -40,6 +40,5 @@ def check(tx: Tx, state: State) -> Effect:
     if version > INT64_MAX:
         raise ChainError("bad_fields", "version is beyond 2^63-1, which this chain does not "
                                        "store")
-    e = tx.effect()
-    return RegistersRules(e.raw, e.digest, e.sender, e.nonce, e.kind,
+    return RegistersRules(*tx.effect().common(),
                           RuleSet(name, version, digest, body[3]))
