@@ -7,12 +7,14 @@ Example: docs/examples/fog.toml. Simulation settings (sim_*) are for the demo an
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fog_node.cooking.feeders import Feeder, parse_feeders
 from fog_node.transport.rs485.addresses import check_addresses, parse_addresses
+from meterledger import wire as P
 from meterledger.infra import clock
 from meterledger.infra import config as cfg
 from meterledger.infra.clock import Clock
@@ -29,6 +31,27 @@ def _addresses(value: Any) -> list[int]:
     raise ValueError(f"rs485_addresses: expected a list of integers or \"1,2,5-9\", got {value!r}")
 
 
+_TOPIC_LEVEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def topic_root_error(root: str) -> str | None:
+    """What is wrong with an MQTT topic root (None if nothing): one or more levels of letters,
+    digits, '-' and '_', so no wildcard (+, #), empty level or '$' can widen a subscription
+    or an ACL built from it."""
+    if not root or len(root) > 128:
+        return "must be 1..128 characters"
+    if not all(_TOPIC_LEVEL.fullmatch(level) for level in root.split("/")):
+        return (f"{root!r} is not levels of letters, digits, '-' and '_' separated by '/' "
+                "(no wildcard, no empty level)")
+    return None
+
+
+def _interval_error(seconds: int) -> str | None:
+    if seconds not in P.INTERVALS:
+        return f"{seconds} is not one of {', '.join(map(str, P.INTERVALS))} (SPEC section 4)"
+    return None
+
+
 def _feeders(value: Any) -> list[Feeder]:
     """Feeders: a TOML array of tables ([[fog.feeders]]), or the same as JSON (CLI)."""
     if isinstance(value, str):
@@ -43,54 +66,66 @@ def _feeders(value: Any) -> list[Feeder]:
 class FogConfig:
     data_dir: Path = setting(Path("fog-data"), help="the node's data directory (keys, databases)")
     mqtt_host: str = setting("127.0.0.1", help="MQTT broker host")
-    mqtt_port: int = setting(1883, help="MQTT broker port")
-    mqtt_root: str = setting("grid", help="MQTT topic root")
+    mqtt_port: int = setting(1883, help="MQTT broker port", min=1, max=65535)
+    mqtt_root: str = setting("grid", help="MQTT topic root (levels of letters, digits, - and _)",
+                             check=topic_root_error)
     http_host: str = setting("127.0.0.1", help="address the HTTP API listens on")
-    http_port: int = setting(8080, help="HTTP API port (0: any free port, printed at start)")
-    seal_period_s: float = setting(5.0, help="seconds between checkpoints while the log grows")
-    interval_s: int = setting(900, help="interval length in seconds; a checkpoint at each close")
+    http_port: int = setting(8080, help="HTTP API port (0: any free port, printed at start)",
+                            min=0, max=65535)
+    seal_period_s: float = setting(5.0, help="seconds between checkpoints while the log grows",
+                                  min=0.05, max=3600)
+    interval_s: int = setting(900, help="interval length in seconds; a checkpoint at each close",
+                              check=_interval_error)
     grace_s: int = setting(60, help="seconds after an interval's end that late readings still "
-                                    "count for its checkpoint")
+                                    "count for its checkpoint", min=0, max=86400)
     skew_s: int = setting(300, help="readings more than this many seconds in the future are "
-                                    "rejected")
-    batch_max: int = setting(1000, help="messages per group commit")
-    batch_wait_s: float = setting(0.02, help="seconds the ingest thread waits to fill a group")
+                                    "rejected", min=0, max=2**32 - 1)
+    batch_max: int = setting(1000, help="messages per group commit", min=1, max=100_000)
+    batch_wait_s: float = setting(0.02, help="seconds the ingest thread waits to fill a group",
+                                  min=0, max=5)
     chain_url: str = setting("", help="the dispatch chain's API URL; empty: no anchoring")
     anchor_period_s: float = setting(60.0, help="anchor at most this often (s), and at every "
-                                                "interval close")
-    chain_poll_s: float = setting(1.0, help="seconds between outbox and instruction polls")
+                                                "interval close", min=0.1, max=86400)
+    chain_poll_s: float = setting(1.0, help="seconds between outbox and instruction polls",
+                                  min=0.01, max=3600)
     dispatch_pub: str = setting("", help="pin the dispatch key (hex) instructions must be "
                                          "signed by")
     # RS485 bus master (docs/PROTOCOL.md section 17); runs beside MQTT when rs485_port is set
     rs485_port: str = setting("", help="serial device or pyserial URL of the RS485 bus "
                                        "(/dev/ttyUSB0, rfc2217://...); empty: no bus")
-    rs485_baud: int = setting(19200, help="RS485 line speed")
+    rs485_baud: int = setting(19200, help="RS485 line speed", min=300, max=4_000_000)
     rs485_addresses: list[int] = setting(help="Modbus slave addresses to poll (1..247), e.g. "
                                               "1,2,5-9", parse=_addresses,
                                          default_factory=list, metavar="LIST")
     rs485_timeout_s: float = setting(0.0, help="timeout of 0x04/0x41/0x44 requests; 0: 0.1 s "
-                                               "plus a maximal answer's line time")
+                                               "plus a maximal answer's line time", min=0, max=60)
     rs485_slow_timeout_s: float = setting(10.0, help="timeout of 0x42/0x43 requests (the "
-                                                     "meter verifies and signs P-256)")
-    rs485_batch: int = setting(32, help="readings fetched per meter per visit")
+                                                     "meter verifies and signs P-256)", min=0.01, max=600)
+    rs485_batch: int = setting(32, help="readings fetched per meter per visit", min=1, max=1000)
     # cooked data (docs/PROTOCOL.md section 18): feeders and the thresholds of their alerts
     feeders: list[Feeder] = setting(help="feeders as JSON [{\"name\":..., \"meters\":[...], "
                                          "\"head\":...}]; none: one feeder 'all'",
                                     parse=_feeders, default_factory=list, metavar="JSON")
     privacy_min_meters: int = setting(5, help="feeders with fewer meters are merged, or "
-                                              "suppressed")
-    loss_alert_pct: float = setting(8.0, help="feeder loss above this percent raises loss_high")
+                                              "suppressed", min=1, max=1_000_000)
+    loss_alert_pct: float = setting(8.0, help="feeder loss above this percent raises loss_high",
+                                   min=0, max=100)
     outage_pct: float = setting(50.0, help="share of silent meters (percent) that makes an "
-                                           "outage")
-    voltage_low_dv: int = setting(2070, help="voltage_low below this (0.1 V)")
-    voltage_high_dv: int = setting(2530, help="voltage_high above this (0.1 V)")
+                                           "outage", min=0, max=100)
+    voltage_low_dv: int = setting(2070, help="voltage_low below this (0.1 V)", min=0,
+                                   max=65535)
+    voltage_high_dv: int = setting(2530, help="voltage_high above this (0.1 V)", min=0,
+                                    max=65535)
     on_tamper: str = setting("report", help="report, or relay_off: open the relay of a meter "
-                                            "reporting TAMPER")
+                                            "reporting TAMPER", choices=("report", "relay_off"))
     # simulation only (demo, tests): run the node's clock `sim_compress` times faster than
     # real time, reading sim_start at real Unix time sim_epoch, like virtual meters' clocks
-    sim_compress: float = setting(1.0, help="simulation only: clock speed-up factor")
-    sim_start: float = setting(0.0, help="simulation only: simulated time at sim_epoch")
-    sim_epoch: float = setting(0.0, help="simulation only: real Unix time of sim_start")
+    sim_compress: float = setting(1.0, help="simulation only: clock speed-up factor",
+                                 min=0.001, max=1_000_000)
+    sim_start: float = setting(0.0, help="simulation only: simulated time at sim_epoch",
+                              min=0, max=2**32 - 1)
+    sim_epoch: float = setting(0.0, help="simulation only: real Unix time of sim_start",
+                              min=0, max=2**32 - 1)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:

@@ -7,12 +7,18 @@ TOML file (a `[table]` of the service's name, or top-level keys), refuses unknow
 bad values with a message naming the file, key and value, then applies the flags that were
 given. `add_flags` puts every setting on an argparse parser as `--name-with-dashes` with its
 help and default.
+
+Every value is checked at load, from the file and from a flag alike: numbers must be finite
+(no `inf`, no `nan`) and within the setting's `min`/`max`, a text among its `choices`, and
+a `check` function may refuse anything else; a refusal is a ConfigError of one line naming
+the key, the value and the range, never a traceback later in the service.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,13 +28,21 @@ from meterledger.errors import ConfigError
 
 T = TypeVar("T")
 _PARSE, _HELP, _META = "meterledger.parse", "meterledger.help", "meterledger.metavar"
+_MIN, _MAX, _CHOICES, _CHECK = ("meterledger.min", "meterledger.max", "meterledger.choices",
+                                "meterledger.check")
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str,
             parse: Callable[[Any], Any] | None = None,
-            default_factory: Callable[[], Any] | None = None, metavar: str | None = None) -> Any:
-    """A config field: its default, its help, and how a TOML or flag value becomes it."""
-    meta = {_HELP: help, _PARSE: parse, _META: metavar}
+            default_factory: Callable[[], Any] | None = None, metavar: str | None = None,
+            min: float | None = None, max: float | None = None,
+            choices: tuple[str, ...] | None = None,
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A config field: its default, its help, how a TOML or flag value becomes it, and its
+    range: `min`/`max` for numbers (inclusive), `choices` for a text, `check` returning what
+    is wrong with a value (or None)."""
+    meta = {_HELP: help, _PARSE: parse, _META: metavar, _MIN: min, _MAX: max,
+            _CHOICES: choices, _CHECK: check}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -55,6 +69,57 @@ def _parser(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
     if fn is float:
         return _float
     return fn
+
+
+def range_error(f: dataclasses.Field[Any], value: Any) -> str | None:
+    """What is wrong with `value` for the setting `f` (None if nothing): a number that is not
+    finite or is outside [min, max], a text not among the choices, the setting's own check."""
+    meta = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    lo, hi = meta.get(_MIN), meta.get(_MAX)
+    if isinstance(value, int | float) and not isinstance(value, bool) and (
+            (lo is not None and value < lo) or (hi is not None and value > hi)):
+        return f"{value!r} is outside [{_num(lo)}, {_num(hi)}]"
+    choices = meta.get(_CHOICES)
+    if choices is not None and value not in choices:
+        return f"{value!r} is not one of {', '.join(choices)}"
+    check = meta.get(_CHECK)
+    return check(value) if check is not None else None
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "..."
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def _checked(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
+    """The setting's parser followed by its range check (ValueError saying what is wrong)."""
+    parse = _parser(f)
+
+    def parse_and_check(v: Any) -> Any:
+        value = parse(v)
+        err = range_error(f, value)
+        if err is not None:
+            raise ValueError(err)
+        return value
+
+    return parse_and_check
+
+
+def _flag(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """The checked parser as argparse wants it: its message becomes the usage error."""
+    parse = _checked(f)
+
+    def flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    flag.__name__ = f.name
+    return flag
 
 
 def _int(v: Any) -> int:
@@ -86,10 +151,17 @@ def load(cls: type[T], path: Path | None, table: str, overrides: Mapping[str, An
                 raise ConfigError(f"config {path}: unknown key {key!r} "
                                   f"(known: {', '.join(fields)})")
             try:
-                values[key] = _parser(f)(value)
+                values[key] = _checked(f)(value)
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"config {path}: {key}: {e}") from None
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        f = fields.get(key)
+        err = range_error(f, value) if f is not None else None
+        if err is not None:  # flags went through _checked already; this is for callers
+            raise ConfigError(f"--{key.replace('_', '-')}: {err}")
+        values[key] = value
     return cls(**values)
 
 
@@ -103,7 +175,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any],
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         shown = "" if default in ("", [], None) else f" (default: {default})"
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_parser(f),
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag(f),
                             default=None, metavar=f.metadata.get(_META),
                             help=f.metadata[_HELP] + shown)
 

@@ -41,7 +41,8 @@ class ConfigError(AggregatorError, errors.ConfigError):
 class AggregatorConfig:
     data_dir: Path = setting(Path("aggregator-data"), help="the chain node's data directory")
     host: str = setting("127.0.0.1", help="address the HTTP API listens on")
-    http_port: int = setting(8090, help="HTTP API port")
+    http_port: int = setting(8090, help="HTTP API port (0: any free port)", min=0,
+                             max=65535)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> AggregatorConfig:
