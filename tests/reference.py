@@ -99,8 +99,10 @@ def valid_cases() -> list[dict[str, Any]]:
         ("reading_q_flags", meter, {0: 1, 1: dev, 2: 2, 3: T0 + 900, 4: 900, 5: 12901,
                                     6: 7, 7: 0x02 | 0x04, 8: prev,
                                     9: {1: 2281, 2: 2399, 3: 4200, 4: 150, 5: -35}}),
-        ("reading_big_registers", meter, {0: 1, 1: dev, 2: 4_294_967_296, 3: T0 + 1800,
-                                          4: 900, 5: 2**40 + 5, 6: 2**33, 7: 0x80 | 0x08,
+        # the top of each range (docs/PROTOCOL.md section 4a): seq u32, 12-digit registers
+        # (8-byte heads)
+        ("reading_big_registers", meter, {0: 1, 1: dev, 2: 2**32 - 1, 3: T0 + 1800,
+                                          4: 900, 5: 999_999_999_999, 6: 2**33, 7: 0x80 | 0x08,
                                           8: prev}),
         ("reading_unsynced", meter, {0: 1, 1: dev, 2: 3, 3: 946_684_800 + 4321, 4: 900, 5: 13000,
                                      6: 7, 7: 0x01 | 0x20, 8: prev}),
@@ -197,6 +199,17 @@ def broken_cases() -> list[dict[str, str]]:
         ("envelope_long_length_head", "not_deterministic",
          lambda: b"\xd2\x84\x43" + PROTECTED + b"\xa1\x04\x58\x08" + dev + b"\x58" + bytes([len(payload)]) + payload + b"\x58\x40" + good_sig),
         ("too_large", "too_large", lambda: signed(enc({**fields, 8: b"\x00" * 4100}))),
+        # SPEC section 2: integers in [-2^63, 2^63 - 1], and each field within its own range
+        ("payload_int_2_pow_63", "out_of_range",
+         lambda: signed(raw_map([(k, v) if k != b"\x05" else (k, b"\x1b" + (2**63).to_bytes(8, "big"))
+                                 for k, v in items]))),
+        ("payload_int_below_minus_2_pow_63", "out_of_range",
+         lambda: signed(raw_map([(k, v) if k != b"\x05" else (k, b"\x3b" + (2**63).to_bytes(8, "big"))
+                                 for k, v in items]))),
+        ("seq_above_u32", "bad_fields", lambda: signed(enc({**fields, 2: 2**32}))),
+        ("imp_above_register_max", "bad_fields", lambda: signed(enc({**fields, 5: 10**12}))),
+        ("dur_not_an_interval", "bad_fields", lambda: signed(enc({**fields, 4: 600}))),
+        ("q_temperature_below_range", "bad_fields", lambda: signed(enc({**fields, 9: {5: -32769}}))),
     ]
     return [{"name": n, "reason": why, "message": make().hex()} for n, why, make in cases]
 

@@ -94,6 +94,9 @@ def encode(obj):
     return bytes(buf)
 
 
+_INT64_MAX = 0x7FFFFFFFFFFFFFFF
+
+
 def _need(data, pos, n):
     if pos + n > len(data):
         raise CBORError("malformed", "truncated CBOR at byte " + str(pos))
@@ -127,6 +130,8 @@ def _item(data, pos, depth, tags):
         raise CBORError("not_deterministic", "indefinite length at byte " + str(pos - 1))
     else:
         raise CBORError("malformed", "reserved additional info at byte " + str(pos - 1))
+    if major < 2 and val > _INT64_MAX:  # SPEC section 2: integers lie in [-2^63, 2^63 - 1]
+        raise CBORError("out_of_range", "integer outside [-2^63, 2^63 - 1] before byte " + str(pos))
     if major == 0:
         return val, pos
     if major == 1:

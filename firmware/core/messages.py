@@ -43,7 +43,28 @@ SCHEMAS = {
     CHECKPOINT: {0: _U, 17: _B8, 2: _U, 3: _U, 4: _B32, 5: _B32, 6: _U, 7: "u?", 8: "b32?"},
     ENROLLMENT: {0: _U, 1: _B8, 10: _B65, 18: "t", 19: "t", 6: _U, 17: _B8},
 }
-_Q_KEYS = (1, 2, 3, 4, 5)
+# the range of every field (docs/PROTOCOL.md section 4a, the same table as the host's):
+# an integer's value, a text's UTF-8 length, a byte string's length, a map's entries
+SEQ_MAX = 0xFFFFFFFF  # seq and cid travel as u32 on RS485
+TIME_MAX = 0xFFFFFFFF  # Unix seconds, until 2106
+COUNT_MAX = 2**53 - 1  # heights and sizes: exact in any JSON reader
+REGISTER_MAX = 999999999999  # Wh, a 12-digit register
+DETAIL_MAX = const(255)
+LIMIT_MAX_W = 0x7FFFFFFF
+_RANGES = {
+    READING: {2: (1, SEQ_MAX), 3: (0, TIME_MAX), 4: (60, 3600), 5: (0, REGISTER_MAX),
+              6: (0, REGISTER_MAX), 7: (0, 0xFF), 9: (0, 5)},
+    BIRTH: {11: (0, 64), 12: (0, 0xFFFFFFFF), 13: (0, SEQ_MAX), 14: (0, 32), 15: (0, 32),
+            4: (60, 3600)},
+    ACK: {2: (0, SEQ_MAX), 4: (0, TIME_MAX)},
+    COMMAND: {2: (1, SEQ_MAX), 3: (1, 16), 4: (0, 8), 5: (0, TIME_MAX), 6: (0, 32)},
+    RESULT: {2: (0, SEQ_MAX), 3: (0, 2), 4: (0, DETAIL_MAX), 5: (0, TIME_MAX)},
+    CHECKPOINT: {2: (1, COUNT_MAX), 3: (0, COUNT_MAX), 6: (0, TIME_MAX), 7: (0, TIME_MAX)},
+    ENROLLMENT: {18: (6, 7), 19: (0, DETAIL_MAX), 6: (0, TIME_MAX)},
+}
+# q: v_min, v_max (0.1 V), p_imp_max, p_exp_max (W), temperature (0.1 degC)
+_Q_RANGES = {1: (0, 65535), 2: (0, 65535), 3: (0, 0x7FFFFFFF), 4: (0, 0x7FFFFFFF),
+             5: (-32768, 32767)}
 
 
 class FieldError(ValueError):
@@ -85,18 +106,21 @@ def check_fields(fields):
             if optional:
                 continue
             raise FieldError("type " + str(t) + " is missing field " + str(key))
-        if not _kind_ok(kind, fields[key]):
+        v = fields[key]
+        if not _kind_ok(kind, v):
             raise FieldError("type " + str(t) + " field " + str(key) + " must be " + kind)
+        r = _RANGES[t].get(key)
+        if r is not None:
+            n = v if _is_int(v) else len(v.encode() if isinstance(v, str) else v)
+            if n < r[0] or n > r[1]:
+                raise FieldError("type " + str(t) + " field " + str(key) + " is outside ["
+                                 + str(r[0]) + ", " + str(r[1]) + "]")
     _RULES[t](fields)
 
 
 def _reading_rules(f):
-    if f[2] < 1:
-        raise FieldError("seq must be >= 1")
-    if f[4] < 1:
-        raise FieldError("dur must be >= 1 second")
-    if f[7] > 0xFF:
-        raise FieldError("flags has bits v1 does not define")
+    if f[4] not in INTERVALS:
+        raise FieldError("dur must be one of 60, 300, 900, 1800, 3600")
     if not f[7] & CLOCK_UNSYNCED and f[3] % f[4]:
         raise FieldError("t is not a multiple of dur and CLOCK_UNSYNCED is not set")
     if f[2] == 1 and f[8] != ZERO32:
@@ -104,8 +128,12 @@ def _reading_rules(f):
     q = f.get(9)
     if q is not None:
         for k, v in q.items():
-            if k not in _Q_KEYS or not _is_int(v) or (k != 5 and v < 0):
+            r = _Q_RANGES.get(k)
+            if r is None or not _is_int(v):
                 raise FieldError("q has a bad entry " + repr(k))
+            if v < r[0] or v > r[1]:
+                raise FieldError("q entry " + str(k) + " is outside [" + str(r[0]) + ", "
+                                 + str(r[1]) + "]")
 
 
 def _pub_matches_dev(f):
@@ -121,14 +149,13 @@ def _command_rules(f):
         raise FieldError(err)
 
 
-def _result_rules(f):
-    if f[3] > 2:
-        raise FieldError("status must be 0 (done), 1 (rejected) or 2 (failed)")
+def _birth_rules(f):
+    _pub_matches_dev(f)
+    if f[4] not in INTERVALS:
+        raise FieldError("dur must be one of 60, 300, 900, 1800, 3600")
 
 
 def _checkpoint_rules(f):
-    if f[2] < 1:
-        raise FieldError("height must be >= 1")
     if f[2] == 1 and f[5] != ZERO32:
         raise FieldError("prev must be 32 zero bytes at height 1")
 
@@ -144,8 +171,8 @@ def _none(f):
 
 
 _RULES = {
-    READING: _reading_rules, BIRTH: _pub_matches_dev, ACK: _none, COMMAND: _command_rules,
-    RESULT: _result_rules, CHECKPOINT: _checkpoint_rules, ENROLLMENT: _enrollment_rules,
+    READING: _reading_rules, BIRTH: _birth_rules, ACK: _none, COMMAND: _command_rules,
+    RESULT: _none, CHECKPOINT: _checkpoint_rules, ENROLLMENT: _enrollment_rules,
 }
 
 
@@ -155,14 +182,14 @@ def command_args_error(op, args):
         if list(args.keys()) != [1] or not isinstance(args[1], bool):
             return "relay takes {1: bool}"
     elif op == "limit":
-        if list(args.keys()) != [1] or not _is_int(args[1]) or args[1] < 0:
-            return "limit takes {1: max W >= 0}"
+        if list(args.keys()) != [1] or not _is_int(args[1]) or not 0 <= args[1] <= LIMIT_MAX_W:
+            return "limit takes {1: max W in [0, " + str(LIMIT_MAX_W) + "]}"
     elif op == "interval":
         if list(args.keys()) != [1] or args[1] not in INTERVALS or not _is_int(args[1]):
             return "interval takes {1: one of 60, 300, 900, 1800, 3600}"
     elif op == "time":
-        if list(args.keys()) != [1] or not _is_int(args[1]) or args[1] < 0:
-            return "time takes {1: Unix seconds}"
+        if list(args.keys()) != [1] or not _is_int(args[1]) or not 0 <= args[1] <= TIME_MAX:
+            return "time takes {1: Unix seconds in [0, " + str(TIME_MAX) + "]}"
     elif op in ("ping", "reboot"):
         if args:
             return op + " takes no arguments"

@@ -43,7 +43,10 @@ log = logging.getLogger("fog_node.chainlink.dispatch")
 GRACE_S = 10.0  # after not_after, for results of commands accepted just before it
 SCAN_MAX = 10_000  # log entries looked at per tick (bounds the time node.lock is held)
 REPLAY = "(a replay of the accepted command)"  # firmware/core/meter.py accept_command
-_STALE = re.compile(r"stale_cid: cid \d+ not greater than last accepted (\d+)")
+_STALE = re.compile(r"stale_cid: cid [0-9]{1,10} not greater than last accepted ([0-9]{1,10})")
+# a meter's claim of the cids it took is believed only this far: a claim near the top of the
+# cid range (SPEC cids are u32) would leave no cid for the next command
+_CID_LEARN_MAX = P.SEQ_MAX - 2**16
 NOT_ENROLLED = "not enrolled at this fog"
 REVOKED = "revoked at this fog"
 EXPIRED = "expired before it could be carried out"
@@ -233,6 +236,11 @@ class Dispatcher:
                         "result_leaf = ?, replay = ? WHERE dev = ? AND cid = ?",
                         (ANSWERED, status, detail, leaf, int(replay), dev, cid))
         stale = _STALE.match(detail) if status == P.RESULT_REJECTED and not replay else None
+        if stale and int(stale.group(1)) > _CID_LEARN_MAX:
+            self.counters["cids_implausible"] += 1
+            log.warning("meter %s claims cid %s was accepted: beyond %d, not believed",
+                        dev.hex(), stale.group(1), _CID_LEARN_MAX)
+            stale = None
         if stale:  # the meter took cids we do not know of (a restored data dir): skip them
             cur = self.db.execute("UPDATE cids SET cid = ? WHERE dev = ? AND cid < ?",
                                   (int(stale.group(1)), dev, int(stale.group(1))))

@@ -286,7 +286,7 @@ KIND_ESTIMATE, KIND_SUPERSEDE = P.ESTIMATE_KINDS
 # most intervals in one type-10 estimate (longer gaps are chunked): the signed message stays
 # within MAX_MESSAGE whatever the values; with every uint at its widest (9 bytes) it is
 # 241 bytes plus 28 per [end, imp, exp]: 241 + 128 x 28 = 3825 <= 4096 (32 hours of 15 min)
-MAX_ESTIMATE_INTERVALS = 128
+MAX_ESTIMATE_INTERVALS = P.MAX_ESTIMATE_IVLS
 
 
 class RegisterResetInGap(errors.MeterLedgerError, ValueError):

@@ -109,6 +109,15 @@ def _truncated(pos: int) -> CBORError:
     return CBORError("malformed", f"truncated CBOR at byte {pos}")
 
 
+# SPEC section 2: every integer lies in [-2^63, 2^63 - 1], so every party can store it
+_INT64_MAX = 2**63 - 1
+
+
+def _out_of_range(value: int, end: int) -> CBORError:
+    return CBORError("out_of_range", f"integer {value} ending at byte {end} is outside "
+                                     "[-2^63, 2^63 - 1]")
+
+
 # long: one function per CBOR item keeps the checks in the firmware's order, and is the hot path
 def _item(data: bytes, pos: int, depth: int, tags: Collection[int] | None) -> tuple[Any, int]:
     if pos >= len(data):
@@ -140,6 +149,8 @@ def _item(data: bytes, pos: int, depth: int, tags: Collection[int] | None) -> tu
     else:
         raise CBORError("malformed", f"reserved additional info at byte {pos - 1}")
     if major == 0:
+        if val > _INT64_MAX:
+            raise _out_of_range(val, pos)
         return val, pos
     if major == 2:
         end = pos + val
@@ -147,6 +158,8 @@ def _item(data: bytes, pos: int, depth: int, tags: Collection[int] | None) -> tu
             raise _truncated(pos)
         return data[pos:end], end
     if major == 1:
+        if val > _INT64_MAX:
+            raise _out_of_range(-1 - val, pos)
         return -1 - val, pos
     if major == 3:
         end = pos + val
@@ -220,6 +233,8 @@ def _map(data: bytes, pos: int, count: int, depth: int) -> tuple[dict[Any, Any],
             v = int.from_bytes(data[start:end], "big")
             if v < _MIN_FOR_AI[ib]:
                 raise CBORError("not_deterministic", f"integer/length not in shortest form at byte {pos}")
+            if v > _INT64_MAX:
+                raise _out_of_range(v, end)
             out[key] = v
             pos = end
         elif 0x40 <= ib < 0x58:  # bstr shorter than 24 bytes

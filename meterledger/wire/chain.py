@@ -20,7 +20,17 @@ from meterledger.errors import ProtocolError
 from meterledger.wire import merkle
 from meterledger.wire.keys import PublicKey
 from meterledger.wire.meter import ZERO32, command_args_error
-from meterledger.wire.schema import Fields, MessageType, is_int, predicate
+from meterledger.wire.schema import (
+    COUNT_MAX,
+    TIME_MAX,
+    Fields,
+    MessageType,
+    Range,
+    check_ranges,
+    is_int,
+    predicate,
+    range_error,
+)
 
 TX, BLOCK = 12, 13
 ROLES = ("dispatch", "fog", "regulator", "plant", "market")
@@ -37,6 +47,23 @@ BODIES: dict[str, dict[int, str]] = {
     FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a"},            # kind, detail, t, action, entries
     RULES: {1: "t", 2: "u", 3: "t", 4: "b32"},                  # name, version, text, digest
 }
+
+
+# the range of every body field (meterledger.wire.schema: a value, a length, a count);
+# free texts and lists are bounded by the 4096-byte message they travel in
+TEXT_MAX = 4096
+BODY_RANGES: dict[str, dict[int, Range]] = {
+    REGISTER: {1: (1, 16), 3: (0, 64)},
+    ANCHOR: {1: (0, TEXT_MAX), 2: (0, 128), 3: (0, TEXT_MAX)},  # no checkpoint: its rule
+    INSTRUCTION: {2: (1, 16), 3: (0, 8), 4: (0, TIME_MAX), 5: (0, TEXT_MAX), 6: (0, TEXT_MAX),
+                  7: (0, 32)},
+    REPORT: {2: (0, COUNT_MAX), 3: (0, COUNT_MAX), 4: (0, COUNT_MAX), 5: (0, TEXT_MAX),
+             6: (0, TEXT_MAX)},
+    FAULT: {1: (1, 32), 2: (0, TEXT_MAX), 3: (0, TIME_MAX), 4: (0, TEXT_MAX), 5: (0, TEXT_MAX)},
+    RULES: {1: (1, 64), 2: (1, COUNT_MAX), 3: (0, TEXT_MAX)},
+}
+for _kind, _schema in BODIES.items():
+    check_ranges(_schema, BODY_RANGES[_kind], f"{_kind} body")
 
 
 class ChainTxError(ProtocolError):
@@ -61,6 +88,10 @@ def _check_body(kind: str, body: dict[Any, Any]) -> None:
             raise body_error(kind, f"missing field {key}")
         if not predicate(kind_)(body[key]):
             raise body_error(kind, f"field {key} must be {kind_}")
+        r = BODY_RANGES[kind].get(key)
+        err = range_error(body[key], r) if r is not None else None
+        if err is not None:
+            raise body_error(kind, f"field {key} {err}")
 
 
 def _all(items: list[Any], pred: Any) -> bool:
@@ -99,18 +130,14 @@ def _instruction_rules(body: dict[int, Any]) -> None:
 
 
 def _rules_rules(body: dict[int, Any]) -> None:
-    if not body[1]:
-        raise body_error(RULES, "name must not be empty")
-    if body[2] < 1:
-        raise body_error(RULES, "version must be >= 1")
     if body[4] != rules_digest(body[3]):
         raise body_error(RULES, "digest is not the SHA-256 of the text's UTF-8 bytes")
 
 
 def _entries_rules(kind: str) -> Callable[[dict[int, Any]], None]:
     def rule(body: dict[int, Any]) -> None:
-        if not _all(body[5], lambda x: is_int(x) and x >= 0):
-            raise body_error(kind, "entries must be log indices (uint)")
+        if not _all(body[5], lambda x: is_int(x) and 0 <= x <= COUNT_MAX):
+            raise body_error(kind, f"entries must be log indices (uint <= {COUNT_MAX})")
     return rule
 
 
@@ -125,8 +152,6 @@ def _tx_rules(f: Fields) -> None:
     kind, body = f[3], f[4]
     if kind not in BODIES:
         raise ChainTxError("bad_fields", f"unknown transaction kind {kind!r}")
-    if f[2] < 1:
-        raise ChainTxError("bad_fields", "nonce must be >= 1")
     _check_body(kind, body)
     BODY_RULES[kind](body)
 
@@ -136,9 +161,14 @@ def _block_rules(f: Fields) -> None:
         raise ChainTxError("bad_fields", "prev must be 32 zero bytes at height 0 (genesis)")
 
 
-_TX_TYPE = MessageType(TX, 1, {0: "u", 1: "b8", 2: "u", 3: "t", 4: "m", 5: "u", 6: "b8"}, _tx_rules)
+_TX_TYPE = MessageType(TX, 1, {0: "u", 1: "b8", 2: "u", 3: "t", 4: "m", 5: "u", 6: "b8"}, _tx_rules,
+                       {2: (1, COUNT_MAX), 3: (1, 16), 4: (0, 16), 5: (0, TIME_MAX)},
+                       {1: "from", 2: "nonce", 3: "kind", 4: "body", 5: "t", 6: "chain"})
 _BLOCK_TYPE = MessageType(BLOCK, 1, {0: "u", 1: "b8", 2: "u", 3: "b32", 4: "b32", 5: "u", 6: "u",
-                                     7: "b8"}, _block_rules)
+                                     7: "b8"}, _block_rules,
+                          {2: (0, COUNT_MAX), 5: (0, COUNT_MAX), 6: (0, TIME_MAX)},
+                          {1: "sealer", 2: "height", 3: "prev", 4: "txroot", 5: "ntx", 6: "t",
+                           7: "chain"})
 TYPES = (_TX_TYPE, _BLOCK_TYPE)
 
 

@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
-from meterledger.wire.meter import INTERVALS
-from meterledger.wire.schema import Fields, MessageType
+from meterledger.wire.meter import INTERVALS, REGISTER_MAX
+from meterledger.wire.schema import (
+    COUNT_MAX,
+    INT64_MAX,
+    INT64_MIN,
+    SEQ_MAX,
+    TIME_MAX,
+    Fields,
+    MessageType,
+)
 from meterledger.wire.schema import bad_fields as _bad
 from meterledger.wire.schema import is_int as _is_int
 
@@ -16,6 +24,9 @@ from meterledger.wire.schema import is_int as _is_int
 ESTIMATE = 10
 ESTIMATE_KINDS = ("estimate", "supersede")
 ESTIMATE_METHODS = ("linear", "profile", "none")  # "none": energy unknown (register reset)
+# most intervals one estimate covers (fog_node.cooking.vee chunks longer gaps): with every
+# uint at its widest the signed message stays within 4096 bytes
+MAX_ESTIMATE_IVLS = 128
 _ESTIMATE_KEYS = {  # the keys each kind must carry, and no others
     "estimate": frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17)),
     "supersede": frozenset((0, 1, 2, 3, 11, 12, 13, 17)),
@@ -52,6 +63,8 @@ def _estimate_rules(f: Fields) -> None:
         if not (isinstance(item, list) and len(item) == width
                 and all(_is_int(v) and v >= 0 for v in item)):
             raise _bad(f"ivls item {i} must be {shape} of uints")
+        if item[0] > TIME_MAX or any(v > REGISTER_MAX for v in item[1:]):
+            raise _bad(f"ivls item {i}: end in [0, {TIME_MAX}], Wh in [0, {REGISTER_MAX}]")
         if item[0] <= last:
             raise _bad(f"ivls item {i} must end after the previous one (or start)")
         last = item[0]
@@ -59,7 +72,13 @@ def _estimate_rules(f: Fields) -> None:
 
 _ESTIMATE_TYPE = MessageType(ESTIMATE, 17, {0: "u", 1: "b8", 2: "t", 3: "u", 4: "t?", 5: "b32?", 6: "u?",
                              7: "b32?", 8: "u?", 9: "u?", 10: "a?", 11: "b32?", 12: "b32?",
-                             13: "u?", 17: "b8"}, _estimate_rules)
+                             13: "u?", 17: "b8"}, _estimate_rules,
+                             {2: (1, 16), 3: (0, TIME_MAX), 4: (1, 16), 6: (1, SEQ_MAX),
+                              8: (1, SEQ_MAX), 9: (0, TIME_MAX), 10: (1, MAX_ESTIMATE_IVLS),
+                              13: (1, SEQ_MAX)},
+                             {2: "kind", 3: "t", 4: "method", 5: "from", 6: "from_seq", 7: "to",
+                              8: "to_seq", 9: "start", 10: "ivls", 11: "est", 12: "by",
+                              13: "seq"})
 
 
 # --- type 11: aggregate (docs/PROTOCOL.md section 18; built by fog_node.cooking.cooker) ----------
@@ -98,6 +117,16 @@ def _aggregate_rules(f: Fields) -> None:
 _AGGREGATE_TYPE = MessageType(AGGREGATE, 17, {0: "u", 1: "t", 2: "u", 3: "u", 4: "u", 5: "u", 6: "u", 7: "u",
                               8: "u", 9: "u", 10: "i?", 11: "u?", 12: "u?", 13: "a", 14: "u",
                               15: "b32", 16: "u", 17: "b8", 18: "b32?", 19: "b32", 20: "a?"},
-              _aggregate_rules)
+              _aggregate_rules,
+              # sums of members' Wh: up to 9 million meters at REGISTER_MAX fit in int64
+              {1: (1, 64), 2: (0, TIME_MAX), 3: (INTERVALS[0], INTERVALS[-1]),
+               4: (0, INT64_MAX), 5: (0, INT64_MAX), 6: (0, COUNT_MAX), 7: (0, COUNT_MAX),
+               8: (0, COUNT_MAX), 9: (0, INT64_MAX), 10: (INT64_MIN, INT64_MAX),
+               11: (0, 65535), 12: (0, 65535), 13: (0, len(AGGREGATE_ALERTS)),
+               14: (0, COUNT_MAX), 16: (0, COUNT_MAX), 20: (1, 4096)},
+              {1: "feeder", 2: "ivl", 3: "dur", 4: "imp", 5: "exp", 6: "meters", 7: "measured",
+               8: "estimated", 9: "est_wh", 10: "loss", 11: "v_min", 12: "v_max", 13: "alerts",
+               14: "size", 15: "prev", 16: "rev", 18: "replaces", 19: "members",
+               20: "merged"})
 
 TYPES = (_ESTIMATE_TYPE, _AGGREGATE_TYPE)

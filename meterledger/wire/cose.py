@@ -24,7 +24,13 @@ from meterledger.wire.keys import HALF_N, N, PublicKey, SigningKey
 from meterledger.wire.meter import READING
 from meterledger.wire.schema import Fields
 from meterledger.wire.schema import is_int as _is_int
-from meterledger.wire.types import RULES, SCHEMAS, SIGNER_FIELD, check_fields
+from meterledger.wire.types import (
+    RULES,
+    SCHEMAS,
+    SIGNER_FIELD,
+    check_field_ranges,
+    check_fields,
+)
 
 __all__ = ["MAX_MESSAGE", "PROTECTED", "TAG_SIGN1", "Message", "check_message_fields", "digest",
            "parse", "sign1", "sign1_encoded", "to_be_signed", "verify", "verify_message"]
@@ -51,6 +57,7 @@ _READING_SCHEMA_V1 = dict(_READING_SCHEMA)
 # head byte -> (argument width, smallest argument in shortest form), majors 0 and 1
 _WIDE = {0x18: (1, 24), 0x19: (2, 1 << 8), 0x1A: (4, 1 << 16), 0x1B: (8, 1 << 32),
          0x38: (1, 24), 0x39: (2, 1 << 8), 0x3A: (4, 1 << 16), 0x3B: (8, 1 << 32)}
+_INT64_MAX = 2**63 - 1  # larger integers: the decoder's out_of_range
 _READING_HEAD = b"\x00\x01\x01\x48"  # 0: 1, 1: bstr(8)
 _PREV_HEAD = b"\x08\x58\x20"  # 8: bstr(32)
 
@@ -80,7 +87,7 @@ def _reading_fields(p: bytes) -> Fields | None:
                 return None
             end = pos + 2 + w[0]
             v = int.from_bytes(p[pos + 2:end], "big")
-            if v < w[1] or end > n:
+            if v < w[1] or end > n or v > _INT64_MAX:  # the decoder names what is wrong
                 return None
             f[key] = v
             pos = end
@@ -110,7 +117,7 @@ def _reading_fields(p: bytes) -> Fields | None:
                     return None
                 end = pos + 2 + w[0]
                 v = int.from_bytes(p[pos + 2:end], "big")
-                if v < w[1] or end > n:
+                if v < w[1] or end > n or v > _INT64_MAX:
                     return None
                 v = v if b < 0x20 else -1 - v
                 pos = end
@@ -125,9 +132,10 @@ def _reading_fields(p: bytes) -> Fields | None:
 def check_message_fields(m: Message) -> None:
     """check_fields(m.fields), without the key and kind checks that parse() already proved
     for a reading in its deterministic layout (while the built-in reading schema is in
-    force); every rule still runs."""
+    force); the ranges and every rule still run."""
     if m.layout_checked and SCHEMAS.get(READING) is _READING_SCHEMA \
             and _READING_SCHEMA == _READING_SCHEMA_V1:
+        check_field_ranges(m.fields)
         rule = RULES.get(READING)
         if rule is not None:
             rule(m.fields)

@@ -34,6 +34,10 @@ class PublicKey:
     __slots__ = ("_key", "id", "raw")
 
     def __init__(self, raw: bytes) -> None:
+        # a value straight from a payload may be anything: only a byte string can be a key
+        if not isinstance(raw, bytes | bytearray | memoryview):
+            raise ProtocolError("bad_public_key", f"public key must be a byte string, not "
+                                                  f"{type(raw).__name__}")
         raw = bytes(raw)
         if len(raw) != 65 or raw[0] != 4:
             raise ProtocolError("bad_public_key",

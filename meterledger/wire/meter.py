@@ -9,7 +9,7 @@ from typing import Any
 
 from meterledger.wire.cbor import encode, head
 from meterledger.wire.keys import party_id
-from meterledger.wire.schema import Fields, MessageType
+from meterledger.wire.schema import COUNT_MAX, SEQ_MAX, TIME_MAX, Fields, MessageType, Range
 from meterledger.wire.schema import bad_fields as _bad
 from meterledger.wire.schema import is_int as _is_int
 
@@ -86,6 +86,27 @@ _SCHEMAS: dict[int, dict[int, str]] = {
 
 
 
+# the range of every field (meterledger.wire.schema: an integer's value, a string's length,
+# a map's entries); docs/PROTOCOL.md section 4a is the same table
+REGISTER_MAX = 999_999_999_999  # Wh: a 12-digit register, 10^9 kWh
+DETAIL_MAX = 255  # bytes of UTF-8 in free texts (result detail, enrollment reason)
+_RANGES: dict[int, dict[int, Range]] = {
+    READING: {2: (1, SEQ_MAX), 3: (0, TIME_MAX), 4: (INTERVALS[0], INTERVALS[-1]),
+              5: (0, REGISTER_MAX), 6: (0, REGISTER_MAX), 7: (0, 0xFF), 9: (0, 5)},
+    BIRTH: {11: (0, 64), 12: (0, 2**32 - 1), 13: (0, SEQ_MAX), 14: (0, 32), 15: (0, 32),
+            4: (INTERVALS[0], INTERVALS[-1])},
+    ACK: {2: (0, SEQ_MAX), 4: (0, TIME_MAX)},
+    COMMAND: {2: (1, SEQ_MAX), 3: (1, 16), 4: (0, 8), 5: (0, TIME_MAX), 6: (0, 32)},
+    RESULT: {2: (0, SEQ_MAX), 3: (0, 2), 4: (0, DETAIL_MAX), 5: (0, TIME_MAX)},
+    CHECKPOINT: {2: (1, COUNT_MAX), 3: (0, COUNT_MAX), 6: (0, TIME_MAX), 7: (0, TIME_MAX)},
+    ENROLLMENT: {18: (6, 7), 19: (0, DETAIL_MAX), 6: (0, TIME_MAX)},
+}
+# q entries (SPEC type 1 key 9): v_min, v_max (0.1 V), p_imp_max, p_exp_max (W), temp (0.1 C)
+Q_RANGES: dict[int, Range] = {1: (0, 65535), 2: (0, 65535), 3: (0, 2**31 - 1),
+                              4: (0, 2**31 - 1), 5: (-32768, 32767)}
+LIMIT_MAX_W = 2**31 - 1  # a command's limit, W
+
+
 # the keys the rules read, as plain ints (the reading rule runs for every message)
 _SEQ, _T, _DUR, _FLAGS, _PREV, _Q = (int(k) for k in (Reading.SEQ, Reading.T, Reading.DUR,
                                                        Reading.FLAGS, Reading.PREV, Reading.Q))
@@ -94,24 +115,29 @@ _DEV, _PUB = int(Reading.DEV), int(Birth.PUB)
 
 def _reading_rules(f: Fields) -> None:
     seq, t, dur, flags = f[_SEQ], f[_T], f[_DUR], f[_FLAGS]
-    if seq < 1:
-        raise _bad("seq must be >= 1")
-    if dur < 1:
-        raise _bad("dur must be >= 1 second")
-    if flags > 0xFF:
-        raise _bad("flags has bits v1 does not define")
+    if dur not in INTERVALS:
+        raise _bad("dur must be one of 60, 300, 900, 1800, 3600")
     if not flags & CLOCK_UNSYNCED and t % dur:
         raise _bad("t is not a multiple of dur and CLOCK_UNSYNCED is not set")
     if seq == 1 and f[_PREV] != ZERO32:
         raise _bad("prev must be 32 zero bytes when seq = 1")
     for k, v in f.get(_Q, {}).items():
-        if k not in (1, 2, 3, 4, 5) or not _is_int(v) or (k != 5 and v < 0):
+        r = Q_RANGES.get(k)
+        if r is None or not _is_int(v):
             raise _bad(f"q has a bad entry {k!r}")
+        if not r[0] <= v <= r[1]:
+            raise _bad(f"q entry {k} is {v}, outside [{r[0]}, {r[1]}]")
 
 
 def _pub_matches_dev(f: Fields) -> None:  # birth and enrollment: the same keys
     if party_id(f[_PUB]) != f[_DEV]:
         raise _bad("dev is not the id of pub")
+
+
+def _birth_rules(f: Fields) -> None:
+    _pub_matches_dev(f)
+    if f[Birth.DUR] not in INTERVALS:
+        raise _bad("dur must be one of 60, 300, 900, 1800, 3600")
 
 
 def command_args_error(op: Any, args: dict[Any, Any]) -> str | None:
@@ -121,14 +147,14 @@ def command_args_error(op: Any, args: dict[Any, Any]) -> str | None:
         if not one or not isinstance(args[1], bool):
             return "relay takes {1: bool}"
     elif op == "limit":
-        if not one or not _is_int(args[1]) or args[1] < 0:
-            return "limit takes {1: max W >= 0}"
+        if not one or not _is_int(args[1]) or not 0 <= args[1] <= LIMIT_MAX_W:
+            return f"limit takes {{1: max W in [0, {LIMIT_MAX_W}]}}"
     elif op == "interval":
         if not one or not _is_int(args[1]) or args[1] not in INTERVALS:
             return "interval takes {1: one of 60, 300, 900, 1800, 3600}"
     elif op == "time":
-        if not one or not _is_int(args[1]) or args[1] < 0:
-            return "time takes {1: Unix seconds}"
+        if not one or not _is_int(args[1]) or not 0 <= args[1] <= TIME_MAX:
+            return f"time takes {{1: Unix seconds in [0, {TIME_MAX}]}}"
     elif op in ("ping", "reboot"):
         if args:
             return f"{op} takes no arguments"
@@ -143,16 +169,8 @@ def _command_rules(f: Fields) -> None:
         raise _bad(err)
 
 
-def _result_rules(f: Fields) -> None:
-    if f[Result.STATUS] > 2:
-        raise _bad("status must be 0 (done), 1 (rejected) or 2 (failed)")
-
-
 def _checkpoint_rules(f: Fields) -> None:
-    height = f[Checkpoint.HEIGHT]
-    if height < 1:
-        raise _bad("height must be >= 1")
-    if height == 1 and f[Checkpoint.PREV] != ZERO32:
+    if f[Checkpoint.HEIGHT] == 1 and f[Checkpoint.PREV] != ZERO32:
         raise _bad("prev must be 32 zero bytes at height 1")
 
 
@@ -163,11 +181,12 @@ def _enrollment_rules(f: Fields) -> None:
 
 
 _RULES = {
-    READING: _reading_rules, BIRTH: _pub_matches_dev, COMMAND: _command_rules,
-    RESULT: _result_rules, CHECKPOINT: _checkpoint_rules, ENROLLMENT: _enrollment_rules,
+    READING: _reading_rules, BIRTH: _birth_rules, COMMAND: _command_rules,
+    CHECKPOINT: _checkpoint_rules, ENROLLMENT: _enrollment_rules,
 }
 # the meter's message types, in number order (the registry is meterledger.wire.types)
-TYPES = tuple(MessageType(t, _SIGNER_FIELD[t], _SCHEMAS[t], _RULES.get(t)) for t in sorted(_SCHEMAS))
+TYPES = tuple(MessageType(t, _SIGNER_FIELD[t], _SCHEMAS[t], _RULES.get(t), _RANGES[t])
+              for t in sorted(_SCHEMAS))
 
 
 # --- builders of the payloads the fog signs (SPEC section 4) ------------------------------

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 # SPEC section 3, in the order receivers check (the first failure is the one reported)
 ENVELOPE = (
-    "too_large", "malformed", "not_deterministic", "forbidden_type", "trailing_bytes",
+    "too_large", "malformed", "not_deterministic", "forbidden_type", "out_of_range",
+    "trailing_bytes",
     "bad_tag", "bad_structure", "bad_protected", "bad_kid", "bad_signature_encoding",
     "bad_payload", "unknown_type", "kid_mismatch", "sig_out_of_range", "high_s",
     "bad_signature", "bad_fields",
@@ -25,6 +26,7 @@ CHAIN = (
     "duplicate", "wrong_type", "unregistered", "wrong_chain", "nonce_reused", "nonce_gap",
     "not_permitted", "already_registered", "unknown_fog", "unknown_rules",
     "unknown_instruction", "rules_version", "rules_registered", "bad_genesis", "unavailable",
+    "rules_invalid",
 )
 # the SPEC section 8 anchor rule and the aggregates an anchor carries (sections 15, 19)
 ANCHOR = (

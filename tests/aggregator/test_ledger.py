@@ -250,8 +250,15 @@ def test_anchors_follow_the_fog_s_side_chain(world: World) -> None:
 def test_anchor_values_beyond_int64_are_refused(world: World) -> None:
     fs = world.fogside
     fs.log.append_batch([b"e"])
-    huge = P.sign1(fs.key, P.checkpoint(fs.key.id, 1, 1, fs.log.root(), P.ZERO32, 2**64 - 1))
-    world.refused(world.fog.tx("anchor", C.anchor_body([huge], [])), "bad_fields", r"2\^63")
+    huge = P.sign1(fs.key, P.checkpoint(fs.key.id, 1, 1, fs.log.root(), P.ZERO32, 2**64 - 1),
+                   check=False)
+    world.refused(world.fog.tx("anchor", C.anchor_body([huge], [])), "anchor_bad_checkpoint",
+                  r"out_of_range: .*2\^63")
+    late = P.sign1(fs.key, P.checkpoint(fs.key.id, 1, 1, fs.log.root(), P.ZERO32, 2**32),
+                   check=False)
+    world.fog.nonce -= 1  # a refused transaction takes no nonce
+    world.refused(world.fog.tx("anchor", C.anchor_body([late], [])), "anchor_bad_checkpoint",
+                  r"bad_fields: type 6 field 6 \(t\) is 4294967296, outside")
 
 
 # --- group sealing ------------------------------------------------------------------------------
@@ -376,7 +383,8 @@ def test_aggregates_and_rule_sets_on_both_stores_and_on_the_pool(world: World) -
                                               replaces=P.digest(first[0]),
                                               prev=P.digest(second[0]))])
     b = fog.tx("anchor", fs.anchor())
-    text = 'name = "r"\n'
+    text = ('name = "r"\nversion = 1\n[[rule]]\nid = "a"\nfeeder = "*"\nmetric = "net_kw"\n'
+            'above = 1\nop = "limit"\nargs = { max_w = 1 }\n')  # the chain validates it
     rules = world.dispatch.tx("rules", C.rules_body("r", 1, text))
     cite = world.dispatch.tx("instruction", C.instruction_body(
         fog.id, "ping", {}, T0, rule=C.rules_digest(text)))

@@ -285,7 +285,7 @@ def test_malformed_aggregates_are_rejected():
     good = {0: 11, 1: "a", 2: T0, 3: IVL, 4: 1, 5: 0, 6: 5, 7: 5, 8: 0, 9: 0, 13: [],
             14: 3, 15: P.ZERO32, 16: 0, 17: key.id, 19: P.ZERO32}
     P.verify(P.sign1(key, good), key.public_key)
-    cases: list[tuple[dict[int, Any], str]] = [({1: ""}, "feeder name"), ({2: T0 + 1}, "multiple"),
+    cases: list[tuple[dict[int, Any], str]] = [({1: ""}, r"field 1 \(feeder\) has 0 bytes"), ({2: T0 + 1}, "multiple"),
                           ({7: 6}, "exceed"), ({9: 2}, "estimated Wh"),
                           ({11: 5}, "together"), ({11: 9, 12: 8}, "together"),
                           ({13: ["nope"]}, "alerts"), ({13: ["tamper", "outage"]}, "sorted"),

@@ -5,6 +5,7 @@ and a complete audit trail; type-10 messages round-trip and malformed ones are r
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 from typing import Any
 
@@ -374,18 +375,21 @@ def test_a_gap_longer_than_one_entry_is_chunked():
 
 
 def test_the_largest_entry_fits_in_a_message():
-    # every uint at its widest (9 bytes), the longest profile method name
-    n, big, e = V.MAX_ESTIMATE_INTERVALS, 2**63, 2**56
-    before = P.reading(DEV, big, big, 1, e, e, 0, b"\x05" * 32)
-    after = P.reading(DEV, big + n, big + n, 1, e + n * e, e + n * e, 0, b"\x05" * 32)
+    # every uint at the widest its range allows (docs/PROTOCOL.md section 4a), the longest
+    # profile method name: seqs and times 5 bytes, Wh 9 bytes
+    n, e = V.MAX_ESTIMATE_INTERVALS, 2**33
+    t1 = (P.TIME_MAX - 60 * (n + 1)) // 60 * 60
+    before = P.reading(DEV, P.SEQ_MAX - n - 1, t1, 60, e, e, 0, b"\x05" * 32)
+    after = P.reading(DEV, P.SEQ_MAX, t1 + 60 * (n + 1), 60, e + (n + 1) * e, e + (n + 1) * e,
+                      0, b"\x05" * 32)
     est = V.estimate_gap(before, after, V.gap_ends(before, after))
-    assert len(est) == n and all(iv.imp_wh == e for iv in est)
-    raw = P.sign1(FOG, V.estimate_payload(before, b"\x01" * 32, after, b"\x02" * 32, est,
-                                          V.METHOD_PROFILE, big, FID))
-    assert len(raw) == 241 + 28 * n <= P.MAX_MESSAGE
+    assert len(est) == n + 1
+    raw = P.sign1(FOG, V.estimate_payload(before, b"\x01" * 32, after, b"\x02" * 32, est[:n],
+                                          V.METHOD_PROFILE, P.TIME_MAX, FID))
+    assert len(raw) <= P.MAX_MESSAGE
     with pytest.raises(ValueError):
-        V.estimate_payload(before, b"\x01" * 32, after, b"\x02" * 32, [*est, est[-1]],
-                           V.METHOD_PROFILE, big, FID)
+        V.estimate_payload(before, b"\x01" * 32, after, b"\x02" * 32, est,
+                           V.METHOD_PROFILE, P.TIME_MAX, FID)
 
 
 def test_a_reset_across_the_gap_is_recorded_as_unknown():
@@ -539,15 +543,15 @@ BAD_10: list[tuple[str, dict[int, Any], str]] = [
     ("estimate_with_est", {**GOOD_ESTIMATE, 11: D3}, "has no field 11"),
     ("unknown_key", {**GOOD_ESTIMATE, 20: 1}, "has no field 20"),
     ("kind_unknown", {**GOOD_ESTIMATE, 2: "guess"}, "kind must be"),
-    ("kind_not_text", {**GOOD_ESTIMATE, 2: 1}, "field 2 must be t"),
+    ("kind_not_text", {**GOOD_ESTIMATE, 2: 1}, "field 2 (kind) must be t"),
     ("method_unknown", {**GOOD_ESTIMATE, 4: "spline"}, "method must be"),
-    ("digest_short", {**GOOD_ESTIMATE, 5: b"\x01" * 31}, "field 5 must be b32"),
-    ("seq_text", {**GOOD_ESTIMATE, 6: "10"}, "field 6 must be u"),
-    ("t_negative", {**GOOD_ESTIMATE, 3: -1}, "field 3 must be u"),
-    ("ivls_not_array", {**GOOD_ESTIMATE, 10: {1: 2}}, "field 10 must be a"),
-    ("from_seq_zero", {**GOOD_ESTIMATE, 6: 0}, "from_seq must be >= 1"),
+    ("digest_short", {**GOOD_ESTIMATE, 5: b"\x01" * 31}, "field 5 (from) must be b32"),
+    ("seq_text", {**GOOD_ESTIMATE, 6: "10"}, "field 6 (from_seq) must be u"),
+    ("t_negative", {**GOOD_ESTIMATE, 3: -1}, "field 3 (t) must be u"),
+    ("ivls_not_array", {**GOOD_ESTIMATE, 10: {1: 2}}, "field 10 (ivls) must be a"),
+    ("from_seq_zero", {**GOOD_ESTIMATE, 6: 0}, "field 6 (from_seq) is 0, outside [1, 4294967295]"),
     ("to_not_after_from", {**GOOD_ESTIMATE, 8: 10}, "to_seq must be greater"),
-    ("ivls_empty", {**GOOD_ESTIMATE, 10: []}, "must not be empty"),
+    ("ivls_empty", {**GOOD_ESTIMATE, 10: []}, "field 10 (ivls) has 0 entries, outside [1, 128]"),
     ("ivl_short", {**GOOD_ESTIMATE, 10: [[T0 + 900, 151]]}, "item 0 must be [end, imp, exp]"),
     ("ivl_negative", {**GOOD_ESTIMATE, 10: [[T0 + 900, -1, 0]]}, "item 0 must be"),
     ("ivl_bool", {**GOOD_ESTIMATE, 10: [[T0 + 900, True, 0]]}, "item 0 must be"),
@@ -556,14 +560,14 @@ BAD_10: list[tuple[str, dict[int, Any], str]] = [
     ("ivls_not_increasing", {**GOOD_ESTIMATE, 10: [[T0 + 1800, 1, 0], [T0 + 900, 1, 0]]},
      "item 1 must end after"),
     ("ivl_ends_at_start", {**GOOD_ESTIMATE, 10: [[T0, 1, 0]]}, "item 0 must end after"),
-    ("supersede_seq_zero", {**GOOD_SUPERSEDE, 13: 0}, "seq of the superseding reading"),
+    ("supersede_seq_zero", {**GOOD_SUPERSEDE, 13: 0}, "field 13 (seq) is 0, outside"),
 ]
 
 
 @pytest.mark.parametrize(("name", "fields", "why"), BAD_10, ids=[c[0] for c in BAD_10])
 def test_malformed_type_10_is_rejected_with_its_reason(name: str, fields: dict[int, Any],
                                                         why: str):
-    with pytest.raises(P.ProtocolError, match=why.replace("[", r"\[").replace("]", r"\]")) as err:
+    with pytest.raises(P.ProtocolError, match=re.escape(why)) as err:
         P.check_fields(fields)
     assert err.value.reason == "bad_fields"
     if 17 in fields:

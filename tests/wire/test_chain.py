@@ -70,8 +70,8 @@ BAD_BODIES: list[tuple[str, str, dict[Any, Any], str]] = [
     ("fault-missing-action", "fault", {1: "k", 2: "d", 3: T0, 5: []}, "missing field 4"),
     ("fault-t-text", "fault", {**C.fault_body("k", "d", T0, "a"), 3: "now"},
      "field 3 must be u"),
-    ("rules-empty-name", "rules", C.rules_body("", 1, "x"), "name must not be empty"),
-    ("rules-version-0", "rules", C.rules_body("r", 0, "x"), "version must be >= 1"),
+    ("rules-empty-name", "rules", C.rules_body("", 1, "x"), "field 1 has 0 bytes of UTF-8, outside"),
+    ("rules-version-0", "rules", C.rules_body("r", 0, "x"), "field 2 is 0, outside"),
     ("rules-wrong-digest", "rules", {**C.rules_body("r", 1, "x"), 4: D32},
      "not the SHA-256 of the text"),
     ("rules-text-bytes", "rules", {**C.rules_body("r", 1, "x"), 3: b"x"}, "field 3 must be t"),
@@ -89,10 +89,10 @@ def test_every_body_rule_is_bad_fields(kind: str, body: dict[Any, Any], fragment
 
 
 @pytest.mark.parametrize("override,fragment", [
-    ({2: 0}, "nonce must be >= 1"),
-    ({6: b"\x00" * 7}, "field 6 must be b8"),
-    ({5: -1}, "field 5 must be u"),
-    ({4: []}, "field 4 must be m"),
+    ({2: 0}, r"field 2 \(nonce\) is 0, outside"),
+    ({6: b"\x00" * 7}, r"field 6 \(chain\) must be b8"),
+    ({5: -1}, r"field 5 \(t\) must be u"),
+    ({4: []}, r"field 4 \(body\) must be m"),
     ({9: 1}, "has no field 9"),
 ], ids=["nonce-0", "short-chain", "negative-t", "body-not-map", "extra-field"])
 def test_transaction_field_rules(override: dict[int, Any], fragment: str) -> None:

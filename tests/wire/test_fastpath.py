@@ -27,9 +27,12 @@ FOG = P.SigningKey.from_int(0xF06)
 METER = P.SigningKey.from_int(0x5EED)
 
 # integers around every head width boundary, and anywhere
-uint = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]) \
-    | st.integers(0, 2**64 - 1)
-sint = uint | st.integers(-(2**64), -1)
+# integers around every head width boundary, and anywhere in the SPEC's int64 range
+uint = st.sampled_from([0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1]) \
+    | st.integers(0, 2**63 - 1)
+sint = uint | st.integers(-(2**63), -1)
+# beyond it (out_of_range for the decoder)
+huge = st.integers(2**63, 2**64 - 1) | st.integers(-(2**64), -(2**63) - 1)
 
 
 def outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
@@ -51,7 +54,7 @@ def test_ack_payload_is_the_deterministic_encoding(dev, seq, digest, t, fog):
     assert C.decode(fast) == fields
 
 
-odd = st.one_of(sint, st.integers(2**64, 2**66), st.booleans(), st.binary(max_size=3),
+odd = st.one_of(sint, huge, st.integers(2**64, 2**66), st.booleans(), st.binary(max_size=3),
                 st.text(max_size=3), st.builds(bytearray, st.binary(max_size=9)), st.none())
 
 
@@ -63,7 +66,7 @@ def test_ack_payload_of_unusual_arguments_is_what_the_generic_encoder_does(dev, 
         outcome(lambda: C.encode(P.ack(dev, seq, digest, t, fog)))
 
 
-@pytest.mark.parametrize("seq", [1, 23, 24, 70_000, 2**40])
+@pytest.mark.parametrize("seq", [1, 23, 24, 70_000, 2**32 - 1])
 def test_signed_ack_is_byte_identical_to_sign1_and_verifies(seq):
     dev, digest = METER.id, bytes(range(32))
     raw = P.sign1_encoded(FOG, P.ack_payload(dev, seq, digest, T0, FOG.id))
@@ -163,9 +166,14 @@ def test_field_edits_get_the_outcome_and_reason_of_the_generic_path(fields, data
 def test_every_reading_rule_still_runs_on_the_fast_path():
     base: dict[int, Any] = {0: 1, 1: METER.id, 2: 2, 3: T0, 4: 900, 5: 1, 6: 0, 7: 0,
                             8: b"\x01" * 32}
-    cases: list[tuple[dict[int, Any], str]] = [({2: 0}, "seq must be >= 1"), ({4: 0}, "dur must be >= 1 second"),
-             ({7: 0x100}, "flags has bits"), ({3: T0 + 1}, "t is not a multiple of dur"),
-             ({2: 1}, "prev must be 32 zero bytes"), ({9: {6: 1}}, "q has a bad entry")]
+    cases: list[tuple[dict[int, Any], str]] = [
+        ({2: 0}, r"seq\) is 0, outside"), ({2: 2**32}, r"seq\) is 4294967296, outside"),
+        ({4: 0}, r"dur\) is 0, outside"), ({4: 600}, "dur must be one of"),
+        ({5: 10**12}, r"imp\) is 1000000000000, outside"), ({6: 10**12}, r"exp\) is"),
+        ({7: 0x100}, r"flags\) is 256, outside"), ({3: 2**32}, r"t\) is 4294967296, outside"),
+        ({3: T0 + 1}, "t is not a multiple of dur"), ({2: 1}, "prev must be 32 zero bytes"),
+        ({9: {6: 1}}, "q has a bad entry"), ({9: {5: -32769}}, "q entry 5 is -32769"),
+        ({9: {1: 65536}}, "q entry 1 is 65536")]
     for change, words in cases:
         m = P.parse(_resign(C.encode({**base, **change})), schema=False)
         assert m.layout_checked
@@ -180,12 +188,13 @@ def test_a_redefined_reading_schema_turns_the_shortcut_off():
                             8: b"\x01" * 32}))
     assert P.verify(raw, METER.public_key).layout_checked
     try:
-        P.register_type(P.READING, 1, {**schema, 5: "b"})  # imp as a byte string
-        with pytest.raises(P.ProtocolError, match="field 5 must be b"):
+        # imp as a byte string
+        P.register_type(P.READING, 1, {**schema, 5: "b"}, ranges=P.RANGES[P.READING])
+        with pytest.raises(P.ProtocolError, match=r"field 5 \(imp\) must be b"):
             P.verify(raw, METER.public_key)
         P.SCHEMAS[P.READING] = schema  # restored object, but edited in place
         schema[5] = "b"
-        with pytest.raises(P.ProtocolError, match="field 5 must be b"):
+        with pytest.raises(P.ProtocolError, match=r"field 5 \(imp\) must be b"):
             P.verify(raw, METER.public_key)
     finally:
         schema[5] = "u"
