@@ -3,14 +3,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint bench demo mpy clean flash
+.PHONY: setup test lint bench demo mpy clean flash fuzz
 
 setup: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo,flash]'
+	$(PY) -m pip install -q -e '.[dev,demo,flash,fuzz]'
 	touch $@
 
 # the real MicroPython VM (WebAssembly port) that tests and benchmarks run firmware in
@@ -41,6 +41,13 @@ bench: setup
 	$(PY) -m tools.bench_rs485
 	$(PY) -m tools.bench_cooked
 	$(PY) -m tools.bench_api
+	$(PY) -m tools.bench_acks
+
+# every fuzz target (tools/fuzz) in turn for FUZZ_SECONDS each; findings are written under
+# the system temp dir (printed), and `python -m tools.fuzz --help` has the rest
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(PY) -m tools.fuzz --target all --seconds $(FUZZ_SECONDS)
 
 demo: setup
 	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out

@@ -10,8 +10,10 @@ dismiss
     python -m aggregator approve ID [--data-dir D | --chain URL] [--token-file F]
     python -m aggregator dismiss ID [--data-dir D | --chain URL] [--token-file F]
 
-`run` prints `aggregator listening on URL` once it serves (--http-port 0 picks a free port)
-and stops cleanly on SIGTERM. `register` signs a register transaction with the dispatch key
+`run` prints `aggregator listening on URL` once it serves (--http-port 0 picks a free port;
+https with --http-tls-cert and --http-tls-key) and stops cleanly on SIGTERM. Its API's
+/metrics needs the data dir's auditor.token, approve and dismiss its dispatch.token (the
+operator's); both are read again when replaced, so rotating one is replacing its file. `register` signs a register transaction with the dispatch key
 (next nonce) and submits it: to --chain URL, else to the aggregator running on the data dir,
 else (no aggregator running) straight into its chain.db. `verify-chain` replays the chain
 from genesis (the data dir's chain.db, or --chain URL's blocks), checking it against the
@@ -48,7 +50,7 @@ from aggregator.chain.service.node import (
     URL,
     AggregatorConfig,
     ConfigError,
-    ensure_token,
+    ensure_tokens,
     init_data_dir,
     load_config,
     load_key,
@@ -84,10 +86,11 @@ def run(config: AggregatorConfig) -> int:
     try:
         ledger = open_ledger(d, time.time)
         dispatcher = open_dispatcher(ledger, load_key(d), d, time.time)
-        api = AggregatorAPI(ledger, time.time, dispatcher, ensure_token(d))
+        api = AggregatorAPI(ledger, time.time, dispatcher, tokens=ensure_tokens(d),
+                            limits=config.limits(), tls=config.tls())
         port = api.start(config.host, config.http_port)
         host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
-        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        url = f"{api.http.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
         write_url(d, url)
         print(f"aggregator listening on {url}", flush=True)
         logging.getLogger("aggregator").info("chain %s, head %d, data %s",

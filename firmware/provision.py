@@ -4,7 +4,12 @@
 # the meter id for enrollment:
 #   PUB <130 hex>
 #   ID <16 hex>
-# Nothing else about the key is printed or written anywhere. On a host (tools/flash.py
+# Nothing else about the key is printed or written anywhere. A meter on MQTT also gets its
+# broker password, made here in the data dir if it has none (transport_mqtt.ensure_secret,
+# kept across re-flashes like the key), and printed once for the flashing tool, which hands
+# only its hash to the fog (docs/PROTOCOL.md section 21):
+#   MQTT <64 hex>
+# On a host (tools/flash.py
 # --target DIR) the same script runs on CPython with the host hal:
 #   python firmware/provision.py [CONFIG_JSON [DATA_DIR]]
 # where DATA_DIR replaces the config's data_dir (the board path, e.g. "/data").
@@ -52,13 +57,26 @@ def provision(config, board=None):
     return hexlify(meter.key.pub), keys.id_hex(meter.id)
 
 
+def broker_secret(config, board):
+    """The meter's broker password (made if it has none), or None for a non-MQTT meter."""
+    if config.get("transport") != "mqtt":
+        return None
+    from transport_mqtt import ensure_secret
+
+    return ensure_secret(board.fs(), board.random_bytes)
+
+
 def main(path="config.json", data_dir=None):
     config = load_config(path)
     if data_dir:
         config["data_dir"] = data_dir
-    pub, mid = provision(config)
+    board = make_board(config)
+    pub, mid = provision(config, board)
+    secret = broker_secret(config, board)
     print("PUB", pub)
     print("ID", mid)
+    if secret:
+        print("MQTT", secret)
 
 
 if __name__ == "__main__":

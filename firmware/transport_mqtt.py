@@ -6,11 +6,62 @@
 # while the meter is away are queued by the broker and delivered when it is back.
 # A backlog batch is a CBOR array of 1..32 reading messages, inline and in seq order; a
 # single reading is sent as itself (docs/PROTOCOL.md, "MQTT").
-from core.compat import const
+#
+# Broker access (docs/PROTOCOL.md section 21): with config "mqtt_ca" (the PEM of the fog's
+# CA, pinned at flashing) the meter connects over TLS (port 8883 unless "mqtt_port" says
+# otherwise), accepts only a broker certificate of that CA naming "mqtt_tls_name" (default
+# mqtt_host), and logs in as its id with the password in its data dir (SECRET), born on the
+# meter at provisioning (ensure_secret). Without "mqtt_ca" it connects plain and anonymous
+# (lab mode) and never sends its password.
+from core.compat import const, hexlify
 
 _KEEPALIVE = const(60)
 _BACKOFF_MAX_S = const(60)
 _DRAIN = const(16)  # incoming messages handled per poll, so one poll stays short
+SECRET = "mqtt.secret"  # the meter's broker password (64 hex), in its data dir
+
+
+def read_secret(fs):
+    """The meter's broker password, or "" if it has none."""
+    try:
+        return fs.read(SECRET).decode().strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def ensure_secret(fs, random_bytes):
+    """The meter's broker password, made (32 random bytes, hex) if it has none yet; written
+    beside, then renamed, so a power loss leaves the old file or none."""
+    secret = read_secret(fs)
+    if len(secret) == 64:
+        return secret
+    secret = hexlify(random_bytes(32))
+    fs.write(SECRET + ".tmp", secret.encode())
+    fs.rename(SECRET + ".tmp", SECRET)
+    return secret
+
+
+class _Named:
+    # A TLS context that checks the broker's certificate against a fixed name rather than the
+    # address connected to (umqtt and paho pass the host as server_hostname).
+    def __init__(self, ctx, name):
+        self.ctx = ctx
+        self.name = name
+        self.check_hostname = True  # paho: the context checks the name itself
+
+    def wrap_socket(self, sock, server_hostname=None, **kw):
+        return self.ctx.wrap_socket(sock, server_hostname=self.name, **kw)
+
+
+def tls_context(ca_pem, name=None):
+    """A TLS client context that trusts only `ca_pem` and requires the broker's certificate
+    (MicroPython's ssl defaults to CERT_NONE: it is set here, explicitly)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca_pem)
+    return _Named(ctx, name) if name else ctx
 
 
 def batch_payload(msgs):
@@ -23,17 +74,20 @@ def batch_payload(msgs):
     return head + b"".join(msgs)
 
 
-def _umqtt_client(client_id, server, port, keepalive):
-    from umqtt.simple import MQTTClient
+def _umqtt_client(client_id, server, port, keepalive, user=None, password=None, ssl=None):
+    from umqtt.simple import MQTTClient  # >= 1.4: ssl is an SSLContext
 
-    return MQTTClient(client_id, server, port=port, keepalive=keepalive)
+    return MQTTClient(client_id, server, port=port, user=user, password=password,
+                      keepalive=keepalive, ssl=ssl)
 
 
 class MqttTransport:
     def __init__(self, board, config, client_factory=None):
         self.board = board
         self.server = config.get("mqtt_host", "127.0.0.1")
-        self.port = config.get("mqtt_port", 1883)
+        self.ca = config.get("mqtt_ca") or ""
+        self.port = config.get("mqtt_port", 8883 if self.ca else 1883)
+        self.tls_name = config.get("mqtt_tls_name") or None
         self.root = config.get("mqtt_root", "grid")
         self.fog_hex = config.get("fog", "")
         self.factory = client_factory or _umqtt_client
@@ -43,6 +97,7 @@ class MqttTransport:
         self.inbox = []
         self._retry_at = 0
         self._backoff = 1
+        self._tls = None  # the TLS context, made at the first connect
         self.stats = {"connects": 0, "failures": 0, "published": 0}
 
     def _t(self, kind, fog=False):
@@ -59,9 +114,24 @@ class MqttTransport:
         self.birth = birth
         return self._connect()
 
+    def _security(self):
+        # TLS and credentials (never a password on a plain link); {} in lab mode
+        if not self.ca:
+            return {}
+        if self._tls is None:
+            self._tls = tls_context(self.ca, self.tls_name)
+        kw = {"ssl": self._tls}
+        secret = read_secret(self.board.fs())
+        if secret:
+            kw["user"] = self.dev_hex.encode()
+            kw["password"] = secret.encode()
+        return kw
+
     def _connect(self):
+        c = None
         try:
-            c = self.factory(self.dev_hex.encode(), self.server, self.port, _KEEPALIVE)
+            c = self.factory(self.dev_hex.encode(), self.server, self.port, _KEEPALIVE,
+                             **self._security())
             c.set_callback(self._on_message)
             c.set_last_will(self._t("status").encode(), b"offline", True, 1)
             c.connect(False)

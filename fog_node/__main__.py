@@ -1,27 +1,39 @@
 """python -m fog_node init | run | enroll | revoke
 
-    python -m fog_node init --data-dir fog-data
+    python -m fog_node init --data-dir fog-data [--broker-name broker.lan --broker-name 10.0.0.2]
     python -m fog_node run --config fog.toml [--mqtt-host H --mqtt-port P --data-dir D --http-port N]
     python -m fog_node run --rs485-port /dev/ttyUSB0 --rs485-addresses 1,2,5-9 [--rs485-baud 19200]
-    python -m fog_node enroll --pub PUBHEX [--reason TEXT] [--data-dir D]
-    python -m fog_node enroll --file provisioning.json
+    python -m fog_node enroll --pub PUBHEX [--mqtt-hash HASH] [--reason TEXT] [--data-dir D]
+    python -m fog_node enroll --file provisioning.json [--config fog.toml]
     python -m fog_node revoke --pub PUBHEX --reason TEXT
 
 The config file is TOML with the keys of FogConfig (data_dir, mqtt_host, mqtt_port,
 mqtt_root, http_host, http_port, seal_period_s, interval_s, grace_s, skew_s, batch_max,
 batch_wait_s, chain_url, anchor_period_s, chain_poll_s, dispatch_pub, the RS485 bus
 rs485_port, rs485_baud, rs485_addresses, rs485_timeout_s, rs485_slow_timeout_s, rs485_batch,
-and the simulation clock sim_compress, sim_start, sim_epoch); a flag overrides
-the file. With chain_url the node anchors its checkpoints to the dispatch chain and picks
+the simulation clock sim_compress, sim_start, sim_epoch, and the HTTP API's http_tls_cert,
+http_tls_key, http_max_body, http_max_head, http_request_timeout_s, http_idle_timeout_s,
+http_handler_timeout_s, http_max_connections, with chain_ca_file); a flag overrides
+the file. The API's tiers need the data dir's auditor.token and operator.token (made by
+init, or by run for an older data dir; docs/PROTOCOL.md section 12). With chain_url the node anchors its checkpoints to the dispatch chain and picks
 up instructions addressed to it. With rs485_port (a serial device or pyserial URL) the node
 is also Modbus RTU master of that RS485 bus, polling the meters at rs485_addresses (a TOML
 list of integers, or "1,2,5-9" on the command line); MQTT runs beside it either way. While a node runs, enroll/revoke hand their
 decision to it (it owns the log); otherwise they write it themselves.
+
+The node talks to the broker over TLS with its own credentials, and owns the broker's
+access files (docs/PROTOCOL.md section 21): `init` makes the broker's CA, its certificate
+(for the --broker-name names; default this machine's) and the fog's broker password in
+data_dir/broker; enrolling a meter with its password hash (--mqtt-hash, or "mqtt_hash" in a
+provisioning file) lets it on the broker, revoking it cuts it off. Give enroll/revoke the
+node's --config when no node is running, so that they reload the broker it names
+(broker_pid_file, broker_reload_cmd) with the node's topic root.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -32,22 +44,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fog_node.broker_access import hash_password
 from fog_node.chainlink.dispatch import Dispatcher
 from fog_node.chainlink.faults import FaultReporter
 from fog_node.chainlink.link import ChainLink
 from fog_node.config import FogConfig, load_config, node_clock
-from fog_node.enrollment import apply_request, queue_request
-from fog_node.node import FogError, FogNode, init_data_dir, lock_data_dir
+from fog_node.enrollment import apply_request, queue_request, reload_broker
+from fog_node.node import FogError, FogNode, init_broker, init_data_dir, lock_data_dir
 from fog_node.service import FogService
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient
-from meterledger.errors import MeterLedgerError
+from meterledger.errors import ConfigError, MeterLedgerError
 from meterledger.infra import config as cfg
+from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
 
 
 def _provisioning(path: Path) -> list[dict[str, Any]]:
-    """A provisioning file: a JSON list of {"pub": hex, "reason"?}, or {"meters": [...]}."""
+    """A provisioning file: a JSON list of {"pub": hex, "reason"?, "mqtt_hash"?}, or
+    {"meters": [...]}."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -58,7 +73,10 @@ def _provisioning(path: Path) -> list[dict[str, Any]]:
     return meters
 
 
-def decide(data_dir: Path, requests: list[dict[str, Any]]) -> None:
+def decide(data_dir: Path, requests: list[dict[str, Any]], config: FogConfig | None = None,
+           ) -> None:
+    """Apply the decisions, or queue them for the node running on `data_dir`; `config` (the
+    node's) names the broker to reload and the topic root, the defaults otherwise."""
     held = lock_data_dir(data_dir)
     if held is None:  # a node is running: it owns the log, hand it the decisions
         for r in requests:
@@ -66,12 +84,16 @@ def decide(data_dir: Path, requests: list[dict[str, Any]]) -> None:
         print(f"{len(requests)} decision(s) queued for the running fog node")
         return
     try:
-        node = FogNode(FogConfig(data_dir=data_dir), time.time)
+        c = FogConfig(data_dir=data_dir) if config is None else \
+            dataclasses.replace(config, data_dir=data_dir)
+        node = FogNode(c, time.time)
         try:
             for r in requests:
-                outcomes, _ = apply_request(node, r)
+                outcomes, _ = apply_request(node, r, reload=False)
                 print(f"{r['pub'][:16]}…: {r.get('status', 'active')}"
                       + (f", {len(outcomes)} quarantined message(s) processed" if outcomes else ""))
+            if node.access.changes:  # one broker reload for the whole batch
+                reload_broker(node)
         finally:
             node.close()
     finally:
@@ -83,7 +105,8 @@ def _chain_link(node: FogNode, clock: Callable[[], float]) -> ChainLink | None:
     if not c.chain_url:
         return None
     pin = P.PublicKey(bytes.fromhex(c.dispatch_pub)) if c.dispatch_pub else None
-    link = ChainLink(node, ChainClient(c.chain_url), clock, c.anchor_period_s, pin)
+    client = ChainClient(c.chain_url, ca_file=c.chain_ca_file or None)  # https: verified
+    link = ChainLink(node, client, clock, c.anchor_period_s, pin)
     node.chain = link  # the API reports its state
     return link
 
@@ -117,8 +140,12 @@ def run(config: FogConfig) -> int:
             http_port = 0
         bus = (f", rs485 {config.rs485_port} addresses {','.join(map(str, config.rs485_addresses))}"
                if config.rs485_port else "")
-        print(f"fog {node.id_hex} running: mqtt {config.mqtt_host}:{config.mqtt_port}, "
-              f"http {config.http_host}:{http_port}, data {config.data_dir}{bus}", flush=True)
+        mqtt = (f"{config.mqtt_host}:{config.mqtt_port} (lab: plain, anonymous)"
+                if config.mqtt_security == "lab" else
+                f"{config.mqtt_host}:{config.mqtt_tls_port} (TLS, user {node.access.fog_user})")
+        print(f"fog {node.id_hex} running: mqtt {mqtt}, "
+              f"{api.http.scheme if api is not None else 'http'} {config.http_host}:"
+              f"{http_port}, data {config.data_dir}{bus}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
@@ -137,12 +164,57 @@ def run(config: FogConfig) -> int:
     return 0
 
 
+def _init(data_dir: Path, broker_names: list[str]) -> int:
+    """A new data dir; or, for one whose key came before issue 13, the broker's files."""
+    try:
+        key = init_data_dir(data_dir, broker_names)
+    except ConfigError:
+        key_only = init_broker(data_dir, broker_names)
+        if key_only is None:
+            raise
+        key = key_only
+        print(f"the fog key existed; made the broker's CA and certificate in {data_dir}/broker",
+              file=sys.stderr)
+    print(f"fog id {key.id.hex()}\nfog pub {key.public_key.raw.hex()}")
+    return 0
+
+
+def _requests(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The decisions of an enroll or revoke command line (usage errors exit 2)."""
+    status = "active" if args.cmd == "enroll" else "revoked"
+    if args.cmd == "revoke" and not args.reason:
+        ap.error("revoke needs --reason")
+    mqtt_hash, secret_file = getattr(args, "mqtt_hash", None), getattr(args, "mqtt_secret_file",
+                                                                       None)
+    if getattr(args, "file", None):
+        if mqtt_hash or secret_file:
+            ap.error("--mqtt-hash and --mqtt-secret-file go with --pub; a provisioning file "
+                     "carries each meter's mqtt_hash")
+        return [{"pub": m["pub"], "status": status, "reason": m.get("reason", args.reason)}
+                | ({"mqtt_hash": m["mqtt_hash"]} if "mqtt_hash" in m else {})
+                for m in _provisioning(args.file)]
+    if not args.pub:
+        ap.error(f"{args.cmd} needs --pub or --file")
+    req: dict[str, Any] = {"pub": args.pub, "status": status, "reason": args.reason}
+    if secret_file:
+        mqtt_hash = hash_password(datadir.read_secret(secret_file, "meter broker password"))
+    if mqtt_hash:
+        req["mqtt_hash"] = mqtt_hash
+    return [req]
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p_init = sub.add_parser("init", help="create the data dir and the fog key")
-    p_init.add_argument("--data-dir", type=Path, default=Path("fog-data"))
+    p_init = sub.add_parser("init", help="create the data dir, the fog key and the broker's "
+                                         "CA, certificate and fog password")
+    p_init.add_argument("--data-dir", type=Path, default=Path("fog-data"),
+                        help="the node's data directory (default: fog-data)")
+    p_init.add_argument("--broker-name", action="append", default=[], metavar="NAME",
+                        help="a DNS name or IP address clients reach the broker by, for its "
+                             "certificate (repeatable; default: localhost, 127.0.0.1, ::1 and "
+                             "this host's name)")
     p_run = sub.add_parser("run", help="run the fog node")
     p_run.add_argument("--config", type=Path, metavar="FILE",
                        help="TOML file ([fog] table); a flag overrides the file "
@@ -150,32 +222,34 @@ def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int
     cfg.add_flags(p_run, FogConfig)
     for name in ("enroll", "revoke"):
         p = sub.add_parser(name, help=f"{name} a meter by its public key")
-        p.add_argument("--data-dir", type=Path, default=Path("fog-data"))
+        p.add_argument("--data-dir", type=Path, default=Path("fog-data"),
+                       help="the node's data directory (default: fog-data)")
+        p.add_argument("--config", type=Path, metavar="FILE",
+                       help="the node's TOML config: its broker to reload and topic root "
+                            "(when no node is running; its data_dir is not used)")
         p.add_argument("--pub", help="SEC1 public key, 130 hex characters")
-        p.add_argument("--reason", default="provisioned" if name == "enroll" else "")
+        p.add_argument("--reason", default="provisioned" if name == "enroll" else "",
+                       help="why, recorded in the log" + (" (default: provisioned)"
+                                                          if name == "enroll" else ""))
         if name == "enroll":
             p.add_argument("--file", type=Path, help="provisioning file (JSON)")
+            creds = p.add_mutually_exclusive_group()
+            creds.add_argument("--mqtt-hash", metavar="HASH",
+                               help="the meter's broker password hash ($7$..., from "
+                                    "flashing): lets the meter on the broker")
+            creds.add_argument("--mqtt-secret-file", type=Path, metavar="FILE",
+                               help="or the meter's password file (a virtual meter's "
+                                    "DIR/mqtt.secret): only its hash is kept")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.cmd == "init":
-            key = init_data_dir(args.data_dir)
-            print(f"fog id {key.id.hex()}\nfog pub {key.public_key.raw.hex()}")
-            return 0
+            return _init(args.data_dir, args.broker_name)
         if args.cmd == "run":
             flags = cfg.flag_values(args, FogConfig)
             return run(load_config(args.config, flags))
-        status = "active" if args.cmd == "enroll" else "revoked"
-        if args.cmd == "revoke" and not args.reason:
-            ap.error("revoke needs --reason")
-        if getattr(args, "file", None):
-            reqs = [{"pub": m["pub"], "status": status, "reason": m.get("reason", args.reason)}
-                    for m in _provisioning(args.file)]
-        elif args.pub:
-            reqs = [{"pub": args.pub, "status": status, "reason": args.reason}]
-        else:
-            ap.error(f"{args.cmd} needs --pub or --file")
-        decide(args.data_dir, reqs)
+        reqs = _requests(ap, args)
+        decide(args.data_dir, reqs, load_config(args.config, {}) if args.config else None)
         return 0
     except (MeterLedgerError, ValueError) as e:  # ValueError: a bad public key and the like
         print(f"error: {e}", file=sys.stderr)

@@ -126,6 +126,60 @@ class FogConfig:
                               min=0, max=2**32 - 1)
     sim_epoch: float = setting(0.0, help="simulation only: real Unix time of sim_start",
                               min=0, max=2**32 - 1)
+    # broker security (issue 13): docs/PROTOCOL.md section 21, fog_node/broker_access.py
+    mqtt_security: str = setting("tls", help="tls: TLS to mqtt_tls_port with the fog's broker "
+                                             "credentials; lab: plain MQTT to mqtt_port, "
+                                             "anonymous (labs and tests only)",
+                                 choices=("tls", "lab"))
+    mqtt_tls_port: int = setting(8883, help="the broker's TLS port", min=1, max=65535)
+    mqtt_ca_file: str = setting("", help="CA certificate the broker's must chain to; empty: "
+                                         "data_dir/broker/ca.crt (made by init)")
+    mqtt_username: str = setting("", help="the fog's broker user; empty: fog-<fog id>",
+                                 check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", v)
+                                 else f"{v!r} is not 1..64 letters, digits, '.', '_', '-'")
+    mqtt_password_file: str = setting("", help="file holding the fog's broker password; empty: "
+                                               "data_dir/broker/fog.secret (made by init)")
+    broker_listen: str = setting("", help="address the generated broker listeners bind; empty: "
+                                          "all", check=lambda v: None if re.fullmatch(
+                                              r"[0-9A-Za-z.:_-]*", v) else f"{v!r}: not an address")
+    broker_group: str = setting("", help="the group the broker runs as (e.g. mosquitto): the "
+                                         "non-public files it reads go to it, mode 0640")
+    broker_pid_file: str = setting("", help="the broker's pid_file: after each enroll or revoke "
+                                            "the fog sends that pid SIGHUP to reload access")
+    broker_reload_cmd: str = setting("", help="else a command that reloads the broker, e.g. "
+                                              "\"sudo -n systemctl reload mosquitto\"")
+    # HTTP API (issue 13): TLS, limits; tiers and tokens in docs/PROTOCOL.md section 12
+    http_tls_cert: str = setting("", help="PEM certificate (chain) the HTTP API serves TLS "
+                                          "with; empty (with http_tls_key): plain HTTP")
+    http_tls_key: str = setting("", help="PEM private key of http_tls_cert")
+    http_max_body: int = setting(64 * 1024, help="largest request body the API reads (bytes)",
+                                 min=1024, max=16 * 1024 * 1024)
+    http_max_head: int = setting(64 * 1024, help="largest request line and headers (bytes)",
+                                 min=1024, max=1024 * 1024)
+    http_request_timeout_s: float = setting(10.0, help="a request must arrive whole within "
+                                                       "this many seconds (slow clients are "
+                                                       "closed)", min=0.05, max=600)
+    http_idle_timeout_s: float = setting(30.0, help="seconds a kept-alive connection may sit "
+                                                    "idle", min=0.05, max=3600)
+    http_handler_timeout_s: float = setting(30.0, help="seconds a client waits for an answer "
+                                                       "before a 503", min=0.05, max=3600)
+    http_max_connections: int = setting(256, help="open HTTP connections at most; more wait "
+                                                  "to be accepted", min=1, max=65535)
+    chain_ca_file: str = setting("", help="CA certificate (PEM) the chain's TLS certificate "
+                                          "must chain to; empty: the system's CAs")
+    # what strangers and noisy meters can make the node hold (issue 13): bounded, oldest
+    # dropped first and counted (docs/PROTOCOL.md section 12)
+    quarantine_per_meter: int = setting(96, help="messages of one unknown meter held until "
+                                                 "it is enrolled (the meter keeps them too)",
+                                        min=0, max=100_000)
+    quarantine_total: int = setting(10_000, help="messages of unknown meters held in all",
+                                    min=0, max=10_000_000)
+    inbox_share: int = setting(64, help="most messages of one topic in one ingest group; "
+                                        "the rest wait for later groups",
+                               min=1, max=100_000)
+    inbox_backlog: int = setting(1024, help="messages of one topic waiting at most; older "
+                                            "ones are dropped (not acked: the meter resends)",
+                                 min=1, max=1_000_000)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from fog_node.log.store import LogStore
-from fog_node.registry import ACTIVE, REVOKED, Device, Registry
+from fog_node.registry import (
+    ACTIVE,
+    QUARANTINE_PER_METER,
+    QUARANTINE_TOTAL,
+    REVOKED,
+    Device,
+    Registry,
+)
 from meterledger import wire as P
 from meterledger.wire.cbor import ProtocolError, item_end
 
@@ -40,6 +47,18 @@ class Outcome:
     dev: bytes | None = None
     seq: int | None = None
     detail: str = ""
+
+
+_REMEMBERED = 4096  # unknown meters remembered (births, foreign fogs); the oldest forgotten
+
+
+def _remember(table: dict[bytes, bytes], dev: bytes, value: bytes) -> None:
+    """table[dev] = value, keeping at most _REMEMBERED entries (oldest dropped): strangers
+    cannot grow the fog's memory."""
+    table.pop(dev, None)
+    table[dev] = value
+    while len(table) > _REMEMBERED:
+        del table[next(iter(table))]
 
 
 def split_batch(payload: bytes) -> list[bytes]:
@@ -161,6 +180,13 @@ class Ingest:
         self._contig: dict[bytes, int] = {}
         self._births: dict[bytes, bytes] = {}  # dev -> digest of the last logged birth
         self.pending_births: dict[bytes, bytes] = {}  # unknown meters' births (pub) seen
+        self._foreign: dict[bytes, bytes] = {}  # unknown meters whose birth names another fog
+        self.quarantine_per_meter = QUARANTINE_PER_METER
+        self.quarantine_total = QUARANTINE_TOTAL
+        # set when a group failed part way (a full disk between the log's commit and the
+        # registry's): the next group first re-indexes the log, so the registry never
+        # answers from a stale index and nothing is logged twice
+        self.needs_recovery = False
 
     def recover(self) -> int:
         """Re-index log entries the registry has not seen (a crash between the log's commit
@@ -236,6 +262,21 @@ class Ingest:
 
     def process(self, payloads: Sequence[bytes], topic_devs: Sequence[bytes | None] | None = None,
                 ) -> tuple[list[Outcome], list[tuple[bytes, bytes]]]:
+        """Verify, check and log a group of payloads (`_process`). If anything fails part
+        way (a storage fault), the caches are dropped and the next call re-indexes the log
+        before it looks at a message; nothing of the failed group is acked."""
+        if self.needs_recovery:
+            self.recover()
+            self.needs_recovery = False
+        try:
+            return self._process(payloads, topic_devs)
+        except BaseException:
+            self.needs_recovery = True
+            self._forget()
+            raise
+
+    def _process(self, payloads: Sequence[bytes], topic_devs: Sequence[bytes | None] | None,
+                 ) -> tuple[list[Outcome], list[tuple[bytes, bytes]]]:
         """Verify, check and log a group of payloads; returns outcomes and (dev, ack) to send.
 
         topic_devs, when given, is the meter id of the topic each payload arrived on: a
@@ -348,8 +389,14 @@ class Ingest:
                 P.check_fields(m.fields)  # the signature once we know its key
             except ProtocolError as e:
                 return self._reject(e.reason, str(e), dev)
-            self.registry.quarantine(dev, raw, now)
+            fog = self._foreign.get(dev)
+            if fog is not None:  # its birth named another fog: not ours to hold
+                return self._reject("wrong_fog", f"meter is configured for fog {fog.hex()}",
+                                    dev)
+            _, dropped = self.registry.quarantine(dev, raw, now, self.quarantine_per_meter,
+                                                  self.quarantine_total)
             self.counters["quarantined"] += 1
+            self.counters["quarantine_dropped"] += dropped
             return Outcome(QUARANTINED, "unknown_meter", dev, m.fields.get(2))
         elif device.status == REVOKED:
             return self._reject("revoked", "meter is revoked: " + device.reason, dev)
@@ -380,9 +427,11 @@ class Ingest:
     def _birth(self, m: P.Message, device: object, batch: list[_Pending]) -> Outcome | None:
         f = m.fields
         if f[16] != self.key.id:
+            if device is None:  # its readings are refused too, never quarantined
+                _remember(self._foreign, m.kid, f[16])
             return self._reject("wrong_fog", "meter is configured for another fog", m.kid)
         if device is None:
-            self.pending_births[m.kid] = f[10]  # listed for the operator to enroll
+            _remember(self.pending_births, m.kid, f[10])  # listed for the operator to enroll
             self.counters["births_unknown"] += 1
             return Outcome(QUARANTINED, "unknown_meter", m.kid)
         digest = m.digest

@@ -40,6 +40,8 @@ def families(node: FogNode, now: float) -> M.Families:
         alerts = Counter(kind for _, kind, _, _ in node.registry.alerts())
     bus = node.rs485
     rs485 = {k: bus.counters[k] for k in RS485_HELP} if bus is not None else None
+    storage = node.storage
+    storage_failures = dict(storage.failures)
 
     w = M.Families(PREFIX)
     w.one("accepted_total", "counter",
@@ -59,6 +61,20 @@ def families(node: FogNode, now: float) -> M.Families:
           counters["duplicates"])
     w.one("acks_total", "counter", "Signed acks produced since the node started.",
           counters["acks"])
+    w.one("quarantine_dropped_total", "counter",
+          "Quarantined messages dropped (oldest first) to keep the quarantine's bounds.",
+          counters["quarantine_dropped"])
+    w.one("inbox_dropped_total", "counter",
+          "Arrived messages dropped unacked (oldest first) from a topic over its backlog.",
+          counters["inbox_dropped"])
+    w.one("storage_ok", "gauge",
+          "0 while the node is in a storage fault (a full disk: nothing is acked), else 1.",
+          0 if storage.fault is not None else 1)
+    w.family("step_failures_total", "counter",
+             "Ingest steps that failed since the node started, by kind: a storage fault "
+             "(disk_full, io_error, read_only, corrupt, busy, database) or internal (a bug, "
+             "logged with its traceback).",
+             [({"kind": k}, storage_failures[k]) for k in sorted(storage_failures)])
     w.one("log_size", "gauge", "Entries in the Merkle log.", log_size)
     w.one("checkpoint_height", "gauge",
           "Height of the latest signed checkpoint (0: none sealed yet).",

@@ -8,41 +8,79 @@ data_dir/
   checkpoints.db   the side-chain of signed checkpoints
   chain.db         the outbox of dispatch-chain transactions, and instructions received
   cooked.db        the cooked data's index of the log: readings, estimates, aggregates
+  broker/          the MQTT broker's CA, certificate, password and ACL files, and the fog's
+                   broker password (fog_node.broker_access, docs/PROTOCOL.md section 21)
+  auditor.token    bearer token of the HTTP API's auditor tier, operator.token the operator
+                   tier's (hex, mode 0600; made by `init`, or by `run` for an older data dir)
 
-The ingest thread and the HTTP API share one FogNode; `lock` serialises their use of the
+The ingest thread and the HTTP API share one FogNode; `lock` serialises the use of its
 SQLite connections (WAL lets readers run beside a writer, but a connection is one cursor
-stream at a time).
+stream at a time). The API reads through connections of its own (fog_node.reads) and takes
+the lock only for /metrics.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
+from fog_node.broker_access import BrokerAccess
 from fog_node.config import FogConfig
 from fog_node.cooking.cooker import CookConfig, Cooker
 from fog_node.cooking.feeders import FeederRules
 from fog_node.ingest import Ingest
+from fog_node.integrity import check_databases, check_log
 from fog_node.log.checkpoints import Checkpoints
 from fog_node.log.store import SQLiteLogStore
 from fog_node.registry import Registry
+from fog_node.storage import StorageHealth
 from meterledger import errors
 from meterledger import wire as P
-from meterledger.infra import datadir
+from meterledger.infra import datadir, pki
 
 
 class FogError(errors.MeterLedgerError, RuntimeError):
     """A fog node operation that cannot go on; the message says why."""
 
 
-def init_data_dir(data_dir: Path) -> P.SigningKey:
-    """Create the data dir and the fog key; refuses to overwrite an existing key."""
+def init_data_dir(data_dir: Path, broker_names: Sequence[str] = ()) -> P.SigningKey:
+    """Create the data dir, the fog key, and the broker's CA, certificate (for
+    `broker_names`, default this machine's names) and the fog's broker password; refuses
+    to overwrite an existing key."""
+    if broker_names:
+        pki.check_names(broker_names)  # before anything is written
     data_dir.mkdir(parents=True, exist_ok=True)
-    return datadir.create_key(data_dir / "fog.key", data_dir / "fog.pub",
-                              "a fog node keeps its key for life")
+    key = datadir.create_key(data_dir / "fog.key", data_dir / "fog.pub",
+                             "a fog node keeps its key for life")
+    BrokerAccess(FogConfig(data_dir=data_dir), key.id.hex()).create(broker_names)
+    ensure_tokens(data_dir)
+    return key
+
+
+AUDITOR_TOKEN, OPERATOR_TOKEN = "auditor.token", "operator.token"
+
+
+def ensure_tokens(data_dir: Path) -> tuple[Path, Path]:
+    """The HTTP API's token files (auditor, operator), each made (random, 0600) if missing."""
+    for name in (AUDITOR_TOKEN, OPERATOR_TOKEN):
+        datadir.ensure_secret(data_dir / name, name.replace(".", " "))
+    return data_dir / AUDITOR_TOKEN, data_dir / OPERATOR_TOKEN
+
+
+def init_broker(data_dir: Path, broker_names: Sequence[str] = ()) -> P.SigningKey | None:
+    """The broker's CA, certificate and fog password for a data dir whose key came before
+    them (issue 13); None if there is no key, or the broker's files are there already."""
+    if not (data_dir / "fog.key").is_file():
+        return None
+    key = load_key(data_dir)
+    access = BrokerAccess(FogConfig(data_dir=data_dir), key.id.hex())
+    if access.exists():
+        return None
+    access.create(broker_names)
+    return key
 
 
 def load_key(data_dir: Path) -> P.SigningKey:
@@ -80,10 +118,21 @@ class FogNode:
         self.clock = clock
         d = config.data_dir
         self.key = load_key(d)
+        # a damaged file, or a log that no longer matches its own signed checkpoint: refuse
+        # to start rather than serve proofs that fail (fog_node.integrity)
+        check_databases(d)
         self.log = SQLiteLogStore(d / "log.db")
-        self.registry = Registry(d / "registry.db")
         self.checkpoints = Checkpoints(d / "checkpoints.db", self.key, self.log)
+        try:
+            check_log(d, self.log, self.checkpoints, self.key.public_key)
+        except BaseException:
+            self.checkpoints.close()
+            self.log.close()
+            raise
+        self.registry = Registry(d / "registry.db")
         self.ingest = Ingest(self.key, self.log, self.registry, clock, config.skew_s)
+        self.ingest.quarantine_per_meter = config.quarantine_per_meter
+        self.ingest.quarantine_total = config.quarantine_total
         if config.on_tamper not in ("report", "relay_off"):
             raise FogError(f"on_tamper must be 'report' or 'relay_off', not {config.on_tamper!r}")
         rules = FeederRules(config.privacy_min_meters, config.loss_alert_pct,
@@ -92,9 +141,12 @@ class FogNode:
         self.cooker = Cooker(self.key, self.log, self.registry, d / "cooked.db",
                              CookConfig(config.interval_s, tuple(config.feeders), rules))
         self.lock = threading.RLock()
+        self.storage = StorageHealth()  # a storage fault now, failures by kind (fog_node.storage)
         self.chain: ChainView | None = None  # set when the node anchors to a dispatch chain
         self.rs485: BusView | None = None  # set when the node is master of an RS485 bus
+        self.access = BrokerAccess(config, self.id_hex)  # who may use the MQTT broker
         with self.lock:
+            self.registry.backfill_decisions(self.log.size(), self.log.entry)  # once, if old
             self.ingest.recover()
 
     @property

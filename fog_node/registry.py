@@ -8,12 +8,15 @@ enrollment, and evidence of equivocation. The clock is passed in, never read her
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from meterledger import errors
-from meterledger.infra.sqlite import connect
+from meterledger import wire as P
+from meterledger.infra.sqlite import atomic, connect
 
 ACTIVE = "active"
 REVOKED = "revoked"
@@ -35,11 +38,37 @@ CREATE TABLE IF NOT EXISTS evidence (
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY, t INTEGER NOT NULL, kind TEXT NOT NULL, dev BLOB, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS quarantine_by_dev ON quarantine (dev, id);
+CREATE INDEX IF NOT EXISTS evidence_by_dev ON evidence (dev, id);
+CREATE INDEX IF NOT EXISTS alerts_by_dev ON alerts (dev, id);
+"""
+# what one meter (or a stranger) can make the registry keep: bounded, oldest dropped first
+# and counted, so no participant can fill the disk for the others (issue 13)
+QUARANTINE_PER_METER = 96  # a day of 15-minute readings; the meter keeps them anyway
+QUARANTINE_TOTAL = 10_000
+EVIDENCE_PER_METER = 100  # equivocations kept as evidence; a hundred prove the point
+ALERTS_PER_METER = 1_000
+ALERTS_TOTAL = 100_000
+# every enrollment decision (type 8) by meter and log index, written with the devices row it
+# updates; what the API's enrollment proofs look up (no scan of the log)
+_DECISIONS = """
+CREATE TABLE IF NOT EXISTS decisions (
+    dev BLOB NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (dev, idx)) WITHOUT ROWID;
 """
 
 
 class RegistryError(errors.MeterLedgerError, ValueError):
     pass
+
+
+@contextmanager
+def _together(db: sqlite3.Connection) -> Iterator[None]:
+    """One transaction, or a part of the caller's if one is open."""
+    if db.in_transaction:
+        yield
+        return
+    with atomic(db):
+        yield
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,7 @@ class Registry:
         # one connection, used from the ingest thread; WAL so the HTTP API can read alongside
         self.db = connect(path)
         self.db.executescript(_SCHEMA)
+        self._index_decisions()
 
     def close(self) -> None:
         self.db.close()
@@ -81,6 +111,46 @@ class Registry:
                               (dev,)).fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
+    # -- enrollment decisions by (meter, log index) ------------------------------------------
+    def _index_decisions(self) -> None:
+        """Create the decisions table; in a registry made before it existed, note the log
+        size below which the decisions are not in it yet (`backfill_decisions` adds them)."""
+        with atomic(self.db):
+            new = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'decisions'"
+                                  ).fetchone() is None
+            self.db.execute(_DECISIONS)
+            if new and self.db.execute("SELECT 1 FROM devices LIMIT 1").fetchone():
+                self.db.execute("INSERT INTO meta (k, v) VALUES ('decisions_from', ?) "
+                                "ON CONFLICT(k) DO NOTHING", (self.indexed_upto(),))
+
+    def backfill_decisions(self, size: int, entry: Callable[[int], bytes]) -> int:
+        """Index the decisions of log entries [0, n) that a registry made before the
+        decisions table never saw (n noted when the table was made); `entry(i)` reads the
+        log. Once: a no-op afterwards. Returns how many decisions it added."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'decisions_from'").fetchone()
+        if row is None:
+            return 0
+        found = []
+        for i in range(min(int(row[0]), size)):
+            try:
+                m = P.parse(entry(i), schema=False)
+            except P.ProtocolError:  # a type this code does not know: no decision
+                continue
+            if m.type == P.ENROLLMENT:
+                found.append((m.fields[1], i))
+        with atomic(self.db):
+            self.db.executemany("INSERT OR IGNORE INTO decisions (dev, idx) VALUES (?, ?)",
+                                found)
+            self.db.execute("DELETE FROM meta WHERE k = 'decisions_from'")
+        return len(found)
+
+    def decision_before(self, dev: bytes, before: int) -> int | None:
+        """Log index of the meter's last enrollment decision below `before`: one lookup in
+        the (dev, idx) key, never a scan."""
+        row = self.db.execute("SELECT MAX(idx) FROM decisions WHERE dev = ? AND idx < ?",
+                              (dev, before)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def devices(self) -> list[Device]:
         rows = self.db.execute(
             "SELECT dev, pub, status, reason, since, last_seq, last_digest, last_t, gaps "
@@ -94,12 +164,16 @@ class Registry:
         old = self.device(dev)
         if old is not None and old.pub != pub:
             raise RegistryError(f"meter {dev.hex()} is enrolled with another public key")
-        self.db.execute(
-            "INSERT INTO devices (dev, pub, status, reason, since, decision_index) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(dev) DO UPDATE SET status = excluded.status, "
-            "reason = excluded.reason, since = excluded.since, "
-            "decision_index = excluded.decision_index",
-            (dev, pub, status, reason, t, decision_index))
+        with _together(self.db):
+            self.db.execute(
+                "INSERT INTO devices (dev, pub, status, reason, since, decision_index) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(dev) DO UPDATE SET "
+                "status = excluded.status, reason = excluded.reason, since = excluded.since, "
+                "decision_index = excluded.decision_index",
+                (dev, pub, status, reason, t, decision_index))
+            if decision_index is not None:
+                self.db.execute("INSERT OR IGNORE INTO decisions (dev, idx) VALUES (?, ?)",
+                                (dev, decision_index))
 
     # -- readings index (written with the log batch that holds them) -----------------
     def logged_digest(self, dev: bytes, seq: int) -> tuple[bytes, int] | None:
@@ -131,7 +205,8 @@ class Registry:
                     "WHERE dev = ? AND ? > last_seq", (seq, seq, seq, digest, t, dev, seq))
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            if self.db.in_transaction:
+                cur.execute("ROLLBACK")
             raise
 
     def contiguous_seq(self, dev: bytes) -> int:
@@ -150,10 +225,27 @@ class Registry:
         return len(seqs)
 
     # -- quarantine ---------------------------------------------------------------------
-    def quarantine(self, dev: bytes, raw: bytes, t: int) -> bool:
+    def quarantine(self, dev: bytes, raw: bytes, t: int, per_meter: int = QUARANTINE_PER_METER,
+                   total: int = QUARANTINE_TOTAL) -> tuple[bool, int]:
+        """Hold a message of an unknown meter; (whether it was new, how many older messages
+        were dropped to stay within `per_meter` and `total`)."""
         cur = self.db.execute("INSERT OR IGNORE INTO quarantine (dev, raw, received) VALUES (?, ?, ?)",
                               (dev, raw, t))
-        return cur.rowcount == 1
+        return cur.rowcount == 1, self._trim("quarantine", dev, per_meter, total)
+
+    def _trim(self, table: str, dev: bytes | None, per_meter: int, total: int | None) -> int:
+        """Drop the oldest rows of `table` beyond `per_meter` for dev and `total` in all."""
+        dropped = 0
+        if dev is not None:
+            dropped += self.db.execute(
+                f"DELETE FROM {table} WHERE dev = ? AND id <= (SELECT id FROM {table} "
+                "WHERE dev = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (dev, dev, per_meter)).rowcount
+        if total is not None:
+            dropped += self.db.execute(
+                f"DELETE FROM {table} WHERE id <= (SELECT id FROM {table} ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?)", (total,)).rowcount
+        return dropped
 
     def quarantine_size(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
@@ -178,6 +270,7 @@ class Registry:
         cur = self.db.execute(
             "INSERT OR IGNORE INTO evidence (dev, seq, logged, conflicting, received) "
             "VALUES (?, ?, ?, ?, ?)", (dev, seq, logged, conflicting, t))
+        self._trim("evidence", dev, EVIDENCE_PER_METER, None)
         return cur.rowcount == 1
 
     def evidence(self) -> list[tuple[bytes, int, bytes, bytes]]:
@@ -187,6 +280,7 @@ class Registry:
     def alert(self, t: int, kind: str, dev: bytes | None, detail: str) -> None:
         self.db.execute("INSERT INTO alerts (t, kind, dev, detail) VALUES (?, ?, ?, ?)",
                         (t, kind, dev, detail))
+        self._trim("alerts", dev, ALERTS_PER_METER, ALERTS_TOTAL)
 
     def alerts(self) -> list[tuple[int, str, bytes | None, str]]:
         return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(

@@ -20,8 +20,10 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from fog_node.broker_access import AccessError
 from fog_node.chainlink.dispatch import Dispatcher
 from fog_node.chainlink.faults import FaultReporter
 from fog_node.config import FogConfig
@@ -29,12 +31,14 @@ from fog_node.enrollment import apply_queued
 from fog_node.log.checkpoints import Checkpoint
 from fog_node.node import FogError, FogNode
 from fog_node.scheduler import Scheduler
+from fog_node.storage import fault_kind
 from fog_node.transport.mqtt import MQTTLink
 from fog_node.transport.rs485.master import BusMaster
 
 log = logging.getLogger("fog_node")
 RESTART_PAUSE_S = 5.0  # between starts of the MQTT process (or the bus thread), should it die
 BUS_IDLE_S = 0.1  # pause after a bus round that brought nothing new
+STEP_RETRY_S = 0.5  # pause after a failed ingest step (a storage fault: retried until it clears)
 
 
 class FogService:
@@ -43,11 +47,16 @@ class FogService:
         self.config: FogConfig = node.config
         self.clock = clock
         self.inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        # arrived messages by topic, waiting for their turn in an ingest group (_take_group)
+        self._waiting: OrderedDict[str, deque[tuple[str, bytes]]] = OrderedDict()
+        self._waiting_n = 0
+        self._waiting_cap = 16 * self.config.batch_max
         self.stop_event = threading.Event()
         self.root = self.config.mqtt_root
         self.fog_hex = node.id_hex
         self.connected = threading.Event()
-        self.link = MQTTLink(self.config.mqtt_host, self.config.mqtt_port, f"fog-{self.fog_hex}",
+        # TLS and the fog's credentials, or lab mode (fog_node.broker_access)
+        self.link = MQTTLink(node.access.client, node.access.fog_user,
                              [f"{self.root}/d/+/{kind}" for kind in ("reading", "birth", "result")],
                              self.inbox, self.connected, self._on_connect)
         self._thread: threading.Thread | None = None
@@ -104,18 +113,57 @@ class FogService:
         except ValueError:
             return None
 
+    def _wait_for(self, item: tuple[str, bytes]) -> None:
+        """Put an arrived message in its topic's queue (bounded: the oldest of a flooding
+        topic, or of the longest queue when all together are too many, is dropped and
+        counted; nothing dropped was acked, so its meter sends it again)."""
+        topic = item[0]
+        q = self._waiting.get(topic)
+        if q is None:
+            q = self._waiting[topic] = deque()
+        q.append(item)
+        self._waiting_n += 1
+        drop = q if len(q) > self.config.inbox_backlog else None
+        if drop is None and self._waiting_n > self._waiting_cap:
+            drop = max(self._waiting.values(), key=len)
+        if drop is not None:
+            drop.popleft()
+            self._waiting_n -= 1
+            self.node.ingest.counters["inbox_dropped"] += 1
+
     def _take_group(self) -> list[tuple[str, bytes]]:
-        try:
-            first = self.inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        group = [first]
-        deadline = time.monotonic() + self.config.batch_wait_s
-        while len(group) < self.config.batch_max:
+        """The next ingest group: what arrived (waiting up to batch_wait_s for more), taken
+        round-robin by topic with at most inbox_share messages of one topic, so one noisy
+        topic cannot starve the others; the rest waits for the next group."""
+        while True:  # everything that has arrived: a later topic must get its turn too
             try:
-                group.append(self.inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                self._wait_for(self.inbox.get_nowait())
             except queue.Empty:
                 break
+        if not self._waiting_n:
+            try:
+                self._wait_for(self.inbox.get(timeout=0.2))
+            except queue.Empty:
+                return []
+        deadline = time.monotonic() + self.config.batch_wait_s
+        while self._waiting_n < self.config.batch_max:
+            try:
+                self._wait_for(self.inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        group: list[tuple[str, bytes]] = []
+        share, room = self.config.inbox_share, self.config.batch_max
+        for topic in list(self._waiting):
+            q = self._waiting[topic]
+            for _ in range(min(share, len(q), room - len(group))):
+                group.append(q.popleft())
+            if not q:
+                del self._waiting[topic]
+            else:  # to the back: the next group starts with the others
+                self._waiting.move_to_end(topic)
+            if len(group) >= room:
+                break
+        self._waiting_n -= len(group)
         return group
 
     def step(self) -> int:
@@ -187,14 +235,56 @@ class FogService:
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
-            try:
-                self.step()
-            except Exception:  # a bug must not silently stop ingest: log it and go on
+            if not self.guarded_step():
+                self.stop_event.wait(STEP_RETRY_S)
+
+    def guarded_step(self) -> bool:
+        """One step; False if it failed. A storage fault (full disk, I/O error) is logged
+        once with its reason, counted, and shown by /healthz until a step succeeds again;
+        anything else is a bug, logged with its traceback. Ingest goes on either way."""
+        storage = self.node.storage
+        try:
+            self.step()
+        except Exception as e:
+            kind = fault_kind(e)
+            if kind is None:  # a bug must not silently stop ingest: log it and go on
+                storage.count("internal")
                 log.exception("ingest step failed")
-                time.sleep(0.5)
+            elif storage.failed(kind, str(e), self.clock()):
+                log.error("storage fault (%s): %s; nothing is acked until it clears, "
+                          "retrying every %.1f s", kind, e, STEP_RETRY_S)
+            return False
+        ended = storage.step_ok()
+        if ended is not None:
+            now = self.clock()
+            log.warning("storage fault (%s) cleared after %.0f s; the log was re-indexed",
+                        ended.kind, now - ended.since)
+            with self.node.lock:
+                self.node.registry.alert(int(now), f"storage_{ended.kind}", None,
+                                         f"from {int(ended.since)} to {int(now)}: "
+                                         f"{ended.detail}")
+        return True
 
     # -- life cycle ------------------------------------------------------------------------------
+    def _refresh_broker_access(self) -> None:
+        """The broker's access files as the record and this config say, without any meter the
+        registry no longer holds active (a revocation whose update failed), then a reload."""
+        access = self.node.access
+        with self.node.lock:
+            active = {d.dev.hex() for d in self.node.registry.devices() if d.active}
+        for dev in access.keep_only(active):
+            log.warning("meter %s: broker access removed (not active in the registry)", dev)
+        access.write()
+        try:
+            how = access.reload()
+        except AccessError as e:
+            log.error("at start: %s", e)
+            return
+        if how:
+            log.info("broker access files written; %s", how)
+
     def start(self) -> None:
+        self._refresh_broker_access()
         self._link_started = time.monotonic()
         self.link.start()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
@@ -212,7 +302,7 @@ class FogService:
             self._bus_thread.join(4 * self.config.rs485_slow_timeout_s + 5)
             if self._bus_thread.is_alive():
                 log.error("the RS485 bus thread did not stop")
-        while not self.inbox.empty():
+        while not self.inbox.empty() or self._waiting_n:
             self.step()
         with self.node.lock:
             cp = self.node.checkpoints.seal(int(self.clock()))

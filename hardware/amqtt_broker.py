@@ -3,7 +3,8 @@
     python -m hardware.amqtt_broker --port 1883
 
 The demo falls back to it when mosquitto is not installed; it listens on loopback only and
-allows anonymous clients, like the mosquitto the tests start. Sessions live in memory, so a
+allows anonymous clients: lab mode (docs/SECURITY.md), like the plain mosquitto of tests that
+are not about access control (the fog's generated TLS config is tested separately). Sessions live in memory, so a
 restart of this broker loses queued messages (mosquitto with persistence does not): meters
 resend what was not acked, so nothing is lost, only delayed.
 """

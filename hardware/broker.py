@@ -3,12 +3,23 @@
     with Mosquitto(tmp_dir) as broker:
         ... broker.port ...
         broker.restart()          # same port, same persistence file
+
+    # secure (issue 13): the listeners, TLS and access files a fog node generated
+    with Mosquitto(tmp_dir, port=tls_port, include_dir=fog_data / "broker") as broker:
+        ... broker.reload() ...   # SIGHUP: the password and ACL files are read again
+
+Plain, it listens on 127.0.0.1 and lets anonymous clients do anything. With `include_dir`
+its own configuration keeps persistence, logging and a pid file (`pid_file`, which a fog
+node's `broker_pid_file` names), and takes the listeners and their security from the
+`*.conf` files of that directory, as a production mosquitto.conf would include them.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -96,15 +107,44 @@ class _BrokerProcess:
 class Mosquitto(_BrokerProcess):
     name = "mosquitto"
 
-    def __init__(self, workdir: pathlib.Path, port: int | None = None, persistence: bool = True):
+    def __init__(self, workdir: pathlib.Path, port: int | None = None, persistence: bool = True,
+                 include_dir: pathlib.Path | None = None):
+        """`include_dir`: take the listeners and security from its *.conf files (`port` is
+        then the one this waits for, one of their listeners')."""
+        if include_dir is not None and port is None:
+            raise BrokerError("a broker with an include_dir needs the port its listener has")
         super().__init__(workdir, port)
         self.persistence = persistence
+        self.include_dir = include_dir
+        self.pid_file = self.workdir / "mosquitto.pid"
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its configuration, password and ACL files again."""
+        if self.proc is None:
+            raise BrokerError("mosquitto is not running")
+        self.proc.send_signal(signal.SIGHUP)
+
+    def reloads(self) -> int:
+        """How many reloads the running broker has carried out so far (its log says each
+        one before it reads the files, and takes no client's packet until it is done)."""
+        try:
+            return self.log.read_text(errors="replace").count("Reloading config.")
+        except FileNotFoundError:
+            return 0
 
     def _command(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+        if self.include_dir is None:
+            lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        else:  # the listeners come last, from the included files
+            lines = ["log_type information"]  # "Reloading config." (reloads())
+            if os.geteuid() == 0:
+                # started as root, mosquitto 2 would run as the `mosquitto` user, which
+                # cannot read a test's private directory (a fog node's `broker_group` is how
+                # a production broker reads the fog's files)
+                lines.append("user root")
+            lines.append(f"pid_file {self.pid_file}")
+        lines += [
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
@@ -114,6 +154,8 @@ class Mosquitto(_BrokerProcess):
             "log_type error",
             "log_type warning",
         ]
+        if self.include_dir is not None:
+            lines.append(f"include_dir {self.include_dir.resolve()}")
         conf.write_text("\n".join(lines) + "\n")
         return [find_mosquitto(), "-c", str(conf)]
 

@@ -5,6 +5,10 @@ it expects umqtt.simple's blocking calls (connect, publish waiting for PUBACK at
 subscribe waiting for SUBACK) and non-blocking `check_msg()`. Like umqtt there is no
 background thread and no automatic reconnect: paho's network loop runs only inside these
 calls, so the transport's own backoff decides when to reconnect.
+
+Like umqtt.simple >= 1.4 it takes `user`, `password` and `ssl`, an SSLContext (or anything
+with its `wrap_socket`) that the firmware's transport made from the CA it pins: paho wraps
+the socket with it, so the broker's certificate is checked by that context exactly.
 """
 
 from __future__ import annotations
@@ -36,12 +40,17 @@ class _Sock:
 
 
 class MQTTClient:
-    def __init__(self, client_id: bytes | str, server: str, port: int = 1883,
-                 keepalive: int = 0) -> None:
+    def __init__(self, client_id: bytes | str, server: str, port: int = 0,
+                 user: bytes | str | None = None, password: bytes | str | None = None,
+                 keepalive: int = 0, ssl: Any = None) -> None:
         self.client_id = client_id.decode() if isinstance(client_id, bytes) else client_id
         self.server = server
-        self.port = port
+        self.port = port or (8883 if ssl else 1883)
+        self.user = user.decode() if isinstance(user, bytes) else user
+        self.password = password.decode() if isinstance(password, bytes) else password
+        self.ssl = ssl
         self.keepalive = keepalive or 60
+        self._refused = ""
         self._cb: Callable[[bytes, bytes], None] | None = None
         self._will: tuple[str, bytes, bool, int] | None = None
         self._c: mqtt.Client | None = None
@@ -54,6 +63,7 @@ class MQTTClient:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     props: Any) -> None:
         self._connected = not reason.is_failure
+        self._refused = str(reason) if reason.is_failure else ""
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
@@ -83,6 +93,8 @@ class MQTTClient:
         deadline = time.monotonic() + _WAIT_S
         while not done():
             rc = c.loop(timeout=0.02)
+            if self._refused:  # umqtt raises MQTTException(return code) on a refused CONNACK
+                raise OSError(111, f"connection refused: {self._refused}")
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 raise OSError(104, f"connection lost while waiting for {what} ({rc})")
             if time.monotonic() > deadline:
@@ -98,8 +110,13 @@ class MQTTClient:
         if self._will is not None:
             topic, payload, retain, qos = self._will
             c.will_set(topic, payload, qos, retain)
+        if self.user:
+            c.username_pw_set(self.user, self.password)
+        if self.ssl is not None:
+            c.tls_set_context(self.ssl)
         self._c = c
         self._connected = False
+        self._refused = ""
         try:
             c.connect(self.server, self.port, self.keepalive)
         except OSError:
@@ -148,6 +165,8 @@ class MQTTClient:
         self._c = None
 
 
-def factory(client_id: bytes, server: str, port: int, keepalive: int) -> MQTTClient:
+def factory(client_id: bytes, server: str, port: int, keepalive: int,
+            user: bytes | None = None, password: bytes | None = None,
+            ssl: Any = None) -> MQTTClient:
     """The client factory the firmware transport takes (`client_factory=`)."""
-    return MQTTClient(client_id, server, port, keepalive)
+    return MQTTClient(client_id, server, port, user, password, keepalive, ssl)

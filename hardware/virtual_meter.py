@@ -3,6 +3,7 @@
     python -m hardware.virtual_meter --count 3 --compress 900 --intervals 4 --print
     python -m hardware.virtual_meter --count 4 --rs485 /dev/pts/5 --address 1 --fog-pub HEX
     python -m hardware.virtual_meter --modbus-meter /dev/pts/7 --mqtt-host 127.0.0.1 --fog ID
+    python -m hardware.virtual_meter --mqtt-host 127.0.0.1 --mqtt-ca fog-data/broker/ca.crt --fog ID
 
 Each meter has its own flash directory (its key is generated there at first boot, as on a
 board), its own synthetic household and a clock that can run compressed, so a 15-minute
@@ -12,6 +13,13 @@ With --rs485 the meters are Modbus RTU slaves (addresses N, N+1, ...) on one ser
 the firmware's own transport_rs485 answering the fog's polls; with --modbus-meter each
 meter's source is an SDM-style meter read over Modbus (addresses --modbus-address, +1, ...)
 instead of the synthetic household.
+
+On MQTT a meter is provisioned as tools/flash.py provisions a board: its broker password is
+made in its flash directory (mqtt.secret) at first boot. With --mqtt-ca (or an image whose
+config.json pins the fog's CA) it connects over TLS and logs in with it; the fog lets it in
+once enrolled with the password's hash (`python -m fog_node enroll --pub PUB
+--mqtt-secret-file DIR/mqtt.secret`, or `tools.flash --target DIR --enroll` for an image).
+Without a CA it connects plain and anonymous: lab brokers only.
 """
 
 from __future__ import annotations
@@ -124,6 +132,11 @@ class VirtualMeter:
     def id_hex(self) -> str:
         return str(self.app.meter.id.hex())
 
+    @property
+    def mqtt_secret(self) -> str:
+        """The broker password born in the meter's flash ("" for a meter not on MQTT)."""
+        return str(module("transport_mqtt").read_secret(self.board.fs()))
+
 
 def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: dict[str, Any],
                transport: Any = None, bus: Any = None, meter_line: Any = None) -> VirtualMeter:
@@ -141,7 +154,9 @@ def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: 
     if transport is None and cfg.get("transport") == "mqtt":
         from hardware import umqtt_paho
 
-        transport = module("transport_mqtt").MqttTransport(board, cfg, umqtt_paho.factory)
+        tm = module("transport_mqtt")
+        tm.ensure_secret(board.fs(), board.random_bytes)  # as provision.py does on a board
+        transport = tm.MqttTransport(board, cfg, umqtt_paho.factory)
     if transport is None and cfg.get("transport") == "rs485":
         # the slave's silence timing runs on real time, never on the compressed clock
         transport = module("transport_rs485").Rs485Slave(
@@ -255,8 +270,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_
     ap.add_argument("--fog", help="fog id (16 hex) the meters are configured for")
     ap.add_argument("--fog-pub", help="fog public key (130 hex); meters then verify acks/commands")
     ap.add_argument("--mqtt-host", help="send readings to this MQTT broker (SPEC section 5)")
-    ap.add_argument("--mqtt-port", type=int, default=1883)
+    ap.add_argument("--mqtt-port", type=int, default=None,
+                    help="the broker's port (default: 8883 with --mqtt-ca, else 1883)")
     ap.add_argument("--mqtt-root", default="grid", help="topic root")
+    ap.add_argument("--mqtt-ca", type=pathlib.Path, metavar="FILE",
+                    help="PEM of the CA the broker's certificate chains to (the fog's "
+                         "broker/ca.crt): connect over TLS with the meter's password")
+    ap.add_argument("--mqtt-tls-name", metavar="NAME",
+                    help="the name on the broker's certificate, if not --mqtt-host")
     ap.add_argument("--rs485", metavar="PATH",
                     help="serve the fog's Modbus RTU polls on this serial device, pty or pyserial URL")
     ap.add_argument("--address", type=int, default=None,
@@ -300,8 +321,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_
     if args.mqtt_host:
         if not config.get("fog"):
             ap.error("--mqtt-host needs --fog (the fog id is part of the ack and command topics)")
-        config.update(transport="mqtt", mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port,
-                      mqtt_root=args.mqtt_root)
+        config.update(transport="mqtt", mqtt_host=args.mqtt_host, mqtt_root=args.mqtt_root)
+        if args.mqtt_ca is not None:
+            try:
+                config["mqtt_ca"] = args.mqtt_ca.read_text()
+            except OSError as e:
+                ap.error(f"--mqtt-ca: {e}")
+            if "-----BEGIN CERTIFICATE-----" not in config["mqtt_ca"]:
+                ap.error(f"--mqtt-ca {args.mqtt_ca}: not a PEM certificate")
+        if args.mqtt_tls_name:
+            config["mqtt_tls_name"] = args.mqtt_tls_name
+        if args.mqtt_port is not None:
+            config["mqtt_port"] = args.mqtt_port
     out = print if args.show else None
     try:
         meters = run(args.count, args.data_dir, args.compress, args.intervals, start, config, out,
@@ -335,7 +366,8 @@ def image_config(ap: argparse.ArgumentParser, args: argparse.Namespace,
         ap.error(f"--image {args.image}: no key in {flash} (was it provisioned?)")
     if config.get("transport") == "mqtt" and not args.mqtt_host:
         args.mqtt_host = config.get("mqtt_host")
-        args.mqtt_port = int(config.get("mqtt_port", args.mqtt_port))
+        if "mqtt_port" in config and args.mqtt_port is None:
+            args.mqtt_port = int(config["mqtt_port"])
         args.mqtt_root = str(config.get("mqtt_root", args.mqtt_root))
     if config.get("transport") == "rs485":
         args.baud = int(config.get("rs485_baud", args.baud))

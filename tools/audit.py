@@ -1,11 +1,18 @@
 """Proof bundles: one JSON file that proves one reading, from the meter to the dispatch chain.
 
-    python -m tools.audit bundle --fog URL --chain URL --dev HEX --seq N -o FILE
+    python -m tools.audit bundle --fog URL --chain URL --dev HEX --seq N -o FILE \
+        [--token-file FOG_DATA/auditor.token | --token T] [--ca-file CA.pem]
     python -m tools.audit verify FILE --trust DISPATCH_PUBHEX [--trust ...]
+
+`bundle` asks the fog for the reading's inclusion proof and the device list, which are its
+API's auditor tier: give it the fog's auditor token (--token-file, the fog data dir's
+auditor.token); what it asks the chain is public.
 
 `verify` needs no network: the bundle and the trusted dispatch-chain key(s) are enough
 (SPEC section 9). It runs the checks below in order and exits 0 with a short summary, or 1
-naming the first check that failed; 2 is a usage or input error.
+naming the first check that failed; 2 is a usage or input error, and so is a file that is no
+bundle (not JSON, nested too deep, a wrong shape or type anywhere, check `format`), with one
+line naming what is wrong.
 
 The bundle's checkpoint is the *head* of an anchor (docs/PROTOCOL.md section 15): the
 newest checkpoint an anchor transaction carries, whose root the chain tied to everything
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ from meterledger import errors
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.clients.fog import FogClient
+from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
@@ -33,7 +42,8 @@ from meterledger.wire import merkle
 BUNDLE_VERSION = 1
 # (check name, what it establishes), in the order verify runs them
 CHECKS = (
-    ("format", "the bundle has every field, as hex and integers of the right size"),
+    ("format", "the bundle has every field and no other, as hex, hashes and integers of the "
+               "right size (a failure is an input error: exit 2)"),
     ("device_id", "the meter id is the id of device_pub"),
     ("reading_signature", "the reading is a type-1 message signed by device_pub"),
     ("fog_id", "the checkpoint is signed by the id of fog_pub"),
@@ -124,29 +134,87 @@ class Verified:
     sealer: str
 
 
-def _field(doc: Any, path: str, kind: str) -> Any:
-    cur = doc
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            raise BundleError("format", f"missing {path}")
-        cur = cur[part]
+class BundleFormatError(BundleError):
+    """Input that is no bundle: not JSON, nested too deep, or a wrong shape or type anywhere
+    (check "format"). The CLI exits 2 for it, 1 for a bundle that fails a later check."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("format", detail)
+
+
+MAX_BUNDLE = 1 << 20  # bytes a bundle file may have; a real one is under 64 KiB
+MAX_PATH = 64  # hashes in an inclusion path: a tree of up to 2^64 entries
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+# every key of a version-1 bundle and the kind of its value (a nested table: an object)
+SHAPE: dict[str, Any] = {
+    "version": "uint", "reading": "hex", "device_pub": "hex",
+    "enrollment": {"entry": "hex", "leaf_index": "uint", "inclusion_path": "path"},
+    "leaf_index": "uint", "tree_size": "uint", "inclusion_path": "path", "checkpoint": "hex",
+    "fog_pub": "hex",
+    "anchor": {"block_height": "uint", "block_header": "hex", "sealer_signature": "hex",
+               "transaction": "hex", "tx_index": "uint", "tx_path": "path"},
+}
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _value(path: str, kind: str, v: Any) -> Any:
+    """The value at `path` converted from its JSON form; BundleFormatError naming it."""
+    if kind == "uint":
+        if v.__class__ is int and 0 <= v < 2**63:
+            return v
+        raise BundleFormatError(f"{path} must be an integer in [0, 2^63-1], not {_show(v)}")
+    if kind == "hex":
+        if isinstance(v, str) and _HEX.fullmatch(v):
+            return bytes.fromhex(v)
+        raise BundleFormatError(f"{path} must be a string of hex byte pairs, not {_show(v)}")
+    if not isinstance(v, list) or len(v) > MAX_PATH:
+        raise BundleFormatError(f"{path} must be a list of at most {MAX_PATH} hashes, not "
+                                f"{_show(v)}")
+    out = []
+    for i, h in enumerate(v):
+        if not (isinstance(h, str) and len(h) == 64 and _HEX.fullmatch(h)):
+            raise BundleFormatError(f"{path}[{i}] must be a 32-byte hash as 64 hex "
+                                    f"characters, not {_show(h)}")
+        out.append(bytes.fromhex(h))
+    return out
+
+
+def read_fields(doc: Any, shape: dict[str, Any] = SHAPE, at: str = "") -> dict[str, Any]:
+    """Every field of a bundle by its dotted path, converted (hex to bytes, paths to lists of
+    hashes); BundleFormatError for a wrong shape or type anywhere, or an unknown key."""
+    what = at.rstrip(".") or "the bundle"
+    if not isinstance(doc, dict):
+        raise BundleFormatError(f"{what} must be a JSON object, not {type(doc).__name__}")
+    for key in doc:
+        if key not in shape:
+            raise BundleFormatError(f"{at}{_show(key)}: unknown key in {what} (it has "
+                                    f"{', '.join(shape)})")
+    out: dict[str, Any] = {}
+    for key, kind in shape.items():
+        if key not in doc:
+            raise BundleFormatError(f"missing {at}{key}")
+        if isinstance(kind, dict):
+            out.update(read_fields(doc[key], kind, f"{at}{key}."))
+        else:
+            out[at + key] = _value(at + key, kind, doc[key])
+    return out
+
+
+def load_bundle(data: bytes) -> Any:
+    """A bundle file's JSON document, shape unchecked (verify_bundle checks it);
+    BundleFormatError when it is too large, not UTF-8 JSON or nested too deep."""
+    if len(data) > MAX_BUNDLE:
+        raise BundleFormatError(f"{len(data)} bytes, more than a bundle has ({MAX_BUNDLE})")
     try:
-        if kind == "hex":
-            return bytes.fromhex(cur)
-        if kind == "uint":
-            if not isinstance(cur, int) or isinstance(cur, bool) or not 0 <= cur < 2**63:
-                raise TypeError
-            return cur
-        if kind == "path":
-            if not isinstance(cur, list):
-                raise TypeError
-            out = [bytes.fromhex(h) for h in cur]
-            if any(len(h) != 32 for h in out):
-                raise ValueError
-            return out
-    except (TypeError, ValueError, AttributeError):
-        raise BundleError("format", f"{path} is not {kind}") from None
-    raise AssertionError(kind)
+        return json.loads(data)
+    except RecursionError:
+        raise BundleFormatError("not JSON a bundle can be: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise BundleFormatError(f"not JSON: {e}") from None
 
 
 def _check(name: str, ok: bool, detail: str) -> None:
@@ -181,28 +249,22 @@ def _proof(name: str, run: Callable[[], None]) -> None:
 # long: every check of a bundle in the order they are reported
 def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
     """Every check of CHECKS in order; raises BundleError naming the first that fails."""
-    _check("format", isinstance(doc, dict) and doc.get("version") == BUNDLE_VERSION,
-           f"not a version-{BUNDLE_VERSION} bundle")
-    reading = _field(doc, "reading", "hex")
-    dev_pub_raw = _field(doc, "device_pub", "hex")
-    enr_raw = _field(doc, "enrollment.entry", "hex")
-    enr_index = _field(doc, "enrollment.leaf_index", "uint")
-    enr_path = _field(doc, "enrollment.inclusion_path", "path")
-    leaf_index = _field(doc, "leaf_index", "uint")
-    tree_size = _field(doc, "tree_size", "uint")
-    path = _field(doc, "inclusion_path", "path")
-    cp_raw = _field(doc, "checkpoint", "hex")
-    fog_pub_raw = _field(doc, "fog_pub", "hex")
-    block_height = _field(doc, "anchor.block_height", "uint")
-    header_raw = _field(doc, "anchor.block_header", "hex")
-    sealer_sig = _field(doc, "anchor.sealer_signature", "hex")
-    tx_raw = _field(doc, "anchor.transaction", "hex")
-    tx_index = _field(doc, "anchor.tx_index", "uint")
-    tx_path = _field(doc, "anchor.tx_path", "path")
+    if not isinstance(doc, dict) or doc.get("version").__class__ is not int or \
+            doc["version"] != BUNDLE_VERSION:
+        raise BundleFormatError(f"not a version-{BUNDLE_VERSION} bundle")
+    v = read_fields(doc)
+    reading, dev_pub_raw = v["reading"], v["device_pub"]
+    enr_raw, enr_index = v["enrollment.entry"], v["enrollment.leaf_index"]
+    enr_path = v["enrollment.inclusion_path"]
+    leaf_index, tree_size, path = v["leaf_index"], v["tree_size"], v["inclusion_path"]
+    cp_raw, fog_pub_raw = v["checkpoint"], v["fog_pub"]
+    block_height, header_raw = v["anchor.block_height"], v["anchor.block_header"]
+    sealer_sig, tx_raw = v["anchor.sealer_signature"], v["anchor.transaction"]
+    tx_index, tx_path = v["anchor.tx_index"], v["anchor.tx_path"]
     try:
         dev_pub, fog_pub = P.PublicKey(dev_pub_raw), P.PublicKey(fog_pub_raw)
     except P.ProtocolError as e:
-        raise BundleError("format", f"a public key is not a P-256 point: {e}") from None
+        raise BundleFormatError(f"a public key is not a P-256 point: {e}") from None
 
     kid = _parsed("reading_signature", reading).kid
     _check("device_id", kid == dev_pub.id,
@@ -247,6 +309,60 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
 
 
 # --- CLI ---------------------------------------------------------------------------------------
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _token_flags(p: argparse.ArgumentParser) -> None:
+    """--token / --token-file (the fog's auditor token) and --ca-file (TLS)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="file holding the fog's auditor token (its data dir's auditor.token): "
+                        "readings' proofs and the device list need it")
+    g.add_argument("--token", metavar="TOKEN",
+                   help="the fog's auditor token itself (visible to other local users in the "
+                        "process list: prefer --token-file)")
+    p.add_argument("--ca-file", type=Path, metavar="FILE",
+                   help="CA certificate (PEM) the services' https certificates must chain to "
+                        "(default: the system's CAs)")
+
+
+def read_token(token: str | None, token_file: Path | None) -> str | None:
+    """The token of --token or --token-file (None: neither given)."""
+    if token_file is not None:
+        return datadir.read_secret(token_file, "token")
+    if token is not None and not token.strip():
+        raise errors.ConfigError("--token is empty")
+    return token.strip() if token is not None else None
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    """`bundle`: fetch, write, say where; exit 1 if a service refused, 2 on bad input."""
+    try:
+        dev = bytes.fromhex(args.dev)
+        if len(dev) != 8:
+            raise ValueError
+    except ValueError:
+        print("error: --dev must be 16 hex characters", file=sys.stderr)
+        return 2
+    try:
+        token = read_token(args.token, args.token_file)
+        fog = FogClient(args.fog, token=token, ca_file=args.ca_file)
+        chain = ChainClient(args.chain, ca_file=args.ca_file)
+    except errors.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        doc = build_bundle(fog, chain, dev, args.seq)
+    except ChainClientError as e:
+        hint = " (the fog's auditor token: --token-file)" if " 401" in str(e) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 1
+    args.output.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"bundle for {args.dev} seq {args.seq} written to {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,39 +371,38 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> 
     b.add_argument("--fog", required=True, help="the fog node's API base URL")
     b.add_argument("--chain", required=True, help="the dispatch chain's API base URL")
     b.add_argument("--dev", required=True, help="meter id, 16 hex characters")
-    b.add_argument("--seq", required=True, type=int)
-    b.add_argument("-o", "--output", required=True, type=Path)
+    b.add_argument("--seq", required=True, type=int, help="the reading's seq (>= 1)")
+    b.add_argument("-o", "--output", required=True, type=Path, help="the bundle file to write")
+    _token_flags(b)
     v = sub.add_parser("verify", help="check a proof bundle offline")
-    v.add_argument("file", type=Path)
+    v.add_argument("file", type=Path, help="the bundle (JSON) that `bundle` wrote")
     v.add_argument("--trust", required=True, action="append",
                    help="a trusted dispatch-chain public key (hex, 65 bytes); repeatable")
     args = ap.parse_args(argv)
     if args.cmd == "bundle":
-        try:
-            dev = bytes.fromhex(args.dev)
-            if len(dev) != 8:
-                raise ValueError
-        except ValueError:
-            print("error: --dev must be 16 hex characters", file=sys.stderr)
-            return 2
-        try:
-            doc = build_bundle(FogClient(args.fog), ChainClient(args.chain), dev, args.seq)
-        except ChainClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        args.output.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"bundle for {args.dev} seq {args.seq} written to {args.output}")
-        return 0
+        return _bundle(args)
+    return _verify(args.file, args.trust)
+
+
+def _verify(file: Path, trust: list[str]) -> int:
+    """`verify`: 0 verified, 1 rejected naming the check, 2 input that is no bundle."""
     try:
-        trusted = [P.PublicKey(bytes.fromhex(t.strip())) for t in args.trust]
-        doc = json.loads(args.file.read_text())
-    except (ValueError, P.ProtocolError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        trusted = [P.PublicKey(bytes.fromhex(t.strip())) for t in trust]
+    except (ValueError, P.ProtocolError) as e:
+        print(f"error: --trust: {e}", file=sys.stderr)
         return 2
     try:
-        r = verify_bundle(doc, trusted)
+        with file.open("rb") as f:
+            data = f.read(MAX_BUNDLE + 1)
+        r = verify_bundle(load_bundle(data), trusted)
+    except OSError as e:
+        print(f"error: {_line(str(e))}", file=sys.stderr)
+        return 2
+    except BundleFormatError as e:  # malformed input: a usage error, not a verdict
+        print(f"error: {file}: {_line(e.detail)}", file=sys.stderr)
+        return 2
     except BundleError as e:
-        print(f"rejected: {e}")
+        print(f"rejected: {_line(str(e))}")
         return 1
     print(f"verified: meter {r.dev} seq {r.seq} (t {r.t}, import {r.imp} Wh, export "
           f"{r.exp} Wh) is entry {r.leaf_index} of fog {r.fog}'s log (size {r.tree_size}, "

@@ -52,10 +52,12 @@ class Served(Protocol):
     def stop(self) -> None: ...
 
 
-def build_node(data_dir: Path, meters: int, readings: int) -> tuple[FogNode, str]:
-    """A fog node holding `meters` x `readings` signed readings under one checkpoint;
+def build_node(data_dir: Path, meters: int, readings: int,
+               now_ivls: int | None = None) -> tuple[FogNode, str]:
+    """A fog node holding `meters` x `readings` signed readings under one checkpoint (its
+    clock `now_ivls` intervals after the first, default just after the last reading);
     returns it and the query of an inclusion proof for a reading in the middle."""
-    now = float(T0 + IVL * (readings + 2))
+    now = float(T0 + IVL * (now_ivls if now_ivls is not None else readings + 2))
     init_data_dir(data_dir)
     node = FogNode(FogConfig(data_dir=data_dir), clock=lambda: now)
     keys = [P.SigningKey.from_int(0x1000 + i) for i in range(meters)]
@@ -78,20 +80,32 @@ def build_node(data_dir: Path, meters: int, readings: int) -> tuple[FogNode, str
 
 def _load(name: str, source: str, replace: dict[str, types.ModuleType]) -> types.ModuleType:
     """Execute `source` as module `name`, with `replace` standing in for those modules
-    while it imports them (so the old API renders with the old metrics)."""
+    while it imports them (so the old API renders with the old metrics): in sys.modules and
+    as attributes of their packages, which `from package import module` reads first."""
     mod = types.ModuleType(name)
     mod.__file__ = f"<{name}>"
     saved = {k: sys.modules.get(k) for k in replace}
+    attrs: list[tuple[types.ModuleType, str, object]] = []
+    for k, v in replace.items():
+        parent, _, child = k.rpartition(".")
+        if parent in sys.modules:
+            attrs.append((sys.modules[parent], child, getattr(sys.modules[parent], child, None)))
+            setattr(sys.modules[parent], child, v)
     sys.modules.update(replace)
     sys.modules[name] = mod
     try:
         exec(compile(source, mod.__file__, "exec"), mod.__dict__)
     finally:
-        for k, v in saved.items():
-            if v is None:
+        for k, old in saved.items():
+            if old is None:
                 sys.modules.pop(k, None)
             else:
-                sys.modules[k] = v
+                sys.modules[k] = old
+        for package, child, value in attrs:
+            if value is None:
+                delattr(package, child)
+            else:
+                setattr(package, child, value)
     return mod
 
 
@@ -122,8 +136,11 @@ def baseline_api(rev: str) -> Callable[[FogNode], Served] | None:
     return cls
 
 
-def time_requests(port: int, target: str, n: int, keep_alive: bool) -> float:
-    """Milliseconds per request of `n` sequential GETs (the median of 3 rounds)."""
+def time_requests(port: int, target: str, n: int, keep_alive: bool,
+                  token: str = "") -> float:
+    """Milliseconds per request of `n` sequential GETs (the median of 3 rounds), with
+    `token` as the bearer token (the auditor's: /metrics and inclusion proofs need it)."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     rounds = []
     for _ in range(3):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -132,7 +149,7 @@ def time_requests(port: int, target: str, n: int, keep_alive: bool) -> float:
             if not keep_alive:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("GET", target,
-                         headers={} if keep_alive else {"Connection": "close"})
+                         headers=auth if keep_alive else {**auth, "Connection": "close"})
             r = conn.getresponse()
             body = r.read()
             if r.status != 200 or not body:
@@ -148,9 +165,10 @@ def measure(factory: Callable[[FogNode], Served], node: FogNode, targets: dict[s
             n: int) -> dict[tuple[str, bool], float]:
     api = factory(node)
     port = api.start("127.0.0.1", 0)
+    token = (node.config.data_dir / "auditor.token").read_text().strip()
     try:
         time_requests(port, targets["checkpoint"], 20, True)  # warm up
-        return {(name, ka): time_requests(port, target, n, ka)
+        return {(name, ka): time_requests(port, target, n, ka, token)
                 for ka in (False, True) for name, target in targets.items()}
     finally:
         api.stop()

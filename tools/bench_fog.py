@@ -109,7 +109,8 @@ def ceiling_and_baseline(msgs: list[tuple[bytes, P.SigningKey]]) -> tuple[float,
 
 def _enrolled_node(d: Path, msgs: list[tuple[bytes, P.SigningKey]], port: int = 1883) -> FogNode:
     init_data_dir(d)
-    node = FogNode(FogConfig(data_dir=d, mqtt_port=port, seal_period_s=1.0, skew_s=10**10),
+    node = FogNode(FogConfig(data_dir=d, mqtt_port=port, seal_period_s=1.0, skew_s=10**10,
+                             mqtt_security="lab"),
                    time.time)
     for pub in {k.public_key.raw for _, k in msgs}:
         apply_request(node, {"pub": pub.hex(), "status": "active"})

@@ -2,7 +2,8 @@
 
     python -m tools.demo [--meters 20] [--intervals 3] [--out demo-out]
 
-Starts an MQTT broker (mosquitto when installed, else the embedded amqtt broker), the
+Starts an MQTT broker (mosquitto when installed, secure: TLS with the fog's CA, passwords
+and ACLs made by the fog; else the embedded amqtt broker, in lab mode), the
 aggregator (`python -m aggregator`), a fog node (`python -m fog_node run`) registered on the
 chain, and N virtual meters running the real firmware app, all on one compressed clock (a
 15-minute interval every few seconds). It runs until at least `--intervals` interval closes
@@ -10,6 +11,11 @@ are anchored on the dispatch chain, prints a short table, builds one proof bundl
 verifies it offline, leaves demo-out/bundle.json and demo-out/dispatch.pub (hex) for anyone
 to re-check with `python -m tools.audit verify`, stops everything cleanly and exits 0.
 Each run starts from an empty --out directory.
+
+The fog's readings, devices and metrics and the chain's metrics are their APIs' auditor
+tier: the demo reads them with the auditor.token of each data dir, which `init` makes, or
+with the token of --token-file (or --token), which it writes into both data dirs before the
+services start, so that one token opens both while the demo runs.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from fog_node.broker_access import BrokerAccess, hash_password
+from fog_node.config import FogConfig
 from fog_node.metrics import parse_metrics
 from hardware.broker import EmbeddedBroker, Mosquitto, any_broker, free_port
 from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
@@ -32,6 +40,7 @@ from meterledger import errors
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.clients.fog import FogClient
+from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
 from tools import audit
 
@@ -99,9 +108,30 @@ def anchored_intervals(chain: ChainClient, fog_hex: str, seen: dict[str, list[in
     return {i for ivls in seen.values() for i in ivls}
 
 
+def broker_security(out: Path, fog_dir: Path, fog_hex: str) -> dict[str, str]:
+    """The fog's broker settings (TOML values) for a mosquitto on a free loopback port that
+    includes the fog's files, and those files written for it before it starts."""
+    settings = {"mqtt_tls_port": str(free_port()), "broker_listen": '"127.0.0.1"',
+                "broker_pid_file": f'"{out / "broker" / "mosquitto.pid"}"'}
+    config = FogConfig(data_dir=fog_dir, mqtt_tls_port=int(settings["mqtt_tls_port"]),
+                       broker_listen="127.0.0.1")
+    BrokerAccess(config, fog_hex).write()
+    return settings
+
+
+def auditor_token(data_dir: Path, token: str | None) -> str:
+    """The data dir's auditor token: `token` written there first (0600) when given."""
+    path = data_dir / "auditor.token"
+    if token is not None:
+        path.unlink(missing_ok=True)
+        datadir.ensure_secret(path, "auditor token")  # a new file, mode 0600 ...
+        path.write_text(token + "\n")  # ... then the given token in it
+    return datadir.read_secret(path, "auditor token")
+
+
 # long: the demo's steps in the order a user sees them printed
 def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
-         broker_kind: str = "auto") -> int:
+         broker_kind: str = "auto", token: str | None = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -110,13 +140,26 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
     broker: Mosquitto | EmbeddedBroker = {
         "auto": any_broker, "mosquitto": Mosquitto, "amqtt": EmbeddedBroker}[broker_kind](
             out / "broker")
+    # mosquitto runs secure, as in production (docs/PROTOCOL.md section 21): the fog's TLS
+    # listener, passwords and ACL; the embedded amqtt broker runs in lab mode
+    secure = isinstance(broker, Mosquitto)
+    fog_dir = out / "fog"
     try:
+        fog_out = _run(["fog_node", "init", "--data-dir", str(fog_dir)])  # with the broker's CA
+        fog_hex = re.search(r"fog id ([0-9a-f]{16})", fog_out).group(1)  # type: ignore[union-attr]
+        fog_pub = re.search(r"fog pub ([0-9a-f]{130})", fog_out).group(1)  # type: ignore[union-attr]
+        security = broker_security(out, fog_dir, fog_hex) if secure else {
+            "mqtt_security": '"lab"', "mqtt_port": str(broker.port)}
+        if secure:
+            broker = Mosquitto(out / "broker", port=int(security["mqtt_tls_port"]),
+                               include_dir=fog_dir / "broker")
         broker.start()
-        kind = "mosquitto" if isinstance(broker, Mosquitto) else "amqtt (embedded)"
+        kind = "mosquitto (TLS, passwords, ACL)" if secure else "amqtt (embedded), lab mode"
         print(f"broker      {kind} on 127.0.0.1:{broker.port}")
 
         chain_dir = out / "chain"
         _run(["aggregator", "init", "--data-dir", str(chain_dir)])
+        chain_token = auditor_token(chain_dir, token)
         agg = Child("aggregator", ["aggregator", "run", "--data-dir", str(chain_dir),
                                    "--http-port", "0"], out / "aggregator.log")
         children.append(agg)
@@ -124,17 +167,14 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         dispatch_pub = (chain_dir / "dispatch.pub").read_text().strip()
         print(f"aggregator  {chain_url} (dispatch key {P.party_id(bytes.fromhex(dispatch_pub)).hex()})")
 
-        fog_dir = out / "fog"
-        fog_out = _run(["fog_node", "init", "--data-dir", str(fog_dir)])
-        fog_hex = re.search(r"fog id ([0-9a-f]{16})", fog_out).group(1)  # type: ignore[union-attr]
-        fog_pub = re.search(r"fog pub ([0-9a-f]{130})", fog_out).group(1)  # type: ignore[union-attr]
+        fog_token = auditor_token(fog_dir, token)
         _run(["aggregator", "register", "--data-dir", str(chain_dir), "--role", "fog",
               "--pub", fog_pub, "--name", "district-1", "--chain", chain_url])
 
         epoch = time.time() + 1.0  # the shared simulated clock reads START then
         http_port = free_port()
         (out / "fog.toml").write_text("\n".join([
-            "[fog]", f'data_dir = "{fog_dir}"', f"mqtt_port = {broker.port}",
+            "[fog]", f'data_dir = "{fog_dir}"', *(f"{k} = {v}" for k, v in security.items()),
             f"http_port = {http_port}", f'chain_url = "{chain_url}"', "seal_period_s = 5.0",
             "interval_s = 900", "grace_s = 30", "skew_s = 900", "anchor_period_s = 300",
             "chain_poll_s = 0.5", f'dispatch_pub = "{dispatch_pub}"',
@@ -147,11 +187,16 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         config: dict[str, Any] = {"dur": 900, "source": "sim", "fog": fog_hex,
                                   "fog_pub": fog_pub, "transport": "mqtt",
                                   "mqtt_host": "127.0.0.1", "mqtt_port": broker.port}
+        if secure:  # as flashing pins it on a board
+            config["mqtt_ca"] = (fog_dir / "broker" / "ca.crt").read_text()
         meters = [make_meter(i, out / "meters" / f"meter-{i:03d}", clock, config)
                   for i in range(n_meters)]
         provisioning = out / "provisioning.json"
-        provisioning.write_text(json.dumps(
-            {"meters": [{"pub": bytes(vm.app.meter.key.pub).hex()} for vm in meters]}))
+        # what flashing hands the fog: each meter's key, and its broker password's hash
+        provisioning.write_text(json.dumps({"meters": [
+            {"pub": bytes(vm.app.meter.key.pub).hex()}
+            | ({"mqtt_hash": hash_password(vm.mqtt_secret)} if secure else {})
+            for vm in meters]}))
         _run(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
 
         fog_url = f"http://127.0.0.1:{http_port}"
@@ -180,10 +225,10 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
                               if i >= min(firsts)}
             time.sleep(0.01)
 
-        fog_api = FogClient(fog_url)
-        m = parse_metrics(fog_api_text(fog_url))
+        fog_api = FogClient(fog_url, token=fog_token)
+        m = parse_metrics(fog_api_text(fog_url, fog_token))
         cp = fog_api.checkpoint()
-        chain_m = parse_metrics(fog_api_text(chain_url))
+        chain_m = parse_metrics(fog_api_text(chain_url, chain_token))
         rejected = sum(v for k, v in m.items() if k.startswith(FOG + "rejected_total{"))
         rejected += sum(v for k, v in chain_m.items() if k.startswith(AGG + "rejected_total{"))
         readings = sum(len(vm.readings) for vm in meters)
@@ -217,10 +262,12 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
     return 0
 
 
-def fog_api_text(base: str) -> str:
+def fog_api_text(base: str, token: str) -> str:
+    """GET /metrics of a service (its auditor tier) as text."""
     import urllib.request
 
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+    req = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
         text: str = resp.read().decode()
     return text
 
@@ -228,15 +275,32 @@ def fog_api_text(base: str) -> str:
 def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--meters", type=int, default=20)
-    ap.add_argument("--intervals", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("demo-out"))
+    ap.add_argument("--meters", type=int, default=20, help="virtual meters (default: 20)")
+    ap.add_argument("--intervals", type=int, default=3,
+                    help="interval closes to see anchored before stopping (default: 3)")
+    ap.add_argument("--out", type=Path, default=Path("demo-out"),
+                    help="directory for the data dirs, logs and the bundle; emptied first")
     ap.add_argument("--timeout", type=float, default=180.0, help="give up after this many s")
     ap.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
                     help="auto: mosquitto when installed, else the embedded amqtt broker")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="file holding the auditor token the demo gives the fog and the chain "
+                        "(default: the random ones init makes, in --out's data dirs)")
+    g.add_argument("--token", metavar="TOKEN",
+                   help="the auditor token itself (visible in the process list: prefer "
+                        "--token-file)")
     args = ap.parse_args(argv)
     try:
-        return demo(args.out.resolve(), args.meters, args.intervals, args.timeout, args.broker)
+        token = audit.read_token(args.token, args.token_file)
+        if token is not None and len(token) < 16:
+            raise errors.ConfigError("the auditor token must have at least 16 characters")
+    except errors.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return demo(args.out.resolve(), args.meters, args.intervals, args.timeout, args.broker,
+                    token)
     except (DemoError, ChainClientError, audit.BundleError) as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
     python -m tools.flash --board esp32|rp2 (--port PORT | --target DIR)
         (--fog-data DIR | --fog-pub HEX) [--transport mqtt|rs485]
         [--wifi-ssid S --wifi-password P] [--mqtt-host H --mqtt-port N --mqtt-root R]
+        [--mqtt-ca FILE] [--mqtt-tls-name NAME | --mqtt-lab]
         [--rs485-address N] [--source sim|pulse|modbus] [--set key=value ...]
         [--firmware-bin FILE [--uf2-drive DIR]] [--enroll | --provisioning-out FILE]
         [--dry-run]
@@ -13,7 +14,9 @@ Steps, each on one progress line (`[2/8] compile firmware (24 files) ... ok`):
                       drive given by --uf2-drive (rp2; the filesystem survives)
   build the image     every firmware .py compiled to .mpy with mpy-cross (main.py, boot.py and
                       provision.py stay source), plus config.json: the board's pins
-                      (hardware/boards/*.json), the fog id and key, transport settings, --set
+                      (hardware/boards/*.json), the fog id and key, transport settings, --set;
+                      an MQTT meter pins the broker's CA there (mqtt_ca: --mqtt-ca, or the
+                      fog's DIR/broker/ca.crt) and connects over TLS (docs/PROTOCOL.md s. 21)
   check the board     sys.platform on the port must be the --board; a running meter is
                       stopped (main.py set aside, hard reset: its watchdog would otherwise
                       reset the board in the middle of the copy)
@@ -22,10 +25,13 @@ Steps, each on one progress line (`[2/8] compile firmware (24 files) ... ok`):
                       a .mpy are removed first (MicroPython imports X.py before X.mpy); the
                       data dir (key, state, spool) is left alone
   make the key        provision.py runs on the meter: it creates the key in the data dir if
-                      there is none and prints PUB and ID (never the private key)
-  enroll              --enroll: the decision goes into --fog-data the way `python -m fog_node
-                      enroll` does it (queued if a fog node is running there); else a
-                      provisioning file for `python -m fog_node enroll --file` is written
+                      there is none and prints PUB and ID (never the private key); an MQTT
+                      meter also makes its broker password there (kept across re-flashes) and
+                      prints it once: this tool keeps only its hash (mqtt_hash)
+  enroll              --enroll: the decision, with the broker password's hash, goes into
+                      --fog-data the way `python -m fog_node enroll` does it (queued if a fog
+                      node is running there); else a provisioning file for `python -m fog_node
+                      enroll --file` is written
   restart             `mpremote reset`: main.py starts the meter
 
 With --target DIR the image is written into DIR instead (the meter's flash data dir becomes
@@ -77,12 +83,23 @@ def parser(prog: str = "python -m tools.flash") -> argparse.ArgumentParser:
     fog = ap.add_mutually_exclusive_group(required=True)
     fog.add_argument("--fog-data", type=Path, help="the fog node's data dir (its fog.pub)")
     fog.add_argument("--fog-pub", help="the fog node's public key, 130 hex characters")
-    ap.add_argument("--transport", choices=["mqtt", "rs485"])
-    ap.add_argument("--wifi-ssid")
-    ap.add_argument("--wifi-password")
-    ap.add_argument("--mqtt-host")
-    ap.add_argument("--mqtt-port", type=int)
-    ap.add_argument("--mqtt-root")
+    ap.add_argument("--transport", choices=["mqtt", "rs485"],
+                    help="how the meter reaches the fog (firmware default: none, offline)")
+    ap.add_argument("--wifi-ssid", help="the Wi-Fi network an MQTT meter joins")
+    ap.add_argument("--wifi-password", help="its password (stored in config.json on the board)")
+    ap.add_argument("--mqtt-host", help="the broker's address as the meter reaches it")
+    ap.add_argument("--mqtt-port", type=int,
+                    help="the broker's port (firmware default: 8883 with TLS, 1883 in lab mode)")
+    ap.add_argument("--mqtt-root", help="MQTT topic root (firmware default: grid)")
+    ap.add_argument("--mqtt-ca", type=Path, metavar="FILE",
+                    help="PEM of the CA the broker's certificate chains to, pinned on the meter "
+                         "(default: the fog's --fog-data DIR/broker/ca.crt)")
+    mqtt_mode = ap.add_mutually_exclusive_group()
+    mqtt_mode.add_argument("--mqtt-tls-name", metavar="NAME",
+                           help="the name on the broker's certificate, when --mqtt-host is "
+                                "another (e.g. an IP address the certificate does not carry)")
+    mqtt_mode.add_argument("--mqtt-lab", action="store_true",
+                           help="lab only: plain MQTT, anonymous, no CA and no password")
     ap.add_argument("--rs485-address", type=int, help="Modbus address on the fog's bus, 1..247")
     ap.add_argument("--source", choices=["sim", "pulse", "modbus"],
                     help="where the registers come from (firmware default: sim)")
@@ -127,7 +144,7 @@ def main(argv: list[str] | None = None, runner: Runner | None = None,
         config = build_config(args, fog)
     except ValueError as e:
         ap.error(str(e))
-    problems = check_config(config, on_board=args.port is not None)
+    problems = check_config(config, on_board=args.port is not None, lab=args.mqtt_lab)
     if problems:
         ap.error("; ".join(problems))
     flasher = Flasher(args, config, fog, runner or run_command, out or sys.stdout)

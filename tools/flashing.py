@@ -21,12 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hardware.firmware import BOARDS_DIR, FIRMWARE_DIR
+from hardware.firmware import FIRMWARE_DIR
 from meterledger import errors
 from meterledger import wire as P
+from tools.flash_config import (
+    BOARD_FILES,
+    broker_hash,
+    build_config,
+    check_config,
+    parse_provision,
+    parse_secret,
+    parse_set,
+    read_fog_pub,
+)
+
+__all__ = ["BOARD_FILES", "Flasher", "Result", "Runner", "build_config", "check_config",
+           "esptool_major", "find_tool", "parse_provision", "parse_secret", "parse_set",
+           "read_fog_pub", "run_command"]
 
 FIRMWARE = FIRMWARE_DIR
-BOARD_FILES = {"esp32": "esp32_devkitc.json", "rp2": "pico_w.json"}
 # top-level files MicroPython runs from source (boot.py and main.py are looked up as .py only;
 # provision.py is run by `mpremote run` and kept readable on the device)
 SOURCE_ONLY = ("boot.py", "main.py", "provision.py")
@@ -113,95 +126,6 @@ def compiled_modules() -> list[Path]:
     return [p for p in firmware_sources() if str(p) not in SOURCE_ONLY]
 
 
-def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """--set key=value: the value as JSON when it parses (19200, true, "x", null), else text."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set wants key=value, got {item!r}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = value
-    return out
-
-
-def read_fog_pub(args: argparse.Namespace) -> P.PublicKey:
-    if args.fog_pub:
-        text = args.fog_pub
-    else:
-        try:
-            text = (Path(args.fog_data) / "fog.pub").read_text()
-        except OSError as e:
-            raise ValueError(f"--fog-data: {e} (run `python -m fog_node init` first)") from None
-    try:
-        return P.PublicKey(bytes.fromhex(text.strip()))
-    except ValueError as e:  # ProtocolError is a ValueError
-        raise ValueError(f"fog public key: {e}") from None
-
-
-def build_config(args: argparse.Namespace, fog: P.PublicKey) -> dict[str, Any]:
-    """config.json: board pins, then the fog, then transport and source, then --set."""
-    cfg: dict[str, Any] = json.loads((BOARDS_DIR / BOARD_FILES[args.board]).read_text())
-    cfg["fog"] = fog.id_hex
-    cfg["fog_pub"] = fog.raw.hex()
-    optional = {"transport": args.transport, "wifi_ssid": args.wifi_ssid,
-                "wifi_password": args.wifi_password, "mqtt_host": args.mqtt_host,
-                "mqtt_port": args.mqtt_port, "mqtt_root": args.mqtt_root,
-                "rs485_address": args.rs485_address, "source": args.source}
-    cfg.update({k: v for k, v in optional.items() if v is not None})
-    for key, value in parse_set(args.set).items():
-        if value is None:
-            cfg.pop(key, None)  # --set key=null drops a board default
-        else:
-            cfg[key] = value
-    return cfg
-
-
-def check_config(cfg: dict[str, Any], on_board: bool) -> list[str]:
-    """Settings the meter could not run with (usage errors)."""
-    bad = []
-    transport = cfg.get("transport")
-    if transport not in (None, "mqtt", "rs485"):
-        bad.append(f"unknown transport {transport!r}")
-    if transport == "mqtt":
-        if not cfg.get("mqtt_host"):
-            bad.append("--transport mqtt needs --mqtt-host")
-        if on_board and not cfg.get("wifi_ssid"):
-            bad.append("--transport mqtt on a board needs --wifi-ssid (the meter joins Wi-Fi)")
-    if transport == "rs485":
-        addr = cfg.get("rs485_address")
-        if not (isinstance(addr, int) and not isinstance(addr, bool) and 1 <= addr <= 247):
-            bad.append("--transport rs485 needs --rs485-address 1..247 (unique on the bus)")
-        if cfg.get("rs485_tx") is None:
-            bad.append("--transport rs485: the board config has no rs485_tx/_rx/_de pins")
-    source = cfg.get("source", "sim")
-    if source not in ("sim", "pulse", "modbus"):
-        bad.append(f"unknown source {source!r}")
-    if source == "pulse" and cfg.get("s0_pin") is None:
-        bad.append("--source pulse: the board config has no s0_pin")
-    if source == "modbus" and cfg.get("meter_tx") is None:
-        bad.append("--source modbus: the board config has no meter_tx/_rx/_de pins")
-    data_dir = str(cfg.get("data_dir", "/data"))
-    if not data_dir.strip("/") or ".." in data_dir.split("/"):
-        bad.append(f"data_dir {data_dir!r} must be a directory below the filesystem root")
-    return bad
-
-
-def parse_provision(text: str) -> tuple[str, str]:
-    """(pub hex, id hex) from provision.py's output, checked: the id must be the pub's."""
-    pub = re.search(r"^PUB ([0-9a-f]{130})\s*$", text, re.M)
-    mid = re.search(r"^ID ([0-9a-f]{16})\s*$", text, re.M)
-    if pub is None or mid is None:
-        raise ValueError("provision.py printed no PUB/ID lines")
-    key = P.PublicKey(bytes.fromhex(pub.group(1)))
-    if key.id_hex != mid.group(1):
-        raise ValueError(f"ID {mid.group(1)} is not the id of PUB ({key.id_hex})")
-    return pub.group(1), mid.group(1)
-
-
 # -- the steps ------------------------------------------------------------------------------
 class StepError(errors.MeterLedgerError):
     """A step failed; the message says why."""
@@ -227,6 +151,7 @@ class Flasher:
         self.stage = Path("<image>")
         self.pub = ""
         self.id = ""
+        self.mqtt_hash: str | None = None  # of the broker password born on the meter
         self._notes: list[str] = []
         self._mpremote = ""
 
@@ -379,6 +304,8 @@ class Flasher:
             shown = dict(self.config)
             if shown.get("wifi_password"):
                 shown["wifi_password"] = "***"
+            if shown.get("mqtt_ca"):
+                shown["mqtt_ca"] = f"<PEM certificate, {len(shown['mqtt_ca'])} bytes>"
             self.note("config.json: " + json.dumps(shown, sort_keys=True))
         else:
             (self.stage / "config.json").write_text(text)
@@ -442,8 +369,15 @@ class Flasher:
             return ""
         try:
             self.pub, self.id = parse_provision(r.stdout)
-        except ValueError as e:
-            raise StepError(f"{e}; provision.py said:\n{_tail(r)}") from None
+        except ValueError as e:  # never echo the broker password line
+            said = Result(r.returncode, re.sub(r"(?m)^MQTT \S+", "MQTT ***", r.stdout),
+                          re.sub(r"(?m)^MQTT \S+", "MQTT ***", r.stderr))
+            raise StepError(f"{e}; provision.py said:\n{_tail(said)}") from None
+        self.mqtt_hash = broker_hash(r.stdout)  # the password itself is dropped here
+        if self.config.get("mqtt_ca") and self.mqtt_hash is None:
+            raise StepError("provision.py printed no MQTT password line for a TLS meter")
+        if self.mqtt_hash:
+            self.note("the meter's broker password is in its data dir; only its hash goes on")
         return f"meter {self.id}"
 
     def restart(self) -> str:
@@ -472,14 +406,18 @@ class Flasher:
         r = self.run([sys.executable, str(FIRMWARE / "provision.py"),
                       str(self.target / "config.json"), str(self.data_dir())], 300.0,
                      "provision.py")
-        key = self.data_dir() / "key"
-        if not self.dry and key.exists():
-            key.chmod(0o600)  # a host file: keep the private key to its owner
+        for secret in ("key", "mqtt.secret"):
+            path = self.data_dir() / secret
+            if not self.dry and path.exists():
+                path.chmod(0o600)  # host files: keep the meter's secrets to their owner
         return self._provisioned(r)
 
     # -- 5. the fog -----------------------------------------------------------------------------
     def request(self) -> dict[str, Any]:
-        return {"pub": self.pub, "status": "active", "reason": self.a.reason}
+        req = {"pub": self.pub, "status": "active", "reason": self.a.reason}
+        if self.mqtt_hash:
+            req["mqtt_hash"] = self.mqtt_hash
+        return req
 
     def enroll(self) -> str:
         from fog_node.__main__ import decide
@@ -509,6 +447,8 @@ class Flasher:
             return ""
         entry = {"pub": self.pub, "id": self.id, "board": self.a.board,
                  "reason": self.a.reason}
+        if self.mqtt_hash:
+            entry["mqtt_hash"] = self.mqtt_hash
         doc: dict[str, Any] = {"fog": self.fog.id_hex, "meters": []}
         if path.exists():  # one file can collect a batch of meters
             try:

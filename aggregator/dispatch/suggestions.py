@@ -22,6 +22,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,7 @@ class Dispatcher:
         self._seen = -1  # aggregates of blocks up to this height are in _series
         self._series: dict[tuple[bytes, str], list[P.Fields]] = {}
         self._parsed: dict[bytes, RuleSet | None] = {}  # by digest; None: does not parse
+        self.counters: Counter[str] = Counter()  # rules_skipped: registered, not parsing
 
     def _rule_sets(self) -> list[RuleSet]:
         newest: dict[str, tuple[int, bytes, str]] = {}
@@ -215,15 +217,26 @@ class Dispatcher:
         for name in sorted(newest):
             version, digest, text = newest[name]
             if digest not in self._parsed:
-                try:
-                    self._parsed[digest] = parse_rules(text, f"rule set {name} v{version}")
-                except RulesError as e:
-                    log.warning("registered %s; it proposes nothing", e)
-                    self._parsed[digest] = None
+                self._parsed[digest] = self._parse(name, version, digest, text)
             rs = self._parsed[digest]
             if rs is not None:
                 out.append(rs)
         return out
+
+    def _parse(self, name: str, version: int, digest: bytes, text: str) -> RuleSet | None:
+        """The registered rule set, or None (logged and counted in `counters`) when it does
+        not parse: only a chain from before the chain refused such texts holds one, and the
+        dispatcher must go on serving the others."""
+        try:
+            return parse_rules(text, f"rule set {name!r} v{version}")
+        except RulesError as e:
+            log.warning("skipping registered rule set %s (%s): %s; it proposes nothing",
+                        name, digest.hex()[:16], e)
+        except Exception:  # a grammar bug must not take the suggestions down with it
+            log.exception("skipping registered rule set %s (%s): the parser failed",
+                          name, digest.hex()[:16])
+        self.counters["rules_skipped"] += 1
+        return None
 
     def refresh(self) -> list[StoredSuggestion]:
         """Read what the chain added since the last refresh and record new suggestions."""

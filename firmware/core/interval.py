@@ -12,7 +12,9 @@
 # - SKIPPED: whole intervals passed since the previous reading with no reading of their
 #   own (outage, full spool, a stalled loop); the registers cover them.
 # - POWER_FAIL: the supply was lost since the previous reading (reset cause at boot).
-# - CLOCK_STEPPED: the clock was set by more than STEP_TOLERANCE seconds inside it.
+# - CLOCK_STEPPED: the clock was set by more than STEP_TOLERANCE seconds inside it, or was
+#   found behind the interval being observed; either way the schedule restarts from the
+#   new time at once, in both directions (never "wait until the old time comes back").
 # - REGISTER_RESET: a register went backwards; SOURCE_ERROR: the source failed at close
 #   and the registers are the last good values.
 from core import messages as M
@@ -56,7 +58,9 @@ class IntervalEngine:
         if became_synced or abs(new - old) > STEP_TOLERANCE:
             self.flags |= M.CLOCK_STEPPED | M.PARTIAL
             self.observed_from = new
-            self._schedule(new, uptime)
+            # from the new time, even if it is before the last reading's t: a clock that was
+            # a day ahead and is set right must not keep the meter silent for that day
+            self._schedule(new, uptime, stepped=True)
 
     def set_dur(self, dur, now, uptime=0):
         if dur != self.dur:
@@ -83,9 +87,10 @@ class IntervalEngine:
             self.flags |= M.TAMPER
 
     # --- closing --------------------------------------------------------------------
-    def _schedule(self, now, uptime):
+    def _schedule(self, now, uptime, stepped=False):
         if self.synced:
-            self.next_t = next_boundary(max(now, self.st.get("last_t") or 0), self.dur)
+            base = now if stepped else max(now, self.st.get("last_t") or 0)
+            self.next_t = next_boundary(base, self.dur)
             self.up_mark = None
         else:
             self.next_t = None
@@ -93,6 +98,10 @@ class IntervalEngine:
 
     def due(self, now, uptime=0):
         if self.synced:
+            if now < self.next_t - self.dur - STEP_TOLERANCE:
+                # the clock went back before the interval being observed, and nobody said
+                # so (an RTC, a host clock): a step, taken on this very pass
+                self.clock_set(self.next_t - self.dur, now, uptime)
             return now >= self.next_t
         return uptime >= self.up_mark
 

@@ -184,7 +184,13 @@ class Meter:
         return f
 
     def handle_ack(self, msg):
-        """Drop spooled readings confirmed by a valid fog ack; returns how many were dropped."""
+        """Drop spooled readings confirmed by a valid fog ack; returns how many were dropped.
+        Only an ack whose signature verifies with the pinned fog key drops anything: a meter
+        provisioned without one keeps every reading (and says so) rather than trusting a
+        forged ack."""
+        if self.fog_key is None:
+            self._reject("ack_rejected", "no_fog_key: meter holds no fog public key")
+            return 0
         f = self._check_from_fog(msg, M.ACK)
         if isinstance(f, str):
             self._reject("ack_rejected", f)

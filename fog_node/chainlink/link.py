@@ -361,7 +361,8 @@ class ChainLink:
                 if also is not None:
                     also(db)
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
         self.counters[f"{kind}s_queued"] += 1

@@ -60,6 +60,14 @@ class Estimates(CookedIndex):
                 have.add((from_seq, to_seq))
         for before, after in pairwise(rows):
             bf, af = _reading_fields(before), _reading_fields(after)
+            # a meter's seq and its clock disagree (t went back across a gap), or the gap
+            # is longer than any estimate may cover: nothing to estimate, say so
+            if af[3] <= bf[3]:
+                self.counters["estimate_skipped_t_order"] += 1
+                continue
+            if af[3] - bf[3] > vee.MAX_GAP_S:
+                self.counters["estimate_skipped_gap_too_long"] += 1
+                continue
             ends = vee.gap_ends(bf, af)
             if (before[1], after[1]) in have:
                 continue

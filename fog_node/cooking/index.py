@@ -142,7 +142,8 @@ class CookedIndex:
             self._flush_readings(rows)
             self._set_meta("cursor", size)
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             self._last.clear()
             rows.clear()
             raise

@@ -287,6 +287,10 @@ KIND_ESTIMATE, KIND_SUPERSEDE = P.ESTIMATE_KINDS
 # within MAX_MESSAGE whatever the values; with every uint at its widest (9 bytes) it is
 # 241 bytes plus 28 per [end, imp, exp]: 241 + 128 x 28 = 3825 <= 4096 (32 hours of 15 min)
 MAX_ESTIMATE_INTERVALS = P.MAX_ESTIMATE_IVLS
+# the longest gap the fog estimates: a meter's spool holds 32 days of 15-minute readings, so
+# a longer silence is beyond store and forward (a meter replaced, a clock far off); its
+# energy stays in the register difference, unestimated
+MAX_GAP_S = 35 * 86_400
 
 
 class RegisterResetInGap(errors.MeterLedgerError, ValueError):

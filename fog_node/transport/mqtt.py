@@ -8,6 +8,11 @@ the fog is down wait at the broker. A reading whose PUBACK the child sent but wh
 never committed (kill -9) is not lost either: the meter keeps it until the fog's ack and
 sends it again. The child leaves as soon as the parent is gone (its end of the pipe closes),
 so a restarted node never meets its predecessor's client on the broker.
+
+The child connects with TLS (the broker's certificate must chain to the CA file given and
+name the host) and the fog's user name and password (docs/PROTOCOL.md section 21), or, in
+lab mode, plain and anonymous. It gets them from the parent's `ClientAuth` at each start
+through its environment, which (unlike its command line) only its own user can read.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import queue
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,6 +35,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from fog_node.broker_access import ClientAuth
 
 log = logging.getLogger("fog_node")
 
@@ -42,11 +50,27 @@ _Publish = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
 _ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _CHILD = ("import sys; from fog_node.transport.mqtt import mqtt_child; "
           "mqtt_child(sys.argv[1:])")
+_ENV_CA, _ENV_USER, _ENV_PASSWORD = ("METERLEDGER_MQTT_CA", "METERLEDGER_MQTT_USER",
+                                     "METERLEDGER_MQTT_PASSWORD")
+
+
+def _secure(client: mqtt.Client) -> None:
+    """TLS pinned to the CA file and the fog's credentials, as the parent passed them."""
+    ca = os.environ.pop(_ENV_CA, "")
+    user = os.environ.pop(_ENV_USER, "")
+    password = os.environ.pop(_ENV_PASSWORD, "")
+    if ca:  # only this CA, the broker's name checked against the host, TLS 1.2 at least
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        client.tls_set_context(ctx)
+    if user:
+        client.username_pw_set(user, password)
 
 
 # long: one select loop around paho's external-loop API; split, its state would be shared
 def mqtt_child(argv: list[str]) -> None:
-    """The MQTT process (argv: pipe fd, host, port, client id, topics...).
+    """The MQTT process (argv: pipe fd, host, port, client id, topics...; TLS and
+    credentials in its environment).
 
     One thread runs paho's documented external-loop API (loop_read, loop_write,
     loop_misc) beside the pipe: each round reads whatever the broker sent, hands the
@@ -64,13 +88,20 @@ def mqtt_child(argv: list[str]) -> None:
     # acks: no in-flight limit. The default 20 makes delivery RTT-bound, and any limit costs
     # a scan of every message in flight at each PUBACK (paho's _update_inflight)
     client.max_inflight_messages_set(0)
+    _secure(client)
     events: list[str] = []
     received: list[tuple[str, bytes]] = []
+    said: set[str] = set()  # what went wrong, said once until the next connect
+    state = {"delay": 1.0}  # until the next attempt after a failed one: 1, 2, 4 .. 10 s
 
     def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.warning("MQTT connect refused: %s", reason)
+        if reason.is_failure:  # bad credentials, or not authorised: retried with backoff
+            if str(reason) not in said:
+                said.add(str(reason))
+                log.warning("MQTT connect to %s:%d refused: %s", host, port, reason)
             return
+        said.clear()
+        state["delay"] = 1.0
         for topic in topics:
             c.subscribe(topic, 1)
         events.append(_UP)
@@ -84,7 +115,7 @@ def mqtt_child(argv: list[str]) -> None:
     # writes wait for the end of the round instead of one send() per queued packet
     client.on_socket_register_write = lambda *_: None
     client.connect_async(host, port, 30)
-    retry_at, delay, misc_at, stop_by = 0.0, 1.0, 0.0, 0.0
+    retry_at, misc_at, stop_by = 0.0, 0.0, 0.0
     stopping = False
     while True:
         now = time.monotonic()
@@ -93,13 +124,15 @@ def mqtt_child(argv: list[str]) -> None:
             return  # disconnected (paho closes after sending DISCONNECT), or given up
         if sock is None:
             if now >= retry_at:
+                # a CONNACK resets the delay: a refused one (credentials) backs off too
+                retry_at, state["delay"] = now + state["delay"], min(2 * state["delay"], 10.0)
                 try:
                     client.reconnect()
-                    delay, sock = 1.0, client.socket()
-                except OSError as e:  # the broker is away: retry after 1, 2, 4 .. 10 s
-                    if delay == 1.0:  # say so once per outage
+                    sock = client.socket()
+                except OSError as e:  # the broker is away, or its TLS certificate is not ours
+                    if str(e) not in said:  # say so once per outage
+                        said.add(str(e))
                         log.warning("MQTT connect to %s:%d failed: %s", host, port, e)
-                    retry_at, delay = now + delay, min(2 * delay, 10.0)
         waiting: list[Any] = [conn] if sock is None else [conn, sock]
         writing = [sock] if sock is not None and client.want_write() else []
         ready, _, _ = select.select(waiting, writing, [], 1.0 if sock else
@@ -139,10 +172,12 @@ class MQTTLink:
     """The parent's side of the MQTT client process: its messages go to `inbox`, its
     connection state to `connected` (with `on_up` called at each connect)."""
 
-    def __init__(self, host: str, port: int, client_id: str, topics: list[str],
+    def __init__(self, auth: Callable[[], ClientAuth], client_id: str, topics: list[str],
                  inbox: queue.SimpleQueue[tuple[str, bytes]], connected: threading.Event,
                  on_up: Callable[[], None]) -> None:
-        self._args = (host, port, client_id, topics)
+        """`auth` says where and how to connect; it is asked again at each start."""
+        self._auth = auth
+        self._args = (client_id, topics)
         self._inbox = inbox
         self._connected = connected
         self._on_up = on_up
@@ -153,13 +188,16 @@ class MQTTLink:
     def start(self) -> None:
         # a fresh interpreter (not fork: this process has threads, and not multiprocessing's
         # spawn, which re-runs the caller's main module) with its end of a socket pair
-        mine, theirs = socket.socketpair()
-        host, port, client_id, topics = self._args
+        auth = self._auth()
+        client_id, topics = self._args
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        env.update({_ENV_CA: auth.ca_file, _ENV_USER: auth.username,
+                    _ENV_PASSWORD: auth.password})
+        mine, theirs = socket.socketpair()
         with theirs:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(theirs.fileno()), host, str(port),
+                [sys.executable, "-c", _CHILD, str(theirs.fileno()), auth.host, str(auth.port),
                  client_id, *topics],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL)  # its warnings go to stderr

@@ -3,14 +3,21 @@
 The fog talks to the chain over its API only (it never imports the aggregator), so this is
 a small urllib client whose errors separate "the chain is away, try again later"
 (ChainUnavailable) from "the chain looked at it and said no" (ChainRefused).
+
+`token` is sent as `Authorization: Bearer` on every request (the auditor's, for an endpoint
+above the public tier); over https the server's certificate is verified against `ca_file`
+(PEM), or the system's CAs without one. A 401 or 403 is a ChainClientError naming the tier
+the endpoint wants, never a retry.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,6 +41,24 @@ class ChainRefused(ChainClientError, errors.RefusedError):
         self.detail = detail
 
 
+def client_context(ca_file: str | Path | None) -> ssl.SSLContext | None:
+    """The context that verifies a server against `ca_file`'s CA certificates (PEM), or
+    None (urllib's default: the system's CAs)."""
+    if not ca_file:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as e:
+        raise errors.ConfigError(f"cannot use the CA file {ca_file}: {e}") from None
+
+
+def _said(out: dict[str, Any]) -> str:
+    """An error answer in one line: the fog's message, or the chain's code and detail."""
+    if "detail" in out:
+        return f"{out.get('error')}: {out['detail']}"
+    return str(out.get("error", out))
+
+
 @dataclass(frozen=True)
 class Receipt:
     digest: bytes
@@ -43,21 +68,28 @@ class Receipt:
 
 
 class ChainClient:
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 10.0, token: str | None = None,
+                 ca_file: str | Path | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.token = token
+        self.context: ssl.SSLContext | None = client_context(ca_file)
 
-    def _call(self, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    def _call(self, path: str, body: bytes | None = None,
+              content_type: str = "application/cbor") -> tuple[int, dict[str, Any]]:
         req = urllib.request.Request(self.base_url + path, data=body, method="POST" if body
                                      is not None else "GET")
         if body is not None:
-            req.add_header("Content-Type", "application/cbor")
+            req.add_header("Content-Type", content_type)
+        if self.token is not None:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout_s,
+                                        context=self.context) as resp:
                 status, text = resp.status, resp.read()
         except urllib.error.HTTPError as e:
             status, text = e.code, e.read()
-        except (OSError, urllib.error.URLError) as e:  # refused, reset, timeout, DNS
+        except (OSError, urllib.error.URLError) as e:  # refused, reset, timeout, DNS, TLS
             raise ChainUnavailable(f"{self.base_url}{path}: {e}") from None
         if status >= 500:
             raise ChainUnavailable(f"{self.base_url}{path}: HTTP {status}")
@@ -74,7 +106,7 @@ class ChainClient:
         q = f"?{urlencode(query)}" if query else ""
         status, out = self._call(path + q)
         if status != 200:
-            raise ChainClientError(f"GET {path}{q}: HTTP {status}: {out.get('error', out)}")
+            raise ChainClientError(f"GET {path}{q}: HTTP {status}: {_said(out)}")
         return out
 
     def submit(self, tx: bytes) -> Receipt:

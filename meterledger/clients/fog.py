@@ -1,15 +1,20 @@
-"""A client of the fog node's HTTP API (docs/PROTOCOL.md section 16): checkpoints, inclusion
-and enrollment proofs, devices; what the audit tool and the dashboard read."""
+"""A client of the fog node's HTTP API (docs/PROTOCOL.md section 12): checkpoints, inclusion
+and enrollment proofs, devices; what the audit tool and the dashboard read, and the
+operator's enroll and revoke.
+
+Readings' inclusion proofs and the device list are the auditor tier's: give the client the
+fog's auditor.token (`token=`); enroll and revoke need its operator.token."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from meterledger.clients.chain import ChainClient
+from meterledger.clients.chain import ChainClient, ChainClientError
 
 
 class FogClient(ChainClient):
-    """The fog's read-only JSON API over the same urllib transport as the chain's client
+    """The fog's JSON API over the same urllib transport as the chain's client
     (`get`, and its errors: unreachable or 5xx is ChainUnavailable, any other refusal a
     ChainClientError naming the endpoint)."""
 
@@ -27,3 +32,19 @@ class FogClient(ChainClient):
     def devices(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self.get("/v1/devices")["devices"]
         return out
+
+    def decide(self, action: str, pub: bytes, reason: str | None = None,
+               mqtt_hash: str | None = None) -> dict[str, Any]:
+        """POST /v1/enroll or /v1/revoke (`action`): the queued decision (operator)."""
+        doc: dict[str, Any] = {"pub": pub.hex()}
+        if reason is not None:
+            doc["reason"] = reason
+        if mqtt_hash is not None:
+            doc["mqtt_hash"] = mqtt_hash
+        status, out = self._call(f"/v1/{action}", json.dumps(doc).encode(), JSON)
+        if status != 202:
+            raise ChainClientError(f"POST /v1/{action}: HTTP {status}: {out.get('error', out)}")
+        return out
+
+
+JSON = "application/json"

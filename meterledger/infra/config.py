@@ -52,8 +52,28 @@ def _settings(cls: type[Any]) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if _HELP in f.metadata]
 
 
-_BUILTIN: dict[str, Callable[[Any], Any]] = {"str": str, "int": int, "float": float,
-                                             "Path": Path, "bool": bool}
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {v!r}")
+    return v
+
+
+def _path(v: Any) -> Path:
+    if isinstance(v, Path):
+        return v
+    return Path(_str(v))
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return v.lower() in ("true", "1", "yes")  # a flag's text
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+_BUILTIN: dict[str, Callable[[Any], Any]] = {"str": _str, "int": int, "float": float,
+                                             "Path": _path, "bool": _bool}
 
 
 def _parser(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
@@ -134,17 +154,47 @@ def _float(v: Any) -> float:
     return float(v)
 
 
+_MAX_NESTING = 32  # brackets and braces open at once; real configs need 3
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at `path`; ConfigError (one line) for anything that is not one: a
+    missing file, bytes that are not UTF-8, a syntax error, nesting deeper than any config
+    needs (tomllib recurses), an integer too long to convert."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not UTF-8 text (byte {e.start})") from None
+    depth = deepest = 0
+    for ch in text:  # an upper bound: brackets inside strings count too
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    if deepest > _MAX_NESTING:
+        raise ConfigError(f"config {path}: nested more than {_MAX_NESTING} deep")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path}: {e}") from None
+    except ValueError as e:  # e.g. an integer beyond Python's conversion limit
+        raise ConfigError(f"config {path}: {e}") from None
+
+
 def load(cls: type[T], path: Path | None, table: str, overrides: Mapping[str, Any]) -> T:
     """`cls` from the TOML file at `path` (its [table] or top-level keys), then the flags
     given (None values are flags not given). Raises ConfigError naming what was wrong."""
     fields = {f.name: f for f in _settings(cls)}
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"config {path}: {e}") from None
+        doc = _read_toml(path)
         doc = doc.get(table, doc)
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config {path}: {table} must be a table ([{table}]), not "
+                              f"{type(doc).__name__}")
         for key, value in doc.items():
             f = fields.get(key)
             if f is None:

@@ -27,6 +27,15 @@ APIs needs one), like the http.server APIs this layer replaced: `/v1/entries/%31
 alias of `/v1/entries/1`. Every API also serves `GET /openapi.json`, an OpenAPI 3.1
 document generated from the route table.
 
+Every route declares its `Tier` (meterledger.infra.http_auth): PUBLIC, AUDITOR or
+OPERATOR. The layer checks the bearer token before the query, the body or the handler
+(401 with WWW-Authenticate without a known token, 403 with a lower tier's), and the OpenAPI
+document states each operation's tier. The limits on what one client may cost (head and
+body size, the time a request may take to arrive and a handler to answer, open
+connections) and TLS are the transport's (meterledger.infra.http_transport: `Limits`,
+`TLS`); a handler that takes longer than `handler_timeout_s` is answered 503 and the client
+released, while its thread finishes the work (Python cannot stop it), its answer dropped.
+
 uvicorn's access log is off unless asked for; a client that hangs up (mid-request or
 mid-answer) is no error and logs no traceback. This module knows no service.
 """
@@ -35,81 +44,51 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
-import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
+import anyio.to_thread
 import starlette.routing
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
-from uvicorn import Config, Server
+from uvicorn import Config
 
 from meterledger.errors import MeterLedgerError
+from meterledger.infra import http_auth as A
+from meterledger.infra import http_openapi
 from meterledger.infra import http_transport as T
+from meterledger.infra.http_auth import AUDITOR, OPERATOR, PUBLIC, Tier, Tokens
+from meterledger.infra.http_errors import Errors, HTTPError, Query, json_body, show
+from meterledger.infra.http_transport import TLS, Limits
 
 __all__ = [
-    "JSON", "Answer", "Errors", "HTTPError", "HTTPService", "HTTPServiceError", "Param", "Query",
-    "Reply", "Request", "Route", "json_body", "show",
+    "AUDITOR", "JSON", "OPERATOR", "PUBLIC", "TLS", "Answer", "Errors", "HTTPError",
+    "HTTPService", "HTTPServiceError", "Limits", "Param", "Query", "Reply", "Request", "Route",
+    "Tier", "Tokens", "json_body", "show",
 ]
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-MAX_BODY = 64 * 1024  # default request body cap (bytes)
+MAX_BODY = T.Limits.max_body  # default request body cap (bytes)
 MAX_HEAD = T.MAX_HEAD
-_IDLE_S = 30  # a keep-alive connection may sit idle this long
 _GRACE_S = 5  # stop() lets requests in flight finish for this long, then cancels them
 _START_S = 10.0  # start() waits this long for the server to listen
-_NON_WORD = re.compile(r"[^0-9A-Za-z]+")
 
 Handler = Callable[["Request"], "dict[str, Any] | Reply"]
 
 
 class HTTPServiceError(MeterLedgerError):
     """The service cannot do what was asked (start twice, read the port when stopped)."""
-
-
-class HTTPError(MeterLedgerError):
-    """An answer other than success, in the one envelope: a JSON object with `error`, a
-    `detail` when there is one, and any `fields` (e.g. the receipt of a duplicate)."""
-
-    def __init__(self, status: int, error: str, detail: str | None = None, *,
-                 headers: Mapping[str, str] | None = None, **fields: Any) -> None:
-        super().__init__(detail if detail is not None else error)
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.fields = fields
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.error}
-        if self.detail is not None:
-            out["detail"] = self.detail
-        out.update(self.fields)
-        return out
-
-
-def json_body(doc: Mapping[str, Any]) -> bytes:
-    """The bytes of a JSON answer: json.dumps' default separators and a newline."""
-    return json.dumps(doc).encode() + b"\n"
-
-
-def show(value: str) -> str:
-    """A client's value quoted for an error message, cut short if it is long."""
-    return repr(value if len(value) <= 40 else value[:40] + "...")
 
 
 @dataclass(frozen=True)
@@ -142,8 +121,10 @@ class Route:
     `path` is a Starlette template ("/v1/entries/{index:path}" takes the rest of the path,
     slashes and emptiness included, so the handler words the error for a bad index).
     `query` names the parameters the route takes; any other is a 400. `body` routes read
-    the request body (up to the service's cap). `summary` defaults to the first line of the
-    handler's docstring, `content_type` is what a 200 answers (for the OpenAPI document).
+    the request body (up to the service's cap; `body_type` for the OpenAPI document).
+    `tier` says who may call it; a service refuses a route that does not say. `summary`
+    defaults to the first line of the handler's docstring, `content_type` is what a 200
+    answers (for the OpenAPI document).
     """
 
     path: str
@@ -153,6 +134,8 @@ class Route:
     body: bool = False
     summary: str | None = None
     content_type: str = JSON
+    tier: Tier | None = None
+    body_type: str = "application/octet-stream"
 
     def describe(self) -> tuple[str, str]:
         """(summary, description) from `summary` or the handler's docstring."""
@@ -160,67 +143,6 @@ class Route:
         first, _, rest = doc.partition("\n")
         return (self.summary or " ".join(first.split()) or self.path,
                 " ".join(rest.split()))
-
-
-class Errors:
-    """How an API words the errors the layer itself answers.
-
-    Every refusal goes through `make(status, code, message)`; the default envelope is the
-    aggregator's, ``{"error": code, "detail": message}``. An API whose clients read the
-    message in `error` overrides `make` (and any text it words differently).
-    """
-
-    def make(self, status: int, code: str, message: str | None, *,
-             headers: Mapping[str, str] | None = None) -> HTTPError:
-        return HTTPError(status, code, message, headers=headers)
-
-    def bad_request(self, message: str) -> HTTPError:
-        return self.make(400, "bad_request", message)
-
-    def not_found(self, method: str, path: str, known: Sequence[str]) -> HTTPError:
-        return self.make(404, "not_found",
-                         f"no endpoint {show(path)}; the API has {', '.join(known)}")
-
-    def not_allowed(self, method: str, path: str, allowed: Sequence[str]) -> HTTPError:
-        return self.make(405, "method_not_allowed",
-                         f"method {method} is not allowed on {show(path)}: it answers "
-                         f"{', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
-
-    def too_large(self, size: int | None, limit: int) -> HTTPError:
-        what = f"{size} bytes" if size is not None else "longer"
-        return self.make(413, "too_large", f"the request body is {what}, more than the "
-                         f"{limit} bytes this API takes", headers={"Connection": "close"})
-
-    def malformed(self, status: int, message: str) -> HTTPError:
-        """A request that is not HTTP the server can read (answered before any route)."""
-        return self.make(status, "bad_request", message)
-
-    def internal(self) -> HTTPError:
-        return HTTPError(500, "internal")
-
-
-class Query:
-    """One request's query string: each parameter at most once, none the route does not
-    take; values are the query's text as parsed (percent-escapes decoded, UTF-8, '+')."""
-
-    def __init__(self, raw: str, allowed: Sequence[str], errors: Errors) -> None:
-        self.errors = errors
-        self.values: dict[str, str] = {}
-        for name, value in parse_qsl(raw, keep_blank_values=True):
-            if name not in allowed:
-                takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
-                raise errors.bad_request(f"unknown parameter {show(name)}: this endpoint {takes}")
-            if name in self.values:
-                raise errors.bad_request(f"parameter {name} is given more than once")
-            self.values[name] = value
-
-    def get(self, name: str) -> str | None:
-        return self.values.get(name)
-
-    def text(self, name: str) -> str:
-        if name not in self.values:
-            raise self.errors.bad_request(f"missing parameter {name}")
-        return self.values[name]
 
 
 @dataclass(frozen=True)
@@ -278,7 +200,9 @@ class HTTPService:
     """A route table served by Starlette on uvicorn in a background thread."""
 
     def __init__(self, name: str, routes: Sequence[Route], *, errors: Errors | None = None,
-                 title: str | None = None, version: str = "1", max_body: int = MAX_BODY,
+                 title: str | None = None, version: str = "1",
+                 tokens: Tokens | None = None, limits: Limits | None = None,
+                 tls: TLS | None = None,
                  server: str | None = None, headers: Mapping[str, str] | None = None,
                  on_refuse: Callable[[str], None] | None = None,
                  logger: logging.Logger | None = None, access_log: bool = False) -> None:
@@ -286,7 +210,10 @@ class HTTPService:
         self.errors = errors if errors is not None else Errors()
         self.title = title or name
         self.version = version
-        self.max_body = max_body
+        self.tokens = tokens if tokens is not None else Tokens()
+        self.limits = limits if limits is not None else Limits()
+        self.tls = tls
+        self.max_body = self.limits.max_body
         self.on_refuse = on_refuse
         self.log = logger if logger is not None else log
         self.access_log = access_log
@@ -297,9 +224,12 @@ class HTTPService:
         self.headers = base
         self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                             for k, v in base.items()]
-        self.routes: list[Route] = [*routes, Route("/openapi.json", self._openapi_route)]
+        self.routes: list[Route] = [*routes, Route("/openapi.json", self._openapi_route,
+                                                   tier=PUBLIC)]
         self._paths: dict[str, _Path] = {}
         for r in self.routes:
+            if r.tier is None:
+                raise ValueError(f"{name}: {'/'.join(r.methods)} {r.path} declares no tier")
             p = self._paths.setdefault(r.path, _Path(r.path))
             for m in r.methods:
                 if m.upper() in p.by_method:
@@ -307,7 +237,7 @@ class HTTPService:
                 p.by_method[m.upper()] = r
         self.app = self._build()
         self._lock = threading.Lock()
-        self._server: Server | None = None
+        self._server: T.CappedServer | None = None
         self._thread: threading.Thread | None = None
         self._port = 0
 
@@ -329,9 +259,16 @@ class HTTPService:
         """The ASGI entry: routes match the path as sent, not percent-decoded."""
         if scope["type"] == "http":
             raw = scope.get("raw_path") or scope["path"].encode()
-            if len(raw) + len(scope.get("query_string", b"")) > MAX_HEAD:
-                e = self.errors.malformed(414, f"the request target is longer than {MAX_HEAD} "
-                                               "bytes")
+            cap = self.limits.max_head
+            e = None
+            if len(raw) + len(scope.get("query_string", b"")) > cap:
+                e = self.errors.malformed(414, f"the request target is longer than {cap} bytes")
+            elif sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > cap:
+                # h11 caps what it buffers of a head still arriving; one that came whole in
+                # one read is measured here
+                e = self.errors.malformed(431, f"the request head is longer than {cap} bytes")
+            if e is not None:
+                e.headers["Connection"] = "close"
                 await self._error_response(e)(scope, receive, send)
                 return
             scope = dict(scope, path=raw.decode("latin-1"))
@@ -360,6 +297,7 @@ class HTTPService:
         route = p.route(method)
         if route is None:
             raise self.errors.not_allowed(method, path, p.allowed())
+        self._authorize(route, request.headers)
         query = Query(request.scope.get("query_string", b"").decode("latin-1"),
                       [q.name for q in route.query], self.errors)
         try:
@@ -368,10 +306,18 @@ class HTTPService:
             return Response(status_code=499)  # nobody is there to read it
         call = Request(method, path, {k: str(v) for k, v in request.path_params.items()},
                        query, request.headers, body)
+        limit = self.limits.handler_timeout_s
         try:
-            result = await run_in_threadpool(route.handler, call)
+            async with asyncio.timeout(limit):
+                # abandoned on timeout: the client is answered, the thread finishes alone
+                result = await anyio.to_thread.run_sync(route.handler, call,
+                                                        abandon_on_cancel=True)
         except HTTPError:
             raise
+        except TimeoutError:
+            self.log.warning("%s: %s %r took longer than %g s: answered 503; the handler "
+                             "goes on in its thread", self.name, method, path[:200], limit)
+            raise self.errors.handler_timeout(limit) from None
         except Exception:
             self.log.exception("%s: unexpected error answering %s %r", self.name, method,
                                path[:200])
@@ -395,8 +341,22 @@ class HTTPService:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _authorize(self, route: Route, headers: Mapping[str, str]) -> None:
+        """Nothing if the request may call `route`; else the 401 or 403 to answer."""
+        need = route.tier if route.tier is not None else OPERATOR
+        if need is PUBLIC:
+            return
+        token = A.bearer(headers)
+        have = self.tokens.tier_of(token) if token is not None else None
+        if have is None:
+            raise self.errors.unauthorized(need, self.name, token is not None)
+        if have < need:
+            raise self.errors.forbidden(need, have, self.name)
+
     def _malformed_body(self, status: int, message: str) -> bytes:
-        return json_body(self.errors.malformed(status, message).body())
+        e = self.errors.too_slow(message) if status == 408 else self.errors.malformed(status,
+                                                                                      message)
+        return json_body(e.body())
 
     def _refuse(self, reason: str) -> None:
         if self.on_refuse is not None:
@@ -408,46 +368,7 @@ class HTTPService:
         return self.openapi()
 
     def openapi(self) -> dict[str, Any]:
-        paths: dict[str, Any] = {}
-        for r in self.routes:
-            _, template, convertors = starlette.routing.compile_path(r.path)
-            summary, description = r.describe()
-            params: list[dict[str, Any]] = [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                for n in convertors]
-            params += [{"name": q.name, "in": "query", "required": q.required,
-                        "schema": {"type": "string"},
-                        **({"description": q.description} if q.description else {})}
-                       for q in r.query]
-            for m in r.methods:
-                op: dict[str, Any] = {
-                    "summary": summary,
-                    # unique, as method and path are
-                    "operationId": m.lower() + "_" + _NON_WORD.sub("_", template).strip("_"),
-                    "parameters": params,
-                    "responses": {
-                        "200": {"description": "success",
-                                "content": {r.content_type: {}}},
-                        "default": {"description": "an error, in the API's envelope",
-                                    "content": {JSON: {"schema": {
-                                        "$ref": "#/components/schemas/Error"}}}},
-                    },
-                }
-                if description:
-                    op["description"] = description
-                if r.body:
-                    op["requestBody"] = {"required": True, "content": {
-                        "application/octet-stream": {}}}
-                paths.setdefault(template, {})[m.lower()] = op
-        return {
-            "openapi": "3.1.0",
-            "info": {"title": self.title, "version": self.version},
-            "paths": paths,
-            "components": {"schemas": {"Error": {
-                "type": "object", "required": ["error"],
-                "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-                "additionalProperties": True}}},
-        }
+        return http_openapi.document(self.routes, self.title, self.version)
 
     # -- serving ----------------------------------------------------------------------------------
     @property
@@ -460,6 +381,19 @@ class HTTPService:
             raise HTTPServiceError(f"{self.name} is not serving")
         return self._port
 
+    @property
+    def connections(self) -> tuple[int, int]:
+        """(open now, the most open at once) of the accepted connections (0, 0 if stopped)."""
+        server = self._server
+        if server is None or not server.acceptors:
+            return 0, 0
+        a = server.acceptors[0]
+        return a.open, a.peak
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve on host:port (0: a free port) in a background thread; the bound port."""
         with self._lock:
@@ -468,14 +402,19 @@ class HTTPService:
             T.quiet_uvicorn()
             if self.access_log:  # another service's Config may have cut it off the root
                 logging.getLogger("uvicorn.access").propagate = True
+            self.tokens.check()  # a token file that cannot be used: say so now
+            tls = self.tls.context() if self.tls is not None else None
             sock = T.listen(host, port)
-            protocol = T.protocol_class(self._malformed_body, self.raw_headers)
+            lim = self.limits
+            protocol = T.protocol_class(self._malformed_body, self.raw_headers, lim)
             config = Config(self, http=protocol, ws="none", lifespan="off",
                             interface="asgi3",
                             loop="asyncio", log_config=None, access_log=self.access_log,
                             proxy_headers=False, server_header=False,
-                            timeout_keep_alive=_IDLE_S, timeout_graceful_shutdown=_GRACE_S)
-            server = Server(config)
+                            # typed int, used as call_later's delay: a float is fine
+                            timeout_keep_alive=lim.idle_timeout_s,  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=_GRACE_S)
+            server = T.CappedServer(config, lim.max_connections, tls, lim.request_timeout_s)
             thread = threading.Thread(target=self._run, args=(server, sock), name=self.name,
                                       daemon=True)
             thread.start()
@@ -491,7 +430,7 @@ class HTTPService:
             self._port = int(sock.getsockname()[1])
             return self._port
 
-    def _run(self, server: Server, sock: socket.socket) -> None:
+    def _run(self, server: T.CappedServer, sock: socket.socket) -> None:
         try:
             server.run(sockets=[sock])
         except BaseException:  # the thread's end is its report: start() or stop() sees it

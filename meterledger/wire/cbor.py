@@ -193,6 +193,7 @@ def _item(data: bytes, pos: int, depth: int, tags: Collection[int] | None) -> tu
     return Tag(val, value), pos
 
 
+# long: the common items inlined, for the same reason as _item
 def _map(data: bytes, pos: int, count: int, depth: int) -> tuple[dict[Any, Any], int]:
     """The entries of a map whose head _item has read. Same checks in the same order as
     _item, with the common items inlined (CPython call overhead dominates decoding): keys

@@ -1,10 +1,13 @@
 """The aggregator's HTTP API on loopback (docs/PROTOCOL.md section 15): what it serves, every
-refusal with its status and reason, each counted in /metrics, and the service still serving."""
+refusal with its status and reason, each counted in /metrics, and the service still serving.
+/metrics is read with the operator token (chainkit's chain has no auditor token; a higher
+tier passes); the tiers themselves: tests/meterledger/test_http_tiers.py."""
 
 from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from http.client import HTTPConnection
@@ -21,7 +24,7 @@ from meterledger import wire as P
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
 from tests.kit import rawhttp
-from tests.kit.chainkit import T0, Chain, FogSide, http, http_text, running_chain
+from tests.kit.chainkit import T0, Chain, FogSide, http, running_chain
 from tests.wire.test_chain import BAD_BODIES
 
 M = "meterledger_aggregator_"
@@ -39,7 +42,10 @@ def fault(what: str = "meter silent") -> dict[int, Any]:
 
 
 def metrics(chain: Chain) -> dict[str, float]:
-    return parse_metrics(http_text(chain.url + "/metrics"))
+    req = urllib.request.Request(chain.url + "/metrics",
+                                 headers={"Authorization": f"Bearer {chain.token}"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return parse_metrics(resp.read().decode())
 
 
 def test_head_blocks_and_participants(chain: Chain) -> None:
@@ -230,7 +236,7 @@ def raw_request(chain: Chain, method: str, path: str, body: bytes | None = None,
 ])
 def test_get_errors_say_what_was_wrong(chain: Chain, path: str, status: int,
                                        fragment: str) -> None:
-    code, doc = http(chain.url + path)
+    code, doc = http(chain.url + path, token=chain.token)
     assert code == status and fragment in doc["detail"], doc
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from aggregator.chain.ledger import Receipt
+from aggregator.chain.ledger import Receipt, RuleSetView
+from aggregator.chain.rulesets import nesting
 from aggregator.chain.service.node import open_ledger
 from aggregator.dispatch.rules import RulesError, metric, newest_revisions, parse_rules, suggest
 from aggregator.dispatch.suggestions import APPROVED, DISMISSED, OPEN, SuggestionStore
@@ -120,13 +121,63 @@ BAD = [
     ("empty-id", rule_file(id=""), "rule '#1': id: must be a non-empty string"),
     ("duplicate-id", rule_file() + '[[rule]]\nid = "r1"\nfeeder = "f"\nmetric = "net_kw"\n'
      'above = 1\nop = "limit"\nargs = { max_w = 1 }\n', "rule 'r1': id: used by two rules"),
+    # wrong kinds anywhere, and every range (issue 13: a wrong kind used to raise TypeError)
+    ("op-list", rule_file(op=["limit"]), "rule 'r1': op: ['limit'] is not one of"),
+    ("op-table", rule_file(op={"a": 1}), "rule 'r1': op: {'a': 1} is not one of"),
+    ("metric-list", rule_file(metric=["net_kw"]), "rule 'r1': metric: ['net_kw'] is not one"),
+    ("id-list", rule_file(id=["r1"]), "rule '#1': id: must be a non-empty string, not ['r1']"),
+    ("feeder-int", rule_file(feeder=5), "rule 'r1': feeder: must be a non-empty string"),
+    ("name-list", 'name = ["n"]\nversion = 1\n', "f.toml: name: must be a non-empty string"),
+    ("name-long", 'name = "' + "n" * 129 + '"\nversion = 1\n', "name: must be 1..128 bytes"),
+    ("version-bool", 'name = "n"\nversion = true\n', "version: must be an integer, not bool"),
+    ("version-int64", 'name = "n"\nversion = 9223372036854775808\n',
+     "version: must be <= 9223372036854775807"),
+    ("rule-table", 'name = "n"\nversion = 1\nrule = { id = "a" }\n',
+     "f.toml: rule: a rule file needs at least one [[rule]] table"),
+    ("rule-not-table", 'name = "n"\nversion = 1\nrule = [1]\n', "rule '#1': rule: each"),
+    ("for-huge", rule_file(for_intervals=10001), "for_intervals: must be <= 10000"),
+    ("valid-huge", rule_file(valid_s=2**70), "valid_s: must be <= 31622400"),
+    ("max-w-int64", rule_file(args={"max_w": 2**63}), "args: max_w = 9223372036854775808: "),
+    ("args-list", rule_file(args=[1]), "rule 'r1': args: op 'limit' takes args"),
+    ("threshold-huge-int", rule_file(above=10**400), "above: must be a finite number"),
+    ("threshold-inf", rule_file().replace("above = 40.0", "above = inf"),
+     "above: must be a finite number, not inf"),
+    ("devs-many", rule_file(devs=[DEV] * 129), "devs: at most 128 meter ids"),
+    ("dev-int", rule_file(devs=[5]), "rule 'r1': devs: must be an 8-byte id"),
+    ("dev-spaced", rule_file(devs=["00 112233445566"]), "devs: must be an 8-byte id"),
+    ("fog-list", rule_file(fog=[DEV]), "rule 'r1': fog: must be an 8-byte id"),
+    ("why-long", rule_file(why="w" * 1025), "why: must be 0..1024 bytes"),
+    ("too-many-rules", 'name = "n"\nversion = 1\n' + '[[rule]]\n' * 65,
+     "f.toml: rule: at most 64 rules, not 65"),
+    ("nested-deep", 'name = "n"\nversion = 1\nx = ' + "[" * 100000 + "]" * 100000,
+     "f.toml: not a rule file: arrays or tables nested deeper than 8"),
+    ("digits", 'name = "n"\nversion = 1' + "0" * 5000 + "\n", "f.toml: not TOML: Exceeds"),
 ]
 
 
 @pytest.mark.parametrize("text,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_rule_files_are_refused_naming_file_rule_and_key(text: str, message: str) -> None:
-    with pytest.raises(RulesError, match=re.escape(message)):
+    with pytest.raises(RulesError, match=re.escape(message)) as e:
         parse_rules(text, "f.toml")
+    assert "\n" not in str(e.value)  # one line, whatever the file held
+
+
+def test_brackets_in_strings_and_comments_are_not_nesting() -> None:
+    deep = "[{" * 20
+    text = rule_file(why=deep + "'\"") + f"# {deep}\n"
+    assert nesting(text) == 2  # [[rule]]; args = { ... } is closed before
+    assert parse_rules(text).rules[0].why == deep + "'\""
+    assert nesting('a = """x\\"""" b = [[1]]\n') == 2
+    assert nesting("a = '''[[[''' # [[[\nb = ['[']\n") == 1
+
+
+def test_the_ranges_limits_are_accepted() -> None:
+    text = rule_file(for_intervals=10000, valid_s=366 * 86400, devs=[DEV] * 128,
+                     why="w" * 1024)
+    rs = parse_rules(text.replace("version = 1", f"version = {2**63 - 1}"))
+    (r,) = rs.rules
+    assert (rs.version, r.for_intervals, r.valid_s, len(r.devs), r.args) == (
+        2**63 - 1, 10000, 366 * 86400, 128, {1: 1500})
 
 
 # --- metrics and suggest() --------------------------------------------------------------------
@@ -306,6 +357,57 @@ def test_rules_to_an_approved_instruction_through_the_api(chain: Chain, tmp_path
         fs.close()
 
 
+def test_the_chain_refuses_a_rule_set_that_does_not_validate(chain: Chain) -> None:
+    for text, key in ((rule_file(op=["limit"]), "op"), (rule_file(valid_s=2**62), "valid_s"),
+                      ("name = \n", "not TOML"), ("x = " + "[" * 3000, "nested deeper")):
+        status, doc = post_rules(chain, text, name="n")
+        assert (status, doc["error"]) == (400, "rules_invalid"), doc
+        assert key in doc["detail"] and "rule set 'n' v1" in doc["detail"]
+    assert chain.get("/v1/rules")[1] == {"rules": []}
+    assert post_rules(chain, rule_file(), name="n")[0] == 200
+
+
+def test_a_stored_rule_set_that_does_not_parse_is_skipped_never_a_500(
+        chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A chain from before `rules_invalid` may hold any text: the dispatcher logs, counts and
+    skips it, and serves the other rule sets (suggestions and approval answer 200)."""
+    assert post_rules(chain, EXAMPLE)[0] == 200
+    stored = chain.ledger.rules
+    bad = [RuleSetView(1, 0, "old", 1, C.rules_digest(t), t)
+           for t in (rule_file(op=["limit"]), "x = " + "[" * 5000, rule_file(valid_s=2**70))]
+    monkeypatch.setattr(chain.ledger, "rules", lambda: [*bad, *stored()])
+    fs = FogSide(tmp_path)
+    try:
+        chain.register("fog", fs.key, name="fog-1")
+        fs.grow(3, IVL - 60)
+        anchor_peak(chain, fs, [IVL, IVL + 900])
+        with caplog.at_level("WARNING", "aggregator.dispatch.suggestions"):
+            status, doc = chain.get("/v1/suggestions")
+        assert status == 200, doc
+        (s,) = doc["suggestions"]
+        assert s["rules_name"] == "district-7"
+        # the newest version of "old" (v1) is skipped: bad[0] is the one named, counted once
+        assert chain.dispatcher.counters["rules_skipped"] == 1
+        assert "skipping registered rule set old" in caplog.text and "op:" in caplog.text
+        assert chain.get("/v1/suggestions")[0] == 200
+        assert chain.dispatcher.counters["rules_skipped"] == 1  # parsed once per digest
+        status, done = chain.post_auth(f"/v1/suggestions/{s['id']}/approve")
+        assert status == 200, done
+    finally:
+        fs.close()
+
+
+def test_every_stored_text_is_skipped_or_parsed(chain: Chain,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [rule_file(op=["limit"]), "x = " + "[" * 5000, rule_file(valid_s=2**70),
+             'name = "n"\nversion = 1' + "0" * 5000 + "\n", "\x00", EXAMPLE]
+    views = [RuleSetView(1, i, f"old-{i}", 1, C.rules_digest(t), t) for i, t in enumerate(texts)]
+    monkeypatch.setattr(chain.ledger, "rules", lambda: views)
+    assert chain.get("/v1/suggestions") == (200, {"suggestions": []})
+    assert chain.dispatcher.counters["rules_skipped"] == len(texts) - 1
+
+
 # --- the CLI ----------------------------------------------------------------------------------
 def agg_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aggregator", *args], cwd=ROOT,
@@ -320,6 +422,13 @@ def test_rules_register_suggestions_and_approve_from_the_cli(tmp_path: Path) -> 
     (tmp_path / "bad.toml").write_text(rule_file(metric="power"))
     out = agg_cli("rules", "register", str(tmp_path / "bad.toml"), "--data-dir", str(d))
     assert out.returncode == 2 and "rule 'r1': metric: 'power'" in out.stderr
+    # a wrong kind anywhere: one line, exit 2 (it used to be a TypeError's traceback)
+    for text, what in ((rule_file(op=["limit"]), "rule 'r1': op: ['limit'] is not one of"),
+                       ("x = " + "[" * 100000, "nested deeper than 8")):
+        (tmp_path / "bad.toml").write_text(text)
+        out = agg_cli("rules", "register", str(tmp_path / "bad.toml"), "--data-dir", str(d))
+        assert out.returncode == 2 and what in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     (tmp_path / "d7.toml").write_text(EXAMPLE)
     out = agg_cli("rules", "register", str(tmp_path / "d7.toml"), "--data-dir", str(d))
     assert out.returncode == 0, out.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from core import cose, keys
 from core import messages as M
 from core.fs import MemFS
@@ -84,6 +86,41 @@ def test_clock_step_sets_clock_stepped_and_partial_small_slew_does_not():
     m.clock_set(T0 + 1000, T0 + 1300)  # 300 s step
     r = run(m, T0 + 1300, T0 + 1801)[0]
     assert r[7] == M.CLOCK_STEPPED | M.PARTIAL
+
+
+def test_a_clock_a_day_ahead_set_right_resumes_at_once():
+    # issue 13: a day's forward jump, then the fog's "time" command sets it right: the next
+    # reading comes at the next boundary of the right time, not a day later
+    m = new_meter()
+    m.boot(T0 - 10, True)
+    run(m, T0 - 10, T0 + 1)
+    ahead = run(m, T0 + 86_400, T0 + 86_400 + 1)
+    assert [r[3] for r in ahead] == [T0 + 86_400]
+    m.clock_set(T0 + 86_410, T0 + 20)
+    back = run(m, T0 + 20, T0 + 1801)
+    assert [r[3] for r in back] == [T0 + 900, T0 + 1800]
+    assert back[0][7] == M.CLOCK_STEPPED | M.PARTIAL and back[1][7] == 0
+    assert [r[2] for r in back] == [3, 4]  # seq goes on; prev chains across the step
+
+
+def test_a_silent_step_back_is_found_on_the_next_pass():
+    # a clock that goes back with no one calling clock_set (an RTC, a host clock)
+    m = new_meter()
+    m.boot(T0 - 10, True)
+    run(m, T0 - 10, T0 + 86_401)
+    rs = run(m, T0 + 5, T0 + 915)
+    assert [r[3] for r in rs] == [T0 + 900]
+    assert rs[0][7] & M.CLOCK_STEPPED
+
+
+def test_a_forward_step_closes_at_the_next_boundary_of_the_new_time():
+    m = new_meter()
+    m.boot(T0 - 10, True)
+    run(m, T0 - 10, T0 + 1)
+    m.clock_set(T0 + 100, T0 + 86_400 + 100)
+    r = run(m, T0 + 86_400 + 100, T0 + 86_400 + 901)
+    assert [x[3] for x in r] == [T0 + 86_400 + 900]
+    assert r[0][7] == M.CLOCK_STEPPED | M.PARTIAL | M.SKIPPED
 
 
 def test_first_ntp_sync_snaps_to_the_grid():
@@ -198,9 +235,34 @@ def test_ack_for_another_meter_or_unknown_seq_is_ignored():
     assert len(m.spool) == 3
 
 
-def test_without_fog_key_acks_are_checked_by_digest_only():
+def test_without_fog_key_no_ack_drops_anything():
+    # issue 13: a forged ack (right digest, any signer) must never cost a reading
     m = _meter_with_readings(fog_pub=False)
-    assert m.handle_ack(ack(m, 3, digest=b"\x09" * 32)) == 0
+    forger = keys.SigningKey(4242)
+    assert m.handle_ack(ack(m, 3)) == 0
+    assert m.handle_ack(ack(m, 3, signer=forger)) == 0
+    assert len(m.spool) == 3
+    assert m.stats["ack_rejected:no_fog_key"] == 2
+
+
+def _forged_ack(m, seq):
+    """An ack that names the real fog (kid and field 17) and the right digest, signed by
+    someone else: what a stranger on the broker could publish."""
+    from meterledger import wire as P
+
+    class Forger:
+        id = FOG.id
+        sign = P.SigningKey.from_int(4242).sign
+
+    forged: Any = Forger()  # duck-typed: the real fog's id, another key's signature
+    return P.sign1_encoded(forged, P.encode(M.ack(m.id, seq, cose.digest(m.spool.get(seq)),
+                                                  T0, FOG.id)))
+
+
+def test_a_forged_ack_is_ignored_by_a_provisioned_meter():
+    m = _meter_with_readings()
+    assert m.handle_ack(_forged_ack(m, 3)) == 0
+    assert len(m.spool) == 3 and m.stats["ack_rejected:bad_signature"] == 1
     assert m.handle_ack(ack(m, 3)) == 3
 
 

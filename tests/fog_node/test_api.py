@@ -1,5 +1,6 @@
-"""The fog's read-only HTTP API over a real node (SQLite files in tmp_path) and a real
-server on a free loopback port, with urllib as the client.
+"""The fog's HTTP API over a real node (SQLite files in tmp_path) and a real server on a
+free loopback port, with urllib as the client. Requests carry the data dir's auditor token
+unless a test says otherwise (the tiers themselves: tests/meterledger/test_http_tiers.py).
 
 Proofs from the API are checked with the independent slow reference (tests/merkle_reference)
 against the roots inside the fog's signed checkpoints, with the fog's public key from its
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +20,15 @@ from typing import Any
 
 import pytest
 
+from fog_node import reads
 from fog_node.api import FogAPI
 from fog_node.config import FogConfig
+from fog_node.enrollment import REQUESTS, apply_queued
 from fog_node.metrics import parse_metrics, render
 from fog_node.node import FogError, FogNode, init_data_dir
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClientError
+from meterledger.clients.fog import FogClient
 from meterledger.infra.metrics import escape_label
 from tests import merkle_reference as R
 
@@ -65,6 +69,13 @@ def make_node(data_dir: Path, clock: Clock) -> FogNode:
     return FogNode(FogConfig(data_dir=data_dir), clock=clock)
 
 
+def tokens(node: FogNode) -> tuple[str, str]:
+    """(auditor, operator) tokens, read from the node's data dir."""
+    d = node.config.data_dir
+    return ((d / "auditor.token").read_text().strip(),
+            (d / "operator.token").read_text().strip())
+
+
 @dataclass
 class Fog:
     node: FogNode
@@ -73,6 +84,14 @@ class Fog:
     url: str
     readings: list[bytes]
     fog_pub: P.PublicKey  # read from the data dir, not from the API
+
+    @property
+    def auditor(self) -> str:
+        return tokens(self.node)[0]
+
+    @property
+    def operator(self) -> str:
+        return tokens(self.node)[1]
 
 
 @pytest.fixture
@@ -99,8 +118,11 @@ def fog(tmp_path: Path) -> Any:
     node.close()
 
 
-def fetch(url: str, method: str = "GET") -> tuple[int, str, bytes]:
-    req = urllib.request.Request(url, method=method)
+def fetch(url: str, method: str = "GET", token: str | None = None,
+          body: bytes | None = None) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(url, method=method, data=body)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.headers["Content-Type"], r.read()
@@ -110,7 +132,7 @@ def fetch(url: str, method: str = "GET") -> tuple[int, str, bytes]:
 
 
 def get(fog: Fog, path: str) -> tuple[int, Any]:
-    status, ctype, body = fetch(fog.url + path)
+    status, ctype, body = fetch(fog.url + path, token=fog.auditor)
     assert ctype == "application/json", (path, ctype, body)
     return status, json.loads(body)
 
@@ -185,7 +207,7 @@ def test_nothing_sealed_yet_is_a_clear_404(tmp_path):
         assert error(f, "/v1/proof/consistency?first=0&second=2", 400) == (
             "first 0 is not the size of a sealed checkpoint (none has been sealed yet)")
         assert ok(f, "/healthz") == {"ok": True, "log_size": 2, "checkpoint_height": 0}
-        m = parse_metrics(fetch(f.url + "/metrics")[2].decode())
+        m = parse_metrics(fetch(f.url + "/metrics", token=f.auditor)[2].decode())
         assert m["meterledger_fog_checkpoint_height"] == 0
         assert m["meterledger_fog_checkpoint_lag_entries"] == 2
         assert "meterledger_fog_checkpoint_lag_seconds" not in m  # no lag since "never"
@@ -356,7 +378,7 @@ def test_metrics_match_the_ingest_counters(fog):
     assert [o.status for o in outs] == ["duplicate", "rejected", "rejected", "rejected",
                                         "quarantined", "rejected", "rejected", "logged"]
     fog.clock.t += 42
-    status, ctype, body = fetch(fog.url + "/metrics")
+    status, ctype, body = fetch(fog.url + "/metrics", token=fog.auditor)
     assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
     text = body.decode()
     for name, kind in FAMILIES.items():
@@ -428,8 +450,12 @@ def test_the_server_keeps_serving_after_malformed_requests(fog):
     # `error` as it always was; `detail` names the endpoint and what it answers
     status, ctype, body = fetch(fog.url + "/healthz", method="POST")
     assert (status, ctype, json.loads(body)) == (
-        405, "application/json", {"error": "method POST is not allowed: the API is read-only (GET)",
+        405, "application/json", {"error": "method POST is not allowed: this endpoint is "
+                                           "read-only (GET)",
                                   "detail": "POST '/healthz': this endpoint answers GET, HEAD"})
+    status, ctype, body = fetch(fog.url + "/v1/enroll")
+    assert (status, json.loads(body)["error"]) == (405, "method GET is not allowed: this "
+                                                        "endpoint takes POST")
     # not HTTP (a TLS hello, say) and a request line without a version: 400 in the envelope
     for data in (b"\x16\x03\x01 garbage that is no HTTP\r\n\r\n", b"GET\r\n\r\n"):
         status, headers, body = raw_answer(raw_request(fog, data))
@@ -452,10 +478,10 @@ def test_head_answers_without_a_body(fog):
 
 
 def test_an_unexpected_exception_is_a_logged_500_without_details(fog, monkeypatch, caplog):
-    def broken() -> int:
+    def broken(self: Any) -> int:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(fog.node.log, "size", broken)
+    monkeypatch.setattr(reads.CheckpointsView, "latest", broken)
     assert error(fog, "/healthz", 500) == "internal"
     assert any("disk on fire" in (r.exc_text or "") for r in caplog.records)
     monkeypatch.undo()
@@ -463,17 +489,94 @@ def test_an_unexpected_exception_is_a_logged_500_without_details(fog, monkeypatc
 
 
 ENDPOINTS = ["/v1/checkpoint", f"/v1/proof/inclusion?dev={DEV}&seq=1",
-             "/v1/proof/consistency?first=4&second=7", "/v1/entries/0", "/v1/devices",
-             "/healthz", "/metrics"]
+             "/v1/proof/consistency?first=4&second=7", f"/v1/proof/enrollment?dev={DEV}&size=7",
+             f"/v1/proof/enrollment?dev={STRANGER.id.hex()}&size=7", "/v1/entries/0",
+             "/v1/devices", "/healthz"]
 
 
-def test_every_endpoint_waits_for_the_node_lock(fog):
-    with ThreadPoolExecutor(len(ENDPOINTS)) as pool:
-        with fog.node.lock:  # what the ingest thread holds while it writes
-            futures = [pool.submit(fetch, fog.url + path) for path in ENDPOINTS]
-            time.sleep(0.3)
-            assert not any(f.done() for f in futures)
-        assert [f.result(timeout=10)[0] for f in futures] == [200] * len(ENDPOINTS)
+def test_reads_never_wait_for_the_ingest_lock(fog):
+    # what the ingest thread holds while it writes: held here for the whole test, every read
+    # still answers (its own connections, a snapshot); only /metrics reads under it
+    # (fog_node.metrics), and answers once it is released
+    with ThreadPoolExecutor(len(ENDPOINTS) + 1) as pool:
+        with fog.node.lock:
+            futures = [pool.submit(fetch, fog.url + path, "GET", fog.auditor)
+                       for path in ENDPOINTS]
+            got = [f.result(timeout=30)[0] for f in futures]
+            metrics = pool.submit(fetch, fog.url + "/metrics", "GET", fog.auditor)
+            fog.node.ingest.process(chain(METER, 8)[7:])  # the holder writes meanwhile
+            assert ok(fog, "/healthz")["log_size"] == 9  # and reads see it committed
+        assert metrics.result(timeout=30)[0] == 200
+    assert got == [200] * 4 + [404] + [200] * 3
+
+
+# -- enroll and revoke over HTTP (operator) ---------------------------------------------------------
+def post(fog: Fog, path: str, doc: Any, token: str | None) -> tuple[int, Any]:
+    status, _, body = fetch(fog.url + path, "POST", token, json.dumps(doc).encode())
+    return status, json.loads(body)
+
+
+def test_enroll_and_revoke_over_http_do_what_the_cli_does(fog):
+    pub = STRANGER.public_key.raw.hex()
+    fog.node.ingest.process([chain(STRANGER, 1)[0]])  # quarantined until enrolled
+    with pytest.raises(ChainClientError, match="HTTP 403: this endpoint needs the operator"):
+        FogClient(fog.url, token=fog.auditor).decide("enroll", STRANGER.public_key.raw)
+    doc = FogClient(fog.url, token=fog.operator).decide("enroll", STRANGER.public_key.raw,
+                                                        "site visit 42")
+    assert (doc["dev"], doc["status"], doc["reason"]) == (STRANGER.id.hex(), "active",
+                                                          "site visit 42")
+    queued = fog.node.config.data_dir / REQUESTS / doc["queued"]
+    assert json.loads(queued.read_text()) == {"pub": pub, "status": "active",
+                                              "reason": "site visit 42"}  # the CLI's shape
+    assert STRANGER.id.hex() not in {d["dev"] for d in ok(fog, "/v1/devices")["devices"]}
+    acks: list[Any] = []
+    apply_queued(fog.node, acks.extend)  # what the ingest thread does between groups
+    assert not queued.exists() and [dev for dev, _ in acks] == [STRANGER.id]
+    devices = {d["dev"]: d for d in ok(fog, "/v1/devices")["devices"]}
+    assert (devices[STRANGER.id.hex()]["status"], devices[STRANGER.id.hex()]["last_seq"]) == (
+        "active", 1)
+    # revoke: a reason is required; then the decision is logged like the CLI's
+    assert post(fog, "/v1/revoke", {"pub": pub}, fog.operator) == (
+        400, {"error": "a revocation needs a reason"})
+    assert post(fog, "/v1/revoke", {"pub": pub, "reason": "stolen"}, fog.operator)[0] == 202
+    apply_queued(fog.node, acks.extend)
+    devices = {d["dev"]: d for d in ok(fog, "/v1/devices")["devices"]}
+    assert (devices[STRANGER.id.hex()]["status"], devices[STRANGER.id.hex()]["reason"]) == (
+        "revoked", "stolen")
+    last = ok(fog, f"/v1/entries/{fog.node.log.size() - 1}")
+    assert last["type"] == P.ENROLLMENT
+
+
+def test_enroll_refuses_what_the_cli_would_and_queues_nothing(fog):
+    pub = STRANGER.public_key.raw.hex()
+    bad = [
+        (b"not json", "the body must be a JSON object {\"pub\": hex, \"reason\": text}"),
+        (b"[1]", "the body must be a JSON object with pub and, optionally, mqtt_hash and "
+                 "reason (nothing else)"),
+        (json.dumps({"pub": pub, "status": "revoked"}).encode(), "the body must be a JSON "
+         "object with pub and, optionally, mqtt_hash and reason (nothing else)"),
+        (json.dumps({"pub": pub[:-2]}).encode(), "pub must be a SEC1 P-256 public key, 130 "
+         f"hex characters, not {pub[:40] + '...'!r}"),
+        (json.dumps({"pub": "04" + "00" * 64}).encode(), "pub must be a SEC1 P-256 public "
+         "key, 130 hex characters, not '04" + "0" * 38 + "...'"),
+        (json.dumps({"pub": pub, "reason": 7}).encode(), "pub and reason must be JSON strings"),
+        (json.dumps({"pub": pub, "reason": "x" * 256}).encode(), "reason must be printable "
+         "text of at most 255 bytes (UTF-8)"),
+        (json.dumps({"pub": pub, "reason": "\ud800"}).encode(), "reason must be printable "
+         "text of at most 255 bytes (UTF-8)"),
+        (json.dumps({"pub": pub, "mqtt_hash": "nope"}).encode(), "mqtt_hash: 'nope' is not "
+         "a mosquitto $7$ (PBKDF2-SHA512) password hash"),
+    ]
+    for body, message in bad:
+        status, _, answer = fetch(fog.url + "/v1/enroll", "POST", fog.operator, body)
+        assert (status, json.loads(answer)) == (400, {"error": message}), body
+    # the auditor may read, not decide; nobody may without a token
+    status, _, answer = fetch(fog.url + "/v1/enroll", "POST", fog.auditor,
+                              json.dumps({"pub": pub}).encode())
+    assert (status, json.loads(answer)) == (403, {
+        "error": "this endpoint needs the operator token; the one given is the auditor token"})
+    assert fetch(fog.url + "/v1/revoke", "POST", None, b"{}")[0] == 401
+    assert not (fog.node.config.data_dir / REQUESTS).exists()
 
 
 def test_start_picks_a_port_and_stop_closes_it(fog):

@@ -46,7 +46,7 @@ def test_the_mqtt_process_leaves_when_the_fog_process_is_killed(tmp_path, broker
     init_data_dir(data)
     fog = subprocess.Popen(
         [sys.executable, "-m", "fog_node", "run", "--data-dir", str(data), "--mqtt-port",
-         str(broker.port), "--http-port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+         str(broker.port), "--mqtt-security", "lab", "--http-port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)
     assert fog.stdout is not None
     assert "running" in fog.stdout.readline()
@@ -91,7 +91,8 @@ class Meter:
 def test_a_dead_mqtt_process_is_replaced_and_ingest_goes_on(tmp_path, broker, monkeypatch):
     monkeypatch.setattr(service, "RESTART_PAUSE_S", 0.2)
     init_data_dir(tmp_path / "fog")
-    node = FogNode(FogConfig(data_dir=tmp_path / "fog", mqtt_port=broker.port, skew_s=10**10),
+    node = FogNode(FogConfig(data_dir=tmp_path / "fog", mqtt_port=broker.port, skew_s=10**10,
+                             mqtt_security="lab"),
                    time.time)
     svc = FogService(node)
     svc.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import fog_node.registry as reg_module
 from fog_node.registry import ACTIVE, REVOKED, Registry, RegistryError
 
 A, B = b"\xaa" * 8, b"\xbb" * 8
@@ -56,8 +57,8 @@ def test_readings_advance_last_seq_count_gaps_and_give_contiguous_seq(reg):
 
 
 def test_quarantine_keeps_each_message_once_and_releases_per_meter(reg):
-    assert reg.quarantine(A, b"m1", 10) and reg.quarantine(A, b"m2", 11)
-    assert not reg.quarantine(A, b"m1", 12)  # the same bytes again
+    assert reg.quarantine(A, b"m1", 10)[0] and reg.quarantine(A, b"m2", 11)[0]
+    assert not reg.quarantine(A, b"m1", 12)[0]  # the same bytes again
     reg.quarantine(B, b"m3", 13)
     assert [r[1] for r in reg.quarantined()] == [b"m1", b"m2", b"m3"]
     assert list(reg.release(A)) == [b"m1", b"m2"]
@@ -70,3 +71,22 @@ def test_evidence_and_alerts_are_kept(reg):
     reg.alert(50, "equivocation", A, "seq 3 signed twice")
     assert reg.evidence() == [(A, 3, b"logged", b"other")]
     assert reg.alerts() == [(50, "equivocation", A, "seq 3 signed twice")]
+
+
+def test_quarantine_evidence_and_alerts_are_bounded_oldest_dropped(tmp_path) -> None:
+    # issue 13: strangers and one hostile meter cannot grow the registry without bound
+    reg = Registry(tmp_path / "r.db")
+    try:
+        dropped = [reg.quarantine(A, b"a%d" % i, i, per_meter=3, total=5)[1] for i in range(5)]
+        assert dropped == [0, 0, 0, 1, 1]
+        assert [raw for _, raw, _ in reg.quarantined(A)] == [b"a2", b"a3", b"a4"]
+        for i in range(4):
+            reg.quarantine(B, b"b%d" % i, i, per_meter=3, total=5)
+        assert reg.quarantine_size() == 5
+        assert [raw for _, raw, _ in reg.quarantined(B)] == [b"b1", b"b2", b"b3"]
+        for i in range(reg_module.EVIDENCE_PER_METER + 5):
+            reg.add_evidence(A, i, b"l", b"c%d" % i, i)
+        assert len(reg.evidence()) == reg_module.EVIDENCE_PER_METER
+        assert reg.evidence()[0][1] == 5  # the oldest five went
+    finally:
+        reg.close()

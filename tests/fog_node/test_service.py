@@ -28,7 +28,8 @@ def assert_each_reading_logged_once(node, meters):
 
 def start_fog(tmp, port, clock):
     init_data_dir(tmp / "fog")
-    node = FogNode(FogConfig(data_dir=tmp / "fog", mqtt_port=port, seal_period_s=0.2), clock)
+    node = FogNode(FogConfig(data_dir=tmp / "fog", mqtt_port=port, seal_period_s=0.2,
+                             mqtt_security="lab"), clock)
     svc = FogService(node, clock)
     svc.start()
     wait(svc.connected.is_set, what="fog connected")

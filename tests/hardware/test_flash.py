@@ -392,7 +392,8 @@ def test_dry_run_plan_esp32_mqtt_with_firmware(tmp_path, fog_pub, monkeypatch):
     fw = tmp_path / "ESP32_GENERIC.bin"
     r = _flash(["--board", "esp32", "--port", "/dev/ttyUSB9", "--fog-pub", fog_pub,
                 "--transport", "mqtt", "--mqtt-host", "10.0.0.2", "--wifi-ssid", "home",
-                "--wifi-password", "secret", "--firmware-bin", str(fw), "--dry-run"],
+                "--wifi-password", "secret", "--firmware-bin", str(fw), "--dry-run",
+                "--mqtt-ca", str(tmp_path / "fog" / "broker" / "ca.crt")],
                cwd=tmp_path, monkeypatch=monkeypatch)
     assert r["rc"] == 0, r
     cmds = commands(r["out"])

@@ -44,10 +44,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         api = FogAPI(node, clock)
         port = api.start()
         fog_url = f"http://127.0.0.1:{port}"
-        bundle = audit.build_bundle(FogClient(fog_url), ChainClient(chain.url),
+        token_file = node.config.data_dir / "auditor.token"  # the fog's auditor tier
+        auditor = token_file.read_text().strip()
+        bundle = audit.build_bundle(FogClient(fog_url, token=auditor), ChainClient(chain.url),
                                     meters.keys[1].id, 3)
         yield {"bundle": bundle, "trust": chain.key.public_key, "fog_url": fog_url,
-               "chain": chain, "node": node, "meters": meters, "tmp": tmp}
+               "chain": chain, "node": node, "meters": meters, "tmp": tmp,
+               "token_file": token_file, "auditor": auditor}
         api.stop()
         link.close()
         node.close()
@@ -92,19 +95,33 @@ def test_cli_verify_exits_0_with_a_summary_and_1_naming_the_failed_check(world: 
 def test_cli_bundle_writes_a_file_that_verifies(world: Any, tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     dev = world["meters"].keys[0].id.hex()
-    r = subprocess.run([sys.executable, "-m", "tools.audit", "bundle", "--fog", world["fog_url"],
-                        "--chain", world["chain"].url, "--dev", dev, "--seq", "1", "-o", str(out)],
-                       cwd=ROOT, capture_output=True, text=True)
+    args = [sys.executable, "-m", "tools.audit", "bundle", "--fog", world["fog_url"],
+            "--chain", world["chain"].url, "--dev", dev, "--seq", "1", "-o", str(out)]
+    r = subprocess.run([*args, "--token-file", str(world["token_file"])], cwd=ROOT,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert audit.verify_bundle(json.loads(out.read_text()), [world["trust"]]).seq == 1
+    # without the fog's auditor token the fog refuses, and the tool says what to give it
+    out.unlink()
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1 and not out.exists()
+    assert r.stderr.strip().endswith("no token given (the fog's auditor token: --token-file)")
+    assert len(r.stderr.strip().splitlines()) == 1
+    # a token file that is not there: a user error, one line, exit 2
+    r = subprocess.run([*args, "--token-file", str(out.parent / "nope")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stderr.count("\n")) == (2, 1) and "cannot read the token" in r.stderr
+    assert audit.main(["bundle", "--fog", world["fog_url"], "--chain", world["chain"].url,
+                       "--dev", dev, "--seq", "1", "-o", str(out), "--token",
+                       world["auditor"]]) == 0
 
 
 def test_a_reading_not_yet_anchored_gets_no_bundle(world: Any) -> None:
     node, meters = world["node"], world["meters"]
     node.ingest.process(meters.interval())  # logged, not sealed or anchored
     with pytest.raises(ChainClientError, match=r"not logged|not anchored|not yet covered"):
-        audit.build_bundle(FogClient(world["fog_url"]), ChainClient(world["chain"].url),
-                           meters.keys[0].id, meters.seq[0])
+        audit.build_bundle(FogClient(world["fog_url"], token=world["auditor"]),
+                           ChainClient(world["chain"].url), meters.keys[0].id, meters.seq[0])
 
 
 # --- tampering: every field, each rejected for its own reason -------------------------------
@@ -244,3 +261,94 @@ def test_an_anchor_from_another_chain_is_rejected(world: Any) -> None:
     with pytest.raises(audit.BundleError) as e:
         audit.verify_bundle(b, [world["trust"]])
     assert e.value.check == "chain_id"
+
+
+# --- malformed input: exit 2 with one line naming what is wrong (issue 13) -------------------
+TRUST = P.SigningKey.from_int(77).public_key.raw.hex()
+MALFORMED: list[tuple[str, bytes, str]] = [
+    ("deep arrays", b"[" * 100000, "nested too deeply"),
+    ("deep objects", b'{"a":' * 100000, "nested too deeply"),
+    ("not JSON", b"version: 1", "not JSON: Expecting value"),
+    ("not UTF-8", b'{"version": "\xff"}', "not JSON:"),
+    ("empty", b"", "not JSON: Expecting value"),
+    ("a list", b"[1, 2]", "not a version-1 bundle"),
+    ("version true", b'{"version": true}', "not a version-1 bundle"),
+    ("version 1.0", b'{"version": 1.0}', "not a version-1 bundle"),
+    ("too many digits", b'{"version": 1' + b"0" * 5000 + b"}", "not JSON:"),
+    ("too large", b" " * (audit.MAX_BUNDLE + 1), "more than a bundle has"),
+]
+
+
+@pytest.mark.parametrize("data,message", [m[1:] for m in MALFORMED],
+                         ids=[m[0] for m in MALFORMED])
+def test_cli_verify_exits_2_with_one_line_for_input_that_is_no_bundle(
+        tmp_path: Path, data: bytes, message: str) -> None:
+    f = tmp_path / "in.json"
+    f.write_bytes(data)
+    r = subprocess.run([sys.executable, "-m", "tools.audit", "verify", str(f), "--trust", TRUST],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {f}: ") and message in r.stderr, r.stderr
+
+
+WRONG: dict[str, list[Any]] = {
+    "uint": [None, True, -1, 2**63, 1.5, "1", [], {}],
+    "hex": [None, 5, "zz", "abc", "0x00", " 00", [], {}],
+    "path": [None, "00" * 32, [5], ["00"], [["00" * 32]], ["00" * 32] * 65, {}],
+}
+
+
+def _wrong_everywhere(bundle: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """The bundle with each field (nested ones too) replaced by values of other kinds, an
+    unknown key in each object, and each object replaced by a list."""
+    cases = []
+    for key, kind in audit.SHAPE.items():
+        leaves = kind.items() if isinstance(kind, dict) else [(None, kind)]
+        for inner, leaf in leaves:
+            if key == "version":
+                continue  # its own cases: not a version-1 bundle
+            for wrong in WRONG[leaf]:
+                b = copy.deepcopy(bundle)
+                if inner is None:
+                    b[key] = wrong
+                else:
+                    b[key][inner] = wrong
+                name = key if inner is None else f"{key}.{inner}"
+                cases.append((f"{name}={wrong!r}"[:40], b, name))
+    for where in (None, "enrollment", "anchor"):
+        b = copy.deepcopy(bundle)
+        (b if where is None else b[where])["extra"] = 1
+        cases.append((f"extra key in {where or 'the bundle'}", b, "'extra': unknown key"))
+    for where in ("enrollment", "anchor"):
+        b = copy.deepcopy(bundle)
+        b[where] = [b[where]]
+        cases.append((f"{where} a list", b, f"{where} must be a JSON object"))
+        b = copy.deepcopy(bundle)
+        del b[where]
+        cases.append((f"{where} missing", b, f"missing {where}"))
+    return cases
+
+
+def test_a_wrong_shape_or_type_anywhere_is_a_format_error_naming_it(world: Any) -> None:
+    cases = _wrong_everywhere(world["bundle"])
+    assert len(cases) > 100
+    for label, b, named in cases:
+        with pytest.raises(audit.BundleFormatError) as e:
+            audit.verify_bundle(b, [world["trust"]])
+        assert e.value.check == "format" and named in e.value.detail, (label, str(e.value))
+        assert "\n" not in str(e.value)
+
+
+def test_cli_verify_exits_2_for_a_wrong_type_deep_in_the_bundle(world: Any,
+                                                                 tmp_path: Path) -> None:
+    b = copy.deepcopy(world["bundle"])
+    b["anchor"]["tx_path"] = [["00" * 32]]
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps(b))
+    r = subprocess.run([sys.executable, "-m", "tools.audit", "verify", str(f), "--trust",
+                        world["trust"].raw.hex()], cwd=ROOT, capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.startswith(f"error: {f}: anchor.tx_path[0] must be a 32-byte hash as 64 "
+                               "hex characters, not ['0000")
+    assert r.stderr.endswith("...\n") and r.stderr.count("\n") == 1

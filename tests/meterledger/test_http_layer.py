@@ -80,7 +80,7 @@ def fog(tmp_path: Path) -> Iterator[tuple[FogNode, FogAPI, int]]:
 
 FOG_PATHS = ["/v1/checkpoint", "/v1/proof/inclusion", "/v1/proof/consistency",
              "/v1/proof/enrollment", "/v1/devices", "/healthz", "/v1/entries/{index}",
-             "/metrics", "/openapi.json"]
+             "/metrics", "/v1/enroll", "/v1/revoke", "/openapi.json"]
 
 
 def test_curl_post_without_a_body_to_a_get_endpoint_is_a_405_naming_it(fog):
@@ -90,7 +90,7 @@ def test_curl_post_without_a_body_to_a_get_endpoint_is_a_405_naming_it(fog):
         assert (status, headers["allow"], headers["content-type"]) == (
             405, "GET, HEAD", "application/json")
         assert json.loads(body) == {
-            "error": "method POST is not allowed: the API is read-only (GET)",
+            "error": "method POST is not allowed: this endpoint is read-only (GET)",
             "detail": f"POST {path!r}: this endpoint answers GET, HEAD"}
     for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
         status, doc = envelope(request(port, method, "/v1/devices"))
@@ -133,12 +133,18 @@ def test_a_client_that_hangs_up_leaves_no_traceback_and_the_server_answers_on(fo
     no_tracebacks(caplog, capfd)
 
 
+def auditor(node: FogNode) -> dict[str, str]:
+    """The Authorization header with the fog's auditor token (from its data dir)."""
+    return {"Authorization": "Bearer " + (node.config.data_dir / "auditor.token").read_text()
+            .strip()}
+
+
 def test_paths_match_as_sent(fog):
-    _, _, port = fog
+    node, _, port = fog
     # percent-escapes are not decoded before routing, as http.server never did
-    assert envelope(request(port, "GET", "/v1/entries/%31")) == (400, {
+    assert envelope(request(port, "GET", "/v1/entries/%31", headers=auditor(node))) == (400, {
         "error": "entry index must be a non-negative decimal integer, not '%31'"})
-    assert envelope(request(port, "GET", "/v1/entries/1"))[0] == 200
+    assert envelope(request(port, "GET", "/v1/entries/1", headers=auditor(node)))[0] == 200
     assert envelope(request(port, "GET", "/v1/entries"))[0] == 404
     assert envelope(request(port, "GET", "/healthz/"))[0] == 404  # no redirect to /healthz
 
@@ -148,7 +154,8 @@ def test_openapi_lists_every_route_with_its_query_parameters(fog):
     status, doc = envelope(request(port, "GET", "/openapi.json"))
     assert status == 200 and doc["openapi"].startswith("3.")
     assert list(doc["paths"]) == FOG_PATHS
-    assert all(list(ops) == ["get"] for ops in doc["paths"].values())
+    assert {p: list(ops) for p, ops in doc["paths"].items()} == {
+        p: ["post"] if p in ("/v1/enroll", "/v1/revoke") else ["get"] for p in FOG_PATHS}
     inclusion = doc["paths"]["/v1/proof/inclusion"]["get"]
     assert inclusion["summary"] == ("Inclusion proof of a meter's reading against a signed "
                                     "checkpoint.")
@@ -167,10 +174,14 @@ def test_openapi_lists_every_route_with_its_query_parameters(fog):
 
 
 def test_handle_answers_in_process_as_over_the_socket(fog):
-    _, api, port = fog
+    node, api, port = fog
+    token = (node.config.data_dir / "auditor.token").read_text().strip()
     for target in ("/healthz", "/v1/checkpoint", "/v1/entries/1", "/nope", "/v1/devices?x=1"):
-        status, headers, body = request(port, "GET", target)
-        assert api.handle(target) == (status, headers["content-type"], body), target
+        for auth in (None, token):
+            status, headers, body = request(port, "GET", target, headers={
+                "Authorization": f"Bearer {auth}"} if auth else {})
+            assert api.handle(target, auth) == (status, headers["content-type"], body), target
+    assert api.handle("/v1/entries/1")[0] == 401 and api.handle("/v1/entries/1", token)[0] == 200
 
 
 def test_each_api_has_its_own_metrics_registry(tmp_path):
@@ -184,8 +195,10 @@ def test_each_api_has_its_own_metrics_registry(tmp_path):
             nodes.append(node)
             api = FogAPI(node)
             apis.append((api, api.start()))
-        sizes = [M.parse_metrics(request(port, "GET", "/metrics")[2].decode())
-                 ["meterledger_fog_log_size"] for _, port in apis]
+        sizes = [M.parse_metrics(request(port, "GET", "/metrics", headers={
+                     "Authorization": "Bearer " + (tmp_path / f"fog{n}" / "auditor.token")
+                     .read_text().strip()})[2].decode())["meterledger_fog_log_size"]
+                 for n, (_, port) in zip((1, 3), apis, strict=True)]
         assert sizes == [2, 4]
         # nothing went into prometheus_client's process-wide registry
         assert b"meterledger_fog" not in prometheus_client.generate_latest()
@@ -197,7 +210,9 @@ def test_each_api_has_its_own_metrics_registry(tmp_path):
 
 
 # -- a service in the aggregator's style ------------------------------------------------------
-TOKEN = "s3cret"
+TOKEN = "s3cret-s3cret-s3cret"  # the operator's
+AUDIT = "audit-audit-audit-audit"  # the auditor's
+AUTH = {"Authorization": f"Bearer {AUDIT}"}
 
 
 class Chainish:
@@ -231,9 +246,7 @@ class Chainish:
         return {"size": len(req.body)}
 
     def decide(self, req: H.Request) -> dict[str, Any]:
-        """Approve or dismiss a suggestion (needs the bearer token)."""
-        if req.headers.get("authorization") != f"Bearer {TOKEN}":
-            raise H.HTTPError(401, "unauthorized", "approve and dismiss need a bearer token")
+        """Approve or dismiss a suggestion (the layer checked the operator token)."""
         return {"id": req.params["sid"], "action": req.params["action"]}
 
     def metrics(self, req: H.Request) -> H.Reply:
@@ -264,13 +277,16 @@ class Served:
 @pytest.fixture
 def chainish() -> Iterator[Served]:
     c = Chainish()
-    R = H.Route
+    R, P = H.Route, H.PUBLIC
     service = H.HTTPService(
-        "chainish", [R("/v1/head", c.head), R("/v1/tx", c.submit, ("POST",), body=True),
-                     R("/v1/suggestions/{sid}/{action}", c.decide, ("POST",)),
-                     R("/metrics", c.metrics, content_type=M.CONTENT_TYPE),
-                     R("/slow", c.slow), R("/big", c.big), R("/boom", c.boom)],
-        max_body=1024, on_refuse=c.refused.append)
+        "chainish", [R("/v1/head", c.head, tier=P),
+                     R("/v1/tx", c.submit, ("POST",), body=True, tier=P),
+                     R("/v1/suggestions/{sid}/{action}", c.decide, ("POST",), tier=H.OPERATOR),
+                     R("/metrics", c.metrics, content_type=M.CONTENT_TYPE, tier=H.AUDITOR),
+                     R("/slow", c.slow, tier=P), R("/big", c.big, tier=P),
+                     R("/boom", c.boom, tier=P)],
+        tokens=H.Tokens({H.AUDITOR: AUDIT, H.OPERATOR: TOKEN}),
+        limits=H.Limits(max_body=1024), on_refuse=c.refused.append)
     port = service.start("127.0.0.1", 0)
     yield Served(c, service, port)
     c.release.set()
@@ -321,7 +337,7 @@ def test_a_body_over_the_cap_is_refused_unread_and_counted(chainish):
     assert (r.status, json.loads(r.read())["error"]) == (413, "too_large")
     conn.close()
     assert c.refused == ["too_large", "too_large"]
-    m = M.parse_metrics(request(port, "GET", "/metrics")[2].decode())
+    m = M.parse_metrics(request(port, "GET", "/metrics", headers=AUTH)[2].decode())
     assert m['test_chain_rejected_total{reason="too_large"}'] == 2
     assert envelope(request(port, "POST", "/v1/tx", b"x" * 1024)) == (200, {"size": 1024})
 
@@ -378,7 +394,7 @@ def test_keep_alive_and_prometheus_answers(chainish):
     r = conn.getresponse()
     assert r.read() == b'{"height": 7}\n'
     sock = conn.sock
-    conn.request("GET", "/metrics")
+    conn.request("GET", "/metrics", headers=AUTH)
     r = conn.getresponse()
     text = r.read().decode()
     assert conn.sock is sock  # the same connection answered both

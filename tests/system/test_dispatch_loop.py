@@ -77,7 +77,8 @@ def test_load_rise_to_suggestion_to_commands_to_lower_load_to_report(tmp_path: P
     key = init_data_dir(tmp_path / "fog")
     meters = mqtt_meters(tmp_path / "meters", 4, broker.port, key, clock)
     ids = tuple(vm.app.meter.id for vm in meters)
-    config = FogConfig(data_dir=tmp_path / "fog", mqtt_port=broker.port, seal_period_s=1,
+    config = FogConfig(data_dir=tmp_path / "fog", mqtt_port=broker.port, mqtt_security="lab",
+                       seal_period_s=1,
                        interval_s=IVL, grace_s=60, chain_url=chain.url,
                        feeders=[Feeder("feeder-a", ids)], privacy_min_meters=3)
     node = FogNode(config, clock.now)

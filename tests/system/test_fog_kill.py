@@ -59,6 +59,7 @@ def test_kill_9_during_a_burst_loses_nothing_acknowledged(tmp_path, broker):
     assert out.returncode == 0 and "active" in out.stdout, out.stderr
     conf = tmp_path / "fog.toml"
     conf.write_text(f'data_dir = "{data}"\nmqtt_port = {broker.port}\nhttp_port = 0\n'
+                    'mqtt_security = "lab"\n'
                     "skew_s = 1000000000\nseal_period_s = 0.1\n")
     fog = start(["--config", str(conf)])
 
@@ -80,6 +81,7 @@ def test_kill_9_during_a_burst_loses_nothing_acknowledged(tmp_path, broker):
     assert sum(acked_before.values()) > 0
     # a meter enrolled while the node runs: the CLI hands the decision to the node
     fog = start(["--data-dir", str(data), "--mqtt-port", str(broker.port), "--http-port", "0",
+                 "--mqtt-security", "lab",
                  "--skew-s", "1000000000", "--seal-period-s", "0.1"])
     out = fog_cli("enroll", "--pub", meters[7].app.meter.key.pub.hex(), "--data-dir", str(data))
     assert out.returncode == 0 and "queued" in out.stdout, out.stdout

@@ -110,7 +110,7 @@ def mqtt_meters(dirs: list[pathlib.Path], port: int, fog: P.SigningKey, clock: A
 
 def start_service(fog_dir: pathlib.Path, clock: Any, **config: Any) -> tuple[FogNode, FogService]:
     node = FogNode(FogConfig(data_dir=fog_dir, seal_period_s=0.2, rs485_timeout_s=0.5,
-                             **config), clock)
+                             mqtt_security="lab", **config), clock)
     svc = FogService(node, clock)
     svc.start()
     wait(svc.connected.is_set, what="fog connected to the broker")
@@ -303,7 +303,8 @@ def test_meter_reading_an_sdm_over_modbus_and_answering_the_fog_over_rs485(tmp_p
     SDM goes dead the meter's reading carries SOURCE_ERROR with the last good registers, and
     when it is back the next register covers the whole time. The fog polls it over the bus."""
     compress, start, epoch = 180.0, float(T0 - 120), time.time()
-    config = FogConfig(data_dir=tmp_path / "fog", mqtt_port=broker.port, seal_period_s=0.5,
+    config = FogConfig(data_dir=tmp_path / "fog", mqtt_port=broker.port, mqtt_security="lab",
+                       seal_period_s=0.5,
                        sim_compress=compress, sim_start=start, sim_epoch=epoch,
                        rs485_port="", rs485_addresses=[7], rs485_timeout_s=0.5)
     clock = node_clock(config, time.time)
@@ -400,7 +401,8 @@ def test_a_flashed_image_on_the_bus_through_the_command_lines(tmp_path, broker):
         try:
             procs.append(subprocess.Popen(
                 [py, "-m", "fog_node", "run", "--data-dir", str(fog_dir), "--http-port", str(http),
-                 "--mqtt-port", str(broker.port), "--rs485-port", bus.paths[0],
+                 "--mqtt-port", str(broker.port), "--mqtt-security", "lab",
+                 "--rs485-port", bus.paths[0],
                  "--rs485-addresses", "9", *sim],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
             procs.append(subprocess.Popen(
@@ -409,8 +411,14 @@ def test_a_flashed_image_on_the_bus_through_the_command_lines(tmp_path, broker):
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
 
             def readings_fetched() -> int:
+                # /metrics is auditor tier (docs/PROTOCOL.md section 12)
+                token = fog_dir / "auditor.token"
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{http}/metrics",
+                    headers={"Authorization": "Bearer " + token.read_text().strip()}
+                    if token.exists() else {})
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=2) as r:
+                    with urllib.request.urlopen(req, timeout=2) as r:
                         text = r.read().decode()
                 except OSError:
                     return 0

@@ -4,13 +4,19 @@ POST /v1/tx takes one transaction (the raw COSE_Sign1 bytes) and answers once th
 holding it is sealed: 200 {digest, height, index}; a refusal is 400 {error: reason, detail}
 (an empty body too: `malformed`); the same bytes already on the chain are 409
 {error: "duplicate", digest, height, index}; 503 {error: "unavailable", detail} while the
-ledger cannot seal. A body over 64 KiB is refused unread (400 too_large). POST
-/v1/suggestions/{id}/approve and /dismiss need `Authorization: Bearer TOKEN` (the data dir's
-dispatch.token; 401 unauthorized without it). GET endpoints answer 400 for bad input (unknown
-query parameters included) and 404 for what the chain does not hold, as
-{error: "bad_request" | "not_found", detail}; a wrong method is 405 method_not_allowed.
-Nothing a client sends produces a 500; an unexpected exception is logged and answered 500
-{error: "internal"}. `GET /openapi.json` describes the API.
+ledger cannot seal. A body over the cap (64 KiB by default) is refused unread (400
+too_large). GET endpoints answer 400 for bad input (unknown query parameters included) and
+404 for what the chain does not hold, as {error: "bad_request" | "not_found", detail}; a
+wrong method is 405 method_not_allowed. Nothing a client sends produces a 500; an
+unexpected exception is logged and answered 500 {error: "internal"}. `GET /openapi.json`
+describes the API.
+
+Tiers (meterledger.infra.http_auth; docs/PROTOCOL.md section 15): everything on the chain
+is public (blocks are, and the rest is derived from them; suggestions are derived from the
+chain's aggregates and rules), and so is POST /v1/tx (a transaction is signed by a
+registered participant or refused); /metrics needs the data dir's auditor.token; POST
+/v1/suggestions/{id}/approve and /dismiss need the operator token, the data dir's
+dispatch.token (401 unauthorized without a known token, 403 forbidden with the auditor's).
 
 Served by the shared HTTP layer (meterledger.infra.http: Starlette on uvicorn); the metrics
 through prometheus_client (aggregator.chain.service.metrics).
@@ -19,7 +25,6 @@ through prometheus_client (aggregator.chain.service.metrics).
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
 import re
 import threading
@@ -42,6 +47,7 @@ from aggregator.chain.service.metrics import registry
 from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
 from meterledger import wire as P
 from meterledger.infra import http as H
+from meterledger.infra.http import AUDITOR, OPERATOR, PUBLIC
 from meterledger.infra.metrics import CONTENT_TYPE as PROMETHEUS
 from meterledger.infra.metrics import exposition
 
@@ -162,44 +168,53 @@ class _Query:
 
 
 class AggregatorAPI:
-    """The API of a ledger; with a dispatcher and its token also the suggestions."""
+    """The API of a ledger; with a dispatcher also the suggestions. `token` is the operator
+    token (the dispatch token) as a text; `tokens` the tiers' tokens in full (files, which
+    are read again when they change), for a service that has an auditor token too."""
 
     def __init__(self, ledger: Ledger, clock: Callable[[], float],
-                 dispatcher: Dispatcher | None = None, token: str | None = None) -> None:
+                 dispatcher: Dispatcher | None = None, token: str | None = None, *,
+                 tokens: H.Tokens | None = None, limits: H.Limits | None = None,
+                 tls: H.TLS | None = None) -> None:
         self.ledger = ledger
         self.clock = clock
         self.dispatcher = dispatcher
-        self.token = token
+        if tokens is None:
+            tokens = H.Tokens({OPERATOR: token})
+        self.tokens = tokens
         self.refused: dict[str, int] = {}  # POSTs refused before reaching the ledger
         self._lock = threading.Lock()
         # the API's own registry: several chains (and APIs) may live in one process
-        self.metrics = registry(ledger, self._refused)
+        self.metrics = registry(ledger, self._refused, lambda: (
+            dict(self.dispatcher.counters) if self.dispatcher is not None else None))
         R, Q = H.Route, H.Param
         fog = Q("fog", True, "the fog's id, 16 hex characters")
         after = Q("after", False, "only what is in blocks above this height")
         routes = [
-            R("/v1/head", self._head),
-            R("/v1/anchors", self._anchors, query=(fog,)),
-            R("/v1/instructions", self._instructions, query=(fog, after)),
-            R("/v1/participants", self._participants),
-            R("/v1/aggregates", self._aggregates,
+            R("/v1/head", self._head, tier=PUBLIC),
+            R("/v1/anchors", self._anchors, query=(fog,), tier=PUBLIC),
+            R("/v1/instructions", self._instructions, query=(fog, after), tier=PUBLIC),
+            R("/v1/participants", self._participants, tier=PUBLIC),
+            R("/v1/aggregates", self._aggregates, tier=PUBLIC,
               query=(fog, Q("feeder", False, "only this feeder's aggregates"), after)),
-            R("/v1/rules", self._rules),
-            R("/v1/suggestions", self._suggestions,
+            R("/v1/rules", self._rules, tier=PUBLIC),
+            R("/v1/suggestions", self._suggestions, tier=PUBLIC,
               query=(Q("state", False, "only suggestions in this state: "
                                        + ", ".join(STATES)),)),
-            R("/healthz", self._health),
-            R("/v1/blocks/{height:path}", self._block),
-            R("/v1/tx/{digest:path}", self._tx),
-            R("/metrics", self._metrics, content_type=PROMETHEUS),
-            R("/v1/tx", self._submit, ("POST",), body=True),
-            R("/v1/suggestions/{id}/{action}", self._decide, ("POST",), body=True),
+            R("/healthz", self._health, tier=PUBLIC),
+            R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
+            R("/v1/tx/{digest:path}", self._tx, tier=PUBLIC),
+            R("/metrics", self._metrics, content_type=PROMETHEUS, tier=AUDITOR),
+            R("/v1/tx", self._submit, ("POST",), body=True, tier=PUBLIC),
+            R("/v1/suggestions/{id}/{action}", self._decide, ("POST",), body=True,
+              tier=OPERATOR),
         ]
         errors = _Errors()
         self.http = H.HTTPService(
             "aggregator-api", [replace(r, handler=_answers(r.handler)) for r in routes],
             errors=errors, title="MeterLedger aggregator", server="MeterLedgerAggregator/1",
-            max_body=MAX_BODY, on_refuse=self.refuse, logger=log)
+            tokens=tokens, limits=limits if limits is not None else H.Limits(max_body=MAX_BODY),
+            tls=tls, on_refuse=self.refuse, logger=log)
         errors.readable = [_CONVERTER.sub(r"{\1}", r.path) for r in self.http.routes
                            if "GET" in r.methods]
 
@@ -233,9 +248,11 @@ class AggregatorAPI:
             return dict(self.refused)
 
     # -- in process -----------------------------------------------------------------------------
-    def get(self, target: str) -> Answer:
-        """(status, content type, body) of GET `target` (path and query), in process."""
-        a = self.http.call("GET", target)
+    def get(self, target: str, token: str | None = None) -> Answer:
+        """(status, content type, body) of GET `target` (path and query), in process, with
+        `token` as the bearer token if given."""
+        a = self.http.call("GET", target, headers=[("Authorization", f"Bearer {token}")]
+                           if token is not None else [])
         return a.status, a.content_type, a.body
 
     def post(self, target: str, body: bytes, auth: str | None = None) -> Answer:
@@ -264,7 +281,7 @@ class AggregatorAPI:
         return _receipt(r)
 
     def _decide(self, req: H.Request) -> dict[str, Any]:
-        """Approve or dismiss an open suggestion (needs the dispatch token).
+        """Approve or dismiss an open suggestion (operator: the dispatch token).
 
         `action` is approve or dismiss; `Authorization: Bearer` with the data dir's
         dispatch.token. Approving signs and submits its instruction.
@@ -273,10 +290,6 @@ class AggregatorAPI:
         if not _SID.fullmatch(sid) or action not in _ACTIONS:
             raise APIError(404, "not_found", f"{_POSTS}, not {_show(req.path)}")
         d = self._dispatch()
-        given = (req.headers.get("authorization") or "").removeprefix("Bearer ").strip()
-        if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise APIError(401, "unauthorized", "approve and dismiss need Authorization: "
-                                                "Bearer with the data dir's dispatch.token")
         if action == "dismiss":
             return d.dismiss(sid).as_json()
         d.refresh()

@@ -25,8 +25,10 @@ __all__ = ["PREFIX", "families", "registry", "render"]
 PREFIX = "meterledger_aggregator_"
 
 
-def families(ledger: Ledger, refused: Mapping[str, int]) -> M.Families:
-    """All aggregator metrics; `refused` counts POSTs the API refused before the ledger."""
+def families(ledger: Ledger, refused: Mapping[str, int],
+             dispatch: Mapping[str, int] | None = None) -> M.Families:
+    """All aggregator metrics; `refused` counts POSTs the API refused before the ledger,
+    `dispatch` the dispatcher's events (rule sets skipped, ...) when one runs."""
     s = ledger.stats()
     head = ledger.head()
     rejected = Counter(s.rejected)
@@ -51,13 +53,20 @@ def families(ledger: Ledger, refused: Mapping[str, int]) -> M.Families:
     w.one("pending", "gauge", "Transactions validated and waiting for their block.", s.pending)
     w.family("participants", "gauge", "Registered participants by role.",
              [({"role": r}, roles[r]) for r in ROLES] if roles is not None else [])
+    if dispatch is not None:
+        w.family("dispatch_events_total", "counter",
+                 "Dispatcher events since the service started (rules_skipped: a registered "
+                 "rule set that does not parse, skipped and logged).",
+                 [({"event": k}, dispatch[k]) for k in sorted(dispatch)])
     return w
 
 
-def registry(ledger: Ledger, refused: Callable[[], Mapping[str, int]]) -> CollectorRegistry:
+def registry(ledger: Ledger, refused: Callable[[], Mapping[str, int]],
+             dispatch: Callable[[], Mapping[str, int] | None] = lambda: None,
+             ) -> CollectorRegistry:
     """A registry of the ledger's metrics, read afresh on every scrape (`refused()`: the
-    API's own refusals, by reason)."""
-    return M.registry(lambda: families(ledger, refused()))
+    API's own refusals, by reason; `dispatch()`: the dispatcher's counters, if any)."""
+    return M.registry(lambda: families(ledger, refused(), dispatch()))
 
 
 def render(ledger: Ledger, refused: Mapping[str, int]) -> str:

@@ -6,8 +6,9 @@ data_dir/
   chain.db         the chain (SQLite WAL): blocks and the state derived from them
   aggregator.lock  held (flock) by the process that owns chain.db for writing
   aggregator.url   the running service's base URL (written when it listens, removed at stop)
-  dispatch.token   the bearer token of POST /v1/suggestions/{id}/approve|dismiss (hex, mode
-                   0600; created by `init`, or by `run` for a data dir made before it existed)
+  dispatch.token   the API's operator token: POST /v1/suggestions/{id}/approve|dismiss (hex,
+                   mode 0600; created by `init`, or by `run` for a data dir made before it)
+  auditor.token    the API's auditor token: /metrics (hex, mode 0600; the same)
   suggestions.db   suggestions and the dispatcher's decisions on them (aggregator.dispatch.suggestions)
 """
 
@@ -26,11 +27,13 @@ from meterledger import errors
 from meterledger import wire as P
 from meterledger.infra import config as cfg
 from meterledger.infra import datadir
+from meterledger.infra import http as H
 from meterledger.infra.config import setting
 
 KEY, PUB, CHAIN, LOCK, URL = "dispatch.key", "dispatch.pub", "chain.db", "aggregator.lock", \
     "aggregator.url"
-TOKEN = "dispatch.token"
+TOKEN = "dispatch.token"  # the operator tier's
+AUDITOR_TOKEN = "auditor.token"
 
 
 class ConfigError(AggregatorError, errors.ConfigError):
@@ -43,11 +46,40 @@ class AggregatorConfig:
     host: str = setting("127.0.0.1", help="address the HTTP API listens on")
     http_port: int = setting(8090, help="HTTP API port (0: any free port)", min=0,
                              max=65535)
+    # HTTP API (issue 13): TLS and limits (docs/PROTOCOL.md section 15)
+    http_tls_cert: str = setting("", help="PEM certificate (chain) the HTTP API serves TLS "
+                                          "with; empty (with http_tls_key): plain HTTP")
+    http_tls_key: str = setting("", help="PEM private key of http_tls_cert")
+    http_max_body: int = setting(64 * 1024, help="largest POST body read; beyond it refused "
+                                                 "unread (bytes)", min=4096,
+                                 max=16 * 1024 * 1024)
+    http_max_head: int = setting(64 * 1024, help="largest request line and headers (bytes)",
+                                 min=1024, max=1024 * 1024)
+    http_request_timeout_s: float = setting(10.0, help="a request must arrive whole within "
+                                                       "this many seconds (slow clients are "
+                                                       "closed)", min=0.05, max=600)
+    http_idle_timeout_s: float = setting(30.0, help="seconds a kept-alive connection may sit "
+                                                    "idle", min=0.05, max=3600)
+    http_handler_timeout_s: float = setting(60.0, help="seconds a client waits for an answer "
+                                                       "(POST /v1/tx: its block) before a 503",
+                                            min=0.05, max=3600)
+    http_max_connections: int = setting(256, help="open HTTP connections at most; more wait "
+                                                  "to be accepted", min=1, max=65535)
+
+    def limits(self) -> H.Limits:
+        return H.Limits(max_body=self.http_max_body, max_head=self.http_max_head,
+                        request_timeout_s=self.http_request_timeout_s,
+                        idle_timeout_s=self.http_idle_timeout_s,
+                        handler_timeout_s=self.http_handler_timeout_s,
+                        max_connections=self.http_max_connections)
+
+    def tls(self) -> H.TLS | None:
+        return H.TLS.of(self.http_tls_cert, self.http_tls_key)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> AggregatorConfig:
-    """A TOML file (an [aggregator] table or top-level keys data_dir, host, http_port), then
-    the flags that were given."""
+    """A TOML file (an [aggregator] table or top-level keys: AggregatorConfig's), then the
+    flags that were given."""
     return cfg.load(AggregatorConfig, path, "aggregator", overrides)
 
 
@@ -63,13 +95,21 @@ def init_data_dir(data_dir: Path, t: int, name: str = "dispatch") -> P.SigningKe
         create_genesis(store, key, t, name)
     finally:
         store.close()
-    ensure_token(data_dir)
+    ensure_tokens(data_dir)
     return key
 
 
 def ensure_token(data_dir: Path) -> str:
     """The data dir's dispatch token, created (random, mode 0600) if missing."""
     return datadir.ensure_secret(data_dir / TOKEN, "dispatch token")
+
+
+def ensure_tokens(data_dir: Path) -> H.Tokens:
+    """The API's tokens as files (read again when replaced): auditor.token and the dispatch
+    token as the operator's; each created (random, mode 0600) if missing."""
+    ensure_token(data_dir)
+    datadir.ensure_secret(data_dir / AUDITOR_TOKEN, "auditor token")
+    return H.Tokens({H.AUDITOR: data_dir / AUDITOR_TOKEN, H.OPERATOR: data_dir / TOKEN})
 
 
 def read_token(path: Path) -> str:

@@ -21,6 +21,8 @@ def parse_addresses(text: str) -> list[int]:
             raise ValueError(f"bad RS485 address {part!r} (expected N or N-M)") from None
         if a > b:
             raise ValueError(f"bad RS485 address range {part!r}")
+        if not (1 <= a and b <= mb.MAX_ADDRESS):  # before range(): "1-99999999999" is no list
+            raise ValueError(f"RS485 addresses {part!r} outside 1..{mb.MAX_ADDRESS}")
         out.extend(range(a, b + 1))
     return check_addresses(out)
 
