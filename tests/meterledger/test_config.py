@@ -55,7 +55,7 @@ def test_files_that_are_no_config_are_one_line_errors(tmp_path: Path, data: byte
         load_config(path, {})
 
 
-def _numeric(cls: type[Any]) -> list[tuple[str, float, float]]:
+def _numeric(cls: type[Any]) -> list[tuple[str, Any, Any]]:
     out = []
     for f in dataclasses.fields(cls):
         lo, hi = f.metadata.get("meterledger.min"), f.metadata.get("meterledger.max")
