@@ -87,7 +87,7 @@ def run(config: AggregatorConfig) -> int:
         ledger = open_ledger(d, time.time)
         dispatcher = open_dispatcher(ledger, load_key(d), d, time.time)
         api = AggregatorAPI(ledger, time.time, dispatcher, tokens=ensure_tokens(d),
-                            limits=config.limits(), tls=config.tls())
+                            limits=config.http_limits(), tls=config.http_tls())
         port = api.start(config.host, config.http_port)
         host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
         url = f"{api.http.scheme}://{f'[{host}]' if ':' in host else host}:{port}"

@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fog_node.broker_access import hash_error
-from fog_node.config import FogConfig
 from fog_node.enrollment import queue_request
 from fog_node.log.checkpoints import Checkpoint
 from fog_node.metrics import registry
@@ -110,14 +109,6 @@ def _hex(b: bytes) -> str:
 _DEV_DOC = "the meter's 8-byte id, 16 hex characters"
 
 
-def api_limits(config: FogConfig) -> H.Limits:
-    """The API's limits from the node's settings."""
-    return H.Limits(max_body=config.http_max_body, max_head=config.http_max_head,
-                    request_timeout_s=config.http_request_timeout_s,
-                    idle_timeout_s=config.http_idle_timeout_s,
-                    handler_timeout_s=config.http_handler_timeout_s,
-                    max_connections=config.http_max_connections)
-
 
 class FogAPI:
     """The API of a node. Tokens, limits and TLS come from the node's config and data dir
@@ -157,8 +148,8 @@ class FogAPI:
              R("/v1/revoke", self._revoke, ("POST",), body=True, tier=OPERATOR,
                body_type=JSON)],
             errors=_Errors(), title="MeterLedger fog node", server="MeterLedgerFog/1",
-            tokens=tokens, limits=limits if limits is not None else api_limits(c),
-            tls=tls if tls is not None else H.TLS.of(c.http_tls_cert, c.http_tls_key),
+            tokens=tokens, limits=limits if limits is not None else c.http_limits(),
+            tls=tls if tls is not None else c.http_tls(),
             logger=log)
 
     # -- serving ------------------------------------------------------------------------

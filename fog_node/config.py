@@ -19,6 +19,7 @@ from meterledger.infra import clock
 from meterledger.infra import config as cfg
 from meterledger.infra.clock import Clock
 from meterledger.infra.config import setting
+from meterledger.infra.http_settings import HTTPSettings
 
 
 def _addresses(value: Any) -> list[int]:
@@ -63,7 +64,7 @@ def _feeders(value: Any) -> list[Feeder]:
 
 
 @dataclass
-class FogConfig:
+class FogConfig(HTTPSettings):
     data_dir: Path = setting(Path("fog-data"), help="the node's data directory (keys, databases)")
     mqtt_host: str = setting("127.0.0.1", help="MQTT broker host")
     mqtt_port: int = setting(1883, help="MQTT broker port", min=1, max=65535)
@@ -149,22 +150,7 @@ class FogConfig:
     broker_reload_cmd: str = setting("", help="else a command that reloads the broker, e.g. "
                                               "\"sudo -n systemctl reload mosquitto\"")
     # HTTP API (issue 13): TLS, limits; tiers and tokens in docs/PROTOCOL.md section 12
-    http_tls_cert: str = setting("", help="PEM certificate (chain) the HTTP API serves TLS "
-                                          "with; empty (with http_tls_key): plain HTTP")
-    http_tls_key: str = setting("", help="PEM private key of http_tls_cert")
-    http_max_body: int = setting(64 * 1024, help="largest request body the API reads (bytes)",
-                                 min=1024, max=16 * 1024 * 1024)
-    http_max_head: int = setting(64 * 1024, help="largest request line and headers (bytes)",
-                                 min=1024, max=1024 * 1024)
-    http_request_timeout_s: float = setting(10.0, help="a request must arrive whole within "
-                                                       "this many seconds (slow clients are "
-                                                       "closed)", min=0.05, max=600)
-    http_idle_timeout_s: float = setting(30.0, help="seconds a kept-alive connection may sit "
-                                                    "idle", min=0.05, max=3600)
-    http_handler_timeout_s: float = setting(30.0, help="seconds a client waits for an answer "
-                                                       "before a 503", min=0.05, max=3600)
-    http_max_connections: int = setting(256, help="open HTTP connections at most; more wait "
-                                                  "to be accepted", min=1, max=65535)
+    # (the http_* settings: HTTPSettings, shared with the chain node)
     chain_ca_file: str = setting("", help="CA certificate (PEM) the chain's TLS certificate "
                                           "must chain to; empty: the system's CAs")
     # what strangers and noisy meters can make the node hold (issue 13): bounded, oldest

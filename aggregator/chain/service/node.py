@@ -29,6 +29,7 @@ from meterledger.infra import config as cfg
 from meterledger.infra import datadir
 from meterledger.infra import http as H
 from meterledger.infra.config import setting
+from meterledger.infra.http_settings import HTTPSettings
 
 KEY, PUB, CHAIN, LOCK, URL = "dispatch.key", "dispatch.pub", "chain.db", "aggregator.lock", \
     "aggregator.url"
@@ -41,40 +42,19 @@ class ConfigError(AggregatorError, errors.ConfigError):
 
 
 @dataclass
-class AggregatorConfig:
+class AggregatorConfig(HTTPSettings):
     data_dir: Path = setting(Path("aggregator-data"), help="the chain node's data directory")
     host: str = setting("127.0.0.1", help="address the HTTP API listens on")
     http_port: int = setting(8090, help="HTTP API port (0: any free port)", min=0,
                              max=65535)
-    # HTTP API (issue 13): TLS and limits (docs/PROTOCOL.md section 15)
-    http_tls_cert: str = setting("", help="PEM certificate (chain) the HTTP API serves TLS "
-                                          "with; empty (with http_tls_key): plain HTTP")
-    http_tls_key: str = setting("", help="PEM private key of http_tls_cert")
+    # HTTP API (issue 13): TLS and limits (HTTPSettings; docs/PROTOCOL.md section 15), with
+    # the chain's own body cap and handler time (POST /v1/tx waits for its block)
     http_max_body: int = setting(64 * 1024, help="largest POST body read; beyond it refused "
                                                  "unread (bytes)", min=4096,
                                  max=16 * 1024 * 1024)
-    http_max_head: int = setting(64 * 1024, help="largest request line and headers (bytes)",
-                                 min=1024, max=1024 * 1024)
-    http_request_timeout_s: float = setting(10.0, help="a request must arrive whole within "
-                                                       "this many seconds (slow clients are "
-                                                       "closed)", min=0.05, max=600)
-    http_idle_timeout_s: float = setting(30.0, help="seconds a kept-alive connection may sit "
-                                                    "idle", min=0.05, max=3600)
     http_handler_timeout_s: float = setting(60.0, help="seconds a client waits for an answer "
                                                        "(POST /v1/tx: its block) before a 503",
                                             min=0.05, max=3600)
-    http_max_connections: int = setting(256, help="open HTTP connections at most; more wait "
-                                                  "to be accepted", min=1, max=65535)
-
-    def limits(self) -> H.Limits:
-        return H.Limits(max_body=self.http_max_body, max_head=self.http_max_head,
-                        request_timeout_s=self.http_request_timeout_s,
-                        idle_timeout_s=self.http_idle_timeout_s,
-                        handler_timeout_s=self.http_handler_timeout_s,
-                        max_connections=self.http_max_connections)
-
-    def tls(self) -> H.TLS | None:
-        return H.TLS.of(self.http_tls_cert, self.http_tls_key)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> AggregatorConfig:
