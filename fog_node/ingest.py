@@ -163,7 +163,9 @@ def on_all_cores(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
 
 class Ingest:
     def __init__(self, key: P.SigningKey, log: LogStore, registry: Registry,
-                 clock: Callable[[], float], skew_s: int = 300) -> None:
+                 clock: Callable[[], float], skew_s: int = 300,
+                 quarantine_per_meter: int = QUARANTINE_PER_METER,
+                 quarantine_total: int = QUARANTINE_TOTAL) -> None:
         self.key = key
         self.log = log
         self.registry = registry
@@ -181,8 +183,8 @@ class Ingest:
         self._births: dict[bytes, bytes] = {}  # dev -> digest of the last logged birth
         self.pending_births: dict[bytes, bytes] = {}  # unknown meters' births (pub) seen
         self._foreign: dict[bytes, bytes] = {}  # unknown meters whose birth names another fog
-        self.quarantine_per_meter = QUARANTINE_PER_METER
-        self.quarantine_total = QUARANTINE_TOTAL
+        self.quarantine_per_meter = quarantine_per_meter
+        self.quarantine_total = quarantine_total
         # set when a group failed part way (a full disk between the log's commit and the
         # registry's): the next group first re-indexes the log, so the registry never
         # answers from a stale index and nothing is logged twice

@@ -41,7 +41,7 @@ def families(node: FogNode, now: float) -> M.Families:
     bus = node.rs485
     rs485 = {k: bus.counters[k] for k in RS485_HELP} if bus is not None else None
     storage = node.storage
-    storage_failures = dict(storage.failures)
+    storage_failures = storage.failures_now()
 
     w = M.Families(PREFIX)
     w.one("accepted_total", "counter",

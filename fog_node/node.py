@@ -130,9 +130,8 @@ class FogNode:
             self.log.close()
             raise
         self.registry = Registry(d / "registry.db")
-        self.ingest = Ingest(self.key, self.log, self.registry, clock, config.skew_s)
-        self.ingest.quarantine_per_meter = config.quarantine_per_meter
-        self.ingest.quarantine_total = config.quarantine_total
+        self.ingest = Ingest(self.key, self.log, self.registry, clock, config.skew_s,
+                             config.quarantine_per_meter, config.quarantine_total)
         if config.on_tamper not in ("report", "relay_off"):
             raise FogError(f"on_tamper must be 'report' or 'relay_off', not {config.on_tamper!r}")
         rules = FeederRules(config.privacy_min_meters, config.loss_alert_pct,

@@ -191,9 +191,8 @@ class Registry:
                         log_size: int) -> None:
         """(dev, seq, digest, leaf index, t) of readings just committed to the log, which
         now holds log_size entries."""
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with atomic(self.db):
+            cur = self.db.cursor()
             cur.execute("INSERT INTO meta (k, v) VALUES ('indexed_upto', ?) "
                         "ON CONFLICT(k) DO UPDATE SET v = MAX(v, excluded.v)", (log_size,))
             cur.executemany("INSERT OR IGNORE INTO readings (dev, seq, digest, leaf) "
@@ -203,11 +202,6 @@ class Registry:
                     "UPDATE devices SET gaps = gaps + (CASE WHEN ? > last_seq + 1 THEN ? - last_seq - 1 "
                     "ELSE 0 END), last_seq = ?, last_digest = ?, last_t = ? "
                     "WHERE dev = ? AND ? > last_seq", (seq, seq, seq, digest, t, dev, seq))
-            cur.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                cur.execute("ROLLBACK")
-            raise
 
     def contiguous_seq(self, dev: bytes) -> int:
         """Highest seq such that every reading 1..seq of dev is logged (what an ack says)."""

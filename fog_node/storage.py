@@ -89,6 +89,11 @@ class StorageHealth:
             self._fault = Fault(kind, detail, now)
             return True
 
+    def failures_now(self) -> dict[str, int]:
+        """Failed steps by kind so far (a copy: the ingest thread keeps counting)."""
+        with self._lock:
+            return dict(self.failures)
+
     def step_ok(self) -> Fault | None:
         """A step succeeded: the fault that ended with it, if there was one."""
         with self._lock:

@@ -26,18 +26,16 @@ import argparse
 import http.client
 import multiprocessing
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fog_node.node import FogNode
 from meterledger import wire as P
-from tools.bench_api import IVL, MOVED, T0, Served, _load, build_node
+from tools.bench_api import IVL, T0, Served, _load, build_node, git_sources, moved_modules
 
 # the last commit whose fog API held the ingest lock while it read, scanning the log
 BASELINE = "bf5c65ad79423750abe2f991dc7974994faca6c8"
@@ -118,20 +116,10 @@ def baseline_api(rev: str) -> Callable[[FogNode], Served] | None:
     """The FogAPI of `rev` with the HTTP layer and metrics of the same revision."""
     paths = ("meterledger/infra/http_transport.py", "meterledger/infra/http.py",
              "fog_node/metrics.py", "fog_node/api.py")
-    sources = {}
-    for path in paths:
-        r = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=_ROOT, capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            print(f"bench_acks: no baseline ({path} at {rev[:12]}: {r.stderr.strip()})")
-            return None
-        sources[path] = r.stdout
-    moved: dict[str, types.ModuleType] = {}
-    for old, new in MOVED.items():
-        try:
-            __import__(old)
-        except ImportError:
-            moved[old] = __import__(new, fromlist=["_"])
+    sources = git_sources(rev, paths, "bench_acks")
+    if sources is None:
+        return None
+    moved = moved_modules()
     transport = _load("_bench_old_http_transport", sources[paths[0]], moved)
     layer = _load("_bench_old_http", sources[paths[1]],
                   {**moved, "meterledger.infra.http_transport": transport})

@@ -109,22 +109,38 @@ def _load(name: str, source: str, replace: dict[str, types.ModuleType]) -> types
     return mod
 
 
-def baseline_api(rev: str) -> Callable[[FogNode], Served] | None:
-    """The FogAPI class of fog_node/api.py at git `rev`, or None if git cannot show it."""
+def git_sources(rev: str, paths: tuple[str, ...], tool: str) -> dict[str, str] | None:
+    """The text of each path at git `rev`; None (said once, naming `tool`) if git cannot
+    show one of them."""
     sources = {}
-    for path in ("fog_node/metrics.py", "fog_node/api.py"):
+    for path in paths:
         r = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=_ROOT, capture_output=True,
                            text=True)
         if r.returncode != 0:
-            print(f"bench_api: no baseline ({path} at {rev[:12]}: {r.stderr.strip()})")
+            print(f"{tool}: no baseline ({path} at {rev[:12]}: {r.stderr.strip()})")
             return None
         sources[path] = r.stdout
+    return sources
+
+
+def moved_modules() -> dict[str, types.ModuleType]:
+    """Old module names (MOVED) that no longer import, mapped to the modules now in their
+    place, for loading an old revision's code against today's tree."""
     moved: dict[str, types.ModuleType] = {}
     for old, new in MOVED.items():
         try:
             importlib.import_module(old)
         except ImportError:
             moved[old] = importlib.import_module(new)
+    return moved
+
+
+def baseline_api(rev: str) -> Callable[[FogNode], Served] | None:
+    """The FogAPI class of fog_node/api.py at git `rev`, or None if git cannot show it."""
+    sources = git_sources(rev, ("fog_node/metrics.py", "fog_node/api.py"), "bench_api")
+    if sources is None:
+        return None
+    moved = moved_modules()
     try:
         metrics = _load("_bench_old_fog_metrics", sources["fog_node/metrics.py"], moved)
         api = _load("_bench_old_fog_api", sources["fog_node/api.py"],

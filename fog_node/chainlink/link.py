@@ -349,8 +349,7 @@ class ChainLink:
                 raise AnchorError(f"cannot queue a {kind} transaction before the first contact "
                                   "with the dispatch chain (chain id and nonce unknown)")
             now = int(self.clock())
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with atomic(db):
                 # inside the write transaction: the latest outbox, whoever inserted last
                 row = db.execute("SELECT MAX(nonce) FROM outbox").fetchone()
                 nonce = max(int(row[0] or 0), int(meta.get("base_nonce") or 0)) + 1
@@ -360,10 +359,5 @@ class ChainLink:
                            "VALUES (?, ?, ?, ?, ?)", (nonce, kind, P.digest(raw), raw, now))
                 if also is not None:
                     also(db)
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         self.counters[f"{kind}s_queued"] += 1
         return raw

@@ -20,7 +20,7 @@ from fog_node.cooking.feeders import (
 from fog_node.log.store import LogStore
 from fog_node.registry import Registry
 from meterledger import wire as P
-from meterledger.infra.sqlite import connect, meta, set_meta
+from meterledger.infra.sqlite import atomic, connect, meta, set_meta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -125,29 +125,27 @@ class CookedIndex:
             return 0
         last_closed = self.last_closed
         rows = self._pending
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            for idx in range(start, size):
-                m = P.parse(self.log.entry(idx), schema=False)
-                if m.type == P.READING:
-                    rows.append(self._index_reading(m, idx, now, last_closed))
-                    continue
+            with atomic(self.db):
+                for idx in range(start, size):
+                    m = P.parse(self.log.entry(idx), schema=False)
+                    if m.type == P.READING:
+                        rows.append(self._index_reading(m, idx, now, last_closed))
+                        continue
+                    self._flush_readings(rows)
+                    if m.type == P.ESTIMATE:
+                        self._index_estimate(m, idx, last_closed)
+                    elif m.type == P.AGGREGATE:
+                        f = m.fields
+                        self.db.execute("INSERT OR IGNORE INTO aggregates VALUES "
+                                        "(?, ?, ?, ?, ?, ?)",
+                                        (f[1], f[2], f[16], m.digest, idx, m.raw))
                 self._flush_readings(rows)
-                if m.type == P.ESTIMATE:
-                    self._index_estimate(m, idx, last_closed)
-                elif m.type == P.AGGREGATE:
-                    f = m.fields
-                    self.db.execute("INSERT OR IGNORE INTO aggregates VALUES (?, ?, ?, ?, ?, ?)",
-                                    (f[1], f[2], f[16], m.digest, idx, m.raw))
-            self._flush_readings(rows)
-            self._set_meta("cursor", size)
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+                self._set_meta("cursor", size)
+        except BaseException:  # nothing was indexed: the caches must not say otherwise
             self._last.clear()
             rows.clear()
             raise
-        self.db.execute("COMMIT")
         return size - start
 
     def _flush_readings(self, rows: list[tuple[Any, ...]]) -> None:

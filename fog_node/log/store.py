@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from meterledger import errors
-from meterledger.infra.sqlite import connect
+from meterledger.infra.sqlite import atomic, connect
 from meterledger.wire import merkle
 from meterledger.wire.merkle import CompactRange, ConsistencyProof, InclusionProof
 
@@ -281,8 +281,7 @@ class SQLiteLogStore(_CachedTreeLog):
                     f"{self._path}: SQLite would not use WAL (journal mode is {mode!r}); "
                     "the log needs a file on a filesystem that supports it"
                 )
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with atomic(db):
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
                 if version == 0 and tables:
@@ -298,11 +297,6 @@ class SQLiteLogStore(_CachedTreeLog):
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as e:
             raise LogStoreError(f"{self._path}: cannot open as a log: {e}") from e
 
@@ -347,14 +341,8 @@ class SQLiteLogStore(_CachedTreeLog):
                 for level in range(1, len(completed)):
                     node_rows.append((level, ((index + 1) >> level) - 1, completed[level]))
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with atomic(db):
                     self._write_batch(db, first, entry_rows, node_rows)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as e:
                 raise LogStoreError(
                     f"{self._path}: appending {len(batch)} entries at index {first} failed, "

@@ -21,7 +21,8 @@ from typing import Any
 
 from meterledger.errors import ProtocolError
 
-__all__ = ["CBORError", "ProtocolError", "Tag", "decode", "encode", "head", "item_end"]
+__all__ = ["INT64_MAX", "INT64_MIN", "CBORError", "ProtocolError", "Tag", "decode", "encode", "head",
+           "item_end"]
 
 MAX_DEPTH = 8
 _U64 = 1 << 64
@@ -110,7 +111,7 @@ def _truncated(pos: int) -> CBORError:
 
 
 # SPEC section 2: every integer lies in [-2^63, 2^63 - 1], so every party can store it
-_INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _out_of_range(value: int, end: int) -> CBORError:
@@ -149,7 +150,7 @@ def _item(data: bytes, pos: int, depth: int, tags: Collection[int] | None) -> tu
     else:
         raise CBORError("malformed", f"reserved additional info at byte {pos - 1}")
     if major == 0:
-        if val > _INT64_MAX:
+        if val > INT64_MAX:
             raise _out_of_range(val, pos)
         return val, pos
     if major == 2:
@@ -158,7 +159,7 @@ def _item(data: bytes, pos: int, depth: int, tags: Collection[int] | None) -> tu
             raise _truncated(pos)
         return data[pos:end], end
     if major == 1:
-        if val > _INT64_MAX:
+        if val > INT64_MAX:
             raise _out_of_range(-1 - val, pos)
         return -1 - val, pos
     if major == 3:
@@ -234,7 +235,7 @@ def _map(data: bytes, pos: int, count: int, depth: int) -> tuple[dict[Any, Any],
             v = int.from_bytes(data[start:end], "big")
             if v < _MIN_FOR_AI[ib]:
                 raise CBORError("not_deterministic", f"integer/length not in shortest form at byte {pos}")
-            if v > _INT64_MAX:
+            if v > INT64_MAX:
                 raise _out_of_range(v, end)
             out[key] = v
             pos = end

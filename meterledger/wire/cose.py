@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meterledger.errors import ProtocolError
-from meterledger.wire.cbor import CBORError, Tag, decode, encode, head
+from meterledger.wire.cbor import INT64_MAX, CBORError, Tag, decode, encode, head
 from meterledger.wire.keys import HALF_N, N, PublicKey, SigningKey
 from meterledger.wire.meter import READING
 from meterledger.wire.schema import Fields
@@ -57,7 +57,6 @@ _READING_SCHEMA_V1 = dict(_READING_SCHEMA)
 # head byte -> (argument width, smallest argument in shortest form), majors 0 and 1
 _WIDE = {0x18: (1, 24), 0x19: (2, 1 << 8), 0x1A: (4, 1 << 16), 0x1B: (8, 1 << 32),
          0x38: (1, 24), 0x39: (2, 1 << 8), 0x3A: (4, 1 << 16), 0x3B: (8, 1 << 32)}
-_INT64_MAX = 2**63 - 1  # larger integers: the decoder's out_of_range
 _READING_HEAD = b"\x00\x01\x01\x48"  # 0: 1, 1: bstr(8)
 _PREV_HEAD = b"\x08\x58\x20"  # 8: bstr(32)
 
@@ -87,7 +86,7 @@ def _reading_fields(p: bytes) -> Fields | None:
                 return None
             end = pos + 2 + w[0]
             v = int.from_bytes(p[pos + 2:end], "big")
-            if v < w[1] or end > n or v > _INT64_MAX:  # the decoder names what is wrong
+            if v < w[1] or end > n or v > INT64_MAX:  # the decoder names what is wrong
                 return None
             f[key] = v
             pos = end
@@ -117,7 +116,7 @@ def _reading_fields(p: bytes) -> Fields | None:
                     return None
                 end = pos + 2 + w[0]
                 v = int.from_bytes(p[pos + 2:end], "big")
-                if v < w[1] or end > n or v > _INT64_MAX:
+                if v < w[1] or end > n or v > INT64_MAX:
                     return None
                 v = v if b < 0x20 else -1 - v
                 pos = end

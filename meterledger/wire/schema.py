@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire.cbor import INT64_MAX, INT64_MIN
 
 __all__ = ["COUNT_MAX", "INT64_MAX", "INT64_MIN", "SEQ_MAX", "TIME_MAX", "Fields", "MessageType",
            "Range", "Rule", "bad_fields", "check_schema", "field_label", "is_int", "predicate",
@@ -30,7 +31,6 @@ Fields = dict[int, Any]
 Rule = Callable[[Fields], None]
 Range = tuple[int, int]
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # a meter's seq and a command's cid travel as u32 on RS485 (SPEC section 6)
 SEQ_MAX = 2**32 - 1
 # Unix seconds: until 2106-02-07, the u32 range every meter can keep

@@ -15,15 +15,12 @@ from fog_node.config import FogConfig
 from fog_node.integrity import CorruptDataError
 from fog_node.node import FogNode, init_data_dir
 from meterledger import wire as P
+from meterledger.infra.clock import ManualClock
 
 T0 = 1_800_000_000
 METER = P.SigningKey.from_int(0x5EED)
+NOW = T0 + 900 * 20
 ROOT = Path(__file__).parents[2]
-
-
-class Clock:
-    def __call__(self) -> float:
-        return T0 + 900 * 20
 
 
 def _cfg(d: Path) -> FogConfig:
@@ -35,7 +32,7 @@ def data_dir(tmp_path: Path) -> Path:
     """A fog with 10 readings and a sealed checkpoint, shut down cleanly."""
     d = tmp_path / "fog"
     init_data_dir(d)
-    node = FogNode(_cfg(d), Clock())
+    node = FogNode(_cfg(d), ManualClock(NOW))
     prev = bytes(32)
     msgs = []
     for seq in range(1, 11):
@@ -45,13 +42,13 @@ def data_dir(tmp_path: Path) -> Path:
     with node.lock:
         node.ingest.decide(METER.public_key.raw, "active", "test")
         node.ingest.process(msgs)
-        node.checkpoints.seal(int(Clock()()))
+        node.checkpoints.seal(int(NOW))
     node.close()
     return d
 
 
 def _starts(d: Path) -> None:
-    FogNode(_cfg(d), Clock()).close()
+    FogNode(_cfg(d), ManualClock(NOW)).close()
 
 
 def test_an_intact_data_dir_starts(data_dir: Path) -> None:
@@ -129,7 +126,7 @@ def test_a_registry_moved_aside_is_rebuilt_from_the_log(data_dir: Path) -> None:
     (data_dir / "registry.db").rename(data_dir / "registry.db.damaged")
     for wal in data_dir.glob("registry.db-*"):
         wal.unlink()
-    node = FogNode(_cfg(data_dir), Clock())
+    node = FogNode(_cfg(data_dir), ManualClock(NOW))
     try:
         dev = node.registry.device(METER.id)
         assert dev is not None and dev.last_seq == 10

@@ -26,19 +26,12 @@ from fog_node.ingest import LOGGED, REJECTED
 from fog_node.node import FogNode, init_data_dir
 from fog_node.scheduler import Scheduler
 from meterledger import wire as P
+from meterledger.infra.clock import ManualClock
 from meterledger.wire import reasons
 from meterledger.wire.meter import Q_RANGES
 from tests.kit.payloads import CHAIN_ID, METER, T0, base_payload, history
 
 OTHER = P.SigningKey.from_int(0x07E4)
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _edges(lo: int, hi: int) -> list[int]:
@@ -119,7 +112,7 @@ def fog_id(template: Path) -> bytes:
     return P.PublicKey(bytes.fromhex((template / "fog.pub").read_text().strip())).id
 
 
-def _open(d: Path, clock: Clock) -> FogNode:
+def _open(d: Path, clock: ManualClock) -> FogNode:
     cfg = FogConfig(data_dir=d, interval_s=900, grace_s=60, skew_s=300, privacy_min_meters=1)
     return FogNode(cfg, clock)
 
@@ -148,7 +141,7 @@ def through_the_fog(template: Path, workdir: Path, before: list[bytes],
     d = workdir / "fog"
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(template, d)
-    clock = Clock(T0 + 1800 + 30)
+    clock = ManualClock(T0 + 1800 + 30)
     node = _open(d, clock)
     try:
         with node.lock:
@@ -161,14 +154,14 @@ def through_the_fog(template: Path, workdir: Path, before: list[bytes],
         outcome = outs[0]
         size_after = node.log.size()
         # the fog goes on: cooking and the checkpoint at the interval close
-        clock.t = T0 + 2700 + 61
+        clock.advance(900 + 31)  # T0 + 2700 + 61: the interval's close plus grace
         scheduler.tick()
         latest = node.checkpoints.latest()
         assert latest is not None and latest.size >= size_after
         # the anchor the chain would check (A.check_anchor runs inside build_anchor)
         cps = [c for h in range(1, latest.height + 1)
                if (c := node.checkpoints.at_height(h)) is not None]
-        build_anchor(node.key, CHAIN_ID, 1, None, cps, node.log, int(clock.t),
+        build_anchor(node.key, CHAIN_ID, 1, None, cps, node.log, int(clock()),
                      node.cooker.aggregates_in, lambda d_: False)
     finally:
         node.close()
@@ -176,7 +169,7 @@ def through_the_fog(template: Path, workdir: Path, before: list[bytes],
     node = _open(d, clock)
     try:
         good = P.sign1(OTHER, P.reading(OTHER.id, 1, T0 + 2700, 900, 5, 0, 0, bytes(32)))
-        clock.t = T0 + 2700 + 70
+        clock.advance(9)
         outs, acks = _ingest(node, [good], OTHER.id)
         assert outs[0].status == LOGGED, outs[0]
         assert [dev for dev, _ in acks] == [OTHER.id]

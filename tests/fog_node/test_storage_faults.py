@@ -23,19 +23,12 @@ from fog_node.node import FogNode, init_data_dir
 from fog_node.service import FogService
 from fog_node.storage import fault_kind
 from meterledger import wire as P
+from meterledger.infra.clock import ManualClock
 from meterledger.infra.metrics import parse_metrics
 from tests.kit.fogkit import logged_readings
 
 T0 = 1_800_000_000
 METER = P.SigningKey.from_int(0x5EED)
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def readings(n: int) -> list[bytes]:
@@ -63,7 +56,7 @@ def make_room(db: sqlite3.Connection) -> None:
 @pytest.fixture
 def fog(tmp_path: Path) -> Any:
     init_data_dir(tmp_path / "fog")
-    clock = Clock(T0 + 900 * 400)
+    clock = ManualClock(T0 + 900 * 400)
     # a whole delivery in one group (inbox_share): the disk must fill inside it
     node = FogNode(FogConfig(data_dir=tmp_path / "fog", mqtt_security="lab",
                              inbox_share=1000), clock)

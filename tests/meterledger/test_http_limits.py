@@ -16,7 +16,6 @@ import select
 import socket
 import ssl
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -32,6 +31,7 @@ from meterledger.errors import ConfigError
 from meterledger.infra import http as H
 from meterledger.infra import pki
 from tests.fog_node.test_api import METER, Clock, chain, make_node
+from tests.kit.fogkit import wait
 
 
 class App:
@@ -96,14 +96,6 @@ def status_and_body(raw: bytes) -> tuple[int, Any]:
     return int(head.split(b" ")[1]), json.loads(body)
 
 
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.01)
-
-
 def connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=30)
 
@@ -133,25 +125,28 @@ def test_a_client_trickling_its_request_is_answered_408_and_closed(serve: Serve)
     head = b"GET /pub HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"s" * 200 + b"\r\n\r\n"
     sent = [0]
     s = connect(port)
+    answered = threading.Event()
 
     def trickle() -> None:  # a byte every 20 ms: each byte alone is in time, the request not
         try:
             for i in range(len(head)):
                 s.send(head[i:i + 1])
                 sent[0] += 1
-                time.sleep(0.02)
+                if answered.wait(0.02):  # paced, and done as soon as the server answered
+                    return
         except OSError:  # the server closed: what the test waits for
             pass
 
     t = threading.Thread(target=trickle)
     t.start()
     answer = read_all(s)
+    answered.set()
     t.join(30)
     s.close()
     assert status_and_body(answer) == (408, {
         "error": "request_timeout", "detail": "the request did not arrive whole within 0.3 s"})
     assert sent[0] < len(head)  # cut off while it still trickled
-    wait_until(lambda: service.connections[0] == 0, "the server let the socket go")
+    wait(lambda: service.connections[0] == 0, what="the server let the socket go")
 
 
 def test_a_connection_that_sends_nothing_is_closed(serve: Serve) -> None:
@@ -169,7 +164,7 @@ def test_a_connection_that_sends_nothing_is_closed(serve: Serve) -> None:
         assert first.startswith(b"HTTP/1.1 200 ")
         s.sendall(b"GET /pub HT")
         assert status_and_body(read_all(s))[0] == 408
-    wait_until(lambda: service.connections[0] == 0, "the server let the sockets go")
+    wait(lambda: service.connections[0] == 0, what="the server let the sockets go")
 
 
 def test_an_idle_kept_alive_connection_is_closed(serve: Serve) -> None:
@@ -186,7 +181,7 @@ def test_a_client_that_stops_reading_its_answer_is_dropped(serve: Serve) -> None
     s.settimeout(30)
     s.connect(("127.0.0.1", port))
     s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-    wait_until(lambda: service.connections == (0, 1), "the server dropped the stalled reader")
+    wait(lambda: service.connections == (0, 1), what="the server dropped the stalled reader")
     got = read_all(s)  # what had reached our buffers, then the end
     s.close()
     assert got.startswith(b"HTTP/1.1 200 ") and len(got) < 16 << 20
@@ -208,7 +203,7 @@ def test_a_handler_over_its_time_is_answered_503_and_the_service_goes_on(serve: 
 def test_the_connection_cap_is_a_cap_on_open_sockets(serve: Serve) -> None:
     service, port = serve(H.Limits(max_connections=3, request_timeout_s=30))
     holders = [connect(port) for _ in range(3)]  # they send nothing and hold their place
-    wait_until(lambda: service.connections[0] == 3, "three connections were accepted")
+    wait(lambda: service.connections[0] == 3, what="three connections were accepted")
     waiting = [connect(port) for _ in range(5)]  # the kernel completes their connect ...
     for w in waiting:
         w.sendall(b"GET /pub HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -222,7 +217,7 @@ def test_the_connection_cap_is_a_cap_on_open_sockets(serve: Serve) -> None:
         w.close()
     assert all(status_and_body(a) == (200, {"ok": True}) for a in answers)
     assert service.connections[1] == 3  # never more than three at once
-    wait_until(lambda: service.connections[0] == 0, "every socket was let go")
+    wait(lambda: service.connections[0] == 0, what="every socket was let go")
 
 
 def test_slow_clients_holding_every_place_are_dropped_and_others_served(serve: Serve) -> None:
@@ -273,7 +268,7 @@ def test_tls_serves_https_verified_against_the_ca(serve: Serve, certs: dict[str,
         assert not read_all(s).startswith(b"HTTP/")
     with connect(port) as s:
         assert read_all(s) == b""
-    wait_until(lambda: service.connections[0] == 0, "the server let the sockets go")
+    wait(lambda: service.connections[0] == 0, what="the server let the sockets go")
 
 
 def test_a_tls_peer_that_never_says_goodbye_does_not_hold_up_stop(

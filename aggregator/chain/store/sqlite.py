@@ -116,19 +116,13 @@ class SQLiteBlockStore:
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StorageError(f"{self.path}: SQLite would not use WAL (journal mode {mode!r})")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with atomic(db):
             version = self._check_version(db)
             for statement in _SCHEMA:
                 db.execute(statement)
             if version == 1:
                 self._upgrade_from_1(db)
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _upgrade_from_1(db: sqlite3.Connection) -> None:
