@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint bench demo mpy clean flash fuzz
+.PHONY: setup test lint bench demo demo-live mpy clean flash fuzz
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -51,6 +51,10 @@ fuzz: setup
 
 demo: setup
 	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out
+
+# the same stack, left running until Ctrl-C to explore its APIs and logs
+demo-live: setup
+	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out --keep-running
 
 # put the firmware on a real board, make its key there and enroll it (hardware/boards/README.md):
 #   make flash BOARD=esp32|rp2 PORT=/dev/ttyUSB0 [FOG_DATA=fog-data] [ARGS='--transport mqtt ...']

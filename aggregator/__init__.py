@@ -15,3 +15,7 @@ dispatch/              the dispatch application over the Ledger seam: rules.py (
                        base, suggest()), suggestions.py (store and approvals)
 __main__.py            the CLI (`python -m aggregator`, `meterledger chain`)
 """
+
+from meterledger.deps import require as _require
+
+_require()  # one line, not a traceback, outside the venv

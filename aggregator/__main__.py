@@ -68,6 +68,7 @@ from aggregator.dispatch.suggestions import Dispatcher, open_dispatcher, submit_
 from meterledger import wire as P
 from meterledger.errors import MeterLedgerError, ProtocolError
 from meterledger.infra import config as cfg
+from meterledger.infra import logs
 from meterledger.infra.args import ArgumentParser
 from meterledger.wire import chain as C
 
@@ -84,9 +85,10 @@ def run(config: AggregatorConfig) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     ledger = api = dispatcher = None
     try:
-        ledger = open_ledger(d, time.time)
-        dispatcher = open_dispatcher(ledger, load_key(d), d, time.time)
-        api = AggregatorAPI(ledger, time.time, dispatcher, tokens=ensure_tokens(d),
+        clock = config.clock()
+        ledger = open_ledger(d, clock)
+        dispatcher = open_dispatcher(ledger, load_key(d), d, clock)
+        api = AggregatorAPI(ledger, clock, dispatcher, tokens=ensure_tokens(d),
                             limits=config.http_limits(), tls=config.http_tls())
         port = api.start(config.host, config.http_port)
         host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
@@ -264,43 +266,59 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
     ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    data_help = "the chain node's data directory (made by init: dispatch key, chain.db, tokens)"
+    chain_help = ("the running chain node's URL, e.g. http://127.0.0.1:8090 (no scheme: "
+                  "http); without it the data dir's chain.db is used directly")
     p = sub.add_parser("init", help="create the dispatch key and the chain's genesis block")
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--name", default="dispatch", help="the dispatch center's name on the chain")
+    p.add_argument("--data-dir", type=Path, required=True, help=data_help)
+    p.add_argument("--name", default="dispatch",
+                   help="the dispatch center's name on the chain (default: dispatch)")
     p = sub.add_parser("run", help="serve the chain's HTTP API")
     p.add_argument("--config", type=Path, metavar="FILE",
-                   help="TOML file ([aggregator] table); a flag overrides the file")
+                   help="TOML file ([aggregator] table); a flag overrides the file "
+                        "(example: docs/examples/chain.toml)")
     cfg.add_flags(p, AggregatorConfig)
     p = sub.add_parser("register", help="register a participant (signed by the dispatch key)")
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--role", required=True, choices=C.ROLES)
-    p.add_argument("--pub", required=True, help="SEC1 public key, 130 hex characters")
-    p.add_argument("--name", default="")
-    p.add_argument("--chain", help="the running aggregator's URL")
+    p.add_argument("--data-dir", type=Path, required=True,
+                   help=data_help + "; its dispatch key signs")
+    p.add_argument("--role", required=True, choices=C.ROLES,
+                   help="what the participant may do on the chain: " + ", ".join(C.ROLES))
+    p.add_argument("--pub", required=True, help="SEC1 public key, 130 hex characters (a "
+                   "fog's: the `fog pub` line of `meterledger fog init`, or DATA_DIR/fog.pub)")
+    p.add_argument("--name", default="", help="a name shown beside its id (default: none)")
+    p.add_argument("--chain", help=chain_help)
     p = sub.add_parser("verify-chain", help="replay the chain from genesis and check it")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--chain", help="verify a running aggregator's blocks over HTTP")
-    p.add_argument("--pub", help="the trusted dispatch key (default: the data dir's)")
+    p.add_argument("--data-dir", type=Path, help=data_help)
+    p.add_argument("--chain", help="verify a running chain node's blocks over HTTP (its URL)")
+    p.add_argument("--pub", help="the trusted dispatch key, 130 hex (default: the data dir's "
+                                 "dispatch.pub)")
     p = sub.add_parser("rules", help="rule sets on the chain")
     rsub = p.add_subparsers(dest="rules_cmd", required=True)
     p = rsub.add_parser("register", help="register a rule file (signed by the dispatch key)")
-    p.add_argument("file", type=Path)
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--chain", help="the running aggregator's URL")
+    p.add_argument("file", type=Path, help="the rule file, TOML (docs/examples/rules.toml)")
+    p.add_argument("--data-dir", type=Path, required=True,
+                   help=data_help + "; its dispatch key signs")
+    p.add_argument("--chain", help=chain_help)
     p = sub.add_parser("suggestions", help="list suggestions (JSON lines)")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--chain", help="the running aggregator's URL")
-    p.add_argument("--state", choices=("open", "approved", "dismissed"))
+    p.add_argument("--data-dir", type=Path, help=data_help)
+    p.add_argument("--chain", help=chain_help)
+    p.add_argument("--state", choices=("open", "approved", "dismissed"),
+                   help="only suggestions in this state (default: all)")
+    p.add_argument("--ids", action="store_true",
+                   help="print only the suggestions' ids, one a line (for approve/dismiss)")
     for name, what in (("approve", "sign and submit a suggestion's instruction"),
                        ("dismiss", "dismiss a suggestion")):
         p = sub.add_parser(name, help=what)
-        p.add_argument("id", help="the suggestion's id (64 hex characters)")
-        p.add_argument("--data-dir", type=Path)
-        p.add_argument("--chain", help="the running aggregator's URL")
-        p.add_argument("--token-file", type=Path, help="default: DATA_DIR/dispatch.token")
+        p.add_argument("id", help="the suggestion's id (64 hex characters: the `id` of "
+                                  "`meterledger chain suggestions`)")
+        p.add_argument("--data-dir", type=Path, help=data_help)
+        p.add_argument("--chain", help=chain_help)
+        p.add_argument("--token-file", type=Path,
+                       help="the dispatch token, with --chain (default: DATA_DIR/dispatch.token)")
+    for p in [*sub.choices.values(), *rsub.choices.values()]:
+        logs.add_arguments(p)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.from_arguments(args)
     try:
         if args.cmd == "init":
             key = init_data_dir(args.data_dir, int(time.time()), args.name)
@@ -322,7 +340,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
                 ap.error(f"{args.cmd} needs --data-dir or --chain")
             if args.cmd == "suggestions":
                 for doc in suggestions(args.data_dir, args.chain, args.state):
-                    print(json.dumps(doc))
+                    print(doc["id"] if args.ids else json.dumps(doc))
             else:
                 doc = decide(args.data_dir, args.chain, args.token_file, args.id, args.cmd)
                 print(json.dumps(doc))

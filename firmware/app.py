@@ -18,16 +18,30 @@
 # tripped it; each step feeds the guard the import power of the sample the meter just took.
 # SPEC has no reading flag for a limit trip: the reading shows it as less energy, and the
 # meter's stats count it ("limit_trips", "limit_retries").
-from core import keys
-from core.compat import const, unhexlify
+#
+# What the meter shows (issue 14): the serial console (core/console.py) at config
+# "log_level" (default "info"; the sink is App(log=...), print on a board, or config
+# "log_sink"), and the status LED (core/status.py, patterns in hardware/boards/README.md).
+# Firmware updates (core/ota.py, core/fwstore.py, docs/PROTOCOL.md section 22): chunks come
+# from the transport (poll kind "fw", or RS485 0x45 through app.fw_chunk), the fog's "fw"
+# command checks and installs them; an image on trial is committed by the first valid fog
+# ack and rolled back if none comes within config "ota_trial_s" (default 3 intervals).
+from core import cose, fwstore, keys
+from core import messages as M
+from core.compat import const, hexlify, unhexlify
+from core.console import Console
 from core.limit import LimitGuard
 from core.meter import Meter
+from core.ota import OtaError, Updater
 from core.sources import S0Pulse, Synthetic
+from core.status import Status
 
 VERSION = "0.1.0"
 _RESEND_S = const(60)  # unacknowledged readings are sent again after this long
 _NTP_RETRY_S = const(300)
 _BATCH = const(32)
+_POLL_LOST_S = const(120)  # an RS485 meter not polled this long says the bus is lost
+_SHOW_MS = const(50)  # run_forever's sleep slices, for the LED patterns
 
 
 def make_source(config, board):
@@ -45,19 +59,40 @@ def make_source(config, board):
     raise ValueError("unknown meter source " + repr(kind))
 
 
+def running(rec):
+    """The version running, from the firmware journal: an image on trial, the last one
+    installed, or the flashed one (VERSION)."""
+    if rec["state"] == "trial":
+        return rec["new"]
+    return rec["version"] or VERSION
+
+
 class App:
-    def __init__(self, board, config, transport=None, source=None, on_reading=None):
+    def __init__(self, board, config, transport=None, source=None, on_reading=None, log=None):
         self.board = board
         self.config = config
         self.transport = transport
         self.on_reading = on_reading
+        self._t0 = board.ticks_ms()
+        self.log = Console(log or config.get("log_sink"), config.get("log_level", "info"),
+                           self.uptime)
         fog_pub = config.get("fog_pub")
         fog_pub = unhexlify(fog_pub) if fog_pub else None
         fog_id = unhexlify(config["fog"]) if config.get("fog") else (keys.party_id(fog_pub) if fog_pub else bytes(8))
+        self.fw = fwstore.load(board.fs())  # the firmware journal: running version, trial
+        self.version = running(self.fw)
         self.meter = Meter(board.fs(), source or make_source(config, board), board.random_bytes,
-                           fog_id, fog_pub, config.get("dur", 900), VERSION, board.name,
+                           fog_id, fog_pub, config.get("dur", 900), self.version, board.name,
                            config.get("spool_capacity", getattr(board, "spool_capacity", 3072)))
-        self._t0 = board.ticks_ms()
+        rel = config.get("release_pub")
+        self.ota = Updater(board.fs(), keys.VerifyingKey(unhexlify(rel)) if rel else None,
+                           board.name, config.get("ota_max_bytes", 1 << 20))
+        self.status = Status()
+        self._trial_until = None  # uptime (s) by which an image on trial must reach the fog
+        self._ack_at = 0  # uptime of the last valid fog ack (or of the start)
+        self._link = None  # the transport's state last said (connected, polled)
+        self._polls = 0
+        self._polled_at = 0
         self.sent_upto = 0
         self._acked_seen = 0
         self._waiting_since = 0
@@ -76,28 +111,114 @@ class App:
 
     def start(self):
         b = self.board
+        self._boot_image()
         self.meter.boot(b.now(), b.clock_synced(), b.reset_cause(), self.uptime())
+        m = self.meter
+        self.log.info("boot", "fw " + self.version + " on " + b.name + ", meter "
+                      + keys.id_hex(m.id) + ", boot " + str(m.st["boot"]) + ", reset "
+                      + b.reset_cause() + ", last seq " + str(m.st["seq"]) + ", "
+                      + str(len(m.spool)) + " unacknowledged")
         # restore the last commanded actuator state (the hal boots with the supply on); the
         # limit guard's trips are not persisted: it starts fresh
         self.relay_cmd = self.meter.st["relay"]
         self._set_limit(self.meter.st["limit"])
         self._drive(True)
+        self._ack_at = self.uptime()
+        ssid = self.config.get("wifi_ssid")
+        if ssid and (self.transport is not None or self.config.get("ntp_host")):
+            # (provisioning boots the meter without a transport: no network then)
+            ok = b.wifi_connect(ssid, self.config.get("wifi_password", ""))
+            self.log.change("wifi", ok, 20 if ok else 30, "wifi",
+                            ("connected to " if ok else "could not join ") + repr(ssid))
         if self.transport is not None:
             self.transport.connect(keys.id_hex(self.meter.id), self.meter.birth())
+            self._watch_link(self.uptime())
+        self.log.spool(len(m.spool), m.spool.capacity)
+        self.show_status()
         return self.meter
+
+    def _boot_image(self):
+        """The firmware journal at boot: roll back an interrupted install or a crash loop
+        (and reboot into the old image), start the trial clock of a new image."""
+        b = self.board
+        if not hasattr(b, "fw_fs"):
+            return  # a board (or test double) without firmware files: no updates
+        rec, rolled = fwstore.boot(b.fs(), b.fw_fs(), self.config.get("ota_max_boots", 3))
+        self.fw = rec
+        self.version = self.meter.fw = running(rec)
+        if rolled:
+            self.log.error("ota", "rolled back from " + rec["rolled_back"] + ": " + rec["reason"])
+            b.reboot()
+        if rec["state"] == "trial":
+            secs = self.config.get("ota_trial_s", 3 * self.config.get("dur", 900))
+            self._trial_until = self.uptime() + secs
+            self.log.warn("ota", "running " + str(rec["new"]) + " on trial (boot "
+                          + str(rec["boots"]) + "): rollback to " + str(rec["prev"])
+                          + " unless the fog acks within " + str(secs) + " s")
+        elif rec["rolled_back"]:
+            self.log.warn("ota", "running " + self.version + " after rolling back "
+                          + rec["rolled_back"] + ": " + rec["reason"])
 
     def step(self):
         """One pass of the main loop; call every second or so."""
         b = self.board
         up = self.uptime()
         self._keep_clock(up)
+        full = self.meter.stats["spool_full"]
         msg = self.meter.tick(b.now(), up)
         self._enforce(up)
-        if msg is not None and self.on_reading is not None:
-            self.on_reading(msg)
+        if self.meter.stats["spool_full"] != full:
+            self.log.error("spool", "full: an interval closed but its reading could not be "
+                           "stored (" + str(self.meter.stats["spool_full"]) + " lost so far)")
+        if msg is not None:
+            self._closed(msg)
+            if self.on_reading is not None:
+                self.on_reading(msg)
         if self.transport is not None:
             self._pump(up)
+            self._watch_link(up)
+        self._trial(up)
+        self.show_status()
         b.watchdog_feed()
+
+    def _closed(self, msg):
+        lg = self.log
+        if lg.enabled(20):
+            f = cose.parse(msg).fields
+            fl = M.flag_names(f[7])
+            lg.info("reading", "seq " + str(f[2]) + " closed: t " + str(f[3]) + ", imp "
+                    + str(f[5]) + " Wh, exp " + str(f[6]) + " Wh" + (", " + ",".join(fl) if fl else ""))
+        sp = self.meter.spool
+        lg.spool(len(sp), sp.capacity)
+
+    def _watch_link(self, up):
+        """Console lines when the link comes and goes: connected() for a pushing transport,
+        the fog's polls for a pulled one (RS485)."""
+        tr = self.transport
+        where = tr.where() if hasattr(tr, "where") else ""
+        if hasattr(tr, "bind"):  # polled: the fog's requests say the bus is there
+            n = tr.stats.get("requests", 0)
+            if n != self._polls:
+                self._polls, self._polled_at = n, up
+            state = self._polls > 0 and up - self._polled_at < _POLL_LOST_S
+            if state != self._link:
+                self._link = state
+                if state:
+                    self.log.info("bus", "polled by the fog (" + where + ")")
+                else:
+                    self.log.warn("bus", "no poll from the fog for " + str(_POLL_LOST_S)
+                                  + " s (" + where + ")")
+            return
+        state = tr.connected()
+        if state != self._link:
+            was = self._link
+            self._link = state
+            if state:
+                self.log.info("link", "connected (" + where + ")")
+            elif was:
+                self.log.warn("link", "lost (" + where + "), retrying")
+            else:
+                self.log.warn("link", "could not connect (" + where + "), retrying")
 
     def _keep_clock(self, up):
         b = self.board
@@ -108,14 +229,21 @@ class App:
         old = b.now()
         if b.sync_ntp(host):
             self.meter.clock_set(old, b.now(), up)
+            self.log.change("ntp", True, 20, "ntp", "clock set from " + host + " (moved "
+                            + str(b.now() - old) + " s)")
+        else:
+            self.log.change("ntp", False, 30, "ntp", host + " did not answer; retrying every "
+                            + str(_NTP_RETRY_S) + " s, readings flagged CLOCK_UNSYNCED")
 
     def _pump(self, up):
         tr = self.transport
         for kind, msg in tr.poll():
             if kind == "ack":
-                self.meter.handle_ack(msg)
+                self.ack(msg)
             elif kind == "cmd":
                 self.command(msg)
+            elif kind == "fw":
+                self.fw_chunk(msg)
         if not tr.connected():
             self.sent_upto = 0
             return
@@ -133,17 +261,65 @@ class App:
                 self._waiting_since = up
             self.sent_upto = batch[-1][0]
 
+    def ack(self, msg):
+        """A fog ack (from any transport): drop what it confirms, say so; a valid one
+        commits an image on trial."""
+        m = self.meter
+        good, bad = m.stats["acks"], m.stats["ack_rejected"]
+        dropped = m.handle_ack(msg)
+        if m.stats["ack_rejected"] != bad:
+            self.log.warn("ack", "refused: " + m.last_reject)
+            return dropped
+        if m.stats["acks"] == good:
+            return dropped
+        self._ack_at = self.uptime()
+        if dropped:
+            self.log.info("ack", "through seq " + str(m.spool.acked) + ", " + str(dropped)
+                          + " dropped, " + str(len(m.spool)) + " unacknowledged")
+        else:
+            self.log.debug("ack", "repeat, through seq " + str(m.spool.acked))
+        self.log.spool(len(m.spool), m.spool.capacity)
+        if self.fw["state"] == "trial":
+            self.fw = fwstore.commit(self.board.fs())
+            self._trial_until = None
+            self.version = running(self.fw)
+            self.log.info("ota", self.version + " reached the fog: committed")
+        return dropped
+
+    def fw_chunk(self, frame):
+        """One chunk of a firmware image; returns the bytes received so far."""
+        u = self.ota
+        sid, err = u.sid, u.error
+        n = u.chunk(frame)
+        if u.sid != sid:
+            self.log.info("ota", "receiving image " + hexlify(u.sid))
+        if u.manifest is not None and u.total and n - len(u.manifest) >= u.total:
+            self.log.change("ota_rx", hexlify(u.sid), 20, "ota", "image " + hexlify(u.sid) + " "
+                            + str(u.fields[2]) + " received (" + str(n) + " bytes)")
+        if u.error is not None and err is None:
+            self.log.warn("ota", "image " + hexlify(u.sid) + " unusable: " + str(u.error))
+        return n
+
     def command(self, msg):
         b = self.board
         now = b.now()
         result, f = self.meter.accept_command(msg, now, b.clock_synced())
         if f is not None:
-            ok, detail = True, ""
+            ok, detail, refused = True, "", False
             try:
                 detail = self._apply(f[3], f[4])
+            except OtaError as e:  # an image refused: the old one keeps running
+                ok, detail, refused = False, str(e), True
+                self.ota.drop()
             except Exception as e:  # noqa: BLE001  a failed actuator is reported, not fatal
                 ok, detail = False, "failed: " + str(e)
-            result = self.meter.finish_command(f, b.now(), ok, detail, self.uptime())
+            result = self.meter.finish_command(f, b.now(), ok, detail, self.uptime(), refused)
+            lv = 20 if ok else 30
+            self.log.say(lv, "command", "cid " + str(f[2]) + " " + f[3] + ": "
+                         + ("done" if ok else "rejected" if refused else "failed")
+                         + (", " + detail if detail else ""))
+        else:
+            self.log.warn("command", "refused: " + self.meter.last_reject)
         if self.transport is not None:
             self.transport.send_result(result)
         if self.reboot_requested:
@@ -176,7 +352,62 @@ class App:
         if op == "reboot":
             self.reboot_requested = True
             return "rebooting"
+        if op == "fw":
+            return self._install(args[1])
         return "pong"
+
+    def _install(self, digest):
+        b = self.board
+        if not hasattr(b, "fw_fs"):
+            raise OtaError("unsupported", "this board keeps no firmware files")
+        version, paths = self.ota.verify(digest, self.version, self.fw["state"] == "trial")
+        try:
+            self.fw = fwstore.install(b.fs(), b.fw_fs(), version, paths, self.version)
+        except OSError as e:  # the flash refused: put back what was replaced, drop the rest
+            self.fw = fwstore.rollback(b.fs(), b.fw_fs(), "failed: " + str(e))
+            self.ota.drop()
+            raise
+        secs = self.config.get("ota_trial_s", 3 * self.config.get("dur", 900))
+        self.reboot_requested = True
+        return ("activating " + version + " (" + str(len(paths)) + " files), rebooting; "
+                "rollback unless the fog acks within " + str(secs) + " s")
+
+    def _trial(self, up):
+        """An image on trial that has not reached the fog by its deadline is rolled back."""
+        if self._trial_until is None or up < self._trial_until:
+            return
+        b = self.board
+        secs = self.config.get("ota_trial_s", 3 * self.config.get("dur", 900))
+        self.fw = fwstore.rollback(b.fs(), b.fw_fs(), "no_ack: no fog ack within " + str(secs)
+                                   + " s of the new image's boot")
+        self._trial_until = None
+        self.log.error("ota", "rolled back from " + self.fw["rolled_back"] + " to "
+                       + running(self.fw) + ": " + self.fw["reason"])
+        self.meter.prepare_reboot()
+        b.reboot()
+
+    def show_status(self):
+        """Drive the status LED from the meter's state (call often: the patterns blink)."""
+        m = self.meter
+        up = self.uptime()
+        tr = self.transport
+        if tr is None:
+            net = True
+        elif hasattr(tr, "bind"):
+            net = bool(self._link)
+        else:
+            net = tr.connected()
+            ssid = self.config.get("wifi_ssid")
+            if ssid and hasattr(self.board, "wifi_connected"):
+                net = net and self.board.wifi_connected()
+        depth = len(m.spool)
+        warn_s = self.config.get("ack_warn_s", 2 * m.dur + _RESEND_S)
+        fog = tr is None or depth == 0 or up - self._ack_at < warn_s
+        self.status.set(net, fog, depth * 2 >= m.spool.capacity, self.fw["state"] == "trial")
+        on = self.status.show(self.board.ticks_ms())
+        led = getattr(self.board, "led", None)  # every hal has one; a test double may not
+        if on is not None and led is not None:
+            led(on)
 
     def _enforce(self, up):
         """Feed the limit guard this pass's sample and drive the relay from its decision."""
@@ -215,6 +446,15 @@ class App:
         while True:
             self.step()
             if serve is not None:
-                serve(period_ms)
+                serve(period_ms)  # it calls show_status() between requests
             else:
-                self.board.sleep_ms(period_ms)
+                self.idle(period_ms)
+
+    def idle(self, ms):
+        """Sleep ms in short slices, keeping the LED pattern going."""
+        b = self.board
+        while ms > 0:
+            k = _SHOW_MS if ms > _SHOW_MS else ms
+            b.sleep_ms(k)
+            ms -= k
+            self.show_status()

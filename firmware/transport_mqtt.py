@@ -5,7 +5,8 @@
 # Sessions are persistent (clean_session False): acks and commands the fog publishes
 # while the meter is away are queued by the broker and delivered when it is back.
 # A backlog batch is a CBOR array of 1..32 reading messages, inline and in seq order; a
-# single reading is sent as itself (docs/PROTOCOL.md, "MQTT").
+# single reading is sent as itself (docs/PROTOCOL.md, "MQTT"). Firmware image chunks arrive
+# on {root}/f/{fog}/fw/{dev} (poll kind "fw", docs/PROTOCOL.md section 22).
 #
 # Broker access (docs/PROTOCOL.md section 21): with config "mqtt_ca" (the PEM of the fog's
 # CA, pinned at flashing) the meter connects over TLS (port 8883 unless "mqtt_port" says
@@ -137,6 +138,7 @@ class MqttTransport:
             c.connect(False)
             c.subscribe(self._t("ack", True).encode(), 1)
             c.subscribe(self._t("cmd", True).encode(), 1)
+            c.subscribe(self._t("fw", True).encode(), 1)  # firmware chunks (PROTOCOL s. 22)
             c.publish(self._t("birth").encode(), self.birth, True, 1)
             c.publish(self._t("status").encode(), b"online", True, 1)
         except Exception:  # noqa: BLE001  OSError, or umqtt's MQTTException on a refused CONNECT
@@ -167,9 +169,15 @@ class MqttTransport:
             self.inbox.append(("ack", bytes(msg)))
         elif t.endswith("/cmd/" + self.dev_hex):
             self.inbox.append(("cmd", bytes(msg)))
+        elif t.endswith("/fw/" + self.dev_hex):
+            self.inbox.append(("fw", bytes(msg)))
 
     def connected(self):
         return self.client is not None
+
+    def where(self):
+        """The broker, for the console: "mqtt 10.0.0.2:8883 tls"."""
+        return "mqtt " + str(self.server) + ":" + str(self.port) + (" tls" if self.ca else "")
 
     def _publish(self, kind, payload):
         if self.client is None:

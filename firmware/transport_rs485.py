@@ -1,7 +1,8 @@
 # The meter as a Modbus RTU slave on the fog node's RS485 bus (SPEC section 6, docs/PROTOCOL.md
 # section 17). A pull transport: the fog (master) fetches readings (0x41), pushes acks (0x42)
-# and commands (0x43), reads the birth (0x44) and live registers (0x04); the meter never
-# sends unasked. Requests are answered inside poll()/serve_for(), so the app's step() gets
+# and commands (0x43), reads the birth (0x44) and live registers (0x04), and writes
+# firmware image chunks (0x45, docs/PROTOCOL.md section 22: data = one chunk frame, the
+# answer the u32 count received); the meter never sends unasked. Requests are answered inside poll()/serve_for(), so the app's step() gets
 # no acks or commands from poll() and never pushes readings (connected() is False).
 import struct
 
@@ -9,6 +10,7 @@ from core import modbus
 from core.compat import const
 
 _MAP_WORDS = const(27)
+_FC_PUT_FW = const(0x45)  # a firmware image chunk (docs/PROTOCOL.md section 22)
 _GRACE_US = const(300000)  # serve_for() may overrun this long to finish a frame in flight
 _PERIOD = const(0x40000000)  # MicroPython ticks_us wraps at 2**30
 _MAP = ">HHIIIIHIIHIIHHH8s"  # docs/PROTOCOL.md section 17, registers 0..26
@@ -47,6 +49,11 @@ class Rs485Slave:
         # real time, never the meter's clock (which a host may run compressed)
         self._ticks = ticks_us or getattr(time, "ticks_us", None) or (lambda: time.monotonic_ns() // 1000)
         self._sleep = sleep_ms or getattr(time, "sleep_ms", None) or (lambda ms: time.sleep(ms / 1000))
+        # the framer's timeline (see _poll): stamp of the last read, of the last time the port
+        # was seen empty, and the real time of the last read
+        self._v_read = 0
+        self._v_quiet = 0
+        self._t_read = self._ticks()
         self.app = None
         self.birth = None
         self.dev_hex = None
@@ -65,6 +72,9 @@ class Rs485Slave:
 
     def connected(self):
         return False  # nothing is pushed: the master pulls
+
+    def where(self):
+        return "rs485 address " + str(self.address)
 
     def send_readings(self, msgs):
         return False
@@ -92,6 +102,9 @@ class Rs485Slave:
             got = self._poll()
             if app is not None:
                 app.board.watchdog_feed()
+                show = getattr(app, "show_status", None)
+                if show is not None:
+                    show()  # the LED patterns blink faster than the app's steps
             el = _elapsed(self._ticks(), t0)
             if el >= limit and (not self.framer.buffered() or el >= limit + _GRACE_US):
                 return
@@ -105,11 +118,25 @@ class Rs485Slave:
 
     # --- requests -----------------------------------------------------------------------
     def _poll(self):
+        # Silences are judged on a timeline that counts only the quiet that was seen: bytes
+        # found waiting are stamped with the moment the port was last seen empty, and the
+        # quiet after them counts from when they were read. Stamping each read with the time
+        # of the read would turn any delay of this loop (a busy app step, a loaded host, a
+        # UART handing over a frame in two parts) into a silence inside a frame, which
+        # throws the frame away. A real silence is seen as at least what it was minus one
+        # pass of the loop.
         port = self.port
         n = port.any()
         data = port.read(n) if n else None
         fr = self.framer
-        frames = fr.feed(data, self._ticks()) if data else fr.idle(self._ticks())
+        now = self._ticks()
+        if data:
+            self._v_read = self._v_quiet
+            self._t_read = now
+            frames = fr.feed(data, self._v_read)
+        else:
+            self._v_quiet = (self._v_read + _elapsed(now, self._t_read)) % _PERIOD
+            frames = fr.idle(self._v_quiet)
         for a, fc, d in frames:
             self._request(a, fc, d)
         return bool(data)
@@ -161,7 +188,11 @@ class Rs485Slave:
             if not _one_message(d):
                 return modbus.EX_ILLEGAL_VALUE
             if fc == modbus.FC_PUT_ACK:
-                app.meter.handle_ack(d)
+                ack = getattr(app, "ack", None)
+                if ack is not None:
+                    ack(d)  # the app's: console line, commits an image on trial
+                else:
+                    app.meter.handle_ack(d)
                 return struct.pack(">I", app.meter.spool.acked)
             self._in_cmd = True
             try:
@@ -174,6 +205,11 @@ class Rs485Slave:
             pending = self._in_cmd
             self._in_cmd = False
             return result if pending else None
+        if fc == _FC_PUT_FW:
+            take = getattr(app, "fw_chunk", None)
+            if take is None or len(d) < 12:
+                return modbus.EX_ILLEGAL_FUNCTION if take is None else modbus.EX_ILLEGAL_VALUE
+            return struct.pack(">I", take(d))
         return modbus.EX_ILLEGAL_FUNCTION
 
     def _write(self, frame):

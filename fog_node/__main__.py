@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -44,11 +45,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fog_node import devices
 from fog_node.broker_access import hash_password
 from fog_node.chainlink.dispatch import Dispatcher
 from fog_node.chainlink.faults import FaultReporter
 from fog_node.chainlink.link import ChainLink
-from fog_node.config import FogConfig, load_config, node_clock
+from fog_node.config import FogConfig, load_config, sim_clock
 from fog_node.enrollment import apply_request, queue_request, reload_broker
 from fog_node.node import FogError, FogNode, init_broker, init_data_dir, lock_data_dir
 from fog_node.service import FogService
@@ -56,7 +58,7 @@ from meterledger import wire as P
 from meterledger.clients.chain import ChainClient
 from meterledger.errors import ConfigError, MeterLedgerError
 from meterledger.infra import config as cfg
-from meterledger.infra import datadir
+from meterledger.infra import datadir, logs, simclock
 from meterledger.infra.args import ArgumentParser
 
 
@@ -73,6 +75,18 @@ def _provisioning(path: Path) -> list[dict[str, Any]]:
     return meters
 
 
+def _data_dir_clock(data_dir: Path) -> Callable[[], float]:
+    """The clock of the fog that last ran on `data_dir`: its simulated one if it ran on one
+    (its decisions must be dated on the clock its meters keep), else the wall clock."""
+    path = data_dir / simclock.SIM_FILE
+    if path.is_file():
+        try:
+            return simclock.read(path).clock(time.time)
+        except ConfigError:
+            pass
+    return time.time
+
+
 def decide(data_dir: Path, requests: list[dict[str, Any]], config: FogConfig | None = None,
            ) -> None:
     """Apply the decisions, or queue them for the node running on `data_dir`; `config` (the
@@ -86,7 +100,7 @@ def decide(data_dir: Path, requests: list[dict[str, Any]], config: FogConfig | N
     try:
         c = FogConfig(data_dir=data_dir) if config is None else \
             dataclasses.replace(config, data_dir=data_dir)
-        node = FogNode(c, time.time)
+        node = FogNode(c, _data_dir_clock(data_dir))
         try:
             for r in requests:
                 outcomes, _ = apply_request(node, r, reload=False)
@@ -111,11 +125,53 @@ def _chain_link(node: FogNode, clock: Callable[[], float]) -> ChainLink | None:
     return link
 
 
+def _start_clock(config: FogConfig) -> Callable[[], float]:
+    """The node's clock; a simulated one is written to DATA_DIR/sim-clock.json for the meters
+    (and a stale file of an earlier simulation removed)."""
+    sim = sim_clock(config, time.time)
+    path = config.data_dir / simclock.SIM_FILE
+    if sim is None:
+        path.unlink(missing_ok=True)
+        return time.time
+    if not (config.sim_start or config.sim_epoch) and path.is_file():
+        # a restart with the same speed-up continues the simulated time the meters share
+        try:
+            before = simclock.read(path)
+        except ConfigError:
+            before = None
+        if before is not None and before.compress == sim.compress:
+            sim = before
+    sim.write(config.data_dir)
+    logging.getLogger("fog_node").warning(
+        "%s; meters must share it: --sim-clock %s (or %s)", sim.describe(), path,
+        sim.options())
+    return sim.clock(time.time)
+
+
+# real seconds a late reading may take on a simulated clock: a reconnect, a signature and a
+# group commit take real time, which the speed-up turns into a late reading
+SIM_GRACE_REAL_S = 3.0
+
+
+def _sim_grace(config: FogConfig) -> FogConfig:
+    """On a simulated clock, grace_s covers at least SIM_GRACE_REAL_S of real time, or every
+    real-time delay would close intervals without their readings (false outages)."""
+    need = math.ceil(SIM_GRACE_REAL_S * config.sim_compress)
+    if config.sim_compress <= 1 or config.grace_s >= need:
+        return config
+    logging.getLogger("fog_node").info(
+        "grace_s %d -> %d on the simulated clock (%g real s at x%g)", config.grace_s, need,
+        SIM_GRACE_REAL_S, config.sim_compress)
+    return dataclasses.replace(config, grace_s=need)
+
+
 def run(config: FogConfig) -> int:
+    devices.initialised(config.data_dir)
+    config = _sim_grace(config)
     held = lock_data_dir(config.data_dir)
     if held is None:
         raise FogError(f"another fog node is running on {config.data_dir}")
-    clock = node_clock(config, time.time)
+    clock = _start_clock(config)
     node = FogNode(config, clock)
     service = FogService(node, clock)
     link = _chain_link(node, clock)
@@ -194,7 +250,14 @@ def _requests(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[dic
                 | ({"mqtt_hash": m["mqtt_hash"]} if "mqtt_hash" in m else {})
                 for m in _provisioning(args.file)]
     if not args.pub:
-        ap.error(f"{args.cmd} needs --pub or --file")
+        ap.error(f"{args.cmd} needs --pub, --file" + (", --dev or --all-pending"
+                                                      if args.cmd == "enroll" else ""))
+    try:
+        P.PublicKey(bytes.fromhex(args.pub))
+    except ValueError:  # not hex, or not a point on P-256 (a ProtocolError)
+        ap.error(f"--pub {args.pub[:20]}{'…' if len(args.pub) > 20 else ''}: not a SEC1 "
+                 "P-256 public key (130 hex characters, 04...; a meter prints it at "
+                 "provisioning, a virtual meter's is in `meterledger fog devices`)")
     req: dict[str, Any] = {"pub": args.pub, "status": status, "reason": args.reason}
     if secret_file:
         mqtt_hash = hash_password(datadir.read_secret(secret_file, "meter broker password"))
@@ -203,6 +266,47 @@ def _requests(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[dic
     return [req]
 
 
+def _devices(args: argparse.Namespace) -> int:
+    ls = devices.listing(args.url, args.data_dir)
+    if args.format == "ids":
+        print("\n".join(d["dev"] for d in ls.devices if d["status"] == "active"))
+    elif args.format == "json":
+        print(json.dumps({"devices": ls.devices, "pending": ls.pending,
+                          "quarantined": ls.quarantined}, indent=1))
+    else:
+        print(devices.table(ls))
+    return 0
+
+
+def _pending_requests(ap: argparse.ArgumentParser, args: argparse.Namespace,
+                      config: FogConfig | None) -> list[dict[str, Any]]:
+    """Enrollment requests for pending meters (--dev, --all-pending), asked for first."""
+    if args.pub or args.file:
+        ap.error("--dev and --all-pending take the keys from the meters' births: drop "
+                 "--pub/--file")
+    url = args.url or (f"http://127.0.0.1:{config.http_port}" if config else
+                       "http://127.0.0.1:8080")
+    pending = {p["dev"]: p["pub"] for p in devices.from_api(url, args.data_dir).pending}
+    wanted = sorted(pending) if args.all_pending else [d.lower() for d in args.dev]
+    unknown = [d for d in wanted if d not in pending]
+    if unknown:
+        raise FogError(f"not pending at {url}: {', '.join(unknown)} (`meterledger fog "
+                       "devices` lists the pending meters)")
+    if not wanted:
+        print("no pending meters")
+        return []
+    if args.all_pending and not args.yes:
+        print("pending meters:\n  " + "\n  ".join(wanted))
+        if not sys.stdin.isatty():
+            ap.error("--all-pending asks before enrolling: give --yes when not at a terminal")
+        if input(f"enroll these {len(wanted)} meter(s)? [y/N] ").strip().lower() not in (
+                "y", "yes"):
+            print("nothing enrolled")
+            return []
+    return [{"pub": pending[d], "status": "active", "reason": args.reason} for d in wanted]
+
+
+# long: the argparse tree of every subcommand, then one dispatch
 def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,6 +337,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int
                                                           if name == "enroll" else ""))
         if name == "enroll":
             p.add_argument("--file", type=Path, help="provisioning file (JSON)")
+            p.add_argument("--dev", action="append", default=[], metavar="ID",
+                           help="a pending meter by its id (16 hex, `fog devices` lists "
+                                "them; repeatable): its key comes from its birth")
+            p.add_argument("--all-pending", action="store_true",
+                           help="every pending meter (asks first, unless --yes)")
+            p.add_argument("--yes", action="store_true",
+                           help="with --all-pending: do not ask")
+            p.add_argument("--url", metavar="URL",
+                           help="the running node's API for --dev/--all-pending (default: "
+                                "http://127.0.0.1:HTTP_PORT of --config, else :8080)")
             creds = p.add_mutually_exclusive_group()
             creds.add_argument("--mqtt-hash", metavar="HASH",
                                help="the meter's broker password hash ($7$..., from "
@@ -240,16 +354,43 @@ def main(argv: list[str] | None = None, prog: str = "python -m fog_node") -> int
             creds.add_argument("--mqtt-secret-file", type=Path, metavar="FILE",
                                help="or the meter's password file (a virtual meter's "
                                     "DIR/mqtt.secret): only its hash is kept")
+    p_dev = sub.add_parser("devices", help="list enrolled, pending and revoked meters")
+    p_dev.add_argument("--data-dir", type=Path, default=Path("fog-data"),
+                       help="the node's data directory, for its auditor.token and, with no "
+                            "node running, its registry (default: fog-data)")
+    p_dev.add_argument("--url", default="http://127.0.0.1:8080",
+                       help="the running node's API (default: http://127.0.0.1:8080)")
+    p_dev.add_argument("--format", choices=("table", "json", "ids"), default="table",
+                       help="table for people, json for scripts, ids: the enrolled meters' "
+                            "ids, one a line (default: table)")
+    from fog_node import export  # issue 14: decoded readings out (docs/DATA.md)
+
+    export.add_arguments(sub.add_parser("export", help=export.HELP, description=export.__doc__,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter))
+    for p in sub.choices.values():
+        logs.add_arguments(p)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.from_arguments(args)
+    if args.cmd == "export":
+        return export.run(args)
     try:
         if args.cmd == "init":
             return _init(args.data_dir, args.broker_name)
         if args.cmd == "run":
             flags = cfg.flag_values(args, FogConfig)
             return run(load_config(args.config, flags))
-        reqs = _requests(ap, args)
-        decide(args.data_dir, reqs, load_config(args.config, {}) if args.config else None)
+        if args.cmd == "devices":
+            return _devices(args)
+        config = load_config(args.config, {}) if args.config else None
+        if args.cmd == "enroll" and (args.dev or args.all_pending):
+            devices.initialised(args.data_dir)
+            reqs = _pending_requests(ap, args, config)
+            if not reqs:
+                return 0
+        else:
+            reqs = _requests(ap, args)
+            devices.initialised(args.data_dir)
+        decide(args.data_dir, reqs, config)
         return 0
     except (MeterLedgerError, ValueError) as e:  # ValueError: a bad public key and the like
         print(f"error: {e}", file=sys.stderr)

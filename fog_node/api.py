@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from fog_node import ota
 from fog_node.broker_access import hash_error
 from fog_node.enrollment import queue_request
 from fog_node.log.checkpoints import Checkpoint
@@ -146,7 +147,9 @@ class FogAPI:
              R("/v1/enroll", self._enroll, ("POST",), body=True, tier=OPERATOR,
                body_type=JSON),
              R("/v1/revoke", self._revoke, ("POST",), body=True, tier=OPERATOR,
-               body_type=JSON)],
+               body_type=JSON),
+             R("/v1/firmware", self._firmware, ("GET", "POST"), body=True, tier=OPERATOR,
+               query=(Q("dev", True, _DEV_DOC),))],
             errors=_Errors(), title="MeterLedger fog node", server="MeterLedgerFog/1",
             tokens=tokens, limits=limits if limits is not None else c.http_limits(),
             tls=tls if tls is not None else c.http_tls(),
@@ -389,6 +392,29 @@ class FogAPI:
         `python -m fog_node revoke` does.
         """
         return self._decision(req, "revoked")
+
+    def _firmware(self, req: H.Request) -> H.Reply:
+        """Push a signed firmware image to a meter, or see how its last push went (operator).
+
+        POST ?dev=ID with the image (`python -m tools.ota sign`) as the body: queued for the
+        ingest thread, which sends it in chunks and then the "fw" command (docs/PROTOCOL.md
+        section 22); 202 {"queued", "dev", "version", "digest"}. The body cap is
+        `http_max_body`. GET ?dev=ID: the push's state ("sent", "done", "rejected",
+        "failed") and the meter's result detail; 404 if none was pushed.
+        """
+        dev = self._dev(req.query)
+        if req.method == "GET":
+            doc = ota.read_job(self.node.config.data_dir, dev)
+            if doc is None:
+                raise _missing(f"no firmware was pushed to meter {dev.hex()}")
+            return H.Reply.json(doc)
+        try:
+            img = ota.queue_push(self.node.config.data_dir, dev, req.body)
+        except ota.ImageError as e:
+            raise _bad(str(e)[:300]) from None
+        log.info("firmware %s for meter %s queued over HTTP", img.version, dev.hex())
+        return H.Reply.json({"queued": True, "dev": dev.hex(), "version": img.version,
+                             "digest": img.digest.hex()}, 202)
 
     def _metrics(self, req: H.Request) -> H.Reply:
         """The node's counters in the Prometheus text format (0.0.4)."""

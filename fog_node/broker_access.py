@@ -13,7 +13,7 @@ data_dir/broker/
 
 A meter's broker user is its id (16 hex) and its password a secret born on the meter
 (firmware/transport_mqtt.py); the fog only ever holds its mosquitto 2 hash, `$7$`
-PBKDF2-SHA512. A meter may publish under {root}/d/{its id}/ and read its own ack and cmd
+PBKDF2-SHA512. A meter may publish under {root}/d/{its id}/ and read its own ack, cmd and fw
 topics; the fog's user reads {root}/d/# and reads and writes {root}/f/{fog}/#. Every change
 rewrites passwd and acl (each written beside, then renamed) and reloads the broker: SIGHUP
 to the pid in `broker_pid_file`, or `broker_reload_cmd`, until a login of the probe user,
@@ -114,13 +114,22 @@ def meter_acl(root: str, fog_hex: str, dev_hex: str) -> list[str]:
     """A meter publishes under its own device topics, reads its own acks and commands."""
     return [f"topic write {root}/d/{dev_hex}/#",
             f"topic read {root}/f/{fog_hex}/ack/{dev_hex}",
-            f"topic read {root}/f/{fog_hex}/cmd/{dev_hex}"]
+            f"topic read {root}/f/{fog_hex}/cmd/{dev_hex}",
+            f"topic read {root}/f/{fog_hex}/fw/{dev_hex}"]  # firmware chunks (PROTOCOL s. 22)
 
 
 def fog_acl(root: str, fog_hex: str) -> list[str]:
     """The fog reads what meters publish, and writes (and may read back) its own acks,
     commands and checkpoint."""
     return [f"topic read {root}/d/#", f"topic readwrite {root}/f/{fog_hex}/#"]
+
+
+def republish_topics(config: FogConfig) -> list[str]:
+    """Issue 14 (docs/DATA.md): the topics the fog republishes on, which it may write and
+    the Home Assistant user (ha_username) may only read; none unless ha_republish."""
+    if not config.ha_republish:
+        return []
+    return [f"{config.ha_root}/#", f"{config.ha_discovery_prefix}/#"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,18 @@ class BrokerAccess:
     @property
     def fog_user(self) -> str:
         return self.config.mqtt_username or f"fog-{self.fog_hex}"
+
+    @property
+    def ha_user(self) -> str:
+        """Home Assistant's read-only user (issue 14); "" unless republishing with one."""
+        return self.config.ha_username if self.config.ha_republish else ""
+
+    def ha_password(self) -> str:
+        """ha_username's password: ha_password_file, or data_dir/broker/ha.secret (made)."""
+        if self.config.ha_password_file:
+            return datadir.read_secret(Path(self.config.ha_password_file),
+                                       "Home Assistant broker password")
+        return datadir.ensure_secret(self.dir / "ha.secret", "Home Assistant broker password")
 
     @property
     def probe_user(self) -> str:
@@ -293,6 +314,8 @@ class BrokerAccess:
         if fog_pw:
             lines.append(f"{self.fog_user}:{hash_password(fog_pw)}")
         lines.append(f"{self.probe_user}:{hash_password(probe_secret)}")
+        if self.ha_user:  # issue 14: Home Assistant, read only
+            lines.append(f"{self.ha_user}:{hash_password(self.ha_password())}")
         lines += [f"{dev}:{h}" for dev, h in sorted(meters.items())]
         return "\n".join(lines) + "\n"
 
@@ -303,7 +326,12 @@ class BrokerAccess:
         if self.config.mqtt_security == "lab":  # anonymous clients: anything under the root
             out += ["# lab: anonymous clients may read and write anything under the root",
                     f"topic readwrite {root}/#"]
-        out += ["", f"user {self.fog_user}", *fog_acl(root, self.fog_hex)]
+            out += [f"topic readwrite {t}" for t in republish_topics(self.config)]
+        out += ["", f"user {self.fog_user}", *fog_acl(root, self.fog_hex),
+                *(f"topic write {t}" for t in republish_topics(self.config))]
+        if self.ha_user:
+            out += ["", f"user {self.ha_user}",
+                    *(f"topic read {t}" for t in republish_topics(self.config))]
         for dev in sorted(meters):
             out += ["", f"user {dev}", *meter_acl(root, self.fog_hex, dev)]
         return "\n".join(out) + "\n"

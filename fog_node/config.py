@@ -15,8 +15,8 @@ from typing import Any
 from fog_node.cooking.feeders import Feeder, parse_feeders
 from fog_node.transport.rs485.addresses import check_addresses, parse_addresses
 from meterledger import wire as P
-from meterledger.infra import clock
 from meterledger.infra import config as cfg
+from meterledger.infra import simclock
 from meterledger.infra.clock import Clock
 from meterledger.infra.config import setting
 from meterledger.infra.http_settings import HTTPSettings
@@ -119,14 +119,10 @@ class FogConfig(HTTPSettings):
                                     max=65535)
     on_tamper: str = setting("report", help="report, or relay_off: open the relay of a meter "
                                             "reporting TAMPER", choices=("report", "relay_off"))
-    # simulation only (demo, tests): run the node's clock `sim_compress` times faster than
-    # real time, reading sim_start at real Unix time sim_epoch, like virtual meters' clocks
-    sim_compress: float = setting(1.0, help="simulation only: clock speed-up factor",
-                                 min=0.001, max=1_000_000)
-    sim_start: float = setting(0.0, help="simulation only: simulated time at sim_epoch",
-                              min=0, max=2**32 - 1)
-    sim_epoch: float = setting(0.0, help="simulation only: real Unix time of sim_start",
-                              min=0, max=2**32 - 1)
+    # simulation only (demo, labs, tests): the clock meters share (meterledger/infra/simclock.py)
+    sim_compress: float = setting(1.0, help=simclock.HELP_COMPRESS, min=0.001, max=1_000_000)
+    sim_start: float = setting(0.0, help=simclock.HELP_START, min=0, max=2**32 - 1)
+    sim_epoch: float = setting(0.0, help=simclock.HELP_EPOCH, min=0, max=2**32 - 1)
     # broker security (issue 13): docs/PROTOCOL.md section 21, fog_node/broker_access.py
     mqtt_security: str = setting("tls", help="tls: TLS to mqtt_tls_port with the fog's broker "
                                              "credentials; lab: plain MQTT to mqtt_port, "
@@ -166,6 +162,44 @@ class FogConfig(HTTPSettings):
     inbox_backlog: int = setting(1024, help="messages of one topic waiting at most; older "
                                             "ones are dropped (not acked: the meter resends)",
                                  min=1, max=1_000_000)
+    # Home Assistant republishing (issue 14): decoded data as JSON on the fog's own topic
+    # root, with MQTT discovery (fog_node/republish.py, docs/DATA.md). Feeder aggregates only,
+    # unless meters are listed: a household's readings leave the fog only with its consent
+    ha_republish: bool = setting(False, help="republish feeder aggregates (and the readings of "
+                                             "ha_meters) as JSON with Home Assistant discovery")
+    ha_root: str = setting("meterledger", help="topic root of the republished JSON (not "
+                                               "mqtt_root)", check=topic_root_error)
+    ha_discovery_prefix: str = setting("homeassistant", help="Home Assistant's MQTT discovery "
+                                                             "prefix", check=topic_root_error)
+    ha_meters: list[str] = setting(help="meters whose customers consented to their readings "
+                                        "being republished (16-hex ids, e.g. id1,id2); none: "
+                                        "feeders only", parse=lambda v: parse_meter_ids(v),
+                                   default_factory=list, metavar="LIST")
+    ha_all_meters: bool = setting(False, help="republish every enrolled meter's readings: only "
+                                              "where every customer consented")
+    ha_username: str = setting("", help="a broker user that may only read the republished "
+                                        "topics (for Home Assistant); empty: none",
+                               check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", v)
+                               and not re.fullmatch(r"[0-9a-f]{16}", v)
+                               else f"{v!r} is not 1..64 letters, digits, '.', '_', '-' (and "
+                                    "no meter id)")
+    ha_password_file: str = setting("", help="file holding ha_username's broker password; "
+                                             "empty: data_dir/broker/ha.secret (made when "
+                                             "needed)")
+    ha_period_s: float = setting(5.0, help="seconds between looks for new data to republish",
+                                 min=0.1, max=3600)
+
+
+def parse_meter_ids(value: Any) -> list[str]:
+    """Meter ids: a TOML list of 16-hex strings, or "id1,id2" (flags); sorted, distinct."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"expected a list of meter ids (16 hex), got {value!r}")
+    ids = sorted({i.strip().lower() for i in items if i.strip()})
+    bad = [i for i in ids if not re.fullmatch(r"[0-9a-f]{16}", i)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a meter id (16 hex characters)")
+    return ids
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:
@@ -173,6 +207,13 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:
     return cfg.load(FogConfig, path, "fog", overrides)
 
 
+def sim_clock(config: FogConfig, real: Clock) -> simclock.SimClock | None:
+    """The config's simulated clock with its defaults filled in (None: real time)."""
+    return simclock.completed(config.sim_compress, config.sim_start, config.sim_epoch,
+                              now=real())
+
+
 def node_clock(config: FogConfig, real: Clock) -> Clock:
     """The node's clock: `real` itself, or the compressed simulation clock of the config."""
-    return clock.compressed(real, config.sim_start, config.sim_epoch, config.sim_compress)
+    sim = sim_clock(config, real)
+    return real if sim is None else sim.clock(real)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from fog_node.registry import (
     Device,
     Registry,
 )
+from fog_node.rejections import RejectionLog
 from meterledger import wire as P
 from meterledger.wire.cbor import ProtocolError, item_end
 
@@ -50,6 +52,14 @@ class Outcome:
 
 
 _REMEMBERED = 4096  # unknown meters remembered (births, foreign fogs); the oldest forgotten
+
+
+def _utc(t: int) -> str:
+    """A Unix time for a log line (UTC), or the number itself if no calendar holds it."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    except (OverflowError, OSError, ValueError):
+        return str(t)
 
 
 def _remember(table: dict[bytes, bytes], dev: bytes, value: bytes) -> None:
@@ -171,6 +181,7 @@ class Ingest:
         self.registry = registry
         self.clock = clock
         self.skew_s = skew_s
+        self.rejections = RejectionLog()
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self._pubs: dict[bytes, P.PublicKey] = {}
@@ -266,16 +277,19 @@ class Ingest:
                 ) -> tuple[list[Outcome], list[tuple[bytes, bytes]]]:
         """Verify, check and log a group of payloads (`_process`). If anything fails part
         way (a storage fault), the caches are dropped and the next call re-indexes the log
-        before it looks at a message; nothing of the failed group is acked."""
+        before it looks at a message; nothing of the failed group is acked. The outcomes go
+        to `rejections` too, which tells the operator why messages were refused."""
         if self.needs_recovery:
             self.recover()
             self.needs_recovery = False
         try:
-            return self._process(payloads, topic_devs)
+            result = self._process(payloads, topic_devs)
         except BaseException:
             self.needs_recovery = True
             self._forget()
             raise
+        self.rejections.note(result[0])
+        return result
 
     def _process(self, payloads: Sequence[bytes], topic_devs: Sequence[bytes | None] | None,
                  ) -> tuple[list[Outcome], list[tuple[bytes, bytes]]]:
@@ -461,8 +475,9 @@ class Ingest:
             return self._reject("equivocation", f"seq {seq} already logged with another digest",
                                 dev, seq)
         if not f[7] & P.CLOCK_UNSYNCED and f[3] > now + self.skew_s:
-            return self._reject("future_t", f"t {f[3]} is more than {self.skew_s} s ahead of "
-                                f"the fog's clock {now}", dev, seq)
+            return self._reject("future_t", f"t {f[3]} ({_utc(f[3])}) is {f[3] - now} s "
+                                f"ahead of the fog's clock {now} ({_utc(now)}); "
+                                f"{self.skew_s} s allowed", dev, seq)
         # the hash chain through prev must hold with both neighbours we already have
         before = in_batch.get((dev, seq - 1))
         if before:

@@ -30,6 +30,8 @@ from fog_node.config import FogConfig
 from fog_node.enrollment import apply_queued
 from fog_node.log.checkpoints import Checkpoint
 from fog_node.node import FogError, FogNode
+from fog_node.ota import OtaPusher
+from fog_node.republish import Republisher
 from fog_node.scheduler import Scheduler
 from fog_node.storage import fault_kind
 from fog_node.transport.mqtt import MQTTLink
@@ -64,6 +66,7 @@ class FogService:
         self.bus: BusMaster | None = None
         self._bus_thread: threading.Thread | None = None
         self._bus_started = 0.0
+        self._bus_fault: str | None = None  # the RS485 port error last logged
         c = self.config
         if c.rs485_port:
             if not c.rs485_addresses:
@@ -73,6 +76,11 @@ class FogService:
                                  slow_timeout_s=c.rs485_slow_timeout_s, batch=c.rs485_batch)
             node.rs485 = self.bus  # for /metrics
         self.scheduler = Scheduler(node, clock, self._publish_checkpoint)
+        # firmware images an operator pushed (docs/PROTOCOL.md section 22)
+        self.ota = OtaPusher(node, self.link.publish, self.bus, self.send_command, clock)
+        # issue 14: decoded data for Home Assistant, off unless ha_republish (docs/DATA.md)
+        self.republisher = Republisher.configured(self.config, self.fog_hex, self.link.publish,
+                                                  self.connected)
 
     # the runner sets these when a chain link exists (docs/PROTOCOL.md section 20)
     @property
@@ -176,6 +184,7 @@ class FogService:
                 _, acks = self.node.ingest.process(payloads, devs)
             self._publish_acks(acks)
         apply_queued(self.node, self._publish_acks)
+        self.ota.tick()
         self.scheduler.tick()
         self._check_link()
         self._check_bus()
@@ -214,8 +223,18 @@ class FogService:
             while not self.stop_event.is_set():
                 if bus.poll_once(self.stop_event) == 0:
                     self.stop_event.wait(BUS_IDLE_S)
+                if self._bus_fault is not None:
+                    log.warning("RS485 port %s works again", self.node.config.rs485_port)
+                    self._bus_fault = None
+        except OSError as e:  # the port (pyserial's SerialException too): unplugged, closed
+            if self.stop_event.is_set():
+                pass  # stopping: the line went away first (its emulator, the adapter)
+            elif str(e) != self._bus_fault:  # once per fault, not at every reopen
+                self._bus_fault = str(e)
+                log.error("RS485 port %s failed: %s; reopening every %g s until it works",
+                          self.node.config.rs485_port, e, RESTART_PAUSE_S)
         except Exception:
-            log.exception("RS485 bus thread died")  # _check_bus starts another
+            log.exception("RS485 bus thread died")  # a bug; _check_bus starts another
         finally:
             bus.close()
 
@@ -291,6 +310,8 @@ class FogService:
         self._thread.start()
         if self.bus is not None:
             self._start_bus()
+        if self.republisher is not None:
+            self.republisher.start()
 
     def stop(self) -> None:
         """Drain what arrived, seal a last checkpoint, and disconnect."""
@@ -308,4 +329,6 @@ class FogService:
             cp = self.node.checkpoints.seal(int(self.clock()))
         if cp is not None:
             self._publish_checkpoint(cp)
+        if self.republisher is not None:
+            self.republisher.stop()
         self.link.stop()

@@ -55,7 +55,7 @@ class _BrokerProcess:
     name = "broker"
 
     def __init__(self, workdir: pathlib.Path, port: int | None = None):
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = pathlib.Path(workdir).resolve()  # the child runs in the repository
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -70,15 +70,17 @@ class _BrokerProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self._command(), stdout=log, stderr=log,
                                          cwd=pathlib.Path(__file__).resolve().parent.parent)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a limit on a hang: a loaded host starts it slowly
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.proc = None
                 raise BrokerError(f"{self.name} exited: {self.log.read_text()[-500:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
             except OSError:
                 time.sleep(0.02)
+        self.stop()  # never left running behind a failed start (`with` calls no __exit__)
         raise BrokerError(f"{self.name} did not listen on port {self.port}")
 
     def stop(self) -> None:
@@ -177,3 +179,58 @@ def any_broker(workdir: pathlib.Path) -> Mosquitto | EmbeddedBroker:
     except BrokerError:
         return EmbeddedBroker(workdir)
     return Mosquitto(workdir)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m hardware.broker") -> int:
+    """Run mosquitto for a fog's data dir in the foreground until Ctrl-C or SIGTERM."""
+    import argparse
+
+    from meterledger.infra.args import ArgumentParser
+
+    ap = ArgumentParser(prog=prog, description=(
+        "Run a mosquitto broker with the listeners, TLS certificate, passwords and ACL that "
+        "a fog node made in DATA_DIR/broker (`meterledger fog init`), until Ctrl-C. Give the "
+        "fog the pid file it prints (--broker-pid-file), so that enrolling a meter reloads "
+        "the broker. A production broker includes the same directory instead "
+        "(docs/DEPLOY.md)."), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fog-data", type=pathlib.Path, default=pathlib.Path("fog-data"),
+                    help="the fog's data dir, with its broker/ directory (default: fog-data)")
+    ap.add_argument("--port", type=int, default=8883,
+                    help="the TLS port of the fog's listener, to wait for (its config's "
+                         "mqtt_tls_port; default: 8883)")
+    ap.add_argument("--workdir", type=pathlib.Path, default=None,
+                    help="the broker's own files: config, persistence, log, pid file "
+                         "(default: FOG_DATA/mosquitto)")
+    args = ap.parse_args(argv)
+    include = args.fog_data / "broker"
+    if not (include / "mosquitto.conf").is_file():
+        ap.error(f"no broker files in {include}: run `meterledger fog init --data-dir "
+                 f"{args.fog_data}` first")
+    broker = Mosquitto(args.workdir or args.fog_data / "mosquitto", port=args.port,
+                       include_dir=include)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        broker.start()
+    except BrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"mosquitto on port {broker.port} with {include}; log {broker.log}; give the fog "
+          f"--broker-pid-file {broker.pid_file}", flush=True)
+    try:
+        while not stop and broker.proc is not None and broker.proc.poll() is None:
+            time.sleep(0.5)
+    finally:
+        broker.stop()
+    print("mosquitto stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -36,6 +36,7 @@ import math
 import os
 import random
 import select
+import signal
 import sys
 import threading
 import time
@@ -145,13 +146,14 @@ class Rs485Bus:
             return (not self._bursts and not self._injected
                     and not any(bytes_waiting(fd) for fd in self._masters))
 
-    def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Wait (polling) until `idle()`; False if it did not happen within `timeout`."""
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait (polling) until `idle()`; False if it did not happen within `timeout` (a limit
+        on a hang: a loaded host delays the bus thread, and a paced line takes its time)."""
         deadline = time.monotonic() + timeout
         while not self.idle():
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.001)
+            time.sleep(0.002)
         return True
 
     def _wake(self) -> None:
@@ -302,18 +304,33 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.rs485_bu
     ap.add_argument("--no-pace", action="store_true",
                     help="forward at once (no line time, no collisions)")
     args = ap.parse_args(argv)
+    stop = stop_on_sigterm()
     bus = Rs485Bus(args.endpoints, args.baud, noise=args.noise, seed=args.seed,
                    pace=not args.no_pace)
     with bus:
         for i, path in enumerate(bus.paths):
             print(f"endpoint {i}: {path}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    print(f"counters: {dict(bus.counters)}", file=sys.stderr)
+        serve_until(stop)
+    print(f"counters: {dict(bus.counters)}", file=sys.stderr, flush=True)
     return 0
+
+
+def stop_on_sigterm() -> threading.Event:
+    """An event that SIGTERM sets (a service manager's or a test's stop): the emulator then
+    leaves its `with` block like after Ctrl-C, closing its ptys, and exits 0."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    return stop
+
+
+def serve_until(stop: threading.Event) -> None:
+    """Wait in the main thread (the emulator's own threads do the work) until SIGTERM or
+    Ctrl-C."""
+    try:
+        while not stop.wait(3600):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

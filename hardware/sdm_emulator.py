@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from hardware.pty import PtyPort, QuietTimeline
+from hardware.rs485_bus import serve_until, stop_on_sigterm
 from meterledger.infra.args import ArgumentParser
 from meterledger.wire.modbus import (
     EX_ILLEGAL_ADDRESS,
@@ -231,7 +232,10 @@ class SdmEmulator:
                  voltage: float = 230.0, frequency: float = 50.0, power_factor: float = 0.95,
                  crc_error_rate: float = 0.0, no_answer_rate: float = 0.0,
                  delay_s: float = 0.0, noise_rate: float = 0.0,
-                 seed: int | None = None, baud: int = 9600) -> None:
+                 seed: int | None = None, baud: int = 9600,
+                 quiet_clock_us: Callable[[], int] | None = None) -> None:
+        """`quiet_clock_us`: the clock (µs) that silences on the line are judged on, for the
+        framer's `QuietTimeline` (default: the monotonic clock)."""
         if not 1 <= address <= 247:
             raise ValueError("address 1..247")
         for name, p in (("crc_error_rate", crc_error_rate), ("no_answer_rate", no_answer_rate),
@@ -265,7 +269,8 @@ class SdmEmulator:
         self._origin_us = self._last_us = _to_us(clock())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._timeline = QuietTimeline()  # the framer's clock (see poll)
+        # the framer's clock (see poll)
+        self._timeline = QuietTimeline() if quiet_clock_us is None else QuietTimeline(quiet_clock_us)
 
     # --- constructors ---
     @classmethod
@@ -516,9 +521,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.sdm_emul
     ap.add_argument("--baud", type=int, default=9600, help="line rate (frame silence)")
     ap.add_argument("--profile", type=_profile_arg, default=LoadProfile.constant(0.0),
                     help="constant:W | daily:BASE,MORNING,EVENING[,PV] | steps:S=W,...")
-    ap.add_argument("--import-kwh", type=float, default=0.0)
-    ap.add_argument("--export-kwh", type=float, default=0.0)
-    ap.add_argument("--voltage", type=float, default=230.0)
+    ap.add_argument("--import-kwh", type=float, default=0.0,
+                    help="the import register at start, kWh (default: 0)")
+    ap.add_argument("--export-kwh", type=float, default=0.0,
+                    help="the export register at start, kWh (default: 0)")
+    ap.add_argument("--voltage", type=float, default=230.0,
+                    help="the line voltage it reports, V (default: 230)")
     ap.add_argument("--crc-error-rate", type=float, default=0.0,
                     help="probability that an answer carries a corrupted CRC")
     ap.add_argument("--no-answer-rate", type=float, default=0.0,
@@ -526,25 +534,23 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.sdm_emul
     ap.add_argument("--delay-ms", type=float, default=0.0, help="answer this much later")
     ap.add_argument("--noise", type=float, default=0.0,
                     help="probability of random bytes on the line before an answer")
-    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the load profile's noise (default: random)")
     args = ap.parse_args(argv)
     kw: dict[str, Any] = dict(
         profile=args.profile, import_kwh=args.import_kwh, export_kwh=args.export_kwh,
         voltage=args.voltage, crc_error_rate=args.crc_error_rate,
         no_answer_rate=args.no_answer_rate, delay_s=args.delay_ms / 1000,
         noise_rate=args.noise, seed=args.seed, baud=args.baud)
+    stop = stop_on_sigterm()
     if args.pty:
         emu, path = SdmEmulator.on_pty(args.address, **kw)
     else:
         emu, path = SdmEmulator.on_url(args.port, args.address, **kw), args.port
     with emu:
         print(path, flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    print(f"counters: {dict(emu.counters)}", file=sys.stderr)
+        serve_until(stop)
+    print(f"counters: {dict(emu.counters)}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -25,6 +25,7 @@ Without a CA it connects plain and anonymous: lab brokers only.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import shutil
 import sys
@@ -36,10 +37,11 @@ from typing import Any
 import serial
 
 from hardware.firmware import module
+from meterledger.errors import ConfigError
+from meterledger.infra import simclock
 from meterledger.infra.args import ArgumentParser
+from meterledger.wire.keys import PublicKey
 from meterledger.wire.names import named
-
-DEFAULT_START = 1_800_000_000 - 60  # a minute before an interval boundary (2027-01-15)
 
 
 class VirtualClock:
@@ -148,6 +150,8 @@ def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: 
     app_mod = module("app")
     cfg = dict(config)
     cfg.setdefault("seed", index + 1)
+    if callable(cfg.get("log_sink")):  # the console (--verbose): each line says which meter
+        cfg["log_sink"] = (lambda sink: lambda line: sink(f"[{index}] {line}"))(cfg["log_sink"])
     board_cfg = dict(cfg, data_dir=str(data_dir), clock=clock.now, ticks_ms=clock.ticks_ms,
                      sleep_ms=lambda ms: None)
     board = host.Board(board_cfg)
@@ -212,12 +216,15 @@ def run(count: int, data_dir: pathlib.Path, compress: float, intervals: int, sta
     meters = [make_meter(i, flash or data_dir / f"meter-{i:03d}", clock, meter_config(config, i),
                          bus=bus.tap() if bus else None, meter_line=line.tap() if line else None)
               for i in range(count)]
+    if flash is None:
+        write_provisioning(data_dir, meters)
     keys = module("core.keys")
     cose = module("core.cose")
     # an SDM source costs a few Modbus transactions a sample: sample it like a board does
     # (every period_ms of real time), while slaves keep answering polls in between
     step_every = 0.25 if line is not None else period
     last_step = 0.0
+    watch = AckWatch(config, clock.now)
     while True:
         stepping = time.monotonic() - last_step >= step_every
         if stepping:
@@ -235,10 +242,73 @@ def run(count: int, data_dir: pathlib.Path, compress: float, intervals: int, sta
                 if out is not None:
                     out(describe(msg) + " signature ok")
                     out("  " + msg.hex())
+            watch.check(vm)
         if intervals and all(len(vm.readings) >= intervals and (bus is None or _all_acked(vm))
                              for vm in meters):
             return meters
         time.sleep(period)
+
+
+def write_provisioning(data_dir: pathlib.Path, meters: list[VirtualMeter]) -> pathlib.Path:
+    """DATA_DIR/provisioning.json: what flashing hands a fog for each meter (its public key,
+    and its broker password's hash if it has one), for `meterledger fog enroll --file`."""
+    from fog_node.broker_access import hash_password
+
+    path = data_dir / "provisioning.json"
+    entries = []
+    for vm in meters:
+        entry = {"pub": bytes(vm.app.meter.key.pub).hex(), "dev": vm.id_hex}
+        if vm.mqtt_secret:
+            entry["mqtt_hash"] = hash_password(vm.mqtt_secret)
+        entries.append(entry)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meters": entries}, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"{len(meters)} virtual meter(s); their keys are in {path}: enroll them with "
+          f"`meterledger fog enroll --file {path}`", file=sys.stderr, flush=True)
+    return path
+
+
+class AckWatch:
+    """Says once per meter, on stderr, why a meter that sends gets no acks: the usual causes
+    are a meter the fog has not enrolled, a clock the fog's disagrees with (`future_t`), a
+    wrong fog id or key; the fog's log names the reason it refused (fog_node.rejections)."""
+
+    SILENT_READINGS = 3  # readings made without any ack before the meter complains
+
+    def __init__(self, config: dict[str, Any], now: Callable[[], float],
+                 say: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.now = now
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.warned: set[int] = set()
+
+    def check(self, vm: VirtualMeter) -> bool:
+        """True if it warned about `vm` now."""
+        meter = vm.app.meter
+        if (vm.index in self.warned or self.config.get("transport") != "mqtt"
+                or int(meter.spool.acked) > 0 or len(vm.readings) < self.SILENT_READINGS):
+            return False
+        self.warned.add(vm.index)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.now()))
+        transport = vm.app.transport
+        if transport is not None and not transport.connected():
+            why = [f"it is not connected to the broker {self.config.get('mqtt_host')}: over "
+                   "TLS the broker lets a meter in once the fog enrolled it with its password "
+                   "hash (`meterledger fog enroll --file DATA_DIR/provisioning.json`)"]
+        else:
+            why = ["is it enrolled? (`meterledger fog devices`)",
+                   f"its clock reads {when}; the fog refuses readings ahead of its own clock "
+                   "(future_t): on a simulated clock, give the meters the fog's (--sim-clock "
+                   "FOG_DATA_DIR)",
+                   f"is fog {self.config.get('fog')} the one on this broker?"]
+        rejected = getattr(vm.app.meter, "last_reject", None)
+        if rejected:
+            why.insert(0, f"it refused what came back: {rejected} (is --fog-pub right?)")
+        self.say(f"meter {vm.index} ({vm.id_hex}): {len(vm.readings)} readings made, none "
+                 "acked by the fog; " + "; ".join(why) + ". The fog's log names the reason "
+                 "it refuses a meter's messages.")
+        return True
 
 
 def _all_acked(vm: VirtualMeter) -> bool:
@@ -256,17 +326,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_
                          " its config.json and its flash data dir, with its key")
     ap.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("demo-out/meters"),
                     help="one flash directory per meter is created below it")
-    ap.add_argument("--compress", type=float, default=1.0,
-                    help="time compression: 900 makes a 15-minute interval last a second")
     ap.add_argument("--intervals", type=int, default=0,
                     help="stop once every meter made this many readings (0 = run forever)")
-    ap.add_argument("--start", type=float, default=None,
-                    help="virtual clock start, Unix s (default: real time, or a fixed "
-                         "reproducible start when compressing)")
-    ap.add_argument("--epoch", type=float, default=None,
-                    help="the real Unix time at which the clock reads --start (to share one "
-                         "simulated clock with a fog node's sim_start/sim_epoch)")
     ap.add_argument("--dur", type=int, default=900, help="interval length in seconds")
+    ap.add_argument("--fog-data", type=pathlib.Path, metavar="DIR",
+                    help="a fog's data dir on this machine (a lab): its id, its public key, "
+                         "its broker's CA and, if it runs simulated, its clock, instead of "
+                         "--fog, --fog-pub, --mqtt-ca and --sim-clock")
     ap.add_argument("--fog", help="fog id (16 hex) the meters are configured for")
     ap.add_argument("--fog-pub", help="fog public key (130 hex); meters then verify acks/commands")
     ap.add_argument("--mqtt-host", help="send readings to this MQTT broker (SPEC section 5)")
@@ -289,12 +355,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_
                     help="Modbus address of the first meter's SDM (the next ones count up)")
     ap.add_argument("--fresh", action="store_true", help="wipe --data-dir first (new keys)")
     ap.add_argument("--print", dest="show", action="store_true", help="print every signed reading")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show each meter's serial console (as a board prints it), at info")
+    ap.add_argument("--log-level", choices=["debug", "info", "warn", "error", "off"],
+                    help="the console's level (implies --verbose; default info)")
+    ap.add_argument("--release-pub", metavar="HEX",
+                    help="release public key (130 hex) the meters accept firmware images of")
+    simclock.add_arguments(ap, old_names=True)
     args = ap.parse_args(argv)
     if args.count < 1:
         ap.error("--count must be at least 1")
-    if args.compress <= 0:
-        ap.error("--compress must be positive")
-    start = args.start if args.start is not None else (DEFAULT_START if args.compress > 1 else time.time())
+    if args.fog_data is not None:
+        fog_data_defaults(ap, args)
+    try:
+        sim = simclock.from_arguments(args)
+    except ConfigError as e:
+        ap.error(str(e))
     config: dict[str, Any] = {"dur": args.dur, "source": "sim"}
     flash = None
     if args.image is not None:
@@ -303,6 +379,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_
         config["fog"] = args.fog
     if args.fog_pub:
         config["fog_pub"] = args.fog_pub
+    if args.verbose or args.log_level:
+        config.update(log_level=args.log_level or "info", log_sink=print)
+    if args.release_pub:
+        try:
+            config["release_pub"] = PublicKey(bytes.fromhex(args.release_pub)).raw.hex()
+        except ValueError as e:
+            ap.error(f"--release-pub: not a P-256 public key ({e})")
     if args.rs485:
         if args.mqtt_host:
             ap.error("a meter has one transport: --rs485 or --mqtt-host, not both")
@@ -334,16 +417,47 @@ def main(argv: list[str] | None = None, prog: str = "python -m hardware.virtual_
         if args.mqtt_port is not None:
             config["mqtt_port"] = args.mqtt_port
     out = print if args.show else None
+    import signal
+
+    # SIGTERM (a test's or a service manager's stop) ends the process at once, like Ctrl-C,
+    # but with exit status 143 and stdio flushed; the meters' flash is power-loss safe
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        meters = run(args.count, args.data_dir, args.compress, args.intervals, start, config, out,
-                     fresh=args.fresh, rs485=args.rs485, modbus_meter=args.modbus_meter,
-                     epoch=args.epoch, flash=flash)
+        meters = run(args.count, args.data_dir, sim.compress if sim else 1.0, args.intervals,
+                     sim.start if sim else time.time(), config, out, fresh=args.fresh,
+                     rs485=args.rs485, modbus_meter=args.modbus_meter,
+                     epoch=sim.epoch if sim else None, flash=flash)
     except KeyboardInterrupt:
         return 130
     total = sum(len(vm.readings) for vm in meters)
     print(f"{len(meters)} virtual meter(s), {total} signed readings, all signatures verified; "
           f"flash under {flash or args.data_dir}/")
     return 0
+
+
+def fog_data_defaults(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill --fog, --fog-pub, --mqtt-ca and --sim-clock from a fog's data dir (flags given
+    explicitly win)."""
+    from meterledger.wire import PublicKey
+
+    d = args.fog_data
+    try:
+        pub = PublicKey(bytes.fromhex((d / "fog.pub").read_text().strip()))
+    except (OSError, ValueError) as e:
+        ap.error(f"--fog-data {d}: no fog public key there ({e}); run `meterledger fog init "
+                 f"--data-dir {d}` first")
+    args.fog = args.fog or pub.id.hex()
+    args.fog_pub = args.fog_pub or pub.raw.hex()
+    if args.mqtt_ca is None and (d / "broker" / "ca.crt").is_file():
+        args.mqtt_ca = d / "broker" / "ca.crt"
+    no_sim = all(getattr(args, n) is None for n in ("sim_compress", "sim_start", "sim_epoch",
+                                                    "sim_clock"))
+    if no_sim and (d / simclock.SIM_FILE).is_file():
+        args.sim_clock = d / simclock.SIM_FILE
+    elif no_sim:
+        print(f"{d} holds no {simclock.SIM_FILE}: the meters run on real time (a fog run with "
+              "--sim-compress writes it when it starts: start the meters after it)",
+              file=sys.stderr, flush=True)
 
 
 def image_config(ap: argparse.ArgumentParser, args: argparse.Namespace,
@@ -362,6 +476,7 @@ def image_config(ap: argparse.ArgumentParser, args: argparse.Namespace,
     if not isinstance(config, dict):
         ap.error(f"--image {args.image}: config.json is not an object")
     flash = args.image / str(config.pop("data_dir", "/data")).lstrip("/")
+    config.setdefault("fw_dir", str(args.image))  # what a firmware update replaces
     if not ((flash / "key").exists() or (flash / "key.tmp").exists()):
         ap.error(f"--image {args.image}: no key in {flash} (was it provisioned?)")
     if config.get("transport") == "mqtt" and not args.mqtt_host:

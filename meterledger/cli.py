@@ -1,6 +1,6 @@
 """The `meterledger` console script: one command over every MeterLedger entry point.
 
-    meterledger fog init|enroll|revoke|run ...             python -m fog_node
+    meterledger fog init|run|devices|enroll|revoke ...     python -m fog_node
     meterledger chain init|run|register|verify-chain|rules|suggestions|approve|dismiss ...
                                                            python -m aggregator
     meterledger meter sim ...                              python -m hardware.virtual_meter
@@ -8,6 +8,7 @@
     meterledger audit bundle|verify ...                    python -m tools.audit
     meterledger flash ...                                  python -m tools.flash
     meterledger demo ...                                   python -m tools.demo
+    meterledger broker ...                                 python -m hardware.broker
     meterledger bus ...                                    python -m hardware.rs485_bus
     meterledger sdm ...                                    python -m hardware.sdm_emulator
     meterledger vm SCRIPT ...                              python -m hardware.mpvm
@@ -25,6 +26,7 @@ Exit status: the command's own; 2 with one line `error: <message>` on stderr for
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -52,7 +54,7 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("fog", "the fog node: init, enroll, revoke, run", "fog_node.__main__"),
+    Command("fog", "the fog node: init, run, devices, enroll, revoke", "fog_node.__main__"),
     Command("chain", "the dispatch chain: init, run, register, verify-chain, rules, suggestions, "
                      "approve, dismiss", "aggregator.__main__"),
     Command("meter", "virtual meters and signed readings: sim, sign, verify, decode", children=(
@@ -70,6 +72,8 @@ COMMANDS: tuple[Command, ...] = (
             "tools.flash"),
     Command("demo", "the end-to-end demo: meters -> MQTT -> fog -> chain -> proof bundle",
             "tools.demo"),
+    Command("broker", "run mosquitto with a fog's listeners, certificate and access files",
+            "hardware.broker"),
     Command("bus", "an emulated RS485 multidrop line over ptys", "hardware.rs485_bus"),
     Command("sdm", "an emulated SDM Modbus RTU meter on a pty or serial port",
             "hardware.sdm_emulator"),
@@ -88,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `meterledger ... | head -1` closed the pipe: not an error
+        # stdout's buffer cannot be flushed any more; point it at /dev/null so the
+        # interpreter's own flush at exit does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except SystemExit as e:  # --help, or a command that exits rather than returns
         return _status(e.code)
 

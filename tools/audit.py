@@ -2,7 +2,8 @@
 
     python -m tools.audit bundle --fog URL --chain URL --dev HEX --seq N -o FILE \
         [--token-file FOG_DATA/auditor.token | --token T] [--ca-file CA.pem]
-    python -m tools.audit verify FILE --trust DISPATCH_PUBHEX [--trust ...]
+    python -m tools.audit verify FILE --trust DISPATCH_PUBHEX [--trust ...] [--format json]
+    python -m tools.audit decode FILE [--format json|text]
 
 `bundle` asks the fog for the reading's inclusion proof and the device list, which are its
 API's auditor tier: give it the fog's auditor token (--token-file, the fog data dir's
@@ -17,16 +18,22 @@ line naming what is wrong.
 The bundle's checkpoint is the *head* of an anchor (docs/PROTOCOL.md section 15): the
 newest checkpoint an anchor transaction carries, whose root the chain tied to everything
 the fog anchored before through a consistency proof.
+
+`decode` shows every message a bundle holds (the reading, the enrollment decision, the
+checkpoint, the anchor transaction with the checkpoints and aggregates it carries, the block
+header) by name, with units and UTC times, as `tools.reading decode` does; it checks nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +316,10 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
 
 
 # --- CLI ---------------------------------------------------------------------------------------
+def _utc(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
 def _line(text: str) -> str:
     return " ".join(text.split())
 
@@ -378,13 +389,61 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> 
     v.add_argument("file", type=Path, help="the bundle (JSON) that `bundle` wrote")
     v.add_argument("--trust", required=True, action="append",
                    help="a trusted dispatch-chain public key (hex, 65 bytes); repeatable")
+    v.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: one line; json: the verdict as an object for scripts "
+                        "(default: text)")
+    d = sub.add_parser("decode", help="show every message of a proof bundle by name")
+    d.add_argument("file", type=Path, help="the bundle (JSON) that `bundle` wrote")
+    d.add_argument("--format", choices=("json", "text"), default="text",
+                   help="text for people, json for scripts (default: text)")
     args = ap.parse_args(argv)
     if args.cmd == "bundle":
         return _bundle(args)
-    return _verify(args.file, args.trust)
+    if args.cmd == "decode":
+        return _decode(args.file, args.format)
+    return _verify(args.file, args.trust, args.format)
 
 
-def _verify(file: Path, trust: list[str]) -> int:
+# the messages of a bundle, by their dotted path in it
+BUNDLE_MESSAGES = ("reading", "enrollment.entry", "checkpoint", "anchor.transaction",
+                   "anchor.block_header")
+
+
+def decode_bundle(doc: Any) -> dict[str, Any]:
+    """Every message of a bundle described (tools.reading.describe), by its path; the
+    bundle's shape is checked (BundleFormatError), its signatures and proofs are not."""
+    from tools.reading import describe
+
+    v = read_fields(doc)
+    out: dict[str, Any] = {}
+    for path in BUNDLE_MESSAGES:
+        try:
+            out[path] = describe(P.parse(v[path], schema=False))
+        except P.ProtocolError as e:
+            raise BundleFormatError(f"{path} is no message: {e.reason}: {e}") from None
+    return out
+
+
+def _decode(file: Path, fmt: str) -> int:
+    from tools.reading import render_text
+
+    try:
+        with file.open("rb") as f:
+            decoded = decode_bundle(load_bundle(f.read(MAX_BUNDLE + 1)))
+    except OSError as e:
+        print(f"error: {_line(str(e))}", file=sys.stderr)
+        return 2
+    except BundleFormatError as e:
+        print(f"error: {file}: {_line(e.detail)}", file=sys.stderr)
+        return 2
+    if fmt == "json":
+        print(json.dumps(decoded, indent=1))
+    else:
+        print("\n\n".join(f"{path}:\n{render_text(d, '  ')}" for path, d in decoded.items()))
+    return 0
+
+
+def _verify(file: Path, trust: list[str], fmt: str = "text") -> int:
     """`verify`: 0 verified, 1 rejected naming the check, 2 input that is no bundle."""
     try:
         trusted = [P.PublicKey(bytes.fromhex(t.strip())) for t in trust]
@@ -402,8 +461,15 @@ def _verify(file: Path, trust: list[str]) -> int:
         print(f"error: {file}: {_line(e.detail)}", file=sys.stderr)
         return 2
     except BundleError as e:
-        print(f"rejected: {_line(str(e))}")
+        if fmt == "json":
+            print(json.dumps({"verified": False, "check": e.check, "detail": _line(e.detail)}))
+        else:
+            print(f"rejected: {_line(str(e))}")
         return 1
+    if fmt == "json":
+        print(json.dumps({"verified": True, **dataclasses.asdict(r), "t_utc": _utc(r.t),
+                          "checks": [name for name, _ in CHECKS]}))
+        return 0
     print(f"verified: meter {r.dev} seq {r.seq} (t {r.t}, import {r.imp} Wh, export "
           f"{r.exp} Wh) is entry {r.leaf_index} of fog {r.fog}'s log (size {r.tree_size}, "
           f"checkpoint {r.checkpoint_height}), anchored in block {r.block_height} sealed by "

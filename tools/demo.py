@@ -131,7 +131,8 @@ def auditor_token(data_dir: Path, token: str | None) -> str:
 
 # long: the demo's steps in the order a user sees them printed
 def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
-         broker_kind: str = "auto", token: str | None = None) -> int:
+         broker_kind: str = "auto", token: str | None = None, keep_running: bool = False,
+         ) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -176,7 +177,9 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         (out / "fog.toml").write_text("\n".join([
             "[fog]", f'data_dir = "{fog_dir}"', *(f"{k} = {v}" for k, v in security.items()),
             f"http_port = {http_port}", f'chain_url = "{chain_url}"', "seal_period_s = 5.0",
-            "interval_s = 900", "grace_s = 30", "skew_s = 900", "anchor_period_s = 300",
+            "interval_s = 900",
+            # a real second of grace: 20 meters signing in pure-Python P-256 take about that
+            "grace_s = 300", "skew_s = 900", "anchor_period_s = 300",
             "chain_poll_s = 0.5", f'dispatch_pub = "{dispatch_pub}"',
             f"sim_compress = {COMPRESS}", f"sim_start = {START}", f"sim_epoch = {epoch}", ""]))
         fog = Child("fog node", ["fog_node", "run", "--config", str(out / "fog.toml")],
@@ -250,6 +253,8 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
               f"fog's log, anchored in block {r.block_height}")
         print(f"re-check:   python -m tools.audit verify {out}/bundle.json "
               f"--trust $(cat {out}/dispatch.pub)")
+        if keep_running:
+            live(out, meters, fog_url, chain_url, fog_dir, chain_dir)
     finally:
         for vm in meters:
             vm.app.transport.close()
@@ -260,6 +265,32 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         raise DemoError(f"not stopped cleanly: {unclean}")
     print("stopped cleanly")
     return 0
+
+
+def live(out: Path, meters: list[VirtualMeter], fog_url: str, chain_url: str, fog_dir: Path,
+         chain_dir: Path) -> None:
+    """Keep the stack running, meters and all, until Ctrl-C or SIGTERM, and say what there
+    is to look at."""
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    auditor = f'-H "Authorization: Bearer $(cat {fog_dir}/auditor.token)"'
+    print(f"""
+running until Ctrl-C; try (from another terminal):
+  curl {fog_url}/v1/checkpoint
+  curl {auditor} {fog_url}/v1/devices
+  curl {auditor} {fog_url}/metrics
+  curl {chain_url}/v1/head
+  .venv/bin/meterledger fog devices --url {fog_url} --data-dir {fog_dir}
+  .venv/bin/meterledger chain verify-chain --chain {chain_url} --pub $(cat {out}/dispatch.pub)
+logs: {out}/fog.log, {out}/aggregator.log, {out}/broker/; chain data {chain_dir}""", flush=True)
+    try:
+        while not stop:
+            for vm in meters:
+                vm.app.step()
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    print("stopping", flush=True)
 
 
 def fog_api_text(base: str, token: str) -> str:
@@ -283,6 +314,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> i
     ap.add_argument("--timeout", type=float, default=180.0, help="give up after this many s")
     ap.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
                     help="auto: mosquitto when installed, else the embedded amqtt broker")
+    ap.add_argument("--keep-running", action="store_true",
+                    help="after the bundle, keep the stack (broker, chain, fog, meters) running "
+                         "until Ctrl-C, to explore its APIs and logs (make demo-live)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--token-file", type=Path, metavar="FILE",
                    help="file holding the auditor token the demo gives the fog and the chain "
@@ -300,7 +334,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> i
         return 2
     try:
         return demo(args.out.resolve(), args.meters, args.intervals, args.timeout, args.broker,
-                    token)
+                    token, args.keep_running)
     except (DemoError, ChainClientError, audit.BundleError) as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1

@@ -4,7 +4,8 @@
         (--fog-data DIR | --fog-pub HEX) [--transport mqtt|rs485]
         [--wifi-ssid S --wifi-password P] [--mqtt-host H --mqtt-port N --mqtt-root R]
         [--mqtt-ca FILE] [--mqtt-tls-name NAME | --mqtt-lab]
-        [--rs485-address N] [--source sim|pulse|modbus] [--set key=value ...]
+        [--rs485-address N] [--source sim|pulse|modbus] [--release-pub HEX|FILE]
+        [--set key=value ...]
         [--firmware-bin FILE [--uf2-drive DIR]] [--enroll | --provisioning-out FILE]
         [--dry-run]
 
@@ -103,6 +104,9 @@ def parser(prog: str = "python -m tools.flash") -> argparse.ArgumentParser:
     ap.add_argument("--rs485-address", type=int, help="Modbus address on the fog's bus, 1..247")
     ap.add_argument("--source", choices=["sim", "pulse", "modbus"],
                     help="where the registers come from (firmware default: sim)")
+    ap.add_argument("--release-pub", metavar="HEX|FILE",
+                    help="the release public key the meter accepts firmware updates signed by "
+                         "(tools.ota keygen's .pub; default: none, updates refused)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any other config.json key; the value is JSON if it parses, null "
                          "drops the key (repeatable)")

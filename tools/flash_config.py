@@ -62,11 +62,33 @@ def read_mqtt_ca(args: argparse.Namespace) -> str | None:
     return pki.cert_pem(cert)
 
 
+def read_release_pub(args: argparse.Namespace) -> str | None:
+    """The release public key the meter pins for firmware updates (docs/PROTOCOL.md
+    section 22): --release-pub, 130 hex or a file holding them (tools.ota keygen)."""
+    text = getattr(args, "release_pub", None)
+    if not text:
+        return None
+    raw = text.strip()
+    if len(raw) != 130 or not all(c in "0123456789abcdefABCDEF" for c in raw):
+        try:
+            raw = Path(text).read_text().strip()
+        except OSError as e:
+            raise ValueError(f"--release-pub: neither 130 hex characters nor a readable "
+                             f"file ({e.strerror})") from None
+    try:
+        return P.PublicKey(bytes.fromhex(raw)).raw.hex()
+    except ValueError as e:
+        raise ValueError(f"--release-pub: not a P-256 public key ({e})") from None
+
+
 def build_config(args: argparse.Namespace, fog: P.PublicKey) -> dict[str, Any]:
     """config.json: board pins, then the fog, then transport and source, then --set."""
     cfg: dict[str, Any] = json.loads((BOARDS_DIR / BOARD_FILES[args.board]).read_text())
     cfg["fog"] = fog.id_hex
     cfg["fog_pub"] = fog.raw.hex()
+    release = read_release_pub(args)
+    if release is not None:
+        cfg["release_pub"] = release  # without it the meter refuses every firmware image
     optional = {"transport": args.transport, "wifi_ssid": args.wifi_ssid,
                 "wifi_password": args.wifi_password, "mqtt_host": args.mqtt_host,
                 "mqtt_port": args.mqtt_port, "mqtt_root": args.mqtt_root,

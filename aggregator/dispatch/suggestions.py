@@ -246,7 +246,14 @@ class Dispatcher:
                 self._series.setdefault((a.fog, a.feeder), []).append(fields)
                 self._seen = max(self._seen, a.height)
             now = int(self.clock())
-            return self.store.record(suggest(self._rule_sets(), self._series, now), now)
+            added = self.store.record(suggest(self._rule_sets(), self._series, now), now)
+            for stored in added:
+                s = stored.suggestion
+                log.info("suggestion %s: rule %s (%s) on fog %s feeder %s, %s %s over "
+                         "intervals %s: proposes %s %s", s.id[:16], s.rule, s.rules_name,
+                         s.fog.hex(), s.feeder, s.metric, list(s.values), list(s.ivls), s.op,
+                         s.args[1])
+            return added
 
     def suggestions(self, state: str | None = None) -> list[StoredSuggestion]:
         self.refresh()
@@ -263,12 +270,15 @@ class Dispatcher:
                 self.key, C.tx(self.key.id, nonce, C.INSTRUCTION, body, now,
                                self.ledger.chain_id)))
             self.store.approved(sid, receipt, body[4], now)
+            log.info("suggestion %s approved: instruction %s in block %d", sid[:16],
+                     receipt.digest.hex()[:16], receipt.height)
             return receipt
 
     def dismiss(self, sid: str) -> StoredSuggestion:
         with self._lock:
             self._open(sid)
             self.store.dismissed(sid, int(self.clock()))
+            log.info("suggestion %s dismissed", sid[:16])
             return self.store.get(sid)
 
     def _open(self, sid: str) -> StoredSuggestion:

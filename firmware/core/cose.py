@@ -10,8 +10,9 @@ MAX_MESSAGE = const(4096)
 PROTECTED = b"\xa1\x01\x26"  # {1: -7}, alg ES256
 _TAG = const(18)
 _KID = const(4)
-# the payload key holding the signer id, per message type (SPEC section 4)
-SIGNER_FIELD = {1: 1, 2: 1, 5: 1, 3: 17, 4: 17, 6: 17, 8: 17}
+# the payload key holding the signer id, per message type (SPEC section 4; 20: the firmware
+# manifest, signed by the release key, docs/PROTOCOL.md section 22)
+SIGNER_FIELD = {1: 1, 2: 1, 5: 1, 3: 17, 4: 17, 6: 17, 8: 17, 20: 1}
 # everything of ToBeSigned before the payload bstr: ["Signature1", h'A10126', h'', ...
 _TBS_PREFIX = b"\x84\x6aSignature1\x43\xa1\x01\x26\x40"
 

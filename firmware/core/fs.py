@@ -5,6 +5,8 @@
 #   read(path) -> bytes            raises OSError if the file does not exist
 #   write(path, data)              create/truncate, write all, flush and sync; a power loss
 #                                  may leave any prefix of data (a torn file)
+#   append(path, data)             add data at the end (creating the file); optional: only
+#                                  firmware updates (core/ota.py) need it
 #   rename(src, dst)               replaces dst; atomic on LittleFS and POSIX. On FAT the
 #                                  implementation removes dst first, so recovery code must
 #                                  accept "dst missing, src complete".
@@ -50,6 +52,10 @@ class VfsFS:
             if sync is not None:  # CPython: make the bytes durable before any rename
                 sync(f.fileno())
 
+    def append(self, path, data):
+        with open(self._p(path), "ab") as f:
+            f.write(data)
+
     def rename(self, src, dst):
         try:
             os.rename(self._p(src), self._p(dst))
@@ -94,6 +100,9 @@ class MemFS:
 
     def write(self, path, data):
         self.files[path] = bytes(data)
+
+    def append(self, path, data):
+        self.files[path] = self.files.get(path, b"") + bytes(data)
 
     def rename(self, src, dst):
         if src not in self.files:

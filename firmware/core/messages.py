@@ -193,6 +193,9 @@ def command_args_error(op, args):
     elif op in ("ping", "reboot"):
         if args:
             return op + " takes no arguments"
+    elif op == "fw":  # an extension: docs/PROTOCOL.md section 22
+        if list(args.keys()) != [1] or not isinstance(args[1], bytes) or len(args[1]) != 32:
+            return "fw takes {1: the manifest digest, 32 bytes}"
     else:
         return "unknown op " + repr(op)
     return None

@@ -238,10 +238,12 @@ class Meter:
         self.stats["commands"] += 1
         return None, f
 
-    def finish_command(self, f, now, ok=True, detail="", uptime=0):
+    def finish_command(self, f, now, ok=True, detail="", uptime=0, refused=False):
+        """The result of an accepted command: done, failed, or (`refused`) rejected after
+        a check only the app could make (a firmware image, docs/PROTOCOL.md section 22)."""
         if ok and f[3] == "interval":
             self.engine.set_dur(f[4][1], now, uptime)
-        status = M.RESULT_DONE if ok else M.RESULT_FAILED
+        status = M.RESULT_DONE if ok else (M.RESULT_REJECTED if refused else M.RESULT_FAILED)
         return self._command_result(f[2], status, detail or ("done" if ok else "failed"), now)
 
     def _command_result(self, cid, status, detail, now):

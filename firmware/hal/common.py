@@ -3,7 +3,8 @@
 # adds its pulse counter and port limits. Type-checked against the port stubs: tools/stubcheck.py.
 #
 # Config keys (all optional; hardware objects exist only for the pins given):
-#   data_dir "/data"         rtc_battery False (the RTC keeps valid time across power loss)
+#   data_dir "/data"         fw_dir "/" (where the firmware files live: OTA updates them)
+#   rtc_battery False (the RTC keeps valid time across power loss)
 #   relay_pin, relay_active_high True, relay_initial True (state driven at boot; True =
 #   supply connected, so a reboot never cuts a customer off; the app then restores the
 #   last commanded state from the meter's flash)
@@ -115,6 +116,7 @@ class MicroBoard:
     def __init__(self, config: dict):
         self._cfg = config
         self._fs: VfsFS | None = None
+        self._fw_fs: VfsFS | None = None
         # older ESP32/rp2 firmware counts seconds from 2000-01-01, newer from 1970
         self._epoch = _Y2K if time.gmtime(0)[0] == 2000 else 0
         self._rtc = machine.RTC()
@@ -190,6 +192,12 @@ class MicroBoard:
         if self._fs is None:
             self._fs = VfsFS(self._cfg.get("data_dir", "/data"))
         return self._fs
+
+    def fw_fs(self) -> VfsFS:
+        """The filesystem the firmware files live in (the flash root): OTA installs here."""
+        if self._fw_fs is None:
+            self._fw_fs = VfsFS(self._cfg.get("fw_dir", "/"))
+        return self._fw_fs
 
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> int:

@@ -3,6 +3,9 @@
 #
 # Config keys (besides the board ones that make sense here):
 #   data_dir       directory the fs() lives in (required to call fs())
+#   fw_dir         directory of the meter's firmware files, which OTA updates replace (default
+#                  data_dir/fw: a host meter runs the repository's firmware, this directory
+#                  only shows what an update installed or rolled back)
 #   clock          callable -> Unix seconds (simulated or compressed time); default time.time
 #   ticks_ms       callable -> milliseconds (monotonic); default time.monotonic
 #   sleep_ms       callable(ms); default time.sleep
@@ -54,6 +57,7 @@ class Board:
     def __init__(self, config: dict[str, Any]):
         self._cfg = config
         self._fs: VfsFS | None = None
+        self._fw_fs: VfsFS | None = None
         self._clock: Callable[[], float] = config.get("clock") or time.time
         self._ticks: Callable[[], int] | None = config.get("ticks_ms")
         self._sleep: Callable[[int], None] | None = config.get("sleep_ms")
@@ -74,6 +78,16 @@ class Board:
                 raise ValueError("host Board needs config['data_dir']")
             self._fs = VfsFS(str(root))
         return self._fs
+
+    def fw_fs(self) -> VfsFS:
+        if self._fw_fs is None:
+            root = self._cfg.get("fw_dir")
+            if not root:
+                if not self._cfg.get("data_dir"):
+                    raise ValueError("host Board needs config['data_dir'] or config['fw_dir']")
+                root = os.path.join(str(self._cfg["data_dir"]), "fw")
+            self._fw_fs = VfsFS(str(root))
+        return self._fw_fs
 
     # -- time ---------------------------------------------------------------------------------
     def now(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -34,6 +35,7 @@ from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
 
 log = logging.getLogger("fog_node.chainlink.link")
+REPORT_S = 600.0  # real seconds between "landed" summaries in the log
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -98,6 +100,10 @@ class ChainLink:
         # nonce allocation + outbox insert, by plan() here and queue_tx() from other threads
         self._tx_lock = threading.Lock()
         self._side_db: sqlite3.Connection | None = None  # queue_tx's own connection
+        # what the log has said (real time: the node's clock may be simulated)
+        self._down_since: float | None = None
+        self._reported_at: float | None = None
+        self._landed = 0
 
     def close(self) -> None:
         if self._side_db is not None:
@@ -150,13 +156,36 @@ class ChainLink:
             if self._meta("synced") is None:
                 self.sync()
             self.plan()
-            self.flush()
+            landed = self.flush()
             self.poll_instructions()
         except ChainUnavailable as e:
             self.counters["chain_unavailable"] += 1
-            log.info("dispatch chain unavailable: %s", e)
+            if self._down_since is None:  # once per outage, not at every poll
+                self._down_since = time.monotonic()
+                log.warning("dispatch chain unavailable: %s; anchors wait in the outbox", e)
+            return
         except AnchorError:
-            pass  # halted and logged; instructions are still polled next round
+            return  # halted and logged; instructions are still polled next round
+        if self._down_since is not None:
+            log.info("dispatch chain reachable again after %.0f s",
+                     time.monotonic() - self._down_since)
+            self._down_since = None
+        self._report_landed(landed)
+
+    def _report_landed(self, landed: int) -> None:
+        """The first transaction landed, then a summary every REPORT_S of real time (a
+        simulated clock anchors many times a second)."""
+        if not landed:
+            return
+        self._landed += landed
+        height = self._meta("last_landed_height")
+        now = time.monotonic()
+        if self._reported_at is None or now - self._reported_at >= REPORT_S:
+            log.info("%d transaction(s) (anchors, reports, faults) landed on the dispatch "
+                     "chain%s, up to block %s", self._landed,
+                     "" if self._reported_at is None else f" in the last {REPORT_S:.0f} s",
+                     height)
+            self._reported_at, self._landed = now, 0
 
     def start(self, poll_s: float = 1.0) -> None:
         """Run step() every poll_s seconds on a thread until stop()."""
@@ -273,6 +302,7 @@ class ChainLink:
             with self._atomic():
                 self.db.execute("UPDATE outbox SET state = 'landed', height = ?, idx = ? "
                                 "WHERE nonce = ?", (r.height, r.index, nonce))
+                self._set_meta("last_landed_height", r.height)
             self.counters["landed_duplicate" if r.duplicate else "landed"] += 1
             landed += 1
         return landed

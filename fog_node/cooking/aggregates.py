@@ -97,6 +97,12 @@ class Aggregates(Estimates):
         active = [d.dev for d in self.registry.devices() if d.active]
         return groups(self.config.feeders, active, self.config.rules.privacy_min_meters)
 
+    def _joined(self, ivl: int) -> frozenset[bytes]:
+        """Meters enrolled after the interval began: nobody expected a reading of theirs
+        for it, so their silence is no outage (a fresh fog, a batch of new meters)."""
+        start = ivl - self.config.interval_s
+        return frozenset(d.dev for d in self.registry.devices() if d.active and d.since > start)
+
     def _latest(self, feeder: str, ivl: int) -> tuple[int, bytes, bytes] | None:
         row = self.db.execute("SELECT rev, digest, msg FROM aggregates WHERE feeder = ? AND "
                               "ivl = ? ORDER BY rev DESC LIMIT 1", (feeder, ivl)).fetchone()
@@ -106,7 +112,8 @@ class Aggregates(Estimates):
         gs, suppressed = self._groups()
         devs = {d for g in gs for d in g.members} | {g.head for g in gs if g.head}
         data = self._meter_intervals(devs, ivl)
-        return [(g, cook(g, ivl, self.config.interval_s, data, self.config.rules))
+        joined = self._joined(ivl)
+        return [(g, cook(g, ivl, self.config.interval_s, data, self.config.rules, joined))
                 for g in gs], suppressed
 
     def _log_aggregates(self, items: list[P.Fields], seal: Callable[[], object] | None,

@@ -186,11 +186,12 @@ class Cooked:
 
 
 def cook(group: Group, ivl: int, dur: int, data: Mapping[bytes, MeterInterval],
-         rules: FeederRules) -> Cooked:
+         rules: FeederRules, joined: frozenset[bytes] = frozenset()) -> Cooked:
     """The aggregate fields of `group` for the interval ending at ivl, and its faults.
 
     `data` maps each member (and the head) to its MeterInterval; a meter without one is
-    missing and silent."""
+    missing and silent. A silent member in `joined` (enrolled after the interval began)
+    counts as silent but not as down: no outage for meters nobody expected to hear from."""
     mine = [data.get(d) or MeterInterval(d, MISSING, silent=True) for d in group.members]
     covered = [m for m in mine if m.status != MISSING]
     imp = sum(m.imp for m in covered)
@@ -232,7 +233,7 @@ def cook(group: Group, ivl: int, dur: int, data: Mapping[bytes, MeterInterval],
         if high:
             fault("voltage_high", f"{len(high)} meter(s) saw over {rules.voltage_high_dv / 10:g} "
                   f"V (highest {f[12] / 10:g} V)", high)
-    down = [m for m in mine if m.silent or m.flags & P.POWER_FAIL]
+    down = [m for m in mine if (m.silent and m.dev not in joined) or m.flags & P.POWER_FAIL]
     if mine and len(down) * 100 >= rules.outage_pct * len(mine):
         fault("outage", f"{len(down)} of {len(mine)} meters lost supply or went silent",
               down)

@@ -41,6 +41,18 @@ class ChainRefused(ChainClientError, errors.RefusedError):
         self.detail = detail
 
 
+def base_url_of(url: str) -> str:
+    """A service's base URL as a user types it: "localhost:8090" and "10.0.0.5" mean plain
+    http (the default scheme, as curl assumes); a trailing slash is dropped."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise errors.ConfigError(f"{url}: only http:// and https:// URLs are served")
+    return url.rstrip("/")
+
+
 def client_context(ca_file: str | Path | None) -> ssl.SSLContext | None:
     """The context that verifies a server against `ca_file`'s CA certificates (PEM), or
     None (urllib's default: the system's CAs)."""
@@ -70,7 +82,7 @@ class Receipt:
 class ChainClient:
     def __init__(self, base_url: str, timeout_s: float = 10.0, token: str | None = None,
                  ca_file: str | Path | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url_of(base_url)
         self.timeout_s = timeout_s
         self.token = token
         self.context: ssl.SSLContext | None = client_context(ca_file)

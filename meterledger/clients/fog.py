@@ -1,6 +1,6 @@
 """A client of the fog node's HTTP API (docs/PROTOCOL.md section 12): checkpoints, inclusion
 and enrollment proofs, devices; what the audit tool and the dashboard read, and the
-operator's enroll and revoke.
+operator's enroll and revoke, and firmware pushes (docs/PROTOCOL.md section 22).
 
 Readings' inclusion proofs and the device list are the auditor tier's: give the client the
 fog's auditor.token (`token=`); enroll and revoke need its operator.token."""
@@ -45,6 +45,18 @@ class FogClient(ChainClient):
         if status != 202:
             raise ChainClientError(f"POST /v1/{action}: HTTP {status}: {out.get('error', out)}")
         return out
+
+    def push_firmware(self, dev: bytes, image: bytes) -> dict[str, Any]:
+        """POST /v1/firmware: a signed image for meter `dev`, queued (operator)."""
+        status, out = self._call(f"/v1/firmware?dev={dev.hex()}", image,
+                                 "application/octet-stream")
+        if status != 202:
+            raise ChainClientError(f"POST /v1/firmware: HTTP {status}: {out.get('error', out)}")
+        return out
+
+    def firmware(self, dev: bytes) -> dict[str, Any]:
+        """GET /v1/firmware: the last push to meter `dev` and the meter's answer."""
+        return self.get("/v1/firmware", dev=dev.hex())
 
 
 JSON = "application/json"

@@ -233,3 +233,46 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any],
 def flag_values(args: argparse.Namespace, cls: type[Any]) -> dict[str, Any]:
     """The setting flags of a parsed command line (None where a flag was not given)."""
     return {f.name: getattr(args, f.name, None) for f in _settings(cls)}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, Path):
+        v = str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
+
+def _range_text(f: dataclasses.Field[Any]) -> str:
+    meta = f.metadata
+    lo, hi, choices = meta.get(_MIN), meta.get(_MAX), meta.get(_CHOICES)
+    if choices is not None:
+        return f"one of {', '.join(choices)}"
+    if lo is not None or hi is not None:
+        return f"{_num(lo)}..{_num(hi)}"
+    return ""
+
+
+def example(cls: type[Any], table: str, header: str) -> str:
+    """A commented TOML file of every setting of `cls` at its default, from the same
+    definitions as the flags and the checks: what docs/examples/*.toml hold (tools.examples
+    writes them; a test keeps them equal to this)."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()] + ["", f"[{table}]"]
+    for f in _settings(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        text = f.metadata[_HELP]
+        rng = _range_text(f)
+        lines.append(f"# {text}" + (f" ({rng})" if rng else ""))
+        try:
+            value = _toml_value(default)
+        except TypeError:  # a structured setting (feeders): an empty list of it
+            value = "[]"
+        lines.append(f"{f.name} = {value}")
+    return "\n".join(lines) + "\n"

@@ -163,8 +163,17 @@ def command_args_error(op: Any, args: dict[Any, Any]) -> str | None:
     return None
 
 
+def fw_args_error(args: dict[Any, Any]) -> str | None:
+    """The one command op beyond v1 (docs/PROTOCOL.md section 22, firmware updates): a
+    meter-bound type-4 message only, never a chain instruction (command_args_error)."""
+    if list(args) != [1] or not isinstance(args[1], bytes) or len(args[1]) != 32:
+        return "fw takes {1: the manifest digest, 32 bytes}"
+    return None
+
+
 def _command_rules(f: Fields) -> None:
-    err = command_args_error(f[Command.OP], f[Command.ARGS])
+    op, args = f[Command.OP], f[Command.ARGS]
+    err = fw_args_error(args) if op == "fw" else command_args_error(op, args)
     if err:
         raise _bad(err)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 TYPE_NAMES: dict[int, str] = {
     1: "reading", 2: "birth", 3: "ack", 4: "command", 5: "result", 6: "checkpoint",
-    8: "enrollment",
+    8: "enrollment", 10: "estimate", 11: "aggregate", 12: "transaction", 13: "block",
 }
 
 FIELD_NAMES: dict[int, dict[int, str]] = {
@@ -32,6 +32,12 @@ FLAG_NAMES: list[tuple[int, str]] = [
     (0x08, "REGISTER_RESET"), (0x10, "TAMPER"), (0x20, "SOURCE_ERROR"),
     (0x40, "CLOCK_STEPPED"), (0x80, "SKIPPED"),
 ]
+
+# q entries of a reading (SPEC type 1 key 9): key -> (name, unit of the integer on the wire)
+Q_NAMES: dict[int, tuple[str, str]] = {
+    1: ("v_min", "0.1 V"), 2: ("v_max", "0.1 V"), 3: ("p_imp_max", "W"), 4: ("p_exp_max", "W"),
+    5: ("temp", "0.1 degC"),
+}
 
 
 def to_json(value: Any) -> Any:

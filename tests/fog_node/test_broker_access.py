@@ -149,7 +149,7 @@ def test_files_hold_each_party_with_its_hash_and_topics(tmp_path: Path) -> None:
     assert f"probe-{fog}" not in blocks, "nor for the probe user"
     assert blocks[A.id.hex()] == meter_acl("grid", fog, A.id.hex()) == [
         f"topic write grid/d/{A.id.hex()}/#", f"topic read grid/f/{fog}/ack/{A.id.hex()}",
-        f"topic read grid/f/{fog}/cmd/{A.id.hex()}"]
+        f"topic read grid/f/{fog}/cmd/{A.id.hex()}", f"topic read grid/f/{fog}/fw/{A.id.hex()}"]
     assert blocks[f"fog-{fog}"] == ["topic read grid/d/#", f"topic readwrite grid/f/{fog}/#"]
     for p in (access.passwd, access.acl, access.record, access.ca_key, access.server_key,
               access.dir / "fog.secret"):

@@ -305,3 +305,14 @@ def test_intervals_missed_while_the_node_was_down_are_closed_too(fog: Fog):
     assert [a[2] for a in fog.aggregates()] == [T0 + IVL, T0 + 2 * IVL, T0 + 3 * IVL, T0 + 4 * IVL]
     assert [a[7] for a in fog.aggregates()] == [6, 6, 6, 0]
     assert closed.ivl == T0 + 4 * IVL and closed.agg == P.digest(fog.entries(P.AGGREGATE)[-1].raw)
+
+
+def test_meters_enrolled_after_an_interval_began_are_silent_in_it_but_no_outage(tmp_path: Path):
+    # a fog whose meters were all enrolled during the interval (a fresh pilot, the demo):
+    # nobody expected their readings for it, so their silence is no outage
+    f = Fog(tmp_path, 6)  # enrolled at T0 (the fog's clock then)
+    closed = f.close(T0)  # the interval (T0 - IVL, T0]: they joined at its very end
+    assert closed.faults == []
+    assert "silent" in f.aggregates()[-1][13] and "outage" not in f.aggregates()[-1][13]
+    closed = f.close(T0 + IVL)  # a whole interval after their enrollment: silence is news
+    assert [x.kind for x in closed.faults] == ["outage"]

@@ -302,10 +302,12 @@ def test_sigkill_mid_append_loses_nothing_committed(tmp_path: pathlib.Path) -> N
             text=True,
         )
         assert child.stdout is not None
-        for _ in range(rng.randrange(5, 60)):
-            printed_size, printed_root = child.stdout.readline().split()
-            promised[int(printed_size)] = bytes.fromhex(printed_root)
-        child.send_signal(signal.SIGKILL)
+        try:
+            for _ in range(rng.randrange(5, 60)):
+                printed_size, printed_root = child.stdout.readline().split()
+                promised[int(printed_size)] = bytes.fromhex(printed_root)
+        finally:  # killed however the reading went: no child left appending
+            child.send_signal(signal.SIGKILL)
         rest, _ = child.communicate(timeout=30)
         assert child.returncode == -signal.SIGKILL
         for line in rest.splitlines():

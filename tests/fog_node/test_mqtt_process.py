@@ -22,6 +22,7 @@ from fog_node.node import FogNode, init_data_dir
 from fog_node.service import FogService
 from meterledger import wire as P
 from tests.kit.fogkit import wait
+from tests.kit.procs import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_800_000_000
@@ -49,13 +50,19 @@ def test_the_mqtt_process_leaves_when_the_fog_process_is_killed(tmp_path, broker
          str(broker.port), "--mqtt-security", "lab", "--http-port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True)
     assert fog.stdout is not None
-    assert "running" in fog.stdout.readline()
-    wait(lambda: len(children(fog.pid)) == 1, what="the MQTT process")
-    (child,) = children(fog.pid)
-    os.kill(fog.pid, signal.SIGKILL)
-    fog.wait()
-    # without the fog it must not stay connected: a restarted fog takes over the session
-    wait(lambda: gone(child), timeout=10, what="the MQTT process to leave")
+    child: int | None = None
+    try:
+        assert "running" in fog.stdout.readline()
+        wait(lambda: len(children(fog.pid)) == 1, what="the MQTT process")
+        (child,) = children(fog.pid)
+        os.kill(fog.pid, signal.SIGKILL)
+        fog.wait()
+        # without the fog it must not stay connected: a restarted fog takes over the session
+        wait(lambda: gone(child), timeout=60, what="the MQTT process to leave")
+    finally:  # nothing left running, whatever failed
+        stop(fog)
+        if child is not None and not gone(child):
+            os.kill(child, signal.SIGKILL)
 
 
 class Meter:

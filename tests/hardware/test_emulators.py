@@ -1,11 +1,14 @@
 """The hardware emulators: pseudo-terminals, the RS485 bus and the SDM meter emulator.
 
 Tests marked `hil` run over real pseudo-terminals. Timing is only ever checked as a lower
-bound (a transfer takes at least its line time), never as an upper one.
+bound (a transfer takes at least its line time), never as an upper one, and nothing is
+assumed to have happened after some time: tests wait for it (with limits on a hang only),
+so a loaded host makes them slower, never red.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import select
@@ -31,7 +34,10 @@ from meterledger.wire.modbus import (
     crc16,
     exception_code,
     read_input_registers,
+    silence_us,
 )
+from tests.kit.fogkit import wait
+from tests.kit.procs import LineReader, spawned, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -89,13 +95,35 @@ def ask(emu: SdmEmulator, request: bytes) -> list[Frame]:
     return out
 
 
+class QuietClock:
+    """A µs clock for an emulator's silences that the test moves (`us`)."""
+
+    def __init__(self) -> None:
+        self.us = 0
+
+    def __call__(self) -> int:
+        return self.us
+
+
 def fake(**kw) -> SdmEmulator:
     kw.setdefault("clock", FakeClock())
+    kw.setdefault("quiet_clock_us", QuietClock())
     return SdmEmulator(FakePort(), kw.pop("address", 1), **kw)
 
 
-def read_for(port, n: int, timeout: float = 5.0) -> bytes:
-    """Read from a pyserial port until n bytes came or the timeout passed."""
+def silence(emu: SdmEmulator) -> None:
+    """A silence on an emulator's FakePort line: its quiet clock moves, and it looks."""
+    clock = emu._timeline._clock
+    assert isinstance(clock, QuietClock)
+    clock.us += 10 * silence_us(emu.baud)
+    emu.poll()
+
+
+HANG = 30.0  # seconds: a limit on a hang, never a margin that a loaded host could eat
+
+
+def read_for(port, n: int, timeout: float = HANG) -> bytes:
+    """Read from a pyserial port until n bytes came (or the limit on a hang passed)."""
     out = bytearray()
     deadline = time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
@@ -103,46 +131,53 @@ def read_for(port, n: int, timeout: float = 5.0) -> bytes:
     return bytes(out)
 
 
-def drain(port, quiet: float = 0.2, timeout: float = 10.0) -> bytes:
-    """Everything that arrives until the port has been quiet for `quiet` seconds after the
-    first byte (which is waited for up to `timeout`)."""
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    last = time.monotonic()
-    while time.monotonic() < deadline:
-        n = port.in_waiting
-        if n:
-            out += port.read(n)
-            last = time.monotonic()
-        elif out and time.monotonic() - last > quiet:
-            break
-        else:
-            time.sleep(0.002)
-    return bytes(out)
+def settle(*emus: SdmEmulator) -> None:
+    """Wait until every emulator's framer is empty: it has framed or dropped (at a silence
+    it saw) all it heard, so the next request starts at a frame boundary for all of them."""
+    wait(lambda: all(not e.framer.pending for e in emus), timeout=HANG,
+         what="the emulators' framers to clear")
 
 
-def transact(port, request: bytes, baud: int = 19200, timeout: float = 2.0) -> Frame | None:
-    """Master side: send a request, frame the answer with the host framer.
+def transact(port, request: bytes, baud: int = 19200, timeout: float = HANG,
+             quiet: tuple[SdmEmulator, ...] = ()) -> Frame | None:
+    """Master side: send a request, frame the answer with the host framer; None if no
+    answer came within `timeout` (a limit on a hang: tests that expect no answer wait for
+    the emulator to have dealt with the request instead, see `unanswered`).
 
-    Like any Modbus master it keeps a silence before the request (3.5 characters, plus
-    margin for the bursty delivery of ptys): other slaves on a bus heard the previous
-    answer as garbage, which only a silence clears from their framers."""
+    Like any Modbus master it keeps a silence before the request: other slaves on a bus
+    heard the previous answer as garbage, which only a silence clears from their framers;
+    `quiet` are the emulators that must have seen it."""
+    settle(*quiet)
     framer = RtuFramer(requests=False, baud=baud)
     timeline = QuietTimeline()
-    time.sleep(0.01)
     port.reset_input_buffer()
     port.write(request)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    got: list[Frame] = []
+
+    def answered() -> bool:
         n = port.in_waiting
         if n:
-            frames = framer.feed(port.read(n), timeline.arrived())
+            got.extend(framer.feed(port.read(n), timeline.arrived()))
         else:
-            frames = framer.idle(timeline.quiet())
-        if frames:
-            return frames[0]
-        time.sleep(0.0005)
-    return None
+            got.extend(framer.idle(timeline.quiet()))
+        return bool(got)
+
+    try:
+        wait(answered, timeout=timeout, what="an answer")
+    except AssertionError:
+        return None
+    return got[0]
+
+
+def unanswered(port, request: bytes, emu: SdmEmulator, counter: str) -> None:
+    """Send a request the emulator must not answer; wait until it has dealt with it (its
+    `counter` went up), then check that nothing came back."""
+    before = emu.counters[counter]
+    port.reset_input_buffer()
+    port.write(request)
+    wait(lambda: emu.counters[counter] > before, timeout=HANG, what=f"the emulator's {counter}")
+    settle(emu)
+    assert port.in_waiting == 0
 
 
 def open_serial(path: str, baud: int = 19200, timeout: float = 0.05):
@@ -291,16 +326,14 @@ def test_exceptions_and_silence():
     port.rx += adu(1, 0x03, b"\0\0\0\2")
     emu.poll()
     assert not port.tx
-    time.sleep(0.01)
-    emu.poll()
+    silence(emu)
     assert port.tx == adu(1, 0x83, bytes((EX_ILLEGAL_FUNCTION,)))
     port.tx.clear()
     # bad CRC: no answer, counted by the framer
     bad = bytearray(read_input_registers(1, 0, 2))
     bad[-1] ^= 0x01
     assert ask(emu, bytes(bad)) == []
-    time.sleep(0.01)
-    emu.poll()
+    silence(emu)
     assert not port.tx and emu.counters["rx_crc_errors"] == 1
     # other address: ignored; broadcast: not answered
     assert ask(emu, read_input_registers(2, 0, 2)) == []
@@ -412,11 +445,11 @@ def test_open_pty_raw_and_nonblocking():
             os.read(fd, 1)
         slave = os.open(path, os.O_RDWR | os.O_NOCTTY)
         os.write(fd, b"x\n")
-        time.sleep(0.05)
+        assert select.select([slave], [], [], HANG)[0] == [slave]
         assert os.read(slave, 10) == b"x\n"  # raw: no line discipline, no echo back
+        assert select.select([fd], [], [], 0.2)[0] == []  # and nothing echoed back
         os.close(slave)
-        time.sleep(0.05)
-        assert select.select([fd], [], [], 0)[0] == []
+        assert select.select([fd], [], [], 0.2)[0] == []  # no hang-up (EIO) either
     finally:
         hpty.close_pty(fd)
 
@@ -453,7 +486,7 @@ def test_bus_paces_at_the_baud_rate():
             data = os.urandom(n)
             t0 = time.monotonic()
             a.write(data)
-            got = read_for(b, n, timeout=10)
+            got = read_for(b, n)
             elapsed = time.monotonic() - t0
             assert got == data
             assert elapsed >= n * 10 / baud  # a lower bound only
@@ -463,15 +496,13 @@ def test_bus_paces_at_the_baud_rate():
 def test_bus_delivers_a_burst_in_one_piece():
     # a frame's bytes arrive together once its last byte has left the line, never dripped
     # with gaps inside (which a framer would take for the end of the frame)
-    n, baud = 100, 9600
+    # (a drip would show a few bytes first: over 0.8 s of line time the reader looks often)
+    n, baud = 100, 1200
     with Rs485Bus(2, baud) as bus:
         a, b = (open_serial(p, baud) for p in bus.paths)
         with a, b:
             a.write(os.urandom(n))
-            deadline = time.monotonic() + 5
-            while not b.in_waiting and time.monotonic() < deadline:
-                time.sleep(0.0005)
-            time.sleep(0.005)  # far less than the burst's line time (104 ms)
+            wait(lambda: b.in_waiting > 0, timeout=HANG, what="the burst")
             assert b.in_waiting == n
 
 
@@ -484,12 +515,17 @@ def test_bus_collisions_are_corrupted_and_counted():
             a.write(b"\x55" * n)
             b.write(b"\xaa" * n)  # while a's bytes still take the line: collisions
             # (a burst longer than 256 bytes comes in pieces of up to 256 byte times)
-            got_c = drain(c, quiet=1.0)
-            got_a, got_b = drain(a, 0.05, 1.0), drain(b, 0.05, 1.0)
+            # every byte written is on the line once the slots sent and the bytes ANDed into
+            # a slot make 2n; then c gets one byte per slot, a and b the slots they did
+            # not drive
+            wait(lambda: bus.counters["bytes"] + bus.counters["collisions"] == 2 * n,
+                 timeout=HANG, what="both transmissions on the line")
             collisions = bus.counters["collisions"]
+            got_c = read_for(c, 2 * n - collisions)
+            head = len(got_c) - len(got_c.lstrip(b"\x55"))
+            got_a, got_b = read_for(a, n - collisions), read_for(b, head)
             assert collisions > 0
             # c hears a's head, the ANDed overlap (0x55 & 0xAA = 0), then b's tail
-            head = len(got_c) - len(got_c.lstrip(b"\x55"))
             assert got_c == b"\x55" * head + b"\x00" * collisions + b"\xaa" * (n - collisions)
             assert head + collisions == n
             # the transmitters do not hear the overlap (their receivers are off)
@@ -533,6 +569,8 @@ def test_bus_inject_reaches_everyone():
 
 @pytest.mark.hil
 def test_bus_endpoint_can_close_and_reopen():
+    import hardware.pty as hpty
+
     with Rs485Bus(2, 115200) as bus:
         a = open_serial(bus.paths[0])
         with open_serial(bus.paths[1]) as b:
@@ -540,7 +578,10 @@ def test_bus_endpoint_can_close_and_reopen():
             assert read_for(b, 3) == b"one"
         a.write(b"lost")  # nobody has endpoint 1 open: queued in the pty, flushed on open
         assert bus.wait_idle()
-        time.sleep(0.1)  # the kernel moves pty bytes to the reader's queue asynchronously
+        # the kernel moves pty bytes to the slave's input queue asynchronously: wait until
+        # they are there (on the slave fd the bus holds), so that opening flushes them
+        held = hpty._held[bus._masters[1]]
+        wait(lambda: hpty.bytes_waiting(held) == 4, timeout=HANG, what="the queued bytes")
         with open_serial(bus.paths[1]) as b:
             a.write(b"two")
             assert read_for(b, 3) == b"two"
@@ -561,7 +602,7 @@ def test_sdm_on_pty_answers():
         assert frame is not None and f32(frame.data) == [800.0]
         bad = bytearray(read_input_registers(1, 0x000C, 2))
         bad[3] ^= 0x40
-        assert transact(ser, bytes(bad), timeout=0.3) is None
+        unanswered(ser, bytes(bad), emu, "rx_crc_errors")
         frame = transact(ser, adu(1, 0x03, b"\0\0\0\2"))
         assert frame is not None and exception_code(frame) == EX_ILLEGAL_FUNCTION
     assert emu.counters["rx_crc_errors"] == 1
@@ -575,13 +616,13 @@ def test_sdm_faults_over_pty():
         assert transact(ser, read_input_registers(1, 0, 2)) is not None
         assert time.monotonic() - t0 >= 0.2
         emu.alive = False
-        assert transact(ser, read_input_registers(1, 0, 2), timeout=0.5) is None
+        unanswered(ser, read_input_registers(1, 0, 2), emu, "dead")
         emu.alive = True
         assert transact(ser, read_input_registers(1, 0, 2)) is not None
         emu.delay_s = 0
         emu.noise_rate = 1.0
         # garbage, a silence, the answer: a framer that honours silences gets the answer
-        answers = [transact(ser, read_input_registers(1, 0, 2)) for _ in range(5)]
+        answers = [transact(ser, read_input_registers(1, 0, 2), timeout=5) for _ in range(5)]
         assert any(f is not None and f32(f.data) == [230.0] for f in answers)
         assert emu.counters["noise"] == 5
     c = emu.counters
@@ -598,21 +639,22 @@ def test_sdm_through_the_bus():
                                 profile=LoadProfile.constant(-300), export_kwh=5.0)
         with m1, m2, open_serial(bus.paths[0]) as master:
             clock.t += 3600
-            frame = transact(master, read_input_registers(1, 0x0048, 4))
+            both = (m1, m2)
+            frame = transact(master, read_input_registers(1, 0x0048, 4), quiet=both)
             assert frame is not None and frame.address == 1
             assert f32(frame.data) == [1.0, 0.0]
-            frame = transact(master, read_input_registers(2, 0x0048, 4))
+            frame = transact(master, read_input_registers(2, 0x0048, 4), quiet=both)
             assert frame is not None and frame.address == 2
             assert f32(frame.data) == [0.0, single(5.3)]
-            frame = transact(master, read_input_registers(2, 0x000C, 2))
+            frame = transact(master, read_input_registers(2, 0x000C, 2), quiet=both)
             assert frame is not None and f32(frame.data) == [-300.0]
-            frame = transact(master, read_input_registers(1, 0x0002, 2))
+            frame = transact(master, read_input_registers(1, 0x0002, 2), quiet=both)
             assert frame is not None and exception_code(frame) == EX_ILLEGAL_ADDRESS
             assert bus.wait_idle()
             # m2 frames m1's exception answer once it has seen a silence after it
-            deadline = time.monotonic() + 3
-            while m2.counters["other"] < 3 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait(lambda: m1.counters["other"] >= 2 and m2.counters["other"] >= 3,
+                 timeout=HANG, what="both meters to frame what they heard")
+            settle(m1, m2)
         # each meter hears the requests for the other and the other's answers; framed as
         # requests, a read answer is garbage, an exception answer (5 bytes, CRC good) a
         # frame for the other address
@@ -622,49 +664,42 @@ def test_sdm_through_the_bus():
 
 
 # --- the CLIs --------------------------------------------------------------------------------
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _spawn(*args: str) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    """The CLI as a process, stopped (killed if need be) however the test ends."""
+    return spawned([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, sig=signal.SIGINT)
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
+    """Ctrl-C: it stops cleanly (exit 0) and reports its counters."""
+    _, err = stop(proc, signal.SIGINT)
     assert proc.returncode == 0, err
-    return err
+    return str(err)
 
 
 @pytest.mark.hil
 def test_cli_bus_and_sdm_emulator():
-    bus = _spawn("hardware.rs485_bus", "--endpoints", "2", "--baud", "19200")
-    try:
-        assert bus.stdout is not None
-        paths = [bus.stdout.readline().split(": ", 1)[1].strip() for _ in range(2)]
-        sdm = _spawn("hardware.sdm_emulator", "--port", paths[1], "--baud", "19200",
-                     "--address", "7", "--profile", "constant:-250", "--import-kwh", "3")
-        try:
-            assert sdm.stdout is not None
-            assert sdm.stdout.readline().strip() == paths[1]
+    with _spawn("hardware.rs485_bus", "--endpoints", "2", "--baud", "19200") as bus:
+        out = LineReader(bus.stdout)
+        paths = [out.next("endpoint path").split(": ", 1)[1].strip() for _ in range(2)]
+        with _spawn("hardware.sdm_emulator", "--port", paths[1], "--baud", "19200",
+                    "--address", "7", "--profile", "constant:-250", "--import-kwh", "3") as sdm:
+            assert LineReader(sdm.stdout).next("port path") == paths[1]
             with open_serial(paths[0]) as master:
-                frame = transact(master, read_input_registers(7, 0x000C, 2), timeout=5)
+                frame = transact(master, read_input_registers(7, 0x000C, 2))
                 assert frame is not None and f32(frame.data) == [-250.0]
-                frame = transact(master, read_input_registers(7, 0x0048, 2), timeout=5)
+                frame = transact(master, read_input_registers(7, 0x0048, 2))
                 assert frame is not None and math.isclose(f32(frame.data)[0], 3.0)
-        finally:
             assert "answers" in _finish(sdm)
-    finally:
         assert "bytes" in _finish(bus)
 
 
 @pytest.mark.hil
 def test_cli_sdm_on_pty():
-    sdm = _spawn("hardware.sdm_emulator", "--pty", "--baud", "19200", "--profile",
-                 "steps:0=100,900=200")
-    try:
-        assert sdm.stdout is not None
-        path = sdm.stdout.readline().strip()
+    with _spawn("hardware.sdm_emulator", "--pty", "--baud", "19200", "--profile",
+                "steps:0=100,900=200") as sdm:
+        path = LineReader(sdm.stdout).next("pty path")
         with open_serial(path) as ser:
-            frame = transact(ser, read_input_registers(1, 0x000C, 2), timeout=5)
+            frame = transact(ser, read_input_registers(1, 0x000C, 2))
             assert frame is not None and f32(frame.data) == [100.0]
-    finally:
         _finish(sdm)

@@ -27,7 +27,7 @@ from hardware.mpvm import run_micropython
 from hardware.rs485_bus import Rs485Bus
 from hardware.virtual_meter import make_meter
 from meterledger import wire as P
-from tests.kit.fogkit import ManualClock
+from tests.kit.fogkit import ManualClock, wait
 from tools import flash, flashing
 from tools.flash import Result
 
@@ -156,10 +156,10 @@ def test_enrolled_and_a_meter_booted_from_the_image_is_logged(flashed):
             server = threading.Thread(target=serve, daemon=True)
             server.start()
             try:
-                for _ in range(20):
-                    master.poll_once()
-                    if vm.app.meter.spool.acked == 1:
-                        break
+                # as many polls as it takes (a poll that times out on a loaded host is
+                # only retried), up to a limit on a hang
+                wait(lambda: vm.app.meter.spool.acked == 1, tick=master.poll_once,
+                     timeout=120, what="the reading fetched and acked")
             finally:
                 stop.set()
                 server.join(5)

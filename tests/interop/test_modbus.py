@@ -52,7 +52,7 @@ from tests.kit.fogkit import ManualClock
 T0 = 1_800_000_000
 FOG = P.SigningKey.from_int(0xF06_F06)
 KEY = P.SigningKey.from_int(0x51A7E)
-TIMEOUT = 5.0  # seconds a pymodbus client waits for an answer (never asserted on)
+TIMEOUT = 30.0  # seconds a pymodbus client waits for an answer: a limit on a hang, no margin
 F32 = ModbusSerialClient.DATATYPE.FLOAT32
 U16 = ModbusSerialClient.DATATYPE.UINT16
 U32 = ModbusSerialClient.DATATYPE.UINT32

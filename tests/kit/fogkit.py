@@ -71,7 +71,7 @@ def secure_broker(tmp: pathlib.Path, config: FogConfig, fog_hex: str) -> Mosquit
     return Mosquitto(tmp / "broker", port=config.mqtt_tls_port, include_dir=access.dir)
 
 
-def wait(cond: Callable[[], bool], timeout: float = 30.0, tick: Callable[[], None] | None = None,
+def wait(cond: Callable[[], bool], timeout: float = 30.0, tick: Callable[[], object] | None = None,
          what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():

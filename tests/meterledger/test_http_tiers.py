@@ -234,6 +234,7 @@ def test_every_fog_endpoint_answers_its_tier(tmp_path: Path) -> None:
         "GET /v1/proof/consistency": "public", "GET /v1/proof/enrollment": "public",
         "GET /v1/devices": "auditor", "GET /healthz": "public", "GET /v1/entries/0": "auditor",
         "GET /metrics": "auditor", "POST /v1/enroll": "operator", "POST /v1/revoke": "operator",
+        "GET /v1/firmware": "operator", "POST /v1/firmware": "operator",  # section 22
         "GET /openapi.json": "public"}
     assert not (d / "requests").exists()  # no call with a token below the operator's queued
 

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from meterledger import wire as P
 from meterledger.wire import merkle
 from tests import merkle_reference as ref
 from tests.kit.fogkit import ManualClock, logged_readings, mqtt_meters, wait
+from tests.kit.procs import stop
 
 T0 = 1_800_000_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +31,11 @@ def fog_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def start(args: list[str]) -> subprocess.Popen[str]:
+def start(args: list[str], procs: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    """A fog node process, added to `procs` (which the test stops however it ends)."""
     proc = subprocess.Popen([sys.executable, "-m", "fog_node", "run", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    procs.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert "running" in line, line
@@ -41,6 +43,15 @@ def start(args: list[str]) -> subprocess.Popen[str]:
 
 
 def test_kill_9_during_a_burst_loses_nothing_acknowledged(tmp_path, broker):
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        burst_kill_and_restart(tmp_path, broker, procs)
+    finally:
+        for proc in procs:  # no fog left running when the test failed
+            stop(proc)
+
+
+def burst_kill_and_restart(tmp_path: Path, broker: Any, procs: list[subprocess.Popen[str]]) -> None:
     data = tmp_path / "fog"
     out = fog_cli("init", "--data-dir", str(data))
     assert out.returncode == 0, out.stderr
@@ -61,7 +72,7 @@ def test_kill_9_during_a_burst_loses_nothing_acknowledged(tmp_path, broker):
     conf.write_text(f'data_dir = "{data}"\nmqtt_port = {broker.port}\nhttp_port = 0\n'
                     'mqtt_security = "lab"\n'
                     "skew_s = 1000000000\nseal_period_s = 0.1\n")
-    fog = start(["--config", str(conf)])
+    fog = start(["--config", str(conf)], procs)
 
     def tick() -> None:
         for vm in meters:
@@ -82,19 +93,17 @@ def test_kill_9_during_a_burst_loses_nothing_acknowledged(tmp_path, broker):
     # a meter enrolled while the node runs: the CLI hands the decision to the node
     fog = start(["--data-dir", str(data), "--mqtt-port", str(broker.port), "--http-port", "0",
                  "--mqtt-security", "lab",
-                 "--skew-s", "1000000000", "--seal-period-s", "0.1"])
+                 "--skew-s", "1000000000", "--seal-period-s", "0.1"], procs)
     out = fog_cli("enroll", "--pub", meters[7].app.meter.key.pub.hex(), "--data-dir", str(data))
     assert out.returncode == 0 and "queued" in out.stdout, out.stdout
 
     def tick_and_age() -> None:
         clock.advance(7)  # meter uptime: reconnect backoff and the 60 s resend timer
         tick()
-        time.sleep(0.005)
 
     wait(lambda: all(len(vm.app.meter.spool) == 0 for vm in meters), timeout=90,
          tick=tick_and_age, what="every reading acked after the restart")
-    fog.send_signal(signal.SIGTERM)
-    stdout, _ = fog.communicate(timeout=30)
+    stdout, _ = stop(fog, signal.SIGTERM)
     assert fog.returncode == 0 and "stopped cleanly" in stdout
     check_data_dir(data, meters, acked_before)
 

@@ -47,6 +47,7 @@ from aggregator.chain.service.metrics import registry
 from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
 from meterledger import wire as P
 from meterledger.infra import http as H
+from meterledger.infra import logs
 from meterledger.infra.http import AUDITOR, OPERATOR, PUBLIC
 from meterledger.infra.metrics import CONTENT_TYPE as PROMETHEUS
 from meterledger.infra.metrics import exposition
@@ -183,6 +184,7 @@ class AggregatorAPI:
             tokens = H.Tokens({OPERATOR: token})
         self.tokens = tokens
         self.refused: dict[str, int] = {}  # POSTs refused before reaching the ledger
+        self._refusals = logs.Once()  # what the log says of the ledger's refusals
         self._lock = threading.Lock()
         # the API's own registry: several chains (and APIs) may live in one process
         self.metrics = registry(ledger, self._refused, lambda: (
@@ -277,6 +279,11 @@ class AggregatorAPI:
         except DuplicateError as e:
             raise H.HTTPError(409, "duplicate", **_receipt(e.receipt)) from None
         except ChainError as e:
+            held = self._refusals(e.reason)
+            if held is not None:  # once a minute per reason: a sender cannot flood the log
+                log.info("transaction refused: %s: %s%s", e.reason, e.detail,
+                         f" ({held} more refused for {e.reason} since the last line)"
+                         if held else "")
             raise APIError(400, e.reason, e.detail) from None
         return _receipt(r)
 
@@ -287,8 +294,12 @@ class AggregatorAPI:
         dispatch.token. Approving signs and submits its instruction.
         """
         sid, action = req.params["id"], req.params["action"]
-        if not _SID.fullmatch(sid) or action not in _ACTIONS:
+        if action not in _ACTIONS:
             raise APIError(404, "not_found", f"{_POSTS}, not {_show(req.path)}")
+        if not _SID.fullmatch(sid):
+            raise APIError(404, "not_found", f"no suggestion {_show(sid)}: an id is the hex "
+                           "`id` that GET /v1/suggestions lists (`meterledger chain "
+                           "suggestions`)")
         d = self._dispatch()
         if action == "dismiss":
             return d.dismiss(sid).as_json()

@@ -15,6 +15,7 @@ data_dir/
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from aggregator.chain.store import SQLiteBlockStore
 from meterledger import errors
 from meterledger import wire as P
 from meterledger.infra import config as cfg
-from meterledger.infra import datadir
+from meterledger.infra import datadir, simclock
 from meterledger.infra import http as H
 from meterledger.infra.config import setting
 from meterledger.infra.http_settings import HTTPSettings
@@ -55,6 +56,16 @@ class AggregatorConfig(HTTPSettings):
     http_handler_timeout_s: float = setting(60.0, help="seconds a client waits for an answer "
                                                        "(POST /v1/tx: its block) before a 503",
                                             min=0.05, max=3600)
+    # simulation only (labs, a walk-through): block time on a fog's simulated clock, so that
+    # instructions expire on the clock its meters keep (meterledger/infra/simclock.py)
+    sim_clock: str = setting("", help=simclock.HELP_CLOCK + "; empty: real time",
+                             metavar="PATH")
+
+    def clock(self) -> Callable[[], float]:
+        """Block time: the wall clock, or the simulated clock named by sim_clock."""
+        if not self.sim_clock:
+            return time.time
+        return simclock.read(Path(self.sim_clock)).clock(time.time)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> AggregatorConfig:

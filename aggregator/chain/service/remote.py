@@ -13,6 +13,7 @@ from typing import Any
 
 from aggregator.chain.ledger import AggregatorError
 from aggregator.chain.store import StoredBlock
+from meterledger.clients.chain import base_url_of
 
 TIMEOUT_S = 60.0
 
@@ -28,7 +29,8 @@ def call(url: str, path: str, body: bytes | None = None,
     headers = {"Content-Type": "application/cbor"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url.rstrip("/") + path, data=body, method="GET" if body is None
+    url = base_url_of(url)  # "localhost:8090" as a user types it: http
+    req = urllib.request.Request(url + path, data=body, method="GET" if body is None
                                  else "POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:

@@ -11,7 +11,8 @@
    group, under `node.lock`, with the meter id as the "topic" dev (a meter answering at
    another meter's address is rejected as topic_mismatch, and the address re-read).
 3. PUT_ACK (0x42) with the ack ingest produced (after it committed), and then
-4. PUT_CMD (0x43) for queued commands, whose results go into ingest.
+4. PUT_CMD (0x43) for queued commands, whose results go into ingest; they wait for a
+   queued firmware image's PUT_FW (0x45) chunks (docs/PROTOCOL.md section 22).
 Serial I/O never holds the node's lock.
 
 Every request gets `timeout_s` (0x04, 0x41, 0x44) or `slow_timeout_s` (0x42, 0x43); a
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 
 from fog_node.ingest import REJECTED, Outcome
 from fog_node.node import FogNode
+from fog_node.ota import FwTransfer
 from fog_node.transport.rs485.addresses import check_addresses
 from fog_node.transport.rs485.link import Link, SerialLink
 from meterledger import wire as P
@@ -60,6 +62,8 @@ FALLBACK_S = 60.0  # no ack progress for this long: fetch again from the contigu
 DEFAULT_GAP_S = 0.02
 DEFAULT_TURNAROUND_S = 0.01
 _REG_WATERMARK = 4  # input registers 4-5: the meter's acknowledged watermark
+FC_PUT_FW = 0x45  # a firmware chunk: sid (8) | offset (u32) | bytes -> received (u32)
+FW_PER_VISIT = 8  # chunks per visit, so the other meters keep being polled
 # the master's counters, exported as meterledger_fog_rs485_<kind>_total
 COUNTER_HELP = {
     "requests": "requests sent (retries included).",
@@ -76,6 +80,7 @@ COUNTER_HELP = {
     "commands": "commands sent (PUT_CMD).",
     "results": "command results received and handed to ingest.",
     "births": "births read from meters and handed to ingest.",
+    "fw_chunks": "firmware image chunks the meters took (PUT_FW).",
 }
 _KINDS = tuple(COUNTER_HELP)
 
@@ -143,6 +148,7 @@ class BusMaster:
         self._gap_us = max(self.framer.silence, int(gap_s * 1e6))
         self._turnaround_us = max(self.framer.silence, int(turnaround_s * 1e6))
         self._commands: dict[bytes, deque[bytes]] = {}
+        self._fw: dict[bytes, FwTransfer] = {}
         self._cmd_lock = threading.Lock()
         # how the line is (re)opened: pyserial on `url` unless a link factory is given
         self._open_link: Callable[[], Link] = link or (lambda: SerialLink(url, baud))
@@ -174,6 +180,16 @@ class BusMaster:
     def queued_commands(self, dev: bytes) -> int:
         with self._cmd_lock:
             return len(self._commands.get(dev, ()))
+
+    def queue_firmware(self, dev: bytes, sid: bytes, blob: bytes, size: int = 200) -> None:
+        """Send an image to meter `dev` in chunks (fog_node.ota.FwTransfer) before its commands."""
+        with self._cmd_lock:
+            self._fw[bytes(dev)] = FwTransfer(bytes(dev), bytes(sid), bytes(blob), size)
+
+    def firmware_left(self, dev: bytes) -> int:
+        """Bytes of a queued image meter `dev` does not have yet (0: none queued)."""
+        job = self._fw.get(dev)
+        return 0 if job is None else job.left
 
     def knows(self, dev: bytes) -> bool:
         """Whether meter `dev` answers on this bus (an address gave its birth)."""
@@ -219,7 +235,7 @@ class BusMaster:
                 self._readings(slot, m, fed)
                 if m.pending_ack is not None and not slot.need_birth:
                     self._push_ack(slot, m)
-                if not slot.need_birth:
+                if not slot.need_birth and self._push_firmware(slot, slot.dev):
                     self._run_commands(slot, slot.dev, fed)
         except mb.ModbusTimeout:
             slot.need_birth = True  # it did not answer: read its birth at the next contact
@@ -363,6 +379,24 @@ class BusMaster:
             self.counters["acks_not_taken"] += 1
             log.warning("RS485 address %d: meter kept watermark %d after our ack of seq %d",
                         slot.address, watermark, m.pending_seq)
+
+    def _push_firmware(self, slot: _Slot, dev: bytes) -> bool:
+        """Up to FW_PER_VISIT chunks of a queued image; True when none is left to send."""
+        job = self._fw.get(dev)
+        for _ in range(FW_PER_VISIT if job is not None and job.left else 0):
+            assert job is not None
+            try:  # the meter answers its received count
+                f = self._exchange(slot.address, FC_PUT_FW, job.frame(), self.slow_timeout_s,
+                                   lambda d: len(d) == 4)
+                self.counters["fw_chunks"] += job.taken(int.from_bytes(f.data, "big"))
+            except mb.ModbusException as e:
+                job.give_up(f"the meter answered exception {e.code}")
+            if not job.left:
+                with self._cmd_lock:
+                    if self._fw.get(dev) is job:
+                        del self._fw[dev]
+                break
+        return job is None or not job.left
 
     def _run_commands(self, slot: _Slot, dev: bytes, fed: list[int]) -> None:
         while True:

@@ -1,0 +1,104 @@
+"""What the fog tells its operator about messages it refused: the first rejection of each
+reason per meter, logged once with the reason, the detail and a hint at the usual cause,
+then one summary line per meter and reason per `summary_s` while they go on.
+
+Counters (/metrics) say how many; this says why, without drowning a log in 60,000 copies of
+the same line when a meter's clock is a year ahead. Memory is bounded: at most
+`_TRACKED` (meter, reason) pairs are remembered (the oldest forgotten), so strangers
+spraying junk cannot grow it; their messages still count in ingest's counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as _time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger("fog_node.rejections")
+
+_TRACKED = 4096
+SUMMARY_S = 60.0
+
+# why a reason usually happens, and what to do about it (the operator's next step)
+HINTS = {
+    "future_t": "the meter's clock is ahead of the fog's: a virtual meter on a simulated "
+                "clock needs the fog's (run both with the same --sim-* settings, or give the "
+                "meters --sim-clock DATA_DIR/sim-clock.json); a board needs NTP or a `time` "
+                "command",
+    "unknown_meter": "not enrolled: its messages are kept in quarantine until "
+                     "`meterledger fog enroll --pub PUB` (see `meterledger fog devices`)",
+    "revoked": "this meter was revoked; enroll it again to accept it",
+    "wrong_fog": "the meter is configured for another fog (its --fog / config fog id)",
+    "topic_mismatch": "a message signed by one meter arrived on another meter's topic",
+    "equivocation": "the meter signed two different readings with one seq (a cloned key or "
+                    "a restored flash image)",
+    "prev_mismatch": "the reading does not chain to the meter's previous one (a restored or "
+                     "wiped flash)",
+    "bad_signature": "the signature does not verify with the enrolled key (a re-keyed meter "
+                     "must be enrolled again)",
+}
+
+
+def hint(reason: str) -> str:
+    return HINTS.get(reason, "see docs/PROTOCOL.md section 3 and 12 for this reason code")
+
+
+@dataclass
+class _Seen:
+    since: float      # start of the current summary window
+    more: int = 0     # rejections after the first one, in this window
+    last_detail: str = ""
+
+
+class RejectionLog:
+    """Feed it each group's outcomes (`note`); it logs what an operator needs to see."""
+
+    def __init__(self, summary_s: float = SUMMARY_S, tracked: int = _TRACKED,
+                 monotonic: Callable[[], float] | None = None) -> None:
+        self.summary_s = summary_s
+        self.tracked = tracked
+        # real time paces the summaries, never the node's (possibly simulated) clock
+        self.monotonic = monotonic or _time.monotonic
+        self.seen: OrderedDict[tuple[bytes, str], _Seen] = OrderedDict()
+
+    def note(self, outcomes: Iterable[object]) -> None:
+        now = self.monotonic()
+        for o in outcomes:
+            status = getattr(o, "status", "")
+            if status not in ("rejected", "quarantined"):
+                continue
+            dev = getattr(o, "dev", None) or b""
+            reason = str(getattr(o, "reason", ""))
+            detail = str(getattr(o, "detail", ""))
+            self._one(dev, reason, detail, now)
+        self.flush(now)
+
+    def _one(self, dev: bytes, reason: str, detail: str, now: float) -> None:
+        key = (dev, reason)
+        s = self.seen.get(key)
+        if s is not None:
+            s.more += 1
+            s.last_detail = detail
+            return
+        self.seen[key] = _Seen(now)
+        while len(self.seen) > self.tracked:
+            self.seen.popitem(last=False)
+        who = f"meter {dev.hex()}" if dev else "a sender with no valid key id"
+        what = "quarantined" if reason == "unknown_meter" else "rejected"
+        log.warning("%s: message %s (%s)%s; hint: %s", who, what, reason,
+                    f": {detail}" if detail else "", hint(reason))
+
+    def flush(self, now: float | None = None) -> None:
+        """The summary lines of the windows that ended."""
+        now = self.monotonic() if now is None else now
+        for (dev, reason), s in self.seen.items():
+            if now - s.since < self.summary_s:
+                continue
+            if s.more:
+                who = f"meter {dev.hex()}" if dev else "senders with no valid key id"
+                log.warning("%s: %d more %s rejection(s) in the last %.0f s (last: %s)", who,
+                            s.more, reason, now - s.since, s.last_detail or "-")
+            s.since, s.more = now, 0
+
