@@ -1,4 +1,4 @@
-"""python -m fog_node init | run | enroll | revoke
+"""python -m fog_node init | run | devices | enroll | revoke | export (also `meterledger fog ...`)
 
     python -m fog_node init --data-dir fog-data [--broker-name broker.lan --broker-name 10.0.0.2]
     python -m fog_node run --config fog.toml [--mqtt-host H --mqtt-port P --data-dir D --http-port N]
@@ -6,6 +6,10 @@
     python -m fog_node enroll --pub PUBHEX [--mqtt-hash HASH] [--reason TEXT] [--data-dir D]
     python -m fog_node enroll --file provisioning.json [--config fog.toml]
     python -m fog_node revoke --pub PUBHEX --reason TEXT
+    python -m fog_node devices [--format table|json|ids]       # enrolled, pending, revoked
+    python -m fog_node enroll --all-pending [--yes] | --dev ID  # meters whose birth was seen
+    python -m fog_node run --sim-compress 900                  # a simulated clock, written to
+                                                               # DATA_DIR/sim-clock.json
 
 The config file is TOML with the keys of FogConfig (data_dir, mqtt_host, mqtt_port,
 mqtt_root, http_host, http_port, seal_period_s, interval_s, grace_s, skew_s, batch_max,

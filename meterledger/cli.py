@@ -7,6 +7,7 @@
     meterledger meter sign|verify|decode ...               python -m tools.reading
     meterledger audit bundle|verify ...                    python -m tools.audit
     meterledger flash ...                                  python -m tools.flash
+    meterledger ota keygen|build|sign|inspect|push|status  python -m tools.ota
     meterledger demo ...                                   python -m tools.demo
     meterledger broker ...                                 python -m hardware.broker
     meterledger bus ...                                    python -m hardware.rs485_bus
@@ -35,6 +36,9 @@ from dataclasses import dataclass
 from meterledger.errors import MeterLedgerError
 
 PROG = "meterledger"
+# option -> (the environment variable meterledger.infra.logs reads, its values)
+_LOG_OPTIONS = {"--log-level": ("METERLEDGER_LOG_LEVEL", ("debug", "info", "warning", "error")),
+                "--log-format": ("METERLEDGER_LOG_FORMAT", ("text", "json"))}
 _HELP = ("-h", "--help")
 
 
@@ -70,6 +74,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("audit", "proof bundles of one reading: bundle, verify", "tools.audit"),
     Command("flash", "put the firmware on a board or into an image dir, and enroll it",
             "tools.flash"),
+    Command("ota", "signed firmware updates: keygen, build, sign, inspect, push, status",
+            "tools.ota"),
     Command("demo", "the end-to-end demo: meters -> MQTT -> fog -> chain -> proof bundle",
             "tools.demo"),
     Command("broker", "run mosquitto with a fog's listeners, certificate and access files",
@@ -110,6 +116,8 @@ def _dispatch(prog: str, commands: Sequence[Command], args: list[str], top: bool
     if first in _HELP:
         print(_help(prog, commands, top))
         return 0
+    if top and first.split("=", 1)[0] in _LOG_OPTIONS:  # for every command below
+        return _dispatch(prog, commands, _log_option(prog, args), top=True)
     if top and first == "--version":
         from importlib.metadata import version
 
@@ -126,19 +134,39 @@ def _dispatch(prog: str, commands: Sequence[Command], args: list[str], top: bool
     return _run(command.module, f"{prog} {command.name}", rest)
 
 
+def _log_option(prog: str, args: list[str]) -> list[str]:
+    """Take a leading --log-level/--log-format (the same for every command: passed on in
+    the environment that meterledger.infra.logs reads); the rest of the command line."""
+    name, _, value = args[0].partition("=")
+    rest = args[1:]
+    if not value:
+        if not rest:
+            raise UsageError(f"{prog}: {name} needs a value")
+        value, rest = rest[0], rest[1:]
+    choices = _LOG_OPTIONS[name]
+    if value not in choices[1]:
+        raise UsageError(f"{prog}: {name} {value!r}: choose from {', '.join(choices[1])}")
+    os.environ[choices[0]] = value
+    return rest
+
+
 def _run(module_name: str, prog: str, argv: list[str]) -> int:
     # imported by name when the command runs, so that nothing else loads. Note that
     # import-linter's graph does not see these imports: written as `import` statements,
     # meterledger.cli -> tools.reading -> hardware.firmware would break the contract
     # "only hardware/ and tools/ drive the firmware" (whose source is all of `meterledger`).
     # their parsers (meterledger.infra.args) report a usage error as one line and exit 2
+    from meterledger.infra import logs  # the standard library only
+
+    logs.setup()  # from the environment; a command with --log-level sets it again
     module = importlib.import_module(module_name)
     return _status(module.main(argv, prog=prog))
 
 
 def _help(prog: str, commands: Sequence[Command], top: bool) -> str:
     width = max(len(c.name) for c in commands) + 2
-    lines = [f"usage: {prog} [-h]{' [--version]' if top else ''} COMMAND [ARGS ...]", ""]
+    top_opts = " [--version] [--log-level LEVEL] [--log-format text|json]" if top else ""
+    lines = [f"usage: {prog} [-h]{top_opts} COMMAND [ARGS ...]", ""]
     if top:
         lines += ["MeterLedger: signed smart-meter readings, fog nodes with a Merkle side-chain",
                   "and a dispatch chain. One command over every tool; the `python -m` forms",

@@ -4,6 +4,9 @@
     python -m tools.ota build --version 0.2.0 [--src DIR] [--board esp32] --out fw.img
     python -m tools.ota sign fw.img --key release.key [--out fw.signed.img]
     python -m tools.ota inspect fw.signed.img [--release-pub HEX|FILE]
+    python -m tools.ota push fw.signed.img --fog localhost:8080 --dev ID \
+        --token-file fog-data/operator.token
+    python -m tools.ota status --fog localhost:8080 --dev ID --token-file fog-data/operator.token
 
 The release key signs images; its public key is pinned in every meter at provisioning
 (`python -m tools.flash ... --release-pub FILE`, config.json `release_pub`). Keep the
@@ -12,8 +15,8 @@ private key off the fog node: the fog only forwards images, the meters check the
 `build` takes every .py and .mpy below --src (default: the firmware sources), except the
 loader (main.py, boot.py, core/fwstore.py, core/fs.py), which an update never replaces.
 Build from a flash image directory (`tools.flash --target DIR`) to ship .mpy files.
-A signed image goes to a meter through its fog node: POST /v1/firmware?dev=ID (operator),
-`meterledger.clients.fog.FogClient.push_firmware`.
+A signed image goes to a meter through its fog node: `push` (POST /v1/firmware?dev=ID, the
+fog's operator tier), and `status` shows how the meter answered.
 Exit status: 0 done (inspect: the image is well formed, and signed by --release-pub if
 given), 1 inspect found a problem, 2 bad usage.
 """
@@ -21,6 +24,7 @@ given), 1 inspect found a problem, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -28,6 +32,8 @@ from pathlib import Path
 from fog_node.ota import LOADER, ImageError, build, parse_image, sign, verify
 from hardware.firmware import FIRMWARE_DIR
 from meterledger import wire as P
+from meterledger.clients.chain import ChainClientError
+from meterledger.clients.fog import FogClient
 from meterledger.infra.args import ArgumentParser
 
 
@@ -55,7 +61,63 @@ def parser(prog: str = "python -m tools.ota") -> argparse.ArgumentParser:
     i.add_argument("image", type=Path, help="the image file")
     i.add_argument("--release-pub", metavar="HEX|FILE",
                    help="also check the signature with this release public key")
+    for name, what in (("push", "hand a signed image to a fog node for one meter"),
+                       ("status", "the last push to a meter and the meter's answer")):
+        q = sub.add_parser(name, help=what)
+        if name == "push":
+            q.add_argument("image", type=Path, help="the signed image (tools.ota sign)")
+        q.add_argument("--fog", required=True,
+                       help="the fog node's API, e.g. localhost:8080 (no scheme: http)")
+        q.add_argument("--dev", required=True, help="the meter's id, 16 hex characters")
+        q.add_argument("--token-file", type=Path, required=True,
+                       help="the fog's operator token (its data dir's operator.token)")
+        q.add_argument("--ca-file", type=Path,
+                       help="CA certificate of the fog's HTTPS (default: the system's CAs)")
     return ap
+
+
+def _fog(ap: argparse.ArgumentParser, a: argparse.Namespace) -> tuple[FogClient, bytes]:
+    try:
+        dev = bytes.fromhex(a.dev)
+        if len(dev) != 8:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--dev {a.dev!r}: a meter id is 16 hex characters")
+    try:
+        token = a.token_file.read_text().strip()
+    except OSError as e:
+        ap.error(f"--token-file {a.token_file}: {e.strerror}")
+    return FogClient(a.fog, token=token, ca_file=a.ca_file), dev
+
+
+def _push(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    fog, dev = _fog(ap, a)
+    try:
+        data = a.image.read_bytes()
+        img = parse_image(data)
+    except OSError as e:
+        ap.error(f"{a.image}: {e.strerror}")
+    except ImageError as e:
+        ap.error(f"{a.image}: {e}")
+    if not img.signed:
+        ap.error(f"{a.image}: unsigned (sign it first: tools.ota sign)")
+    try:
+        out = fog.push_firmware(dev, data)
+    except ChainClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out))
+    return 0
+
+
+def _status(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    fog, dev = _fog(ap, a)
+    try:
+        print(json.dumps(fog.firmware(dev)))
+    except ChainClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def read_pub(text: str) -> P.PublicKey:
@@ -155,7 +217,8 @@ def _inspect(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None, prog: str = "python -m tools.ota") -> int:
     ap = parser(prog)
     a = ap.parse_args(argv)
-    run = {"keygen": _keygen, "build": _build, "sign": _sign, "inspect": _inspect}[a.command]
+    run = {"keygen": _keygen, "build": _build, "sign": _sign, "inspect": _inspect,
+           "push": _push, "status": _status}[a.command]
     return run(ap, a)
 
 

@@ -590,3 +590,35 @@ def test_start_picks_a_port_and_stop_closes_it(fog):
     second.stop()  # idempotent
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_a_signed_image_is_pushed_and_followed_with_the_ota_command(
+        fog: Fog, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `meterledger ota push|status` against the fog's operator tier (section 22): queued,
+    # then the push's state; an unsigned image and a wrong token are refused with the reason
+    from fog_node import ota
+    from tools import ota as ota_tool
+
+    key = P.SigningKey.generate()
+    unsigned = tmp_path / "fw.img"
+    unsigned.write_bytes(ota.build("9.9.9", [("app.py", b"print('new')\n")], ""))
+    signed = tmp_path / "fw.signed.img"
+    signed.write_bytes(ota.sign(unsigned.read_bytes(), key))
+    op = tmp_path / "operator.token"
+    op.write_text(fog.operator)
+    au = tmp_path / "auditor.token"
+    au.write_text(fog.auditor)
+    dev = METER.public_key.id.hex()
+    common = ["--fog", fog.url.removeprefix("http://"), "--dev", dev]
+    assert ota_tool.main(["status", *common, "--token-file", str(op)]) == 1
+    assert f"no firmware was pushed to meter {dev}" in capsys.readouterr().err
+    assert ota_tool.main(["push", str(signed), *common, "--token-file", str(op)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"queued": True, "dev": dev, "version": "9.9.9",
+                   "digest": ota.parse_image(signed.read_bytes()).digest.hex()}
+    assert list((fog.node.config.data_dir / "ota" / "queue").iterdir())
+    assert ota_tool.main(["push", str(signed), *common, "--token-file", str(au)]) == 1
+    assert "operator" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        ota_tool.main(["push", str(unsigned), *common, "--token-file", str(op)])
+    assert done.value.code == 2 and "unsigned" in capsys.readouterr().err

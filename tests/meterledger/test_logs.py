@@ -1,0 +1,91 @@
+"""The one logging setup (meterledger/infra/logs.py) and what the fog says of refused
+messages (fog_node/rejections.py): formats, levels, and lines that do not repeat."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from fog_node.ingest import Outcome
+from fog_node.rejections import RejectionLog
+from meterledger.infra import logs
+from meterledger.infra.clock import ManualClock
+
+
+@pytest.fixture
+def restore_root():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_lines_carry_time_level_logger_message_and_traceback(restore_root) -> None:
+    out = io.StringIO()
+    logs.setup("debug", "json", stream=out)
+    logging.getLogger("fog_node").debug("a %s", "detail")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("x").exception("failed")
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["level"] == "DEBUG" and first["logger"] == "fog_node"
+    assert first["msg"] == "a detail" and first["ts"].endswith("Z")
+    assert "ValueError: boom" in second["exc"]
+
+
+def test_text_lines_and_levels_and_the_environment(restore_root,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setenv(logs.ENV_LEVEL, "warning")
+    logs.setup(stream=out)
+    logging.getLogger("a").info("hidden")
+    logging.getLogger("a").warning("shown")
+    (line,) = out.getvalue().splitlines()
+    assert line.endswith(" WARNING a: shown")
+    logs.setup("info", "text", stream=out)  # again: replaced, not doubled
+    logging.getLogger("a").info("once")
+    assert out.getvalue().count("once") == 1
+
+
+def test_once_holds_back_repeats_within_its_window_and_counts_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock(1000.0)
+    monkeypatch.setattr("meterledger.infra.logs.time.monotonic", clock)
+    once = logs.Once(window_s=60)
+    assert once("refused", "x") == 0
+    assert once("refused", "x") is None and once("refused", "x") is None
+    assert once("refused", "y") == 0  # another key: its own window
+    clock.advance(61)
+    assert once("refused", "x") == 2
+
+
+def test_the_fog_logs_the_first_refusal_per_meter_and_reason_then_a_summary(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(0.0)
+    r = RejectionLog(summary_s=60, monotonic=clock)
+    a, b = b"\x01" * 8, b"\x02" * 8
+    caplog.set_level(logging.INFO, "fog_node.rejections")
+    r.note([Outcome("rejected", "future_t", a, 1, "t 9 is 5 s ahead")] * 500)
+    r.note([Outcome("rejected", "future_t", b, 1, "t 9"), Outcome("logged", "", a, 2),
+            Outcome("quarantined", "unknown_meter", b"\x03" * 8, 1)])
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("meter 0101010101010101: message rejected (future_t): t 9 is 5 s")
+    assert "hint:" in lines[0] and "--sim-" in lines[0]
+    assert "quarantined (unknown_meter)" in lines[2] and "fog enroll" in lines[2]
+    caplog.clear()
+    clock.advance(61)
+    r.flush()
+    (summary,) = [rec.getMessage() for rec in caplog.records]
+    assert summary.startswith("meter 0101010101010101: 499 more future_t rejection(s)")
+
+
+def test_the_fog_remembers_a_bounded_number_of_meters() -> None:
+    r = RejectionLog(tracked=10, monotonic=ManualClock(0.0))
+    r.note([Outcome("rejected", "bad_signature", bytes([i]) * 8) for i in range(100)])
+    assert len(r.seen) == 10
