@@ -14,23 +14,9 @@ import pytest
 from app import App
 from core import cose, keys
 from core import messages as M
-from hal.host import Board, HostReboot
+from hal.host import HostReboot
+from tests.kit.appkit import drive, make_app
 from tests.kit.meterkit import FOG, T0, Clock, RecordingTransport
-
-
-def make_app(tmp_path: Any, clock: Clock, tr: RecordingTransport | None = None, **cfg: Any) -> App:
-    config = {"fog_pub": FOG.pub.hex(), "source": "sim", "seed": 4, **cfg}
-    board = Board(dict(config, data_dir=str(tmp_path / "flash"), clock=lambda: clock.t,
-                       ticks_ms=lambda: clock.up_ms, sleep_ms=lambda ms: None))
-    app = App(board, config, tr)
-    app.start()
-    return app
-
-
-def drive(app: App, clock: Clock, seconds: int, step: int = 5) -> None:
-    for _ in range(seconds // step):
-        clock.advance(step)
-        app.step()
 
 
 def seqs(batch: list[bytes]) -> list[int]:

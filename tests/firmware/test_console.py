@@ -12,8 +12,7 @@ from app import App
 from core import console as C
 from core import cose
 from core import messages as M
-from hal.host import Board
-from hardware.mpvm import run_micropython
+from tests.kit.appkit import drive, host_board, same_in_micropython
 from tests.kit.meterkit import FOG, T0, Clock, RecordingTransport
 
 
@@ -21,17 +20,9 @@ def app_with(tmp_path: Any, clock: Clock, tr: Any, level: str, **cfg: Any) -> tu
     lines: list[str] = []
     config = {"fog_pub": FOG.pub.hex(), "source": "sim", "seed": 4, "log_level": level,
               "log_sink": lines.append, **cfg}
-    board = Board(dict(config, data_dir=str(tmp_path / "flash"), clock=lambda: clock.t,
-                       ticks_ms=lambda: clock.up_ms, sleep_ms=lambda ms: None))
-    app = App(board, config, tr)
+    app = App(host_board(tmp_path, clock, config), config, tr)
     app.start()
     return app, lines
-
-
-def drive(app: App, clock: Clock, seconds: int, step: int = 5) -> None:
-    for _ in range(seconds // step):
-        clock.advance(step)
-        app.step()
 
 
 def topics(lines: list[str]) -> list[str]:
@@ -127,12 +118,5 @@ for line in out:
 
 @pytest.mark.vm
 def test_the_console_says_the_same_inside_micropython():
-    vm = run_micropython(VM_CONSOLE).splitlines()
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        exec(VM_CONSOLE, {})
-    assert vm == buf.getvalue().splitlines()
+    vm = same_in_micropython(VM_CONSOLE)
     assert len(vm) == 9 and vm[0] == "     0 I boot: fw 0.1.0"

@@ -18,6 +18,7 @@ from hardware.firmware import module
 from hardware.mpvm import run_micropython
 from meterledger import wire as P
 from meterledger.wire.cbor import encode, head
+from tests.kit.appkit import drive, host_board
 from tests.kit.meterkit import Clock, RecordingTransport
 
 limit = module("core.limit")
@@ -215,8 +216,7 @@ class LoadBehindRelay:
 def make_app(tmp_path: Any, clock: Clock, tr: RecordingTransport | None = None,
              watts: int | None = 3000, **cfg: Any) -> Any:
     config = {"fog_pub": FOG.public_key.raw.hex(), "source": "sim", "seed": 4, **cfg}
-    board = Board(dict(config, data_dir=str(tmp_path / "flash"), clock=lambda: clock.t,
-                       ticks_ms=lambda: clock.up_ms, sleep_ms=lambda ms: None))
+    board = host_board(tmp_path, clock, config)
     board.moves = []  # every relay(on) the app makes
     real = board.relay
 
@@ -230,12 +230,6 @@ def make_app(tmp_path: Any, clock: Clock, tr: RecordingTransport | None = None,
     app = App(board, config, tr, source=src)
     app.start()
     return app
-
-
-def drive(app: Any, clock: Clock, seconds: int, step: int = 5) -> None:
-    for _ in range(seconds // step):
-        clock.advance(step)
-        app.step()
 
 
 def fog_cmd(app: Any, cid: int, op: str, args: dict[int, Any], not_after: int = FAR) -> bytes:

@@ -5,15 +5,11 @@ real MicroPython VM."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from app import App
 from core import status as S
-from hal.host import Board
-from hardware.mpvm import run_micropython
-from tests.kit.meterkit import FOG, T0, Clock, RecordingTransport
+from tests.kit.appkit import drive, make_app, same_in_micropython
+from tests.kit.meterkit import T0, Clock, RecordingTransport
 
 
 def flashes(pattern: str) -> int:
@@ -44,21 +40,6 @@ def test_the_led_is_driven_only_on_a_change():
     st.set(True, True, False)
     assert st.show(0) is True and st.show(10) is None and st.show(60) is False
     assert st.show(1000) is None and st.show(2000) is True
-
-
-def make_app(tmp_path: Any, clock: Clock, tr: Any, **cfg: Any) -> App:
-    config = {"fog_pub": FOG.pub.hex(), "source": "sim", "seed": 4, "dur": 900, **cfg}
-    board = Board(dict(config, data_dir=str(tmp_path / "flash"), clock=lambda: clock.t,
-                       ticks_ms=lambda: clock.up_ms, sleep_ms=lambda ms: None))
-    app = App(board, config, tr)
-    app.start()
-    return app
-
-
-def drive(app: App, clock: Clock, seconds: int, step: int = 5) -> None:
-    for _ in range(seconds // step):
-        clock.advance(step)
-        app.step()
 
 
 def test_the_app_shows_network_ack_and_spool_state(tmp_path):
@@ -112,12 +93,5 @@ for line in out:
 
 @pytest.mark.vm
 def test_the_patterns_are_the_same_inside_micropython():
-    vm = run_micropython(VM_LED).splitlines()
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        exec(VM_LED, {})
-    assert vm == buf.getvalue().splitlines()
+    vm = same_in_micropython(VM_LED)
     assert [line.split()[0] for line in vm] == [S.NO_NETWORK, S.NO_ACK, S.SPOOL, S.UPDATING, S.OK]
