@@ -180,6 +180,9 @@ class MQTTLink:
         self._args = (client_id, topics)
         self._inbox = inbox
         self._connected = connected
+        self._said_up = False  # what the log said of the connection
+        self._where = ""
+        self._lost_at: float | None = None
         self._on_up = on_up
         self._conn: Connection | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -189,6 +192,7 @@ class MQTTLink:
         # a fresh interpreter (not fork: this process has threads, and not multiprocessing's
         # spawn, which re-runs the caller's main module) with its end of a socket pair
         auth = self._auth()
+        self._where = f"{auth.host}:{auth.port}"
         client_id, topics = self._args
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
@@ -219,15 +223,31 @@ class MQTTLink:
                 return
             for event in events:
                 if event == _UP:
+                    self._say_up()
                     self._connected.set()
                     try:
                         self._on_up()
                     except Exception:  # this thread must go on delivering messages
                         log.exception("after MQTT connect")
                 else:
+                    if self._connected.is_set():
+                        self._lost_at = time.monotonic()
+                        log.warning("MQTT connection to the broker lost; reconnecting "
+                                    "(meters' readings wait in their spools)")
                     self._connected.clear()
             for m in messages:
                 put(m)
+
+    def _say_up(self) -> None:
+        """Connected: said once at the first connect, then after each loss."""
+        if self._lost_at is None and self._said_up:
+            return
+        if self._lost_at is None:
+            log.info("MQTT connected to %s", self._where)
+        else:
+            log.info("MQTT reconnected to %s after %.0f s", self._where,
+                     time.monotonic() - self._lost_at)
+        self._said_up, self._lost_at = True, None
 
     def publish(self, items: list[_Publish]) -> None:
         if not items:

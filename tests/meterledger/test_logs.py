@@ -89,3 +89,23 @@ def test_the_fog_remembers_a_bounded_number_of_meters() -> None:
     r = RejectionLog(tracked=10, monotonic=ManualClock(0.0))
     r.note([Outcome("rejected", "bad_signature", bytes([i]) * 8) for i in range(100)])
     assert len(r.seen) == 10
+
+
+def test_a_silent_rs485_address_is_said_once_then_summarised_then_its_return(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from fog_node.transport.rs485.silence import Silences
+
+    clock = ManualClock(0.0)
+    s = Silences(summary_s=600, monotonic=clock)
+    caplog.set_level(logging.INFO, "fog_node.transport.rs485")
+    for _ in range(100):  # polled twice a second for a while
+        s.timeout(7, "no answer in 0.1 s")
+        clock.advance(0.5)
+    s.answered(8)  # an address that never was silent: nothing to say
+    clock.advance(600)
+    s.timeout(7)
+    s.answered(7)
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert lines == ["RS485 address 7 does not answer (no answer in 0.1 s); polling it on",
+                     "RS485 address 7 still silent: 101 timeouts in 650 s",
+                     "RS485 address 7 answers again after 101 timeout(s) in 650 s"]

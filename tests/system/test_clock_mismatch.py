@@ -65,6 +65,7 @@ def test_meters_ahead_of_the_fog_are_refused_and_both_sides_say_why(tmp_path: Pa
     assert sorted(firsts) == sorted(set(firsts)) and len(firsts) == 2, fog_text
     assert "future_t" in meter_text and "--sim-clock" in meter_text, meter_text
     assert "Traceback" not in fog_text + meter_text
+    assert fog_text.count("MQTT connected to 127.0.0.1") == 1  # said once, with where
 
 
 def _refused(url: str, fog_dir: Path) -> int:

@@ -29,11 +29,9 @@ before that are fed without claiming a silence. `gap_s` is at least the 3.5-char
 content says where they end (all the answers we expect) never wait for it.
 
 Turnaround: a request leaves at least `turnaround_s` (default 10 ms, never less than the
-3.5 characters) after the last byte received. The other meters on the line hear each
-answer too, and Modbus wants them to see the silence after it; without it the framer still
-finds the request glued behind the answer by resynchronising, but possibly only at the
-silence after the request, which costs time. A slave that reads its UART late (a host
-meter whose thread waits for the interpreter, a busy MCU) needs more than the minimum.
+3.5 characters) after the last byte received, so that the other meters, who hear each
+answer too, see the silence after it (a slave that reads its UART late needs more than the
+minimum). Silent addresses are logged once, then summarised (silence.py).
 """
 
 from __future__ import annotations
@@ -51,6 +49,7 @@ from fog_node.node import FogNode
 from fog_node.ota import FwTransfer
 from fog_node.transport.rs485.addresses import check_addresses
 from fog_node.transport.rs485.link import Link, SerialLink
+from fog_node.transport.rs485.silence import Silences
 from meterledger import wire as P
 from meterledger.wire import modbus as mb
 from meterledger.wire.cbor import ProtocolError
@@ -59,8 +58,7 @@ from meterledger.wire.modbus import Frame
 log = logging.getLogger("fog_node.transport.rs485.master")
 
 FALLBACK_S = 60.0  # no ack progress for this long: fetch again from the contiguous seq
-DEFAULT_GAP_S = 0.02
-DEFAULT_TURNAROUND_S = 0.01
+DEFAULT_GAP_S, DEFAULT_TURNAROUND_S = 0.02, 0.01
 _REG_WATERMARK = 4  # input registers 4-5: the meter's acknowledged watermark
 FC_PUT_FW = 0x45  # a firmware chunk: sid (8) | offset (u32) | bytes -> received (u32)
 FW_PER_VISIT = 8  # chunks per visit, so the other meters keep being polled
@@ -72,8 +70,7 @@ COUNTER_HELP = {
     "crc_errors": "received frames that failed their CRC (or were cut short) and were dropped.",
     "garbage": "runs of 1-3 stray bytes dropped from the line.",
     "exceptions": "Modbus exception answers.",
-    "bad_answers": "frames that were not the answer to the request (other address or "
-                   "function code, wrong shape, stale) or unusable answers.",
+    "bad_answers": "frames not answering the request (address, function, shape, stale).",
     "readings": "readings fetched from meters and handed to ingest.",
     "acks_pushed": "acks the meters answered (PUT_ACK).",
     "acks_not_taken": "acks after which a meter reported a watermark below the ack's seq.",
@@ -144,6 +141,7 @@ class BusMaster:
         self.slots = [_Slot(a) for a in check_addresses(addresses)]
         self.meters: dict[bytes, _Meter] = {}
         self.counters: Counter[str] = Counter({k: 0 for k in _KINDS})
+        self.silences = Silences()  # what the log says of silent addresses
         self.framer = mb.RtuFramer(requests=False, baud=baud)
         self._gap_us = max(self.framer.silence, int(gap_s * 1e6))
         self._turnaround_us = max(self.framer.silence, int(turnaround_s * 1e6))
@@ -237,8 +235,10 @@ class BusMaster:
                     self._push_ack(slot, m)
                 if not slot.need_birth and self._push_firmware(slot, slot.dev):
                     self._run_commands(slot, slot.dev, fed)
-        except mb.ModbusTimeout:
+            self.silences.answered(slot.address)
+        except mb.ModbusTimeout as e:
             slot.need_birth = True  # it did not answer: read its birth at the next contact
+            self.silences.timeout(slot.address, str(e))
         except mb.ModbusError as e:
             log.debug("RS485 address %d: %s", slot.address, e)
         return fed[0]
