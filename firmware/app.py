@@ -26,9 +26,13 @@
 # from the transport (poll kind "fw", or RS485 0x45 through app.fw_chunk), the fog's "fw"
 # command checks and installs them; an image on trial is committed by the first valid fog
 # ack and rolled back if none comes within config "ota_trial_s" (default 3 intervals).
+import update
+from update import VERSION as VERSION  # app.VERSION: the flashed firmware's version
+from update import data_name, running
+
 from core import cose, fwstore, keys
 from core import messages as M
-from core.compat import const, hexlify, unhexlify
+from core.compat import const, unhexlify
 from core.console import Console
 from core.limit import LimitGuard
 from core.meter import Meter
@@ -36,7 +40,6 @@ from core.ota import OtaError, Updater
 from core.sources import S0Pulse, Synthetic
 from core.status import Status
 
-VERSION = "0.1.0"
 _RESEND_S = const(60)  # unacknowledged readings are sent again after this long
 _NTP_RETRY_S = const(300)
 _BATCH = const(32)
@@ -59,14 +62,6 @@ def make_source(config, board):
     raise ValueError("unknown meter source " + repr(kind))
 
 
-def running(rec):
-    """The version running, from the firmware journal: an image on trial, the last one
-    installed, or the flashed one (VERSION)."""
-    if rec["state"] == "trial":
-        return rec["new"]
-    return rec["version"] or VERSION
-
-
 class App:
     def __init__(self, board, config, transport=None, source=None, on_reading=None, log=None):
         self.board = board
@@ -86,7 +81,8 @@ class App:
                            config.get("spool_capacity", getattr(board, "spool_capacity", 3072)))
         rel = config.get("release_pub")
         self.ota = Updater(board.fs(), keys.VerifyingKey(unhexlify(rel)) if rel else None,
-                           board.name, config.get("ota_max_bytes", 1 << 20))
+                           board.name, config.get("ota_max_bytes", 1 << 20), self.version,
+                           data_name(config), config.get("ota_reserve", 64 * 1024))
         self.status = Status()
         self._trial_until = None  # uptime (s) by which an image on trial must reach the fog
         self._ack_at = 0  # uptime of the last valid fog ack (or of the start)
@@ -138,26 +134,7 @@ class App:
         return self.meter
 
     def _boot_image(self):
-        """The firmware journal at boot: roll back an interrupted install or a crash loop
-        (and reboot into the old image), start the trial clock of a new image."""
-        b = self.board
-        if not hasattr(b, "fw_fs"):
-            return  # a board (or test double) without firmware files: no updates
-        rec, rolled = fwstore.boot(b.fs(), b.fw_fs(), self.config.get("ota_max_boots", 3))
-        self.fw = rec
-        self.version = self.meter.fw = running(rec)
-        if rolled:
-            self.log.error("ota", "rolled back from " + rec["rolled_back"] + ": " + rec["reason"])
-            b.reboot()
-        if rec["state"] == "trial":
-            secs = self.config.get("ota_trial_s", 3 * self.config.get("dur", 900))
-            self._trial_until = self.uptime() + secs
-            self.log.warn("ota", "running " + str(rec["new"]) + " on trial (boot "
-                          + str(rec["boots"]) + "): rollback to " + str(rec["prev"])
-                          + " unless the fog acks within " + str(secs) + " s")
-        elif rec["rolled_back"]:
-            self.log.warn("ota", "running " + self.version + " after rolling back "
-                          + rec["rolled_back"] + ": " + rec["reason"])
+        update.boot_image(self)
 
     def step(self):
         """One pass of the main loop; call every second or so."""
@@ -287,18 +264,8 @@ class App:
         return dropped
 
     def fw_chunk(self, frame):
-        """One chunk of a firmware image; returns the bytes received so far."""
-        u = self.ota
-        sid, err = u.sid, u.error
-        n = u.chunk(frame)
-        if u.sid != sid:
-            self.log.info("ota", "receiving image " + hexlify(u.sid))
-        if u.manifest is not None and u.total and n - len(u.manifest) >= u.total:
-            self.log.change("ota_rx", hexlify(u.sid), 20, "ota", "image " + hexlify(u.sid) + " "
-                            + str(u.fields[2]) + " received (" + str(n) + " bytes)")
-        if u.error is not None and err is None:
-            self.log.warn("ota", "image " + hexlify(u.sid) + " unusable: " + str(u.error))
-        return n
+        """One chunk of a firmware image (update.fw_chunk); the bytes received so far."""
+        return update.fw_chunk(self, frame)
 
     def command(self, msg):
         b = self.board
@@ -308,8 +275,8 @@ class App:
             ok, detail, refused = True, "", False
             try:
                 detail = self._apply(f[3], f[4])
-            except OtaError as e:  # an image refused: the old one keeps running
-                ok, detail, refused = False, str(e), True
+            except OtaError as e:  # an image refused (or not written): the old one runs
+                ok, detail, refused = False, str(e), e.reason != "failed"
                 self.ota.drop()
             except Exception as e:  # noqa: BLE001  a failed actuator is reported, not fatal
                 ok, detail = False, "failed: " + str(e)
@@ -357,34 +324,10 @@ class App:
         return "pong"
 
     def _install(self, digest):
-        b = self.board
-        if not hasattr(b, "fw_fs"):
-            raise OtaError("unsupported", "this board keeps no firmware files")
-        version, paths = self.ota.verify(digest, self.version, self.fw["state"] == "trial")
-        try:
-            self.fw = fwstore.install(b.fs(), b.fw_fs(), version, paths, self.version)
-        except OSError as e:  # the flash refused: put back what was replaced, drop the rest
-            self.fw = fwstore.rollback(b.fs(), b.fw_fs(), "failed: " + str(e))
-            self.ota.drop()
-            raise
-        secs = self.config.get("ota_trial_s", 3 * self.config.get("dur", 900))
-        self.reboot_requested = True
-        return ("activating " + version + " (" + str(len(paths)) + " files), rebooting; "
-                "rollback unless the fog acks within " + str(secs) + " s")
+        return update.install(self, digest)
 
     def _trial(self, up):
-        """An image on trial that has not reached the fog by its deadline is rolled back."""
-        if self._trial_until is None or up < self._trial_until:
-            return
-        b = self.board
-        secs = self.config.get("ota_trial_s", 3 * self.config.get("dur", 900))
-        self.fw = fwstore.rollback(b.fs(), b.fw_fs(), "no_ack: no fog ack within " + str(secs)
-                                   + " s of the new image's boot")
-        self._trial_until = None
-        self.log.error("ota", "rolled back from " + self.fw["rolled_back"] + " to "
-                       + running(self.fw) + ": " + self.fw["reason"])
-        self.meter.prepare_reboot()
-        b.reboot()
+        update.trial(self, up)
 
     def show_status(self):
         """Drive the status LED from the meter's state (call often: the patterns blink)."""

@@ -53,7 +53,7 @@ def from_data_dir(data_dir: Path) -> Listing:
     initialised(data_dir)
     if not path.is_file():
         return Listing([], [], 0, f"{path} (not made yet: the node never ran)")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)  # %-quoted
     try:
         rows = db.execute("SELECT dev, pub, status, reason, since, last_seq, last_t, gaps "
                           "FROM devices ORDER BY dev").fetchall()

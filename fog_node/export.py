@@ -156,7 +156,7 @@ def no_data(data_dir: Path) -> ExportError:
 
 def read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection that never creates the file (fog_node.reads' kind)."""
-    db = connect(f"file:{path.resolve()}?mode=ro", wal=False, uri=True)
+    db = connect(path.resolve().as_uri() + "?mode=ro", wal=False, uri=True)  # %-quoted
     db.execute("PRAGMA query_only = ON")
     return db
 

@@ -42,6 +42,10 @@ log = logging.getLogger("fog_node.ota")
 
 MANIFEST = 20
 LOADER = ("main.py", "boot.py", "core/fwstore.py", "core/fs.py")  # never in an image
+LOADER_STEMS = ("main", "boot", "core/fwstore", "core/fs")  # ... in either form, .py or .mpy
+RESERVED_DIRS = ("data", "ota")  # the meter's data dir (default name) and its staging
+MAX_PATH = 64
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-./")
 MQTT_CHUNK = 1024
 RS485_CHUNK = 200  # 8 + 4 + 200 bytes of data: an ADU of 216
 COMMAND_TTL_S = 86400  # the "fw" command's not_after, from when it is sent
@@ -100,9 +104,39 @@ def _version_ok(v: Any) -> bool:
                                        for p in parts)
 
 
+def is_loader(path: str) -> bool:
+    """A loader module (main, boot, core/fwstore, core/fs) in either form."""
+    stem, dot, ext = path.rpartition(".")
+    return bool(dot) and ext in ("py", "mpy") and stem.lower() in LOADER_STEMS
+
+
+def path_error(p: Any) -> str | None:
+    """Why `p` may not be a file of an image, or None: the meter's rule (core/ota.py
+    path_error) for a meter whose data dir is the default "data"."""
+    if not isinstance(p, str) or not 0 < len(p) <= MAX_PATH:
+        return f"a path must be text of 1 to {MAX_PATH} characters"
+    if not set(p) <= _PATH_CHARS:
+        return f"path {p!r} must be lower-case letters, digits, _ - . and /"
+    segs = p.split("/")
+    if any(seg in ("", ".", "..") for seg in segs):
+        return f"path {p!r} is not a plain relative path"
+    stem, dot, ext = p.rpartition(".")
+    if not dot or ext not in ("py", "mpy"):
+        return f"path {p!r} is not a module (.py or .mpy)"
+    if not stem or stem.endswith("/"):
+        return f"path {p!r} has no module name"
+    if stem in LOADER_STEMS:
+        return f"{p} belongs to the loader and is never updated over the air"
+    if segs[0] in RESERVED_DIRS:
+        return f"{p} is in the meter's data directory"
+    return None
+
+
 def check_manifest(f: Any) -> None:
     """The manifest's shape, as the meter checks it (core/ota.py check_manifest)."""
-    if not isinstance(f, dict) or sorted(f) != [0, 1, 2, 3, 4, 5] or f[0] != MANIFEST:
+    if not isinstance(f, dict) or any(type(k) is not int for k in f):
+        raise ImageError("a manifest's keys are the integers 0..5")
+    if sorted(f) != [0, 1, 2, 3, 4, 5] or f[0] != MANIFEST:
         raise ImageError("a manifest is a type-20 map with exactly the keys 0..5")
     if not isinstance(f[1], bytes) or len(f[1]) != 8:
         raise ImageError("manifest key 1 (the release key id) must be 8 bytes")
@@ -120,9 +154,11 @@ def check_manifest(f: Any) -> None:
                 and len(e[2]) == 32):
             raise ImageError("a file entry is [path, size, sha256]")
         p = e[0]
-        if p in LOADER or p in seen or p.startswith("/") or ".." in p \
-                or not p.endswith((".py", ".mpy")):
-            raise ImageError(f"file {p!r}: a module path, listed once, not the loader's")
+        err = path_error(p)
+        if err is not None:
+            raise ImageError(err)
+        if p in seen:
+            raise ImageError(f"file {p!r} is listed twice")
         seen.add(p)
 
 

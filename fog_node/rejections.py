@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time as _time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,6 +20,7 @@ log = logging.getLogger("fog_node.rejections")
 
 _TRACKED = 4096
 SUMMARY_S = 60.0
+FIRSTS_PER_WINDOW = 20  # new (meter, reason) first lines per summary window, at most
 
 # why a reason usually happens, and what to do about it (the operator's next step)
 HINTS = {
@@ -62,6 +63,11 @@ class RejectionLog:
         # real time paces the summaries, never the node's (possibly simulated) clock
         self.monotonic = monotonic or _time.monotonic
         self.seen: OrderedDict[tuple[bytes, str], _Seen] = OrderedDict()
+        # first lines per window: strangers with fresh key ids must not flood the log
+        self.firsts_max = FIRSTS_PER_WINDOW
+        self._window = self.monotonic()
+        self._firsts = 0
+        self._held: Counter[str] = Counter()  # reason -> first lines held back
 
     def note(self, outcomes: Iterable[object]) -> None:
         now = self.monotonic()
@@ -85,6 +91,10 @@ class RejectionLog:
         self.seen[key] = _Seen(now)
         while len(self.seen) > self.tracked:
             self.seen.popitem(last=False)
+        self._firsts += 1
+        if self._firsts > self.firsts_max:
+            self._held[reason] += 1
+            return
         who = f"meter {dev.hex()}" if dev else "a sender with no valid key id"
         what = "quarantined" if reason == "unknown_meter" else "rejected"
         log.warning("%s: message %s (%s)%s; hint: %s", who, what, reason,
@@ -93,6 +103,14 @@ class RejectionLog:
     def flush(self, now: float | None = None) -> None:
         """The summary lines of the windows that ended."""
         now = self.monotonic() if now is None else now
+        if now - self._window >= self.summary_s:
+            if self._held:
+                log.warning("%d more meters' first refusals not logged in the last %.0f s "
+                            "(%s): more than %d new ones", sum(self._held.values()),
+                            now - self._window, ", ".join(f"{r} {n}" for r, n in
+                                                         sorted(self._held.items())),
+                            self.firsts_max)
+            self._window, self._firsts, self._held = now, 0, Counter()
         for (dev, reason), s in self.seen.items():
             if now - s.since < self.summary_s:
                 continue

@@ -13,7 +13,8 @@ The release key signs images; its public key is pinned in every meter at provisi
 private key off the fog node: the fog only forwards images, the meters check them.
 
 `build` takes every .py and .mpy below --src (default: the firmware sources), except the
-loader (main.py, boot.py, core/fwstore.py, core/fs.py), which an update never replaces.
+loader (main, boot, core/fwstore, core/fs; .py or .mpy), which an update never replaces;
+paths are lower-case, and none under data/ or ota/ (the meter's data dir and staging).
 Build from a flash image directory (`tools.flash --target DIR`) to ship .mpy files.
 A signed image goes to a meter through its fog node: `push` (POST /v1/firmware?dev=ID, the
 fog's operator tier), and `status` shows how the meter answered.
@@ -29,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from fog_node.ota import LOADER, ImageError, build, parse_image, sign, verify
+from fog_node.ota import ImageError, build, is_loader, parse_image, sign, verify
 from hardware.firmware import FIRMWARE_DIR
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClientError
@@ -129,11 +130,12 @@ def read_pub(text: str) -> P.PublicKey:
 
 
 def tree(src: Path) -> list[tuple[str, bytes]]:
-    """The image's files: every .py/.mpy below src but the loader's, in path order."""
+    """The image's files: every .py/.mpy below src but the loader's (in either form), in
+    path order; build() refuses a path the meter would (fog_node.ota.path_error)."""
     out = []
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src).as_posix()
-        if p.is_file() and p.suffix in (".py", ".mpy") and rel not in LOADER \
+        if p.is_file() and p.suffix in (".py", ".mpy") and not is_loader(rel) \
                 and "__pycache__" not in rel.split("/"):
             out.append((rel, p.read_bytes()))
     return out

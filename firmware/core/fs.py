@@ -14,6 +14,7 @@
 #   listdir(path) -> list of names
 #   mkdir(path)                    no error if it exists
 #   exists(path) -> bool
+#   free() -> bytes free, or None  optional: the room left (core/ota.py checks an image fits)
 # Paths are relative to the filesystem's root and use "/".
 import os
 
@@ -84,6 +85,17 @@ class VfsFS:
             return True
         except OSError:
             return False
+
+    def free(self):
+        """Bytes free for this filesystem, or None where the port has no os.statvfs."""
+        statvfs = getattr(os, "statvfs", None)
+        if statvfs is None:
+            return None
+        try:
+            st = statvfs(self.root or "/")
+        except OSError:
+            return None
+        return st[1] * st[4]  # f_frsize * f_bavail
 
 
 class MemFS:

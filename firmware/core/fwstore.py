@@ -2,9 +2,9 @@
 # verified image with a backup of every file it replaces, commit it when the new image has
 # reached the fog, roll it back when it has not (deadline, crash loop, interrupted install).
 #
-# Part of the loader with main.py and core/fs.py: an update never replaces these three
-# files (core/ota.py refuses an image that names them), so the rollback below still runs
-# when the new image's own modules do not even import. It imports nothing of the project.
+# Part of the loader with main.py and core/fs.py: an update never replaces these files, in
+# either form, .py or .mpy (core/ota.py refuses an image that names them), so the rollback
+# below still runs when the new image's own modules do not even import. It imports nothing of the project.
 #
 # Two filesystems (core/fs.py contract): `data` is the meter's data dir (the journal, the
 # staged files, the backups), `code` is where the firmware files live (the flash root on a
@@ -15,7 +15,8 @@
 #    "new", "prev": versions, "paths": [...], "had": [bool ...], "shadows": [...],
 #    "boots": boots in trial, "reason": why the last image was rolled back ("" if not),
 #    "rolled_back": version rolled back from ("" if none)}
-# Installing: every file of the image is backed up (ota/b<i>, if it existed) before it is
+# Installing (from "ok" only): the backups an earlier install left are removed first, then
+# every file of the image is backed up (ota/b<i>, if it existed) before it is
 # overwritten from its staged copy (ota/n<i>); a module's other form (X.mpy for X.py and
 # the reverse, which MicroPython would import instead) is backed up (ota/s<j>) and removed.
 # A power loss while "installing" is rolled back at the next boot.
@@ -23,15 +24,24 @@ import json
 
 JOURNAL = "fw.json"
 DIR = "ota"
-LOADER = ("main.py", "boot.py", "core/fwstore.py", "core/fs.py")
+LOADER = ("main.py", "boot.py", "core/fwstore.py", "core/fs.py")  # and their .mpy forms
+
+
+def _read(data, name):
+    try:
+        rec = json.loads(data.read(name))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def load(data):
-    try:
-        rec = json.loads(data.read(JOURNAL))
-    except (OSError, ValueError):
-        rec = None
-    if not isinstance(rec, dict):
+    rec = _read(data, JOURNAL)
+    if rec is None and not data.exists(JOURNAL):
+        # FAT renames by removing the old record first (core/fs.py): a power loss there
+        # leaves only the new one, complete, beside (a torn one does not decode)
+        rec = _read(data, JOURNAL + ".tmp")
+    if rec is None:
         rec = {}
     rec.setdefault("version", None)
     rec.setdefault("state", "ok")
@@ -81,26 +91,36 @@ def clear_staging(data):
         _rm(data, DIR + "/" + name)
 
 
+def _clear_backups(data):
+    """Remove the backups (ota/b<i>, ota/s<j>) an earlier install may have left (a power
+    loss between the journal's save and clear_staging in commit or rollback)."""
+    if not data.exists(DIR):
+        return
+    for name in data.listdir(DIR):
+        if name[:1] in ("b", "s"):
+            _rm(data, DIR + "/" + name)
+
+
 def install(data, code, version, paths, running):
     """Put the staged files ota/n<i> in place of `paths`, keeping backups; the journal says
-    "trial" afterwards (the caller reboots into the new image)."""
+    "trial" afterwards (the caller reboots into the new image). Only from state "ok"."""
     shadows = []
     for p in paths:
         s = shadow_of(p)
         if s and s not in paths and code.exists(s) and s not in shadows:
             shadows.append(s)
     rec = load(data)
+    _clear_backups(data)  # before "installing": a rollback restores only this install's
     rec.update(state="installing", new=version, prev=running, paths=list(paths),
                had=[code.exists(p) for p in paths], shadows=shadows, boots=0)
     save(data, rec)
     for i, p in enumerate(paths):
-        if rec["had"][i] and not data.exists(DIR + "/b" + str(i)):
+        if rec["had"][i]:
             _copy(code, p, data, DIR + "/b" + str(i))
         _copy(data, DIR + "/n" + str(i), code, p)
     for j, s in enumerate(shadows):
         if code.exists(s):
-            if not data.exists(DIR + "/s" + str(j)):
-                _copy(code, s, data, DIR + "/s" + str(j))
+            _copy(code, s, data, DIR + "/s" + str(j))
             code.remove(s)
     rec["state"] = "trial"
     save(data, rec)
@@ -144,8 +164,12 @@ def commit(data):
 def boot(data, code, max_boots=3):
     """At every boot, before the app runs: an interrupted install is rolled back; an image
     on trial counts the boot and is rolled back after `max_boots` boots without reaching the
-    fog (a crash or watchdog loop). Returns (journal, rolled back now: the caller reboots)."""
+    fog (a crash or watchdog loop); with nothing installing or on trial, whatever is left
+    under ota/ (staged files of an unfinished session, stale backups) goes. Returns
+    (journal, rolled back now: the caller reboots)."""
     rec = load(data)
+    if rec["state"] == "ok":
+        clear_staging(data)
     if rec["state"] == "installing":
         return rollback(data, code, "interrupted: power lost while installing"), True
     if rec["state"] == "trial":

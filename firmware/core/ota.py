@@ -10,13 +10,17 @@
 # the manifest's digest (MQTT topic .../fw/<dev>; RS485 function 0x45). Chunks are taken in
 # order: offset 0 of a new sid starts a session (the previous staging is dropped), a chunk at
 # the received count extends it, anything else is ignored; the answer is the count received
-# (an RS485 master resumes from there). The content goes straight into one staged file per
-# image file (ota/n<i>), nothing is held in RAM but the manifest.
+# (an RS485 master resumes from there). As soon as the manifest is complete it is checked
+# (shape, paths, signature, board, version, free space); only then does the content go
+# straight into one staged file per image file (ota/n<i>), nothing is held in RAM but the
+# manifest. A refused image takes no more chunks (the count stops), and nothing a chunk
+# holds escapes as an exception: it is a refusal, reported at the command.
 #
 # Nothing is activated by chunks: the fog's type-4 command op "fw" {1: manifest digest}
 # makes the meter check the image (verify) and, if it passes, install it and reboot. A
 # refusal is the command's result, "<reason>: ...": missing, wrong_image, bad_manifest,
-# too_large, no_release_key, forged, wrong_board, downgrade, truncated, digest, busy.
+# too_large, no_release_key, forged, wrong_board, downgrade, no_space, truncated, digest,
+# busy, failed.
 import hashlib
 import struct
 
@@ -29,7 +33,11 @@ FRAME_HEAD = const(12)  # sid (8) + offset (4)
 MAX_FILES = const(64)
 MAX_PATH = const(64)
 MAX_BYTES = 1 << 20  # default cap on an image's content (config "ota_max_bytes")
-_PATH_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./"
+RESERVE = 64 * 1024  # free space kept for the spool while an image is staged ("ota_reserve")
+_PATH_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-./"
+# the loader's modules (core/fwstore.py's LOADER) in either form: never in an image
+LOADER_STEMS = ("main", "boot", "core/fwstore", "core/fs")
+RESERVED_DIRS = ("data", "ota")  # first segments an image never writes into
 
 
 class OtaError(ValueError):
@@ -63,20 +71,38 @@ def newer(version, running):
     return a > b
 
 
-def _path_error(p):
+def path_error(p, data_name="data"):
+    """Why `p` may not be a file of an image, or None. One rule, also fog_node/ota.py's: a
+    relative path of non-empty segments (no "." or ".."), of lower-case ASCII letters,
+    digits, "_", "-", "." (FAT is case-insensitive), a .py or .mpy module, not the loader's
+    (in either form) and not in the meter's data dir (`data_name`) or "ota"."""
     if not isinstance(p, str) or not 0 < len(p) <= MAX_PATH:
         return "a path must be text of 1 to " + str(MAX_PATH) + " characters"
-    if any(c not in _PATH_CHARS for c in p) or p.startswith("/") or ".." in p or "//" in p:
-        return "path " + repr(p) + " is not a plain relative path"
-    if not (p.endswith(".py") or p.endswith(".mpy")):
+    if any(c not in _PATH_CHARS for c in p):
+        return "path " + repr(p) + " must be lower-case letters, digits, _ - . and /"
+    segs = p.split("/")
+    for seg in segs:
+        if seg in ("", ".", ".."):
+            return "path " + repr(p) + " is not a plain relative path"
+    if p.endswith(".py"):
+        stem = p[:-3]
+    elif p.endswith(".mpy"):
+        stem = p[:-4]
+    else:
         return "path " + repr(p) + " is not a module (.py or .mpy)"
-    if p in fwstore.LOADER:
+    if stem.endswith("/") or not stem:
+        return "path " + repr(p) + " has no module name"
+    if stem in LOADER_STEMS:
         return p + " belongs to the loader and is never updated over the air"
+    if segs[0] in RESERVED_DIRS or segs[0] == data_name:
+        return p + " is in the meter's data directory"
     return None
 
 
-def check_manifest(f, max_bytes=MAX_BYTES):
+def check_manifest(f, max_bytes=MAX_BYTES, data_name="data"):
     """The manifest's fields, checked; returns [(path, size, sha256)], raises OtaError."""
+    if not isinstance(f, dict) or any(not isinstance(k, int) or isinstance(k, bool) for k in f):
+        raise OtaError("bad_manifest", "the manifest's keys must be the integers 0..5")
     if sorted(f.keys()) != [0, 1, 2, 3, 4, 5]:
         raise OtaError("bad_manifest", "the manifest must have exactly the keys 0..5")
     if f[0] != MANIFEST or not isinstance(f[1], bytes) or len(f[1]) != 8:
@@ -97,7 +123,7 @@ def check_manifest(f, max_bytes=MAX_BYTES):
         if not isinstance(e, list) or len(e) != 3:
             raise OtaError("bad_manifest", "a file entry is [path, size, sha256]")
         p, n, h = e
-        err = _path_error(p)
+        err = path_error(p, data_name)
         if err:
             raise OtaError("bad_manifest", err)
         if p in seen:
@@ -114,21 +140,40 @@ def check_manifest(f, max_bytes=MAX_BYTES):
     return out
 
 
+def _fits(f, hw, running):
+    if f[3] and f[3] != hw:
+        raise OtaError("wrong_board", "image for " + f[3] + ", this is " + hw)
+    if not newer(f[2], running):
+        raise OtaError("downgrade", f[2] + " is not newer than the running " + str(running))
+
+
 class Updater:
     """One image session at a time (module doc). `release` is a core.keys.VerifyingKey or
-    None (then every image is refused: no_release_key)."""
+    None (then every image is refused: no_release_key); `running` the running version (an
+    image not newer is refused as soon as its manifest is in; the caller keeps it current);
+    `data_name` the data dir's name in the firmware's filesystem (never written by an
+    image); `reserve` the bytes kept free for the spool when the filesystem tells its free
+    space (an optional `free()` of core/fs.py)."""
 
-    def __init__(self, data, release=None, hw="", max_bytes=MAX_BYTES):
+    def __init__(self, data, release=None, hw="", max_bytes=MAX_BYTES, running=None,
+                 data_name="data", reserve=RESERVE):
         self.data = data
         self.release = release
         self.hw = hw
         self.max_bytes = max_bytes
+        self.running = running
+        self.data_name = data_name
+        self.reserve = reserve
+        self.refused = 0  # sessions refused while receiving
+        self._reset()
+
+    def _reset(self):
         self.sid = None
         self.received = 0
         self.error = None  # an OtaError found while receiving (reported at the command)
         self._buf = bytearray()  # the manifest while it arrives
         self.manifest = None  # its raw bytes once complete
-        self.fields = None
+        self.fields = None  # its fields once checked (signature, board, version, space)
         self.files = None
         self.total = 0  # content bytes the manifest lists
         self._cpos = 0  # content bytes received
@@ -137,7 +182,23 @@ class Updater:
 
     # --- chunks ----------------------------------------------------------------------------
     def chunk(self, frame):
-        """Take one chunk frame; returns the session's received count."""
+        """Take one chunk frame; returns the session's received count. Never raises: what a
+        chunk provokes is the session's refusal (self.error, counted in self.refused)."""
+        try:
+            return self._chunk(frame)
+        except Exception as e:  # noqa: BLE001  unsigned input must not reset the meter
+            if self.error is None:
+                if isinstance(e, OtaError):
+                    self.error = e
+                elif isinstance(e, OSError):
+                    self.error = OtaError("failed", "staging: " + str(e))
+                else:
+                    self.error = OtaError("bad_manifest" if self.fields is None else "failed",
+                                          "chunk refused: " + repr(e))
+                self.refused += 1
+            return self.received
+
+    def _chunk(self, frame):
         if len(frame) < FRAME_HEAD:
             return self.received
         sid = bytes(frame[:8])
@@ -146,17 +207,11 @@ class Updater:
             if off != 0:
                 return 0  # not our session: the sender starts again from 0
             self._start(sid)
-        if off != self.received:
-            return self.received  # a repeat, or a gap: the sender resumes at received
+        if off != self.received or self.error is not None:
+            return self.received  # a repeat, a gap (resume at received), or a refused image
         data = memoryview(frame)[FRAME_HEAD:]
         self.received += len(data)
-        if self.error is None:
-            try:
-                self._take(data)
-            except OtaError as e:
-                self.error = e
-            except OSError as e:
-                self.error = OtaError("failed", "staging: " + str(e))
+        self._take(data)
         return self.received
 
     def _start(self, sid):
@@ -167,11 +222,11 @@ class Updater:
     def drop(self):
         """Forget the session and its staged files (not the backups of an image on trial)."""
         d = self.data
+        self._reset()
         if d.exists(fwstore.DIR):
             for name in d.listdir(fwstore.DIR):
                 if name.startswith("n") or name == "manifest":
                     d.remove(fwstore.DIR + "/" + name)
-        self.__init__(self.data, self.release, self.hw, self.max_bytes)
 
     def _take(self, data):
         if self.manifest is None:
@@ -186,22 +241,37 @@ class Updater:
                 return
             except ValueError as e:
                 raise OtaError("bad_manifest", str(e))
-            self._manifest(bytes(buf[:end]))
+            self.manifest = bytes(buf[:end])
             data = memoryview(bytes(buf[end:]))
             self._buf = bytearray()
+            self._manifest(self.manifest)
         self._content(data)
 
     def _manifest(self, raw):
+        """The complete manifest, checked before a byte of the files is staged."""
         try:
             m = cose.parse(raw)
         except cose.CoseError as e:
             raise OtaError("bad_manifest", e.reason + ": " + str(e))
         if m.type != MANIFEST:
             raise OtaError("bad_manifest", "type " + str(m.type) + " is not a manifest")
-        self.files = check_manifest(m.fields, self.max_bytes)
+        files = check_manifest(m.fields, self.max_bytes, self.data_name)
+        if self.release is None:
+            raise OtaError("no_release_key", "meter holds no release public key")
+        try:
+            cose.check_signature(m, self.release)
+        except cose.CoseError as e:
+            raise OtaError("forged", "manifest not signed by the release key (" + e.reason + ")")
+        _fits(m.fields, self.hw, self.running)
+        total = sum(n for _, n, _ in files)
+        free = getattr(self.data, "free", None)
+        room = free() if free is not None else None
+        if room is not None and 2 * total + self.reserve > room:
+            raise OtaError("no_space", str(total) + " bytes of files need " + str(2 * total)
+                           + " + " + str(self.reserve) + " free, the flash has " + str(room))
+        self.files = files
+        self.total = total
         self.fields = m.fields
-        self.manifest = raw
-        self.total = sum(n for _, n, _ in self.files)
         self.data.write(fwstore.DIR + "/manifest", raw)
 
     def _content(self, data):
@@ -222,11 +292,12 @@ class Updater:
             data = data[len(part):]
 
     # --- the fog's "fw" command ------------------------------------------------------------
-    def verify(self, digest, running, on_trial=False):
+    def verify(self, digest, running, busy=False):
         """Check the session's image against the authorized manifest digest; returns
-        (version, [paths]) ready for fwstore.install, or raises OtaError."""
-        if on_trial:
-            raise OtaError("busy", "the running image is on trial until the fog acks it")
+        (version, [paths]) ready for fwstore.install, or raises OtaError. `busy`: the
+        journal is not "ok" (an image on trial, an install not finished): refused."""
+        if busy:
+            raise OtaError("busy", "an image is on trial or being installed")
         if self.sid is None:
             raise OtaError("missing", "no image received")
         if self.manifest is None and self.error is None:
@@ -237,17 +308,7 @@ class Updater:
                            + ", not the authorized " + hexlify(digest[:8]))
         if self.error is not None:
             raise self.error
-        f = self.fields
-        if self.release is None:
-            raise OtaError("no_release_key", "meter holds no release public key")
-        try:
-            cose.check_signature(cose.parse(self.manifest), self.release)
-        except cose.CoseError as e:
-            raise OtaError("forged", "manifest not signed by the release key (" + e.reason + ")")
-        if f[3] and f[3] != self.hw:
-            raise OtaError("wrong_board", "image for " + f[3] + ", this is " + self.hw)
-        if not newer(f[2], running):
-            raise OtaError("downgrade", f[2] + " is not newer than the running " + str(running))
+        _fits(self.fields, self.hw, running)  # signature and space: checked at the manifest
         if self._cpos < self.total:
             raise OtaError("truncated", "received " + str(self._cpos) + " of " + str(self.total)
                            + " bytes of files")
@@ -258,4 +319,4 @@ class Updater:
             got = hashlib.sha256(self.data.read(name)).digest()
             if got != h:
                 raise OtaError("digest", p + " does not match its manifest sha256")
-        return f[2], [p for p, _, _ in self.files]
+        return self.fields[2], [p for p, _, _ in self.files]

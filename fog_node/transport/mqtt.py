@@ -48,8 +48,8 @@ _Publish = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
 
 
 _ROOT = str(Path(__file__).resolve().parent.parent.parent)
-_CHILD = ("import sys; from fog_node.transport.mqtt import mqtt_child; "
-          "mqtt_child(sys.argv[1:])")
+_CHILD = ("import sys; from meterledger.infra import logs; logs.setup(); "
+          "from fog_node.transport.mqtt import mqtt_child; mqtt_child(sys.argv[1:])")
 _ENV_CA, _ENV_USER, _ENV_PASSWORD = ("METERLEDGER_MQTT_CA", "METERLEDGER_MQTT_USER",
                                      "METERLEDGER_MQTT_PASSWORD")
 

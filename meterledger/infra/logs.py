@@ -17,10 +17,13 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 LEVELS = ("debug", "info", "warning", "error")
+_OURS = "_meterledger_handler"  # marks the handler setup() installed
 FORMATS = ("text", "json")
 ENV_LEVEL, ENV_FORMAT = "METERLEDGER_LOG_LEVEL", "METERLEDGER_LOG_FORMAT"
 # libraries that are chatty at info about what the services already say once
@@ -60,14 +63,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def setup(level: str | None = None, fmt: str | None = None,
           stream: Any = None) -> None:
-    """Configure the root logger once for this process (again: replaced, never doubled)."""
+    """Configure the root logger for this process (again: replaced, never doubled). A root
+    logger someone else configured (pytest's capture, a program embedding us) is left as
+    it is, as logging.basicConfig does."""
     level = (level or os.environ.get(ENV_LEVEL) or "info").lower()
     fmt = (fmt or os.environ.get(ENV_FORMAT) or "text").lower()
     if level not in LEVELS:
         level = "info"
+    if fmt not in FORMATS:
+        fmt = "text"
+    # child processes (the fog's MQTT process) log the same way
+    os.environ[ENV_LEVEL], os.environ[ENV_FORMAT] = level, fmt
+    root = logging.getLogger()
+    if any(not getattr(h, _OURS, False) for h in root.handlers):
+        return  # configured by whoever runs us (pytest, an embedding program): theirs
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger()
+    setattr(handler, _OURS, True)
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)
@@ -89,21 +101,25 @@ class Once:
             log.info("... (%d more since the last line)", n)
     """
 
-    def __init__(self, window_s: float = 60.0, keys: int = 4096) -> None:
+    def __init__(self, window_s: float = 60.0, keys: int = 4096,
+                 monotonic: Callable[[], float] | None = None) -> None:
         self.window_s = window_s
         self.keys = keys
+        self.monotonic = monotonic or time.monotonic
         self._last: dict[tuple[object, ...], tuple[float, int]] = {}
+        self._lock = threading.Lock()  # HTTP handler threads share one
 
     def __call__(self, *key: object) -> int | None:
         """None to hold back; else how many were held back since the last line."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self.window_s:
-            self._last[key] = (last[0], last[1] + 1)
-            return None
-        held = last[1] if last is not None else 0
-        self._last.pop(key, None)
-        self._last[key] = (now, 0)
-        while len(self._last) > self.keys:
-            self._last.pop(next(iter(self._last)))
-        return held
+        with self._lock:
+            now = self.monotonic()
+            last = self._last.get(key)
+            if last is not None and now - last[0] < self.window_s:
+                self._last[key] = (last[0], last[1] + 1)
+                return None
+            held = last[1] if last is not None else 0
+            self._last.pop(key, None)
+            self._last[key] = (now, 0)
+            while len(self._last) > self.keys:
+                self._last.pop(next(iter(self._last)))
+            return held

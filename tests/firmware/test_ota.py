@@ -261,3 +261,179 @@ def test_the_loader_is_never_in_an_image():
     with pytest.raises(OtaError) as e:
         check_manifest(f)
     assert e.value.reason == "bad_manifest" and "loader" in str(e.value)
+
+
+# --- review findings (H1-H4, M1, M4) ---------------------------------------------------------
+def frames(head: bytes, content: bytes = b"", size: int = 700) -> list[bytes]:
+    """Chunk frames of a hand-made image (its sid from the manifest's digest)."""
+    blob, sid = head + content, P.digest(head)[:8]
+    return [sid + pos.to_bytes(4, "big") + blob[pos:pos + size]
+            for pos in range(0, len(blob), size)]
+
+
+def staged(tmp: Path) -> list[str]:
+    d = tmp / "flash" / "ota"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def test_a_manifest_with_odd_keys_is_a_refusal_not_a_crash(tmp_path):
+    from core.ota import OtaError, check_manifest
+
+    odd = {0: 20, 1: REL.id, "a": 1}
+    with pytest.raises(OtaError) as e:
+        check_manifest(odd)
+    assert e.value.reason == "bad_manifest"
+    head = P.sign1_encoded(REL, P.encode(odd))
+    with pytest.raises(O.ImageError):  # the fog's HTTP API answers 400, not 500
+        O.parse_image(head)
+    clock, tr = Clock(T0 - 30), RecordingTransport()
+    app = boot(tmp_path, clock, tr)
+    for f in frames(head, b"x" * 50):
+        tr.inbox.append(("fw", f))
+    app.step()  # through the transport, as a board would take it: no exception, no reset
+    assert app.meter.stats["ota_refused"] == 1 and app.ota.refused == 1
+    res = authorize(app, tr, 1, P.digest(head))
+    assert res[3] == M.RESULT_REJECTED and res[4].startswith("bad_manifest:"), res[4]
+    assert staged(tmp_path) == []
+
+
+BAD_PATHS = ["main.mpy", "boot.mpy", "core/fs.mpy", "core/fwstore.mpy", "./main.py",
+             "core/./fs.py", "Main.py", "CORE/FS.PY", "data/x.py", "ota/n0.py", "/app.py",
+             "core//x.py", "../x.py", "core/../main.py", "core/.py", "app.txt", "app",
+             "caf\u00e9.py", "a" * 62 + ".py"]
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+def test_a_path_the_loader_or_the_data_dir_could_be_hit_by_is_refused_everywhere(path):
+    from core.ota import OtaError, check_manifest
+
+    f = {0: 20, 1: bytes(8), 2: "1.0", 3: "", 4: [[path, 1, bytes(32)]], 5: 0}
+    with pytest.raises(OtaError) as e:
+        check_manifest(f)
+    assert e.value.reason == "bad_manifest"
+    with pytest.raises(O.ImageError):
+        O.build("0.2.0", [(path, b"x")])
+
+
+def test_the_data_dir_is_the_meters_own_and_the_rule_still_takes_plain_modules(tmp_path):
+    from app import data_name
+    from core.ota import OtaError, check_manifest
+
+    assert data_name({}) == "data" and data_name({"data_dir": "/Store/x"}) == "store"
+    assert data_name({"data_dir": str(tmp_path / "flash"), "fw_dir": str(tmp_path)}) == "flash"
+    f = {0: 20, 1: bytes(8), 2: "1.0", 3: "", 4: [["store/x.py", 1, bytes(32)]], 5: 0}
+    with pytest.raises(OtaError):
+        check_manifest(f, data_name="store")
+    for ok in ("app.py", "core/main.py", "hal/esp32.mpy", "core/__init__.py", "x-y_z.1.py",
+               "mainx.py", "core/fs2.py"):
+        f[4] = [[ok, 1, bytes(32)]]
+        check_manifest(f, data_name="store")
+        O.build("0.2.0", [(ok, b"x")])
+
+
+def test_tree_leaves_out_the_loader_in_either_form(tmp_path):
+    from tools.ota import tree
+
+    for p in ("main.py", "main.mpy", "boot.mpy", "core/fs.mpy", "core/fwstore.mpy", "Main.py",
+              "app.py", "core/meter.mpy"):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_bytes(b"x")
+    assert [p for p, _ in tree(tmp_path)] == ["app.py", "core/meter.mpy"]
+
+
+def test_stale_backups_are_not_reused_by_the_next_install(tmp_path):
+    from core.fs import VfsFS
+
+    flashed(tmp_path)
+    data, fw = VfsFS(str(tmp_path / "flash")), VfsFS(str(tmp_path / "code"))
+    data.mkdir("ota")
+    for i in range(6):  # left by an earlier install: power lost before clear_staging
+        data.write(f"ota/b{i}", b"# stale backup\n")
+        data.write(f"ota/s{i}", b"# stale shadow\n")
+    for i, (_, b) in enumerate(NEW):
+        data.write(f"ota/n{i}", b)
+    fwstore.install(data, fw, "0.2.0", [p for p, _ in NEW], VERSION)
+    assert code(tmp_path)["app.py"] == dict(NEW)["app.py"]
+    fwstore.rollback(data, fw, "no_ack: test")
+    assert code(tmp_path) == OLD
+
+
+def test_a_forged_manifest_stages_no_file_bytes_and_stops_the_transfer(tmp_path):
+    clock, tr = Clock(T0 - 30), RecordingTransport()
+    app = boot(tmp_path, clock, tr)
+    img = image(key=OTHER)
+    got = deliver(app, img, size=len(img.head) + 10)  # the manifest and a bit of a file first
+    assert got == len(img.head) + 10 < len(img.blob)  # no more chunks taken
+    assert staged(tmp_path) == [] and app.meter.stats["ota_refused"] == 1
+    assert authorize(app, tr, 1, img.digest)[4].startswith("forged:")
+    app.ota.running = VERSION
+    down = image("0.0.9")
+    assert deliver(app, down, size=len(down.head)) == len(down.head)
+    assert staged(tmp_path) == [] and app.ota.error.reason == "downgrade"
+
+
+def test_an_image_the_flash_cannot_hold_is_refused_before_staging(tmp_path):
+    clock, tr = Clock(T0 - 30), RecordingTransport()
+    app = boot(tmp_path, clock, tr, ota_reserve=1000)
+    img = image()
+    need = 2 * len(img.content) + 1000
+    app.ota.data.free = lambda: need - 1
+    deliver(app, img)
+    assert staged(tmp_path) == []
+    assert authorize(app, tr, 1, img.digest)[4].startswith("no_space:")
+    app.ota.data.free = lambda: need
+    deliver(app, img)
+    assert staged(tmp_path) == ["manifest", "n0", "n1", "n2", "n3"]  # the empty file: none
+    from core.fs import VfsFS
+
+    assert isinstance(VfsFS(str(tmp_path)).free(), int)  # os.statvfs on the host
+
+
+def test_staged_files_left_by_a_session_go_at_the_next_boot(tmp_path):
+    clock, tr = Clock(T0 - 30), RecordingTransport()
+    app = boot(tmp_path, clock, tr)
+    img = image()
+    deliver(app, img, upto=len(img.head) + 20, size=10)
+    assert "n0" in staged(tmp_path)
+    reboot(tmp_path, clock, tr)
+    assert staged(tmp_path) == []
+
+
+def test_the_journal_is_taken_from_its_tmp_when_a_fat_rename_was_cut(tmp_path):
+    from core.fs import VfsFS
+
+    data = VfsFS(str(tmp_path))
+    rec = {"version": "0.1.0", "state": "trial", "new": "0.2.0", "prev": "0.1.0"}
+    data.write("fw.json.tmp", json.dumps(rec).encode())  # fw.json removed, not renamed yet
+    assert fwstore.load(data)["state"] == "trial" and fwstore.load(data)["new"] == "0.2.0"
+    data.write("fw.json.tmp", json.dumps(rec).encode()[:-5])  # torn: never used
+    assert fwstore.load(data)["state"] == "ok"
+    data.write("fw.json.tmp", json.dumps(rec).encode())
+    data.write("fw.json", json.dumps({"version": "0.3.0", "state": "ok"}).encode())
+    assert fwstore.load(data)["version"] == "0.3.0"  # the record itself wins over a .tmp
+
+
+def test_fw_is_refused_while_the_journal_is_not_ok_and_a_memory_error_rolls_back(tmp_path):
+    flashed(tmp_path)
+    clock, tr = Clock(T0 - 30), RecordingTransport()
+    app = boot(tmp_path, clock, tr)
+    img = image()
+    deliver(app, img)
+    app.fw = dict(app.fw, state="installing")
+    assert authorize(app, tr, 1, img.digest)[4].startswith("busy:")
+    app.fw = fwstore.load(app.board.fs())
+    deliver(app, img)
+    fw = app.board.fw_fs()
+    real, calls = fw.write, []
+
+    def exhausted(path: str, b: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 3:
+            raise MemoryError
+        real(path, b)
+
+    fw.write = exhausted
+    res = authorize(app, tr, 2, img.digest)
+    assert res[3] == M.RESULT_FAILED and res[4].startswith("failed:"), res[4]
+    assert code(tmp_path) == OLD and not app.reboot_requested
+    assert fwstore.load(app.board.fs())["state"] == "ok" == app.fw["state"]

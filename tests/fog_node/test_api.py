@@ -622,3 +622,14 @@ def test_a_signed_image_is_pushed_and_followed_with_the_ota_command(
     with pytest.raises(SystemExit) as done:
         ota_tool.main(["push", str(unsigned), *common, "--token-file", str(op)])
     assert done.value.code == 2 and "unsigned" in capsys.readouterr().err
+
+
+def test_an_image_whose_manifest_has_odd_keys_is_a_400_not_a_500(fog: Fog) -> None:
+    # section 22: a manifest map with a text key among the integers is refused with the reason
+    key = P.SigningKey.generate()
+    head = P.sign1_encoded(key, P.encode({0: 20, 1: key.id, "a": 1}))
+    dev = METER.public_key.id.hex()
+    status, _, body = fetch(f"{fog.url}/v1/firmware?dev={dev}", "POST", fog.operator,
+                            head + b"x" * 10)
+    assert status == 400 and b"keys" in body, body
+    assert not (fog.node.config.data_dir / "ota" / "queue").exists()

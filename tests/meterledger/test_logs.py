@@ -16,7 +16,11 @@ from meterledger.infra.clock import ManualClock
 
 
 @pytest.fixture
-def restore_root():
+def restore_root(monkeypatch: pytest.MonkeyPatch):
+    # setup() passes its choice on to child processes in the environment: put it back after
+    for name in (logs.ENV_LEVEL, logs.ENV_FORMAT):
+        monkeypatch.setenv(name, "")  # recorded: restored (removed) at teardown
+        monkeypatch.delenv(name)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
@@ -24,7 +28,14 @@ def restore_root():
     root.setLevel(level)
 
 
+def bare_root() -> None:
+    """No handler on the root logger (pytest puts its capture there during each test, and
+    setup() leaves a root someone else configured alone)."""
+    logging.getLogger().handlers[:] = []
+
+
 def test_json_lines_carry_time_level_logger_message_and_traceback(restore_root) -> None:
+    bare_root()
     out = io.StringIO()
     logs.setup("debug", "json", stream=out)
     logging.getLogger("fog_node").debug("a %s", "detail")
@@ -40,6 +51,7 @@ def test_json_lines_carry_time_level_logger_message_and_traceback(restore_root) 
 
 def test_text_lines_and_levels_and_the_environment(restore_root,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    bare_root()
     out = io.StringIO()
     monkeypatch.setenv(logs.ENV_LEVEL, "warning")
     logs.setup(stream=out)
@@ -52,11 +64,9 @@ def test_text_lines_and_levels_and_the_environment(restore_root,
     assert out.getvalue().count("once") == 1
 
 
-def test_once_holds_back_repeats_within_its_window_and_counts_them(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_once_holds_back_repeats_within_its_window_and_counts_them() -> None:
     clock = ManualClock(1000.0)
-    monkeypatch.setattr("meterledger.infra.logs.time.monotonic", clock)
-    once = logs.Once(window_s=60)
+    once = logs.Once(window_s=60, monotonic=clock)
     assert once("refused", "x") == 0
     assert once("refused", "x") is None and once("refused", "x") is None
     assert once("refused", "y") == 0  # another key: its own window
@@ -109,3 +119,26 @@ def test_a_silent_rs485_address_is_said_once_then_summarised_then_its_return(
     assert lines == ["RS485 address 7 does not answer (no answer in 0.1 s); polling it on",
                      "RS485 address 7 still silent: 101 timeouts in 650 s",
                      "RS485 address 7 answers again after 101 timeout(s) in 650 s"]
+
+
+def test_strangers_with_fresh_key_ids_cannot_flood_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(0.0)
+    r = RejectionLog(summary_s=60, monotonic=clock)
+    caplog.set_level(logging.INFO, "fog_node.rejections")
+    r.note([Outcome("quarantined", "unknown_meter", i.to_bytes(8, "big"), 1)
+            for i in range(500)])
+    assert len(caplog.records) == r.firsts_max
+    caplog.clear()
+    clock.advance(61)
+    r.flush()
+    (line,) = [rec.getMessage() for rec in caplog.records]
+    assert line.startswith("480 more meters' first refusals not logged") and "unknown_meter 480" in line
+
+
+def test_a_root_logger_configured_by_someone_else_is_left_alone(restore_root) -> None:
+    bare_root()
+    theirs = logging.StreamHandler(io.StringIO())
+    logging.getLogger().addHandler(theirs)
+    logs.setup("debug", "json", stream=io.StringIO())
+    assert logging.getLogger().handlers == [theirs]
