@@ -29,6 +29,7 @@ from core.compat import const, hexlify
 from core.modbus import Incomplete, cbor_item_end
 
 MANIFEST = const(20)
+_SIGNERS = {MANIFEST: 1}  # cose.parse: a manifest is signed by the release key id at key 1
 FRAME_HEAD = const(12)  # sid (8) + offset (4)
 MAX_FILES = const(64)
 MAX_PATH = const(64)
@@ -250,7 +251,7 @@ class Updater:
     def _manifest(self, raw):
         """The complete manifest, checked before a byte of the files is staged."""
         try:
-            m = cose.parse(raw)
+            m = cose.parse(raw, _SIGNERS)
         except cose.CoseError as e:
             raise OtaError("bad_manifest", e.reason + ": " + str(e))
         if m.type != MANIFEST:
