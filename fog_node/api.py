@@ -316,9 +316,7 @@ class FogAPI:
             quarantined = s.registry.quarantine_size()
         known = {d.dev for d in devices}
         return {
-            "devices": [{"dev": _hex(d.dev), "pub": _hex(d.pub), "status": d.status,
-                         "reason": d.reason, "since": d.since, "last_seq": d.last_seq,
-                         "last_t": d.last_t, "gaps": d.gaps} for d in devices],
+            "devices": [d.as_json() for d in devices],
             # pending_births keeps a meter after it is enrolled; only unknown ones wait
             "pending": [{"dev": _hex(dev), "pub": _hex(pub)}
                         for dev, pub in sorted(births.items()) if dev not in known],

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fog_node.node import AUDITOR_TOKEN, FogError
+from fog_node.reads import RegistryView, read_only
 from meterledger.clients.chain import ChainClientError, ChainUnavailable
 from meterledger.clients.fog import FogClient
 from meterledger.infra import datadir
@@ -53,17 +54,15 @@ def from_data_dir(data_dir: Path) -> Listing:
     initialised(data_dir)
     if not path.is_file():
         return Listing([], [], 0, f"{path} (not made yet: the node never ran)")
-    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)  # %-quoted
+    db = read_only(path)
     try:
-        rows = db.execute("SELECT dev, pub, status, reason, since, last_seq, last_t, gaps "
-                          "FROM devices ORDER BY dev").fetchall()
-        quarantined = int(db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+        reg = RegistryView(db)
+        found, quarantined = reg.devices(), reg.quarantine_size()
     except sqlite3.Error as e:
         raise FogError(f"cannot read {path}: {e}") from None
     finally:
         db.close()
-    devices = [{"dev": r[0].hex(), "pub": r[1].hex(), "status": r[2], "reason": r[3],
-                "since": r[4], "last_seq": r[5], "last_t": r[6], "gaps": r[7]} for r in rows]
+    devices = [d.as_json() for d in found]
     return Listing(devices, [], quarantined,
                    f"{path} (no node running: pending meters are seen by a running node only)")
 

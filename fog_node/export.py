@@ -34,11 +34,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fog_node.cooking import vee
-from fog_node.reads import Reads, Snapshot
+from fog_node.reads import Reads, Snapshot, read_only
 from meterledger import errors
 from meterledger import wire as P
 from meterledger.infra.args import ArgumentParser
-from meterledger.infra.sqlite import connect
 from meterledger.wire.names import Q_NAMES
 
 HELP = "export a meter's verified readings (or all meters') as CSV or JSON"
@@ -152,13 +151,6 @@ def meter_rows(readings: list[tuple[P.Fields, int]], estimates: list[tuple[P.Fie
 # -- the stores -------------------------------------------------------------------------------
 def no_data(data_dir: Path) -> ExportError:
     return ExportError(f"no fog data in {data_dir}: run `meterledger fog init` first")
-
-
-def read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection that never creates the file (fog_node.reads' kind)."""
-    db = connect(path.resolve().as_uri() + "?mode=ro", wal=False, uri=True)  # %-quoted
-    db.execute("PRAGMA query_only = ON")
-    return db
 
 
 @dataclass

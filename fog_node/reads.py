@@ -34,6 +34,14 @@ from meterledger.wire.merkle import ConsistencyProof, InclusionProof
 _IDLE = 8  # connection sets kept for the next requests; more are closed when returned
 
 
+def read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that never creates the file: for readers of a data dir whose
+    node may not be running (`fog export`, `fog devices`, the republisher)."""
+    db = connect(path.resolve().as_uri() + "?mode=ro", wal=False, uri=True)  # %-quoted
+    db.execute("PRAGMA query_only = ON")
+    return db
+
+
 def _reader(path: Path) -> sqlite3.Connection:
     db = connect(path, wal=False)  # the node set up WAL; a reader leaves the mode alone
     db.execute("PRAGMA query_only = ON")

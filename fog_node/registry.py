@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meterledger import errors
 from meterledger import wire as P
@@ -86,6 +87,12 @@ class Device:
     @property
     def active(self) -> bool:
         return self.status == ACTIVE
+
+    def as_json(self) -> dict[str, Any]:
+        """What GET /v1/devices and `fog devices --format json` show of a meter."""
+        return {"dev": self.dev.hex(), "pub": self.pub.hex(), "status": self.status,
+                "reason": self.reason, "since": self.since, "last_seq": self.last_seq,
+                "last_t": self.last_t, "gaps": self.gaps}
 
 
 class Registry:

@@ -35,10 +35,11 @@ from datetime import UTC
 from typing import Any
 
 from fog_node.config import FogConfig
-from fog_node.export import read_only, reading_row, utc_text
+from fog_node.export import reading_row, utc_text
 from fog_node.node import FogError
+from fog_node.reads import RegistryView, read_only
 from meterledger import wire as P
-from meterledger.infra.sqlite import connect, meta, set_meta
+from meterledger.infra.sqlite import atomic, connect, meta, set_meta
 
 log = logging.getLogger("fog_node")
 Publish = Callable[[list[tuple[str, bytes, int, bool]]], None]
@@ -146,8 +147,8 @@ class Republisher:
         """The meters whose readings may leave the fog (ha_meters, or every active one)."""
         if self.config.ha_all_meters:
             reg = self._reader("registry.db")
-            return [] if reg is None else [bytes(r[0]) for r in reg.execute(
-                "SELECT dev FROM devices WHERE status = 'active' ORDER BY dev")]
+            return [] if reg is None else [d.dev for d in RegistryView(reg).devices()
+                                           if d.active]
         return [bytes.fromhex(d) for d in self.config.ha_meters]
 
     # -- one round ------------------------------------------------------------------------------
@@ -160,8 +161,7 @@ class Republisher:
         if cooked is None or logdb is None:
             return 0
         items: list[tuple[str, bytes, int, bool]] = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with atomic(self.db):
             if not self._withdrawn_checked:
                 items += self._withdrawn()
             cooked.execute("BEGIN")  # one view of the index for the round
@@ -171,11 +171,6 @@ class Republisher:
             finally:
                 cooked.execute("COMMIT")
             self.publish(items)
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
         self._withdrawn_checked = True
         return len(items)
 
