@@ -82,13 +82,8 @@ def _provisioning(path: Path) -> list[dict[str, Any]]:
 def _data_dir_clock(data_dir: Path) -> Callable[[], float]:
     """The clock of the fog that last ran on `data_dir`: its simulated one if it ran on one
     (its decisions must be dated on the clock its meters keep), else the wall clock."""
-    path = data_dir / simclock.SIM_FILE
-    if path.is_file():
-        try:
-            return simclock.read(path).clock(time.time)
-        except ConfigError:
-            pass
-    return time.time
+    sim = simclock.in_data_dir(data_dir)
+    return time.time if sim is None else sim.clock(time.time)
 
 
 def decide(data_dir: Path, requests: list[dict[str, Any]], config: FogConfig | None = None,
@@ -137,12 +132,9 @@ def _start_clock(config: FogConfig) -> Callable[[], float]:
     if sim is None:
         path.unlink(missing_ok=True)
         return time.time
-    if not (config.sim_start or config.sim_epoch) and path.is_file():
+    if not (config.sim_start or config.sim_epoch):
         # a restart with the same speed-up continues the simulated time the meters share
-        try:
-            before = simclock.read(path)
-        except ConfigError:
-            before = None
+        before = simclock.in_data_dir(config.data_dir)
         if before is not None and before.compress == sim.compress:
             sim = before
     sim.write(config.data_dir)

@@ -15,6 +15,7 @@ import time as _time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger("fog_node.rejections")
 
@@ -46,6 +47,22 @@ def hint(reason: str) -> str:
     return HINTS.get(reason, "see docs/PROTOCOL.md section 3 and 12 for this reason code")
 
 
+_REFUSED = ("rejected", "quarantined")
+
+
+class Refusal(Protocol):
+    """What an ingest Outcome (fog_node.ingest) tells of a message."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def dev(self) -> bytes | None: ...
+    @property
+    def detail(self) -> str: ...
+
+
 @dataclass
 class _Seen:
     since: float      # start of the current summary window
@@ -68,18 +85,17 @@ class RejectionLog:
         self._window = self.monotonic()
         self._firsts = 0
         self._held: Counter[str] = Counter()  # reason -> first lines held back
+        self._scan_at = 0.0
 
-    def note(self, outcomes: Iterable[object]) -> None:
+    def note(self, outcomes: Iterable[Refusal]) -> None:
+        """One ingest group's outcomes (on the ingest thread: a logged one costs a compare)."""
         now = self.monotonic()
         for o in outcomes:
-            status = getattr(o, "status", "")
-            if status not in ("rejected", "quarantined"):
-                continue
-            dev = getattr(o, "dev", None) or b""
-            reason = str(getattr(o, "reason", ""))
-            detail = str(getattr(o, "detail", ""))
-            self._one(dev, reason, detail, now)
-        self.flush(now)
+            if o.status in _REFUSED:
+                self._one(o.dev or b"", o.reason, o.detail, now)
+        if now >= self._scan_at:  # the windows' ends, looked for once a second
+            self._scan_at = now + 1.0
+            self.flush(now)
 
     def _one(self, dev: bytes, reason: str, detail: str, now: float) -> None:
         key = (dev, reason)

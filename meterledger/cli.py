@@ -34,11 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meterledger.errors import MeterLedgerError
+from meterledger.infra import logs  # the standard library only: `--help` stays light
 
 PROG = "meterledger"
 # option -> (the environment variable meterledger.infra.logs reads, its values)
-_LOG_OPTIONS = {"--log-level": ("METERLEDGER_LOG_LEVEL", ("debug", "info", "warning", "error")),
-                "--log-format": ("METERLEDGER_LOG_FORMAT", ("text", "json"))}
+_LOG_OPTIONS = {"--log-level": (logs.ENV_LEVEL, logs.LEVELS),
+                "--log-format": (logs.ENV_FORMAT, logs.FORMATS)}
 _HELP = ("-h", "--help")
 
 
@@ -156,8 +157,6 @@ def _run(module_name: str, prog: str, argv: list[str]) -> int:
     # meterledger.cli -> tools.reading -> hardware.firmware would break the contract
     # "only hardware/ and tools/ drive the firmware" (whose source is all of `meterledger`).
     # their parsers (meterledger.infra.args) report a usage error as one line and exit 2
-    from meterledger.infra import logs  # the standard library only
-
     logs.setup()  # from the environment; a command with --log-level sets it again
     module = importlib.import_module(module_name)
     return _status(module.main(argv, prog=prog))

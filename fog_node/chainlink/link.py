@@ -178,9 +178,10 @@ class ChainLink:
         if not landed:
             return
         self._landed += landed
-        height = self._meta("last_landed_height")
         now = time.monotonic()
         if self._reported_at is None or now - self._reported_at >= REPORT_S:
+            (height,) = self.db.execute(
+                "SELECT MAX(height) FROM outbox WHERE state = 'landed'").fetchone()
             log.info("%d transaction(s) (anchors, reports, faults) landed on the dispatch "
                      "chain%s, up to block %s", self._landed,
                      "" if self._reported_at is None else f" in the last {REPORT_S:.0f} s",
@@ -302,7 +303,6 @@ class ChainLink:
             with self._atomic():
                 self.db.execute("UPDATE outbox SET state = 'landed', height = ?, idx = ? "
                                 "WHERE nonce = ?", (r.height, r.index, nonce))
-                self._set_meta("last_landed_height", r.height)
             self.counters["landed_duplicate" if r.duplicate else "landed"] += 1
             landed += 1
         return landed

@@ -101,6 +101,18 @@ def read(path: Path) -> SimClock:
     return c
 
 
+def in_data_dir(data_dir: Path) -> SimClock | None:
+    """The clock a fog last ran on in `data_dir`, if it was a simulated one (a file that
+    cannot be read counts as none: the fog writes a new one when it runs simulated)."""
+    path = data_dir / SIM_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read(path)
+    except ConfigError:
+        return None
+
+
 def check(compress: float, start: float, epoch: float, where: str = "") -> None:
     """The ranges every simulated clock keeps (the fog's config says the same)."""
     at = f"{where}: " if where else ""
