@@ -384,7 +384,7 @@ class App:
             src.limit_w = watts
 
     def run_forever(self, period_ms=1000):
-        self.board.watchdog_start(max(8000, 4 * period_ms))
+        # the watchdog runs already: main.py (the loader) armed it before importing the app
         serve = getattr(self.transport, "serve_for", None)
         while True:
             self.step()

@@ -1,6 +1,7 @@
-# Firmware updates on the meter, the app's side (docs/PROTOCOL.md section 22): the journal at
-# boot (core/fwstore.py), chunks into the updater (core/ota.py), the fog's "fw" command
-# installing them, and the trial that rolls an image back if it never reaches the fog.
+# Firmware updates on the meter, the app's side (docs/PROTOCOL.md section 22): the journal as
+# the loader (main.py, core/fwstore.py) left it at boot, chunks into the updater (core/ota.py),
+# the fog's "fw" command installing them, and the trial that rolls an image back if it never
+# reaches the fog.
 # Functions of the App (`app`), kept apart so app.py stays a small module on a board.
 from core import fwstore
 from core.compat import hexlify
@@ -27,17 +28,12 @@ def data_name(config):
 
 
 def boot_image(app):
-    """The firmware journal at boot: roll back an interrupted install or a crash loop
-    (and reboot into the old image), start the trial clock of a new image."""
-    b = app.board
-    if not hasattr(b, "fw_fs"):
+    """The firmware journal as main.py (the loader) left it before importing the app: it has
+    already counted this boot and finished any rollback. Start the trial clock of a new
+    image; say which image runs."""
+    if not hasattr(app.board, "fw_fs"):
         return  # a board (or test double) without firmware files: no updates
-    rec, rolled = fwstore.boot(b.fs(), b.fw_fs(), app.config.get("ota_max_boots", 3))
-    app.fw = rec
-    app.version = app.meter.fw = running(rec)
-    if rolled:
-        app.log.error("ota", "rolled back from " + rec["rolled_back"] + ": " + rec["reason"])
-        b.reboot()
+    rec = app.fw
     if rec["state"] == "trial":
         secs = app.config.get("ota_trial_s", 3 * app.config.get("dur", 900))
         app._trial_until = app.uptime() + secs

@@ -397,8 +397,10 @@ class FogAPI:
         POST ?dev=ID with the image (`python -m tools.ota sign`) as the body: queued for the
         ingest thread, which sends it in chunks and then the "fw" command (docs/PROTOCOL.md
         section 22); 202 {"queued", "dev", "version", "digest"}. The body cap is
-        `http_max_body`. GET ?dev=ID: the push's state ("sent", "done", "rejected",
-        "failed") and the meter's result detail; 404 if none was pushed.
+        `http_max_body`; 400 for a meter that is not enrolled. GET ?dev=ID: the push's state
+        ("queued", "sent", "activating", then "done" once the meter's next birth reports
+        the new version, or "rolled_back", "rejected", "failed") and the meter's result
+        detail; 404 if none was pushed.
         """
         dev = self._dev(req.query)
         if req.method == "GET":

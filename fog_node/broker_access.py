@@ -59,6 +59,9 @@ _B64 = r"[A-Za-z0-9+/]+={0,2}"
 _HASH = re.compile(rf"\$7\$([1-9][0-9]{{0,8}})\$({_B64})\$({_B64})")
 _DEV = re.compile(r"[0-9a-f]{16}")
 _USER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# QoS 1 messages the broker keeps for each client (mosquitto's default, 1000, would drop the
+# end of a firmware image waiting for a meter that is away: docs/PROTOCOL.md section 22)
+MAX_QUEUED = 4096
 
 
 class AccessError(errors.ConfigError):
@@ -457,6 +460,8 @@ def mosquitto_conf(access: BrokerAccess, tls_port: int, bind: str = "",
              "# include it from mosquitto.conf (docs/PROTOCOL.md section 21)",
              "per_listener_settings false",
              f"allow_anonymous {'true' if lab_port else 'false'}",
+             "# room for a whole firmware image while its meter is away (fog_node/ota.py)",
+             f"max_queued_messages {MAX_QUEUED}",
              f"password_file {access.passwd.resolve()}",
              f"acl_file {access.acl.resolve()}",
              "",

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from fog_node.node import FogNode
 from fog_node.registry import ACTIVE, REVOKED
+from fog_node.ota import COUNTERS as OTA_COUNTERS
+from fog_node.republish import COUNTER_HELP as REPUBLISH_HELP
 from fog_node.transport.rs485.master import COUNTER_HELP as RS485_HELP
 from meterledger.infra import metrics as M
 from meterledger.infra.metrics import MetricsError, parse_metrics
@@ -105,6 +107,14 @@ def families(node: FogNode, now: float) -> M.Families:
                  "Dispatch-chain link events (anchors queued and landed, chain unavailable, "
                  "instructions received or rejected).",
                  [({"event": k}, chain.counters[k]) for k in sorted(chain.counters)])
+    republish = node.republish_counters
+    if republish is not None:  # the node republishes for Home Assistant (docs/DATA.md)
+        for kind, help_ in REPUBLISH_HELP.items():
+            w.one(f"republish_{kind}_total", "counter", "Home Assistant republisher: " + help_,
+                  republish[kind])
+    w.one("ota_refused_not_enrolled_total", "counter",
+          "Firmware pushes refused because the meter is not enrolled.",
+          OTA_COUNTERS["refused_not_enrolled"])
     if rs485 is not None:  # the node is master of an RS485 bus
         for kind, help_ in RS485_HELP.items():
             w.one(f"rs485_{kind}_total", "counter", "RS485 bus: " + help_, rs485[kind])

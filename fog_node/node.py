@@ -143,6 +143,8 @@ class FogNode:
         self.storage = StorageHealth()  # a storage fault now, failures by kind (fog_node.storage)
         self.chain: ChainView | None = None  # set when the node anchors to a dispatch chain
         self.rs485: BusView | None = None  # set when the node is master of an RS485 bus
+        # set when the node republishes for Home Assistant (fog_node.republish.Republisher)
+        self.republish_counters: Counter[str] | None = None
         self.access = BrokerAccess(config, self.id_hex)  # who may use the MQTT broker
         with self.lock:
             self.registry.backfill_decisions(self.log.size(), self.log.entry)  # once, if old

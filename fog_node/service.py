@@ -81,6 +81,8 @@ class FogService:
         # issue 14: decoded data for Home Assistant, off unless ha_republish (docs/DATA.md)
         self.republisher = Republisher.configured(self.config, self.fog_hex, self.link.publish,
                                                   self.connected)
+        if self.republisher is not None:
+            node.republish_counters = self.republisher.counters  # for /metrics
 
     # the runner sets these when a chain link exists (docs/PROTOCOL.md section 20)
     @property

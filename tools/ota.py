@@ -13,8 +13,9 @@ The release key signs images; its public key is pinned in every meter at provisi
 private key off the fog node: the fog only forwards images, the meters check them.
 
 `build` takes every .py and .mpy below --src (default: the firmware sources), except the
-loader (main, boot, core/fwstore, core/fs; .py or .mpy), which an update never replaces;
-paths are lower-case, and none under data/ or ota/ (the meter's data dir and staging).
+loader (main, boot, core/fwstore, core/fs, core/__init__; .py or .mpy), which an update
+never replaces; paths are lower-case, and none under data/ or ota/ (the meter's data dir and
+staging).
 Build from a flash image directory (`tools.flash --target DIR`) to ship .mpy files.
 A signed image goes to a meter through its fog node: `push` (POST /v1/firmware?dev=ID, the
 fog's operator tier), and `status` shows how the meter answered.
@@ -25,12 +26,13 @@ given), 1 inspect found a problem, 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from fog_node.ota import ImageError, build, is_loader, parse_image, sign, verify
+from fog_node.ota import Image, ImageError, build, is_loader, parse_image, sign
 from hardware.firmware import FIRMWARE_DIR
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClientError
@@ -121,6 +123,31 @@ def _status(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     return 0
 
 
+def verify(img: Image, release: P.PublicKey) -> None:
+    """The meter's signature check, on the host (inspect): ES256 by `release`,
+    low-S, over the manifest's payload (SPEC section 3's Sig_structure)."""
+    if not img.signed:
+        raise ImageError("the image is not signed (tools.ota sign)")
+    env = P.decode(img.head, tags=(18,)).value
+    protected, unprotected, payload, sig = env
+    if protected != P.PROTECTED or unprotected != {4: release.id}:
+        raise ImageError(f"the manifest is not signed by release key {release.id_hex}")
+    if not isinstance(sig, bytes) or len(sig) != 64 or int.from_bytes(sig[32:], "big") > P.HALF_N \
+            or not release.verify(sig, P.to_be_signed(payload)):
+        raise ImageError(f"the manifest's signature does not verify with release key "
+                         f"{release.id_hex}")
+
+
+def file_errors(img: Image) -> list[str]:
+    """Files whose bytes do not match their manifest sha256."""
+    out, pos = [], 0
+    for path, n, h in img.files:
+        if hashlib.sha256(img.content[pos:pos + n]).digest() != h:
+            out.append(path)
+        pos += n
+    return out
+
+
 def read_pub(text: str) -> P.PublicKey:
     """A public key from 130 hex characters or a file holding them."""
     raw = text.strip()
@@ -201,7 +228,7 @@ def _inspect(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     print(f"manifest digest {img.digest.hex()}  ({len(img.blob)} bytes)")
     for path, n, h in img.files:
         print(f"  {n:>8}  {h.hex()[:16]}  {path}")
-    bad = img.file_errors()
+    bad = file_errors(img)
     for path in bad:
         print(f"{path}: its bytes do not match the manifest's sha256", file=sys.stderr)
     if a.release_pub:

@@ -2,16 +2,17 @@
 # verified image with a backup of every file it replaces, commit it when the new image has
 # reached the fog, roll it back when it has not (deadline, crash loop, interrupted install).
 #
-# Part of the loader with main.py and core/fs.py: an update never replaces these files, in
-# either form, .py or .mpy (core/ota.py refuses an image that names them), so the rollback
-# below still runs when the new image's own modules do not even import. It imports nothing of the project.
+# Part of the loader with main.py, core/fs.py and core/__init__.py: an update never replaces
+# these files, in either form, .py or .mpy (core/ota.py refuses an image that names them), so
+# main.py runs boot() and rollback() before it imports anything of the new image. It
+# imports nothing of the project.
 #
 # Two filesystems (core/fs.py contract): `data` is the meter's data dir (the journal, the
 # staged files, the backups), `code` is where the firmware files live (the flash root on a
 # board, a directory on a host). The journal is JSON written beside and renamed, so a power
 # loss leaves the old record or the new one:
 #   {"version": running image's version or null (the flashed one),
-#    "state": "ok" | "installing" | "trial",
+#    "state": "ok" | "installing" | "trial" | "rolling_back",
 #    "new", "prev": versions, "paths": [...], "had": [bool ...], "shadows": [...],
 #    "boots": boots in trial, "reason": why the last image was rolled back ("" if not),
 #    "rolled_back": version rolled back from ("" if none)}
@@ -19,12 +20,15 @@
 # every file of the image is backed up (ota/b<i>, if it existed) before it is
 # overwritten from its staged copy (ota/n<i>); a module's other form (X.mpy for X.py and
 # the reverse, which MicroPython would import instead) is backed up (ota/s<j>) and removed.
-# A power loss while "installing" is rolled back at the next boot.
+# A power loss while "installing" is rolled back at the next boot. Rolling back first writes
+# "rolling_back" with the reason, then restores: a power loss in the middle leaves that
+# state, and the next boot finishes the rollback (every step can be done again) before
+# anything of either image runs.
 import json
 
 JOURNAL = "fw.json"
 DIR = "ota"
-LOADER = ("main.py", "boot.py", "core/fwstore.py", "core/fs.py")  # and their .mpy forms
+LOADER = ("main.py", "boot.py", "core/fwstore.py", "core/fs.py", "core/__init__.py")  # and .mpy
 
 
 def _read(data, name):
@@ -128,10 +132,15 @@ def install(data, code, version, paths, running):
 
 
 def rollback(data, code, reason):
-    """Restore the files an install replaced; the journal says "ok" with the old version."""
+    """Restore the files an install replaced; the journal says "ok" with the old version.
+    The journal says "rolling_back" (and why) while the files are restored: boot() finishes
+    a rollback a power loss cut short, with its first reason."""
     rec = load(data)
-    if rec["state"] not in ("installing", "trial"):
+    if rec["state"] not in ("installing", "trial", "rolling_back"):
         return rec
+    if rec["state"] != "rolling_back":
+        rec.update(state="rolling_back", reason=reason)
+        save(data, rec)
     for i, p in enumerate(rec.get("paths", ())):
         b = DIR + "/b" + str(i)
         if rec["had"][i]:
@@ -139,12 +148,12 @@ def rollback(data, code, reason):
                 _copy(data, b, code, p)
         else:
             _rm(code, p)
+        _rm(code, p + ".tmp")  # a copy the power loss cut short
     for j, s in enumerate(rec.get("shadows", ())):
         b = DIR + "/s" + str(j)
         if data.exists(b):
             _copy(data, b, code, s)
-    rec.update(state="ok", version=rec.get("prev"), reason=reason,
-               rolled_back=rec.get("new") or "", boots=0)
+    rec.update(state="ok", version=rec.get("prev"), rolled_back=rec.get("new") or "", boots=0)
     save(data, rec)
     clear_staging(data)
     return rec
@@ -162,17 +171,21 @@ def commit(data):
 
 
 def boot(data, code, max_boots=3):
-    """At every boot, before the app runs: an interrupted install is rolled back; an image
-    on trial counts the boot and is rolled back after `max_boots` boots without reaching the
-    fog (a crash or watchdog loop); with nothing installing or on trial, whatever is left
-    under ota/ (staged files of an unfinished session, stale backups) goes. Returns
-    (journal, rolled back now: the caller reboots)."""
+    """At every boot, before anything an update replaces is imported (main.py): a rollback or
+    an install a power loss cut short is rolled back (to the end); an image on trial counts
+    the boot and is rolled back after `max_boots` boots without reaching the fog (a crash
+    or watchdog loop); with nothing installing or on trial, whatever is left under ota/
+    (staged files of an unfinished session, stale backups) goes. Returns (journal, rolled
+    back now). The old image is in place when this returns: nothing needs a reset."""
     rec = load(data)
-    if rec["state"] == "ok":
+    st = rec["state"]
+    if st == "ok":
         clear_staging(data)
-    if rec["state"] == "installing":
+    elif st == "rolling_back":
+        return rollback(data, code, rec["reason"]), True
+    elif st == "installing":
         return rollback(data, code, "interrupted: power lost while installing"), True
-    if rec["state"] == "trial":
+    elif st == "trial":
         rec["boots"] = rec.get("boots", 0) + 1
         if rec["boots"] > max_boots:
             why = "crashed: " + str(max_boots) + " boots without reaching the fog"

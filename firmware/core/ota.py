@@ -36,8 +36,9 @@ MAX_PATH = const(64)
 MAX_BYTES = 1 << 20  # default cap on an image's content (config "ota_max_bytes")
 RESERVE = 64 * 1024  # free space kept for the spool while an image is staged ("ota_reserve")
 _PATH_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-./"
-# the loader's modules (core/fwstore.py's LOADER) in either form: never in an image
-LOADER_STEMS = ("main", "boot", "core/fwstore", "core/fs")
+# the loader's modules (core/fwstore.py's LOADER) in either form: never in an image (main.py
+# imports core/fwstore.py through core/__init__.py before the new image's modules)
+LOADER_STEMS = ("main", "boot", "core/fwstore", "core/fs", "core/__init__")
 RESERVED_DIRS = ("data", "ota")  # first segments an image never writes into
 
 

@@ -249,16 +249,22 @@ class MQTTLink:
                      time.monotonic() - self._lost_at)
         self._said_up, self._lost_at = True, None
 
-    def publish(self, items: list[_Publish]) -> None:
+    def publish(self, items: list[_Publish]) -> bool:
+        """Hand `items` to the MQTT process, in order. True: it took them (its client sends
+        QoS 1 messages over reconnects for as long as it lives). False: nothing was handed
+        over, because there is no process (not started, or stopped) or it died; a caller that
+        must not lose them (the republisher's clearings) sends them again later."""
         if not items:
-            return
+            return True
         with self._lock:
             if self._conn is None:
-                return
+                return False
             try:
                 self._conn.send((_PUBLISH, items))
             except OSError:  # the child died; step() starts another
                 log.error("MQTT process gone: %d messages not published", len(items))
+                return False
+        return True
 
     def stop(self) -> None:
         with self._lock:

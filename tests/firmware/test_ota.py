@@ -1,5 +1,5 @@
-"""Signed firmware updates on host meters (firmware/core/ota.py, core/fwstore.py, app.py;
-docs/PROTOCOL.md section 22): an image built and signed by the host tools (fog_node.ota) is
+"""Signed firmware updates on host meters (firmware/core/ota.py, core/fwstore.py, app.py,
+main.py; docs/PROTOCOL.md section 22): an image built and signed by the host tools (fog_node.ota) is
 delivered in chunks and authorized by a fog-signed "fw" command; a good one is installed,
 the meter reboots into it on trial and keeps it once the fog acks; a forged, truncated,
 downgraded or corrupted one is refused with the reason and the old files stay; an image
@@ -8,6 +8,7 @@ back. Clocks are the test's (tests.kit.meterkit.Clock)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hal.host import Board, HostReboot
 from meterledger import wire as P
 from tests.kit.meterkit import FOG, T0, Clock, RecordingTransport
 
+loader = importlib.import_module("main")  # firmware/main.py; imported, it only defines
 REL = P.SigningKey.from_int(0x5EED_0F_7E1EA5E)
 OTHER = P.SigningKey.from_int(0xBAD_C0DE)
 OLD = {"app.py": b"# the old app\n", "core/limit.py": b"# the old limit\n",
@@ -37,11 +39,14 @@ def image(version: str = "0.2.0", files: list[tuple[str, bytes]] | None = None,
 
 
 def boot(tmp: Path, clock: Clock, tr: RecordingTransport | None = None, **cfg: Any) -> App:
+    """A boot as main.py does it: the loader's journal check, then the app."""
     config = {"fog_pub": FOG.pub.hex(), "source": "sim", "seed": 4,
               "release_pub": REL.public_key.raw.hex(), "dur": 900, **cfg}
-    board = Board(dict(config, data_dir=str(tmp / "flash"), fw_dir=str(tmp / "code"),
-                       clock=lambda: clock.t, ticks_ms=lambda: clock.up_ms,
-                       sleep_ms=lambda ms: None))
+    board_cfg = dict(config, data_dir=str(tmp / "flash"), fw_dir=str(tmp / "code"),
+                     clock=lambda: clock.t, ticks_ms=lambda: clock.up_ms,
+                     sleep_ms=lambda ms: None)
+    loader.check_image(board_cfg)
+    board = Board(board_cfg)
     app = App(board, config, tr if tr is not None else RecordingTransport())
     app.start()
     return app
@@ -198,13 +203,12 @@ def test_a_crash_loop_on_trial_is_rolled_back_at_boot(tmp_path):
     deliver(app, img)
     with pytest.raises(HostReboot):
         authorize(app, tr, 1, img.digest)
-    for _ in range(3):  # boots that die before reaching the fog (watchdog resets)
-        reboot(tmp_path, clock, tr)
-    with pytest.raises(HostReboot):  # the fourth rolls back and resets into the old image
-        reboot(tmp_path, clock, tr)
-    assert code(tmp_path) == OLD
+    for n in range(1, 4):  # boots that die before reaching the fog (watchdog resets)
+        assert reboot(tmp_path, clock, tr).fw["boots"] == n
+    # the fourth: the loader rolls back before the app is imported, the old image runs
     app = reboot(tmp_path, clock, tr)
-    assert app.version == VERSION and app.fw["reason"].startswith("crashed:")
+    assert code(tmp_path) == OLD
+    assert app.version == VERSION and app.fw["reason"].startswith("crashed: 3 boots")
 
 
 def test_an_install_cut_short_by_a_power_loss_is_rolled_back(tmp_path):
@@ -228,10 +232,9 @@ def test_an_install_cut_short_by_a_power_loss_is_rolled_back(tmp_path):
     with pytest.raises(OSError):
         fwstore.install(data, fw, "0.2.0", [p for p, _ in NEW], VERSION)
     assert json.loads((tmp_path / "flash" / "fw.json").read_text())["state"] == "installing"
-    with pytest.raises(HostReboot):
-        reboot(tmp_path, clock, tr)
+    app = reboot(tmp_path, clock, tr)  # the loader rolls it back, then the old image runs
     assert code(tmp_path) == OLD
-    assert reboot(tmp_path, clock, tr).fw["reason"].startswith("interrupted:")
+    assert app.version == VERSION and app.fw["reason"].startswith("interrupted:")
 
 
 def test_chunks_resume_repeat_and_restart(tmp_path):
@@ -297,7 +300,8 @@ def test_a_manifest_with_odd_keys_is_a_refusal_not_a_crash(tmp_path):
     assert staged(tmp_path) == []
 
 
-BAD_PATHS = ["main.mpy", "boot.mpy", "core/fs.mpy", "core/fwstore.mpy", "./main.py",
+BAD_PATHS = ["main.mpy", "boot.mpy", "core/fs.mpy", "core/fwstore.mpy", "core/__init__.py",
+             "core/__init__.mpy", "./main.py",
              "core/./fs.py", "Main.py", "CORE/FS.PY", "data/x.py", "ota/n0.py", "/app.py",
              "core//x.py", "../x.py", "core/../main.py", "core/.py", "app.txt", "app",
              "caf\u00e9.py", "a" * 62 + ".py"]
@@ -324,7 +328,7 @@ def test_the_data_dir_is_the_meters_own_and_the_rule_still_takes_plain_modules(t
     f = {0: 20, 1: bytes(8), 2: "1.0", 3: "", 4: [["store/x.py", 1, bytes(32)]], 5: 0}
     with pytest.raises(OtaError):
         check_manifest(f, data_name="store")
-    for ok in ("app.py", "core/main.py", "hal/esp32.mpy", "core/__init__.py", "x-y_z.1.py",
+    for ok in ("app.py", "core/main.py", "hal/esp32.mpy", "hal/__init__.py", "x-y_z.1.py",
                "mainx.py", "core/fs2.py"):
         f[4] = [[ok, 1, bytes(32)]]
         check_manifest(f, data_name="store")
@@ -335,7 +339,7 @@ def test_tree_leaves_out_the_loader_in_either_form(tmp_path):
     from tools.ota import tree
 
     for p in ("main.py", "main.mpy", "boot.mpy", "core/fs.mpy", "core/fwstore.mpy", "Main.py",
-              "app.py", "core/meter.mpy"):
+              "core/__init__.mpy", "app.py", "core/meter.mpy"):
         (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / p).write_bytes(b"x")
     assert [p for p, _ in tree(tmp_path)] == ["app.py", "core/meter.mpy"]

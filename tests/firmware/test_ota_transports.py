@@ -45,9 +45,13 @@ def files_in(tmp: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.py")}
 
 
-def job_done(node: FogNode, dev: bytes, cid: int) -> dict[str, Any] | None:
+def job_done(node: FogNode, dev: bytes, cid: int, state: str | None = None
+             ) -> dict[str, Any] | None:
+    """The job of command `cid` once the meter answered (in `state`, if given)."""
     doc = O.read_job(node.config.data_dir, dev)
-    return doc if doc is not None and doc["cid"] == cid and doc["state"] != "sent" else None
+    if doc is None or doc["cid"] != cid or doc["state"] in ("queued", "sent"):
+        return None
+    return doc if state is None or doc["state"] == state else None
 
 
 # --- MQTT ------------------------------------------------------------------------------------
@@ -86,12 +90,16 @@ def test_an_image_over_mqtt_through_the_fog(tmp_path, broker):
         wait(lambda: bool(rebooted), tick=tick, what="the meter installs and reboots")
         wait(lambda: job_done(node, dev, 2) is not None, what="the fog has the result")
         doc = job_done(node, dev, 2)
-        assert doc is not None and doc["state"] == "done"
+        assert doc is not None and doc["state"] == "activating" and doc["running"] is None
         assert doc["detail"].startswith("activating 0.2.0")
         assert files_in(tmp_path) == dict(FILES)
         vm.app.transport.close()
         vm = make_meter(0, tmp_path / "meter", clock, cfg)  # the reboot
         assert vm.app.version == "0.2.0" and vm.app.fw["state"] == "trial"
+        # done once the meter's birth says it runs the new version
+        wait(lambda: job_done(node, dev, 2, "done") is not None, what="the new birth")
+        doc = job_done(node, dev, 2, "done")
+        assert doc is not None and doc["running"] == "0.2.0"
         clock.advance(900)
         wait(lambda: vm.app.fw["state"] == "ok", tick=vm.app.step, what="committed on an ack")
         assert vm.app.fw["version"] == "0.2.0"
@@ -188,13 +196,14 @@ def test_an_image_over_rs485_from_the_fogs_bus_master(tmp_path):
         wait(meter.rebooted.is_set, tick=tick, what="the meter installs and reboots")
         wait(lambda: job_done(node, dev, 2) is not None, tick=tick, what="the result")
         doc = job_done(node, dev, 2)
-        assert doc is not None and doc["state"] == "done", doc
+        assert doc is not None and doc["state"] == "activating", doc
         assert bus.counters["fw_chunks"] >= len(O.parse_image(signed("0.2.0")).blob) // 200
         assert files_in(tmp_path) == dict(FILES)
         meter.close()
         vm = make_meter(0, tmp_path / "meter", clock, cfg, bus=port)  # the reboot
         assert vm.app.version == "0.2.0"
         meter = MeterThread(vm)
+        wait(lambda: job_done(node, dev, 2, "done") is not None, tick=tick, what="its birth")
         clock.advance(900)
         wait(lambda: vm.app.fw["state"] == "ok", tick=poll, what="committed")
     finally:
