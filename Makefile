@@ -5,17 +5,24 @@ PYTHON ?= python3
 
 .PHONY: setup test lint bench demo demo-live mpy clean flash fuzz
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed .cometbft/.built
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,demo,flash,fuzz]'
+	$(PY) -m pip install -q -e '.[dev,demo,flash,fuzz,consortium]'
 	touch $@
 
 # the real MicroPython VM (WebAssembly port) that tests and benchmarks run firmware in
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# the consortium's engine: CometBFT (version pinned in aggregator/chain/backends/cometbft/
+# engine.py) built with `go install`, and its ABCI protobuf types, into the git-ignored
+# .cometbft/; a failed build fails set-up (and so CI), it is never skipped
+.cometbft/.built: $(VENV)/.installed aggregator/chain/backends/cometbft/engine.py aggregator/chain/backends/cometbft/build.py
+	$(PY) -m aggregator.chain.backends.cometbft.build
 	touch $@
 
 test: setup
@@ -64,4 +71,4 @@ flash: $(VENV)/.installed
 	$(PY) -m tools.flash --board $(BOARD) --port $(PORT) --fog-data $(FOG_DATA) $(ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules demo-out .pytest_cache .mypy_cache .ruff_cache .stubs
+	rm -rf $(VENV) node_modules .cometbft demo-out .pytest_cache .mypy_cache .ruff_cache .stubs

@@ -41,11 +41,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aggregator.chain.ledger import ChainError, Receipt
+from aggregator.chain.backends.cometbft.node import ValidatorNode, is_validator_dir
+from aggregator.chain.ledger import ChainError, Ledger, Receipt
 from aggregator.chain.service import remote
 from aggregator.chain.service.api import AggregatorAPI
 from aggregator.chain.service.node import (
     CHAIN,
+    KEY,
     TOKEN,
     URL,
     AggregatorConfig,
@@ -83,11 +85,22 @@ def run(config: AggregatorConfig) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ledger = api = dispatcher = None
+    ledger: Ledger | None = None
+    api = dispatcher = node = None
     try:
         clock = config.clock()
-        ledger = open_ledger(d, clock)
-        dispatcher = open_dispatcher(ledger, load_key(d), d, clock)
+        if is_validator_dir(d):  # a consortium validator: CometBFT orders the blocks
+            node = ValidatorNode(d, CHAIN, config.commit_timeout_s)
+            node.start()
+            print(f"validator {node.name}: waiting for CometBFT ({node.rpc_url}) to connect",
+                  flush=True)
+            if not node.wait_genesis(stop):
+                return 0
+            ledger = node.ledger()
+        else:
+            ledger = open_ledger(d, clock)
+        if (d / KEY).is_file():  # the dispatch center's node: suggestions and approvals
+            dispatcher = open_dispatcher(ledger, load_key(d), d, clock)
         api = AggregatorAPI(ledger, clock, dispatcher, tokens=ensure_tokens(d),
                             limits=config.http_limits(), tls=config.http_tls())
         port = api.start(config.host, config.http_port)
@@ -106,6 +119,8 @@ def run(config: AggregatorConfig) -> int:
             dispatcher.store.close()
         if ledger is not None:
             ledger.close()
+        if node is not None:
+            node.close()
         (d / URL).unlink(missing_ok=True)
         held.close()
     print("aggregator stopped cleanly", flush=True)
@@ -261,6 +276,30 @@ def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
     return replay.summary().line()
 
 
+def consortium(args: argparse.Namespace) -> int:
+    from aggregator.chain.backends.cometbft import network, supervise
+
+    if args.cmd == "testnet":
+        if args.commit_timeout_ms < 0:
+            raise ConfigError("--commit-timeout-ms must not be negative")
+        net = network.create(args.dir, args.base_port, args.commit_timeout_ms,
+                             args.validators)
+        print(f"consortium {net.chain_name} in {net.root}: "
+              + ", ".join(f"{v.name} (API {v.api_url})" for v in net.validators))
+        print(f"start it: meterledger chain up --dir {net.root}")
+        return 0
+    net = network.load(args.dir)
+    if args.cmd == "up":
+        return supervise.up(net)
+    rows = supervise.status(net)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(supervise.format_status(rows))
+    return 0 if any(r["up"] for r in rows) else 1
+
+
 # long: the argparse tree of every subcommand, then one dispatch
 def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__,
@@ -315,6 +354,23 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
         p.add_argument("--chain", help=chain_help)
         p.add_argument("--token-file", type=Path,
                        help="the dispatch token, with --chain (default: DATA_DIR/dispatch.token)")
+    net_help = "the network's folder (written by `testnet`)"
+    p = sub.add_parser("testnet", help="write a consortium network of CometBFT validators on "
+                                       "this machine's loopback (docs/DEPLOY.md)")
+    p.add_argument("--dir", type=Path, required=True, help="a new or empty folder to write it in")
+    p.add_argument("--validators", type=int, default=4,
+                   help="how many validators, one per party: dispatch center, provincial "
+                        "regulator, national regulator, power plant (default: 4)")
+    p.add_argument("--base-port", type=int, default=26600,
+                   help="validator i uses base+10i (p2p), +1 (CometBFT RPC), +2 (the HTTP "
+                        "API) (default: 26600)")
+    p.add_argument("--commit-timeout-ms", type=int, default=200,
+                   help="CometBFT's timeout_commit: the pause after a block (default: 200)")
+    p = sub.add_parser("up", help="start a testnet's validators and stop them on Ctrl-C")
+    p.add_argument("--dir", type=Path, required=True, help=net_help)
+    p = sub.add_parser("status", help="a testnet's validators: up, height, who signed")
+    p.add_argument("--dir", type=Path, required=True, help=net_help)
+    p.add_argument("--json", action="store_true", help="one JSON object per validator")
     for p in [*sub.choices.values(), *rsub.choices.values()]:
         logs.add_arguments(p)
     args = ap.parse_args(argv)
@@ -326,6 +382,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
         elif args.cmd == "run":
             flags = cfg.flag_values(args, AggregatorConfig)
             return run(load_config(args.config, flags))
+        elif args.cmd in ("testnet", "up", "status"):
+            return consortium(args)
         elif args.cmd == "register":
             r = register(args.data_dir, args.role, args.pub, args.name, args.chain)
             pid = P.party_id(bytes.fromhex(args.pub)).hex()

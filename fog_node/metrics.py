@@ -17,8 +17,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from fog_node.node import FogNode
-from fog_node.registry import ACTIVE, REVOKED
 from fog_node.ota import COUNTERS as OTA_COUNTERS
+from fog_node.registry import ACTIVE, REVOKED
 from fog_node.republish import COUNTER_HELP as REPUBLISH_HELP
 from fog_node.transport.rs485.master import COUNTER_HELP as RS485_HELP
 from meterledger.infra import metrics as M

@@ -3,6 +3,7 @@
     python -m tools.audit bundle --fog URL --chain URL --dev HEX --seq N -o FILE \
         [--token-file FOG_DATA/auditor.token | --token T] [--ca-file CA.pem]
     python -m tools.audit verify FILE --trust DISPATCH_PUBHEX [--trust ...] [--format json]
+    python -m tools.audit verify FILE --validators GENESIS.json [--format json]
     python -m tools.audit decode FILE [--format json|text]
 
 `bundle` asks the fog for the reading's inclusion proof and the device list, which are its
@@ -10,7 +11,8 @@ API's auditor tier: give it the fog's auditor token (--token-file, the fog data 
 auditor.token); what it asks the chain is public.
 
 `verify` needs no network: the bundle and the trusted dispatch-chain key(s) are enough
-(SPEC section 9). It runs the checks below in order and exits 0 with a short summary, or 1
+(SPEC section 9); a consortium's bundle (version 2) is checked against the validator set of
+the network's genesis.json instead (tools/audit_consortium.py). It runs the checks below in order and exits 0 with a short summary, or 1
 naming the first check that failed; 2 is a usage or input error, and so is a file that is no
 bundle (not JSON, nested too deep, a wrong shape or type anywhere, check `format`), with one
 line naming what is wrong.
@@ -45,6 +47,7 @@ from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
+from tools import audit_consortium as consortium
 
 BUNDLE_VERSION = 1
 # (check name, what it establishes), in the order verify runs them
@@ -67,6 +70,14 @@ CHECKS = (
     ("chain_id", "transaction and block belong to the same chain"),
     ("tx_inclusion", "the anchor is transaction tx_index of the sealed block"),
 )
+
+
+def checks_of(r: Verified) -> tuple[tuple[str, str], ...]:
+    """The checks a verified bundle passed: the sealer's, or the consortium's."""
+    if r.engine == "embedded":
+        return CHECKS
+    cut = [name for name, _ in CHECKS].index("block_signature")
+    return CHECKS[:cut] + consortium.CHECKS
 
 
 class BundleError(errors.MeterLedgerError, ValueError):
@@ -103,8 +114,19 @@ def build_bundle(fog: FogClient, chain: ChainClient, dev: bytes, seq: int) -> di
     enrollment = fog.enrollment_proof(dev, size, leaf)
     devices = {d["dev"]: d for d in fog.devices()}
     header = bytes.fromhex(tx["header"])
+    if "finality" in tx:  # a consortium's block: CometBFT's commit instead of a sealer
+        anchor = consortium.anchor_section(tx)
+    else:
+        anchor = {
+            "block_height": int(tx["height"]),
+            "block_header": tx["header"],
+            "sealer_signature": _h(P.parse(header, schema=False).signature),
+            "transaction": tx["tx"],
+            "tx_index": int(tx["index"]),
+            "tx_path": tx["path"],
+        }
     return {
-        "version": BUNDLE_VERSION,
+        "version": consortium.VERSION if "finality" in tx else BUNDLE_VERSION,
         "reading": proof["entry"],
         "device_pub": devices[dev.hex()]["pub"],
         "enrollment": {"entry": enrollment["entry"], "leaf_index": enrollment["leaf_index"],
@@ -114,14 +136,7 @@ def build_bundle(fog: FogClient, chain: ChainClient, dev: bytes, seq: int) -> di
         "inclusion_path": proof["path"],
         "checkpoint": _h(head),
         "fog_pub": _h(fog_pub),
-        "anchor": {
-            "block_height": int(tx["height"]),
-            "block_header": tx["header"],
-            "sealer_signature": _h(P.parse(header, schema=False).signature),
-            "transaction": tx["tx"],
-            "tx_index": int(tx["index"]),
-            "tx_path": tx["path"],
-        },
+        "anchor": anchor,
     }
 
 
@@ -138,7 +153,8 @@ class Verified:
     fog: str
     checkpoint_height: int
     block_height: int
-    sealer: str
+    sealer: str  # the sealer's id, or who committed it: "3 of 4 validators (30/40 power)"
+    engine: str = "embedded"  # or "cometbft": a consortium's bundle
 
 
 class BundleFormatError(BundleError):
@@ -161,6 +177,7 @@ SHAPE: dict[str, Any] = {
     "anchor": {"block_height": "uint", "block_header": "hex", "sealer_signature": "hex",
                "transaction": "hex", "tx_index": "uint", "tx_path": "path"},
 }
+SHAPE_CONSORTIUM: dict[str, Any] = {**SHAPE, "anchor": consortium.ANCHOR_SHAPE}
 
 
 def _show(v: Any) -> str:
@@ -174,6 +191,10 @@ def _value(path: str, kind: str, v: Any) -> Any:
         if v.__class__ is int and 0 <= v < 2**63:
             return v
         raise BundleFormatError(f"{path} must be an integer in [0, 2^63-1], not {_show(v)}")
+    if kind == "object":  # CometBFT's own JSON, read by meterledger.wire.cometbft
+        if isinstance(v, dict):
+            return v
+        raise BundleFormatError(f"{path} must be a JSON object, not {_show(v)}")
     if kind == "hex":
         if isinstance(v, str) and _HEX.fullmatch(v):
             return bytes.fromhex(v)
@@ -253,21 +274,34 @@ def _proof(name: str, run: Callable[[], None]) -> None:
         raise BundleError(name, str(e)) from None
 
 
-# long: every check of a bundle in the order they are reported
-def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
-    """Every check of CHECKS in order; raises BundleError naming the first that fails."""
+def bundle_version(doc: Any) -> int:
+    """1 (the embedded chain's: a sealer) or 2 (a consortium's); BundleFormatError else."""
     if not isinstance(doc, dict) or doc.get("version").__class__ is not int or \
-            doc["version"] != BUNDLE_VERSION:
-        raise BundleFormatError(f"not a version-{BUNDLE_VERSION} bundle")
-    v = read_fields(doc)
+            doc["version"] not in (BUNDLE_VERSION, consortium.VERSION):
+        raise BundleFormatError(f"not a version-{BUNDLE_VERSION} (embedded chain) or "
+                                f"version-{consortium.VERSION} (consortium) bundle")
+    return int(doc["version"])
+
+
+# long: every check of a bundle in the order they are reported
+def verify_bundle(doc: Any, trusted: list[P.PublicKey],
+                  genesis: consortium.Genesis | None = None) -> Verified:
+    """Every check of CHECKS in order; raises BundleError naming the first that fails. A
+    version-2 bundle needs `genesis` (the consortium's), a version-1 one `trusted` keys."""
+    version = bundle_version(doc)
+    if version == consortium.VERSION and genesis is None:
+        raise BundleFormatError("a consortium's bundle (version 2) is checked against the "
+                                "network's genesis.json: give --validators")
+    if version == BUNDLE_VERSION and not trusted:
+        raise BundleFormatError("an embedded chain's bundle (version 1) is checked against "
+                                "the dispatch key: give --trust")
+    v = read_fields(doc, SHAPE if version == BUNDLE_VERSION else SHAPE_CONSORTIUM)
     reading, dev_pub_raw = v["reading"], v["device_pub"]
     enr_raw, enr_index = v["enrollment.entry"], v["enrollment.leaf_index"]
     enr_path = v["enrollment.inclusion_path"]
     leaf_index, tree_size, path = v["leaf_index"], v["tree_size"], v["inclusion_path"]
     cp_raw, fog_pub_raw = v["checkpoint"], v["fog_pub"]
-    block_height, header_raw = v["anchor.block_height"], v["anchor.block_header"]
-    sealer_sig, tx_raw = v["anchor.sealer_signature"], v["anchor.transaction"]
-    tx_index, tx_path = v["anchor.tx_index"], v["anchor.tx_path"]
+    block_height, tx_raw = v["anchor.block_height"], v["anchor.transaction"]
     try:
         dev_pub, fog_pub = P.PublicKey(dev_pub_raw), P.PublicKey(fog_pub_raw)
     except P.ProtocolError as e:
@@ -297,6 +331,13 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
     _check("anchor_signature", tf[3] == C.ANCHOR, f"transaction kind is {tf[3]!r}")
     _check("anchor_head", tf[4][1][-1] == cp_raw,
            "the checkpoint is not the newest one the anchor carries")
+    done = (dev_pub.id_hex, rf[2], rf[3], rf[5], rf[6], leaf_index, tree_size, fog_pub.id_hex,
+            cf[2], block_height)
+    if genesis is not None and version == consortium.VERSION:
+        c = consortium.verify_anchor(v, tf[6], genesis, BundleError)
+        return Verified(*done, c.signers, "cometbft")
+    header_raw, sealer_sig = v["anchor.block_header"], v["anchor.sealer_signature"]
+    tx_index, tx_path = v["anchor.tx_index"], v["anchor.tx_path"]
     hm = _parsed("block_signature", header_raw)
     key = next((k for k in trusted if k.id == hm.kid), None)
     _check("block_signature", key is not None,
@@ -311,8 +352,7 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey]) -> Verified:
     _check("tx_inclusion", tx_index < hf[5], f"tx_index {tx_index} but the block holds {hf[5]}")
     _proof("tx_inclusion", lambda: merkle.verify_inclusion(
         merkle.leaf_hash(tx_raw), tx_index, hf[5], tx_path, hf[4]))
-    return Verified(dev_pub.id_hex, rf[2], rf[3], rf[5], rf[6], leaf_index, tree_size,
-                    fog_pub.id_hex, cf[2], block_height, hm.kid.hex())
+    return Verified(*done, hm.kid.hex())
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -387,8 +427,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> 
     _token_flags(b)
     v = sub.add_parser("verify", help="check a proof bundle offline")
     v.add_argument("file", type=Path, help="the bundle (JSON) that `bundle` wrote")
-    v.add_argument("--trust", required=True, action="append",
-                   help="a trusted dispatch-chain public key (hex, 65 bytes); repeatable")
+    v.add_argument("--trust", action="append", default=[],
+                   help="a trusted dispatch-chain public key (hex, 65 bytes); repeatable; "
+                        "for an embedded chain's bundle")
+    v.add_argument("--validators", type=Path, metavar="GENESIS.json",
+                   help="the consortium's genesis.json (its validator set and chain): for a "
+                        "consortium's bundle")
     v.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: one line; json: the verdict as an object for scripts "
                         "(default: text)")
@@ -401,7 +445,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> 
         return _bundle(args)
     if args.cmd == "decode":
         return _decode(args.file, args.format)
-    return _verify(args.file, args.trust, args.format)
+    if not args.trust and args.validators is None:
+        ap.error("verify needs --trust (an embedded chain) or --validators (a consortium)")
+    return _verify(args.file, args.trust, args.format, args.validators)
 
 
 # the messages of a bundle, by their dotted path in it
@@ -414,9 +460,12 @@ def decode_bundle(doc: Any) -> dict[str, Any]:
     bundle's shape is checked (BundleFormatError), its signatures and proofs are not."""
     from tools.reading import describe
 
-    v = read_fields(doc)
+    consortium_bundle = isinstance(doc, dict) and doc.get("version") == consortium.VERSION
+    v = read_fields(doc, SHAPE_CONSORTIUM if consortium_bundle else SHAPE)
     out: dict[str, Any] = {}
     for path in BUNDLE_MESSAGES:
+        if path not in v:  # a consortium's block header is CometBFT's JSON, shown as is
+            continue
         try:
             out[path] = describe(P.parse(v[path], schema=False))
         except P.ProtocolError as e:
@@ -443,7 +492,8 @@ def _decode(file: Path, fmt: str) -> int:
     return 0
 
 
-def _verify(file: Path, trust: list[str], fmt: str = "text") -> int:
+def _verify(file: Path, trust: list[str], fmt: str = "text",
+            validators: Path | None = None) -> int:
     """`verify`: 0 verified, 1 rejected naming the check, 2 input that is no bundle."""
     try:
         trusted = [P.PublicKey(bytes.fromhex(t.strip())) for t in trust]
@@ -451,9 +501,14 @@ def _verify(file: Path, trust: list[str], fmt: str = "text") -> int:
         print(f"error: --trust: {e}", file=sys.stderr)
         return 2
     try:
+        genesis = consortium.load_genesis(validators) if validators is not None else None
+    except consortium.GenesisError as e:
+        print(f"error: {_line(str(e))}", file=sys.stderr)
+        return 2
+    try:
         with file.open("rb") as f:
             data = f.read(MAX_BUNDLE + 1)
-        r = verify_bundle(load_bundle(data), trusted)
+        r = verify_bundle(load_bundle(data), trusted, genesis)
     except OSError as e:
         print(f"error: {_line(str(e))}", file=sys.stderr)
         return 2
@@ -468,12 +523,12 @@ def _verify(file: Path, trust: list[str], fmt: str = "text") -> int:
         return 1
     if fmt == "json":
         print(json.dumps({"verified": True, **dataclasses.asdict(r), "t_utc": _utc(r.t),
-                          "checks": [name for name, _ in CHECKS]}))
+                          "checks": [name for name, _ in checks_of(r)]}))
         return 0
     print(f"verified: meter {r.dev} seq {r.seq} (t {r.t}, import {r.imp} Wh, export "
           f"{r.exp} Wh) is entry {r.leaf_index} of fog {r.fog}'s log (size {r.tree_size}, "
-          f"checkpoint {r.checkpoint_height}), anchored in block {r.block_height} sealed by "
-          f"{r.sealer}")
+          f"checkpoint {r.checkpoint_height}), anchored in block {r.block_height} "
+          f"{'sealed by' if r.engine == 'embedded' else 'committed by'} {r.sealer}")
     return 0
 
 

@@ -13,7 +13,7 @@ never a backend or a store (an import-linter contract checks it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from meterledger import errors
 from meterledger import wire as P
@@ -90,6 +90,9 @@ class Head:
     # the state root after this block (aggregator.chain.app.state), the app hash a BFT
     # engine would agree on; empty only on a store that could not compute it
     state_root: bytes = b""
+    # who agrees on blocks: "embedded" (one sealer, sealer_pub) or "cometbft" (a validator
+    # set; header is then the app's block record and sealer_pub is empty)
+    engine: str = "embedded"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ class TxView:
     tx: bytes
     path: tuple[bytes, ...]
     header: bytes
+    # the consortium's proof that the validators committed it: CometBFT's signed header of
+    # its block and the transaction's proof in the header's data hash (PROTOCOL section 23)
+    finality: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Every stable reason code a receiver reports, in one place (docs/PROTOCOL.md sections 3,
-12 and 15). Counters, logs, API answers and verify-chain use these strings; they never
+12, 15 and 23). Counters, logs, API answers and verify-chain use these strings; they never
 change meaning. `tests/wire/test_reasons.py` checks that every reason the code raises is
 listed here.
 """
@@ -40,4 +40,11 @@ REPLAY = (
     "untrusted_sealer", "derived_state", "state_root",
 )
 
-ALL = frozenset((*ENVELOPE, *ENCODING, *INGEST, *CHAIN, *ANCHOR, *REPLAY))
+# a consortium block's proof (section 23: meterledger.wire.cometbft, in the order it checks)
+COMETBFT = (
+    "bad_header", "bad_commit", "bad_validators", "bad_block", "bad_tx_proof",
+    "commit_wrong_chain", "commit_wrong_block", "validators_mismatch", "commit_wrong_size",
+    "commit_unknown_signer", "commit_duplicate_signer", "commit_signer_order",
+    "commit_bad_signature", "commit_insufficient_power", "tx_not_in_block",
+)
+ALL = frozenset((*ENVELOPE, *ENCODING, *INGEST, *CHAIN, *ANCHOR, *REPLAY, *COMETBFT))

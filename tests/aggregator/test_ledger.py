@@ -64,13 +64,14 @@ class GateStore:
         self.entered = threading.Semaphore(0)
         self.gate.clear()
 
-    def append(self, height: int, header: bytes, effects: Any, state_root: bytes) -> None:
+    def append(self, height: int, header: bytes, effects: Any, state_root: bytes,
+               block_hash: bytes | None = None) -> None:
         self.entered.release()
         assert self.gate.wait(60)
         if self.fail_next is not None:
             e, self.fail_next = self.fail_next, None
             raise e
-        self.inner.append(height, header, effects, state_root)
+        self.inner.append(height, header, effects, state_root, block_hash)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

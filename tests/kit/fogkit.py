@@ -72,14 +72,16 @@ def secure_broker(tmp: pathlib.Path, config: FogConfig, fog_hex: str) -> Mosquit
 
 
 def wait(cond: Callable[[], bool], timeout: float = 30.0, tick: Callable[[], object] | None = None,
-         what: str = "condition") -> None:
+         what: str = "condition", every: float = 0.005) -> None:
+    """Until cond(); `every` is the pause between tries (longer for a condition that asks
+    another process, such as a CometBFT node, over the network)."""
     deadline = time.monotonic() + timeout
     while not cond():
         if tick is not None:
             tick()
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+        time.sleep(every)
 
 
 def logged_readings(log: LogStore) -> Counter[tuple[bytes, int]]:

@@ -271,9 +271,9 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("not JSON", b"version: 1", "not JSON: Expecting value"),
     ("not UTF-8", b'{"version": "\xff"}', "not JSON:"),
     ("empty", b"", "not JSON: Expecting value"),
-    ("a list", b"[1, 2]", "not a version-1 bundle"),
-    ("version true", b'{"version": true}', "not a version-1 bundle"),
-    ("version 1.0", b'{"version": 1.0}', "not a version-1 bundle"),
+    ("a list", b"[1, 2]", "not a version-1 (embedded chain) or version-2"),
+    ("version true", b'{"version": true}', "not a version-1 (embedded chain) or version-2"),
+    ("version 1.0", b'{"version": 1.0}', "not a version-1 (embedded chain) or version-2"),
     ("too many digits", b'{"version": 1' + b"0" * 5000 + b"}", "not JSON:"),
     ("too large", b" " * (audit.MAX_BUNDLE + 1), "more than a bundle has"),
 ]

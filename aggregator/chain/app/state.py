@@ -15,7 +15,8 @@ The state root (docs/PROTOCOL.md section 15, "state root"): after block h,
 
     root(h) = SHA-256("meterledger/state/v1" || root(h-1) || uint64be(h) || MTH(leaves(h)))
 
-with root(-1) = 32 zero bytes and leaves(h) the deterministic CBOR of [table, key, value]
+and root(h) = root(h-1) for a block with no transaction accepted; with root(-1) = 32 zero
+bytes and leaves(h) the deterministic CBOR of [table, key, value]
 for each key block h wrote (the last write of a key in the block wins), sorted bytewise,
 hashed as an RFC 9162 tree. The state is the fold of the blocks' write sets, so two replicas
 with the same root hold the same state; it uses integers and bytes only (no clock, no dict
@@ -272,7 +273,12 @@ class WriteSet:
 
 
 def block_state_root(prev_root: bytes, height: int, effects: Sequence[Effect]) -> bytes:
-    """The state root after block `height` holding `effects` (in block order)."""
+    """The state root after block `height` holding `effects` (in block order). A block that
+    changes nothing (the consortium's empty blocks, or all its transactions refused) keeps
+    the previous root: CometBFT makes a block to publish every new app hash, so a root that
+    moved with the height alone would never let it stop making blocks."""
+    if not effects:
+        return prev_root
     ws = WriteSet()
     for i, e in enumerate(effects):
         apply_effect(ws, e, Receipt(e.digest, height, i))

@@ -321,7 +321,7 @@ class AggregatorAPI:
         h = self.ledger.head()
         return {"height": h.height, "hash": h.hash.hex(), "header": h.header.hex(),
                 "chain": h.chain.hex(), "sealer_pub": h.sealer_pub.hex(),
-                "state_root": h.state_root.hex()}
+                "state_root": h.state_root.hex(), "engine": h.engine}
 
     def _block(self, req: H.Request) -> dict[str, Any]:
         """One block by its height: the signed header and the transactions."""
@@ -341,8 +341,11 @@ class AggregatorAPI:
         if not _HEX64.fullmatch(text):
             raise _bad(f"a transaction digest is 64 hex characters, not {_show(text)}")
         t = self.ledger.tx(bytes.fromhex(text))
-        return {"digest": t.digest.hex(), "height": t.height, "index": t.index,
-                "tx": t.tx.hex(), "path": [p.hex() for p in t.path], "header": t.header.hex()}
+        doc = {"digest": t.digest.hex(), "height": t.height, "index": t.index,
+               "tx": t.tx.hex(), "path": [p.hex() for p in t.path], "header": t.header.hex()}
+        if t.finality is not None:  # the consortium's: CometBFT's signed header and proof
+            doc["finality"] = t.finality
+        return doc
 
     def _anchors(self, req: H.Request) -> dict[str, Any]:
         """A fog's anchors on the chain, oldest first."""

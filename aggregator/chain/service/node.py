@@ -56,6 +56,10 @@ class AggregatorConfig(HTTPSettings):
     http_handler_timeout_s: float = setting(60.0, help="seconds a client waits for an answer "
                                                        "(POST /v1/tx: its block) before a 503",
                                             min=0.05, max=3600)
+    # a consortium validator (a data dir made by `meterledger chain testnet`)
+    commit_timeout_s: float = setting(30.0, help="consortium: seconds POST /v1/tx waits for "
+                                                 "its transaction's block before a 503 (it may "
+                                                 "still land)", min=1, max=3600)
     # simulation only (labs, a walk-through): block time on a fog's simulated clock, so that
     # instructions expire on the clock its meters keep (meterledger/infra/simclock.py)
     sim_clock: str = setting("", help=simclock.HELP_CLOCK + "; empty: real time",

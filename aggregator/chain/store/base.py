@@ -39,10 +39,11 @@ class BlockStore(Protocol):
     def block(self, height: int) -> StoredBlock | None: ...
 
     def append(self, height: int, header: bytes, effects: Sequence[Effect],
-               state_root: bytes) -> None:
+               state_root: bytes, block_hash: bytes | None = None) -> None:
         """Add block `height` (= height() + 1) with the transactions of `effects`, in order,
         their effects on the derived state and the state root after it: all or nothing,
-        durable on return."""
+        durable on return. The block's hash is the header's digest unless `block_hash` says
+        otherwise (the consortium's: CometBFT's block hash)."""
         ...
 
     def state_root(self, height: int) -> bytes | None:

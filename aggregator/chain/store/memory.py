@@ -83,7 +83,7 @@ class MemoryBlockStore:
             return blocks[height] if 0 <= height < len(blocks) else None
 
     def append(self, height: int, header: bytes, effects: Sequence[Effect],
-               state_root: bytes) -> None:
+               state_root: bytes, block_hash: bytes | None = None) -> None:
         with self._lock:
             blocks = self._live()
             check_append(self, height, effects)
@@ -95,7 +95,7 @@ class MemoryBlockStore:
             self._state.absorb(stage)
             for i, e in enumerate(effects):
                 apply_effect(self._views, e, Receipt(e.digest, height, i))
-            blocks.append(StoredBlock(height, P.digest(header), header,
+            blocks.append(StoredBlock(height, block_hash or P.digest(header), header,
                                       tuple(e.raw for e in effects)))
             self._roots[height] = state_root
 

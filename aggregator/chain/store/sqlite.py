@@ -179,13 +179,13 @@ class SQLiteBlockStore:
         return StoredBlock(height, bytes(row[0]), bytes(row[1]), tuple(bytes(t[0]) for t in txs))
 
     def append(self, height: int, header: bytes, effects: Sequence[Effect],
-               state_root: bytes) -> None:
+               state_root: bytes, block_hash: bytes | None = None) -> None:
         with self._wlock:
             check_append(self, height, effects)
 
             def write(db: sqlite3.Connection) -> None:
                 db.execute("INSERT INTO blocks (height, hash, header) VALUES (?, ?, ?)",
-                           (height, P.digest(header), header))
+                           (height, block_hash or P.digest(header), header))
                 w = _Writer(db)
                 for i, e in enumerate(effects):
                     apply_effect(w, e, Receipt(e.digest, height, i))
