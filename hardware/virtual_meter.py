@@ -154,6 +154,9 @@ def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: 
         cfg["log_sink"] = (lambda sink: lambda line: sink(f"[{index}] {line}"))(cfg["log_sink"])
     board_cfg = dict(cfg, data_dir=str(data_dir), clock=clock.now, ticks_ms=clock.ticks_ms,
                      sleep_ms=lambda ms: None)
+    # the loader's journal first, as main.py runs it on a board: a trial image counts this
+    # boot, and one that never reached the fog goes back to the old image
+    module("main").check_image(board_cfg)
     board = host.Board(board_cfg)
     if transport is None and cfg.get("transport") == "mqtt":
         from hardware import umqtt_paho
