@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint bench demo demo-live mpy clean flash fuzz
+.PHONY: setup test lint bench demo demo-live demo-consortium mpy clean flash fuzz
 
 setup: $(VENV)/.installed node_modules/.installed .cometbft/.built
 
@@ -62,6 +62,11 @@ demo: setup
 # the same stack, left running until Ctrl-C to explore its APIs and logs
 demo-live: setup
 	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out --keep-running
+
+# the same demo with the dispatch chain on a four-validator CometBFT network (the consortium);
+# the bundle is verified against the validators of demo-out/genesis.json
+demo-consortium: setup
+	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out --consortium
 
 # put the firmware on a real board, make its key there and enroll it (hardware/boards/README.md):
 #   make flash BOARD=esp32|rp2 PORT=/dev/ttyUSB0 [FOG_DATA=fog-data] [ARGS='--transport mqtt ...']

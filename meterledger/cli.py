@@ -1,8 +1,8 @@
 """The `meterledger` console script: one command over every MeterLedger entry point.
 
     meterledger fog init|run|devices|enroll|revoke ...     python -m fog_node
-    meterledger chain init|run|register|verify-chain|rules|suggestions|approve|dismiss ...
-                                                           python -m aggregator
+    meterledger chain init|run|register|verify-chain|rules|suggestions|approve|dismiss|
+                      testnet|up|status ...                python -m aggregator
     meterledger meter sim ...                              python -m hardware.virtual_meter
     meterledger meter sign|verify|decode ...               python -m tools.reading
     meterledger audit bundle|verify ...                    python -m tools.audit
@@ -61,7 +61,8 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("fog", "the fog node: init, run, devices, enroll, revoke", "fog_node.__main__"),
     Command("chain", "the dispatch chain: init, run, register, verify-chain, rules, suggestions, "
-                     "approve, dismiss", "aggregator.__main__"),
+                     "approve, dismiss; a consortium: testnet, up, status",
+            "aggregator.__main__"),
     Command("meter", "virtual meters and signed readings: sim, sign, verify, decode", children=(
         Command("sim", "run virtual meters on the firmware app (hardware.virtual_meter)",
                 "hardware.virtual_meter"),

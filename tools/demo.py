@@ -1,6 +1,7 @@
 """The end-to-end demo (`make demo`): meters -> MQTT -> fog node -> dispatch chain -> bundle.
 
-    python -m tools.demo [--meters 20] [--intervals 3] [--out demo-out]
+    python -m tools.demo [--meters 20] [--intervals 3] [--out demo-out] [--keep-running]
+                         [--consortium]
 
 Starts an MQTT broker (mosquitto when installed, secure: TLS with the fog's CA, passwords
 and ACLs made by the fog; else the embedded amqtt broker, in lab mode), the
@@ -11,6 +12,14 @@ are anchored on the dispatch chain, prints a short table, builds one proof bundl
 verifies it offline, leaves demo-out/bundle.json and demo-out/dispatch.pub (hex) for anyone
 to re-check with `python -m tools.audit verify`, stops everything cleanly and exits 0.
 Each run starts from an empty --out directory.
+
+With --consortium (`make demo-consortium`) the chain is a four-validator CometBFT network
+instead of one aggregator (tools/demo_consortium.py): the demo writes it (`meterledger chain
+testnet`) into --out/net (or a short folder under /tmp when that path is too long for a Unix
+socket), starts it, registers the fog through the dispatch center's validator, links the fog
+to another validator's API, and verifies the bundle against --out/genesis.json (the
+validators) instead of the dispatch key; it also prints the validators' status and who
+committed the anchor's block, and stops CometBFT before the validators' applications.
 
 The fog's readings, devices and metrics and the chain's metrics are their APIs' auditor
 tier: the demo reads them with the auditor.token of each data dir, which `init` makes, or
@@ -29,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from fog_node.broker_access import BrokerAccess, hash_password
 from fog_node.config import FogConfig
@@ -38,7 +47,7 @@ from hardware.broker import EmbeddedBroker, Mosquitto, any_broker, free_port
 from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
 from meterledger import errors
 from meterledger import wire as P
-from meterledger.clients.chain import ChainClient, ChainClientError
+from meterledger.clients.chain import ChainClient
 from meterledger.clients.fog import FogClient
 from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
@@ -129,10 +138,82 @@ def auditor_token(data_dir: Path, token: str | None) -> str:
     return datadir.read_secret(path, "auditor token")
 
 
+def register_fog(data_dir: Path, url: str, fog_pub: str) -> None:
+    """Register the fog on the chain at `url`, signed by the dispatch key of `data_dir`."""
+    _run(["aggregator", "register", "--data-dir", str(data_dir), "--role", "fog",
+          "--pub", fog_pub, "--name", "district-1", "--chain", url])
+
+
+class ChainStack(Protocol):
+    """The dispatch chain the demo runs: the embedded one (one aggregator) or a consortium
+    (tools/demo_consortium.py). `url` is the API the fog links to, `token` its auditor token."""
+
+    url: str
+    token: str
+    dispatch_pub: str
+
+    def start(self, token: str | None) -> None: ...
+    def register(self, fog_pub: str) -> None: ...
+    def report(self) -> None: ...
+    def verify(self, bundle: Path) -> tuple[audit.Verified, list[str]]: ...
+    def recheck(self) -> str: ...
+    def hints(self) -> list[str]: ...
+    def stop(self) -> dict[str, int]: ...
+
+
+class Embedded:
+    """The embedded chain: one aggregator (`python -m aggregator run`) whose dispatch key
+    seals every block."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.dir = out, out / "chain"
+        self.child: Child | None = None
+        self.url = self.token = self.dispatch_pub = ""
+
+    def start(self, token: str | None) -> None:
+        _run(["aggregator", "init", "--data-dir", str(self.dir)])
+        self.token = auditor_token(self.dir, token)
+        self.child = Child("aggregator", ["aggregator", "run", "--data-dir", str(self.dir),
+                                          "--http-port", "0"], self.out / "aggregator.log")
+        self.url = self.child.wait_for(r"listening on (http://\S+)").group(1)
+        self.dispatch_pub = (self.dir / "dispatch.pub").read_text().strip()
+        print(f"aggregator  {self.url} (dispatch key "
+              f"{P.party_id(bytes.fromhex(self.dispatch_pub)).hex()})")
+
+    def register(self, fog_pub: str) -> None:
+        register_fog(self.dir, self.url, fog_pub)
+
+    def report(self) -> None:
+        """Nothing to add to the table: one node seals."""
+
+    def verify(self, bundle: Path) -> tuple[audit.Verified, list[str]]:
+        """The bundle verified offline, and lines to print after saying so (none here)."""
+        (self.out / "dispatch.pub").write_text(self.dispatch_pub + "\n")
+        return audit.verify_bundle(json.loads(bundle.read_text()),
+                                   [P.PublicKey(bytes.fromhex(self.dispatch_pub))]), []
+
+    def recheck(self) -> str:
+        return f"--trust $(cat {self.out}/dispatch.pub)"
+
+    def hints(self) -> list[str]:
+        return [f"curl {self.url}/v1/head",
+                f".venv/bin/meterledger chain verify-chain --chain {self.url} --pub "
+                f"$(cat {self.out}/dispatch.pub)",
+                f"logs: {self.out}/fog.log, {self.out}/aggregator.log, {self.out}/broker/; "
+                f"chain data {self.dir}"]
+
+    def stop(self) -> dict[str, int]:
+        return {} if self.child is None else {self.child.name: self.child.stop()}
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM: stop as Ctrl-C does, through every `finally`
+
+
 # long: the demo's steps in the order a user sees them printed
 def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
          broker_kind: str = "auto", token: str | None = None, keep_running: bool = False,
-         ) -> int:
+         consortium: bool = False) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -141,10 +222,17 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
     broker: Mosquitto | EmbeddedBroker = {
         "auto": any_broker, "mosquitto": Mosquitto, "amqtt": EmbeddedBroker}[broker_kind](
             out / "broker")
+    if consortium:
+        from tools.demo_consortium import Consortium
+
+        stack: ChainStack = Consortium(out)
+    else:
+        stack = Embedded(out)
     # mosquitto runs secure, as in production (docs/PROTOCOL.md section 21): the fog's TLS
     # listener, passwords and ACL; the embedded amqtt broker runs in lab mode
     secure = isinstance(broker, Mosquitto)
     fog_dir = out / "fog"
+    on_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         fog_out = _run(["fog_node", "init", "--data-dir", str(fog_dir)])  # with the broker's CA
         fog_hex = re.search(r"fog id ([0-9a-f]{16})", fog_out).group(1)  # type: ignore[union-attr]
@@ -158,19 +246,10 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         kind = "mosquitto (TLS, passwords, ACL)" if secure else "amqtt (embedded), lab mode"
         print(f"broker      {kind} on 127.0.0.1:{broker.port}")
 
-        chain_dir = out / "chain"
-        _run(["aggregator", "init", "--data-dir", str(chain_dir)])
-        chain_token = auditor_token(chain_dir, token)
-        agg = Child("aggregator", ["aggregator", "run", "--data-dir", str(chain_dir),
-                                   "--http-port", "0"], out / "aggregator.log")
-        children.append(agg)
-        chain_url = agg.wait_for(r"listening on (http://\S+)").group(1)
-        dispatch_pub = (chain_dir / "dispatch.pub").read_text().strip()
-        print(f"aggregator  {chain_url} (dispatch key {P.party_id(bytes.fromhex(dispatch_pub)).hex()})")
-
+        stack.start(token)
+        chain_url, dispatch_pub = stack.url, stack.dispatch_pub
         fog_token = auditor_token(fog_dir, token)
-        _run(["aggregator", "register", "--data-dir", str(chain_dir), "--role", "fog",
-              "--pub", fog_pub, "--name", "district-1", "--chain", chain_url])
+        stack.register(fog_pub)
 
         epoch = time.time() + 1.0  # the shared simulated clock reads START then
         http_port = free_port()
@@ -207,31 +286,12 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
               f"time x{COMPRESS:.0f}")
 
         chain = ChainClient(chain_url)
-        seen: dict[str, list[int]] = {}
-        deadline = time.monotonic() + timeout_s
-        next_check = 0.0
-        closed: set[int] = set()
-        # until `intervals` interval closes holding readings are anchored and every meter
-        # has made that many readings
-        while len(closed) < intervals or any(len(vm.readings) < intervals for vm in meters):
-            if time.monotonic() > deadline:
-                raise DemoError(f"only {len(closed)} of {intervals} interval closes anchored "
-                                f"within {timeout_s:.0f} s; see {out}/*.log")
-            for vm in meters:
-                vm.app.step()
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + 0.5
-                # intervals that hold readings: the meters' first reading ends the first
-                firsts = [P.parse(vm.readings[0]).fields[3] for vm in meters if vm.readings]
-                if firsts:
-                    closed = {i for i in anchored_intervals(chain, fog_hex, seen)
-                              if i >= min(firsts)}
-            time.sleep(0.01)
+        seen, closed = run_meters(meters, chain, fog_hex, intervals, timeout_s, out)
 
         fog_api = FogClient(fog_url, token=fog_token)
         m = parse_metrics(fog_api_text(fog_url, fog_token))
         cp = fog_api.checkpoint()
-        chain_m = parse_metrics(fog_api_text(chain_url, chain_token))
+        chain_m = parse_metrics(fog_api_text(chain_url, stack.token))
         rejected = sum(v for k, v in m.items() if k.startswith(FOG + "rejected_total{"))
         rejected += sum(v for k, v in chain_m.items() if k.startswith(AGG + "rejected_total{"))
         readings = sum(len(vm.readings) for vm in meters)
@@ -241,25 +301,34 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         print(f"{n_meters:>8} {readings:>9} {int(m.get(FOG + 'accepted_total', 0)):>7} "
               f"{cp['height']:>12} {len(seen):>8} {len(closed):>10} {int(rejected):>9}")
         print()
+        stack.report()
 
         dev = bytes(meters[0].app.meter.id)
         bundle = audit.build_bundle(fog_api, chain, dev, 1)
         (out / "bundle.json").write_text(json.dumps(bundle, indent=1) + "\n")
-        (out / "dispatch.pub").write_text(dispatch_pub + "\n")
-        r = audit.verify_bundle(json.loads((out / "bundle.json").read_text()),
-                                [P.PublicKey(bytes.fromhex(dispatch_pub))])
+        r, more = stack.verify(out / "bundle.json")
+        how = "" if r.engine == "embedded" else f" committed by {r.sealer}"
         print(f"bundle      {out}/bundle.json ({(out / 'bundle.json').stat().st_size:,} bytes) "
               f"verified offline: meter {r.dev} seq {r.seq} is entry {r.leaf_index} of the "
-              f"fog's log, anchored in block {r.block_height}")
-        print(f"re-check:   python -m tools.audit verify {out}/bundle.json "
-              f"--trust $(cat {out}/dispatch.pub)")
+              f"fog's log, anchored in block {r.block_height}{how}")
+        for line in more:
+            print(line)
+        print(f"re-check:   python -m tools.audit verify {out}/bundle.json {stack.recheck()}")
         if keep_running:
-            live(out, meters, fog_url, chain_url, fog_dir, chain_dir)
+            live(meters, fog_url, fog_dir, stack.hints())
     finally:
-        for vm in meters:
-            vm.app.transport.close()
-        codes = {c.name: c.stop() for c in reversed(children)}
-        broker.stop()
+        # stopping is not interrupted: a second Ctrl-C would leave processes behind
+        on_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            for vm in meters:
+                vm.app.transport.close()
+            codes = {c.name: c.stop() for c in reversed(children)}
+            codes.update(stack.stop())
+            broker.stop()
+        finally:
+            signal.signal(signal.SIGINT, on_int)
+            signal.signal(signal.SIGTERM, on_term)
     unclean = {k: v for k, v in codes.items() if v != 0}
     if unclean:
         raise DemoError(f"not stopped cleanly: {unclean}")
@@ -267,22 +336,54 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
     return 0
 
 
-def live(out: Path, meters: list[VirtualMeter], fog_url: str, chain_url: str, fog_dir: Path,
-         chain_dir: Path) -> None:
+def run_meters(meters: list[VirtualMeter], chain: ChainClient, fog_hex: str, intervals: int,
+               timeout_s: float, out: Path) -> tuple[dict[str, list[int]], set[int]]:
+    """Step the meters until `intervals` interval closes holding readings are anchored and
+    every meter has made that many readings; the anchors seen (digest -> interval ends) and
+    those closes."""
+    seen: dict[str, list[int]] = {}
+    deadline = time.monotonic() + timeout_s
+    next_check = 0.0
+    closed: set[int] = set()
+    while len(closed) < intervals or any(len(vm.readings) < intervals for vm in meters):
+        if time.monotonic() > deadline:
+            raise DemoError(f"only {len(closed)} of {intervals} interval closes anchored "
+                            f"within {timeout_s:.0f} s; see {out}/*.log")
+        for vm in meters:
+            vm.app.step()
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + 0.5
+            closed = closes(meters, chain, fog_hex, seen)
+        time.sleep(0.01)
+    return seen, closed
+
+
+def closes(meters: list[VirtualMeter], chain: ChainClient, fog_hex: str,
+           seen: dict[str, list[int]]) -> set[int]:
+    """The anchored interval closes that hold readings: the meters' first reading ends the
+    first of them."""
+    firsts = [P.parse(vm.readings[0]).fields[3] for vm in meters if vm.readings]
+    if not firsts:
+        return set()
+    return {i for i in anchored_intervals(chain, fog_hex, seen) if i >= min(firsts)}
+
+
+def live(meters: list[VirtualMeter], fog_url: str, fog_dir: Path, hints: list[str]) -> None:
     """Keep the stack running, meters and all, until Ctrl-C or SIGTERM, and say what there
     is to look at."""
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     auditor = f'-H "Authorization: Bearer $(cat {fog_dir}/auditor.token)"'
+    *tries, logs = hints
+    lines = "\n".join(f"  {t}" for t in tries)
     print(f"""
 running until Ctrl-C; try (from another terminal):
   curl {fog_url}/v1/checkpoint
   curl {auditor} {fog_url}/v1/devices
   curl {auditor} {fog_url}/metrics
-  curl {chain_url}/v1/head
+{lines}
   .venv/bin/meterledger fog devices --url {fog_url} --data-dir {fog_dir}
-  .venv/bin/meterledger chain verify-chain --chain {chain_url} --pub $(cat {out}/dispatch.pub)
-logs: {out}/fog.log, {out}/aggregator.log, {out}/broker/; chain data {chain_dir}""", flush=True)
+{logs}""", flush=True)
     try:
         while not stop:
             for vm in meters:
@@ -317,6 +418,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> i
     ap.add_argument("--keep-running", action="store_true",
                     help="after the bundle, keep the stack (broker, chain, fog, meters) running "
                          "until Ctrl-C, to explore its APIs and logs (make demo-live)")
+    ap.add_argument("--consortium", action="store_true",
+                    help="run the chain as a four-validator CometBFT network (make "
+                         "demo-consortium) instead of the embedded one; needs `make setup`")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--token-file", type=Path, metavar="FILE",
                    help="file holding the auditor token the demo gives the fog and the chain "
@@ -334,10 +438,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> i
         return 2
     try:
         return demo(args.out.resolve(), args.meters, args.intervals, args.timeout, args.broker,
-                    token, args.keep_running)
-    except (DemoError, ChainClientError, audit.BundleError) as e:
+                    token, args.keep_running, args.consortium)
+    except errors.MeterLedgerError as e:  # DemoError, BundleError, ChainClientError, ...
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demo interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
