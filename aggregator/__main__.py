@@ -18,7 +18,9 @@ operator's); both are read again when replaced, so rotating one is replacing its
 else (no aggregator running) straight into its chain.db. `verify-chain` replays the chain
 from genesis (the data dir's chain.db, or --chain URL's blocks), checking it against the
 trusted dispatch key (--pub, or the data dir's dispatch.pub): exit 0 with a summary line,
-1 naming the first failure.
+1 naming the first failure. A consortium validator's data dir (with consortium.json) or API
+is replayed from its app's block records and state roots (aggregator.chain.verify_consortium),
+pinned to the network's genesis.json; its dispatch.pub, if it has one, pins the key.
 
 `rules register` signs a `rules` transaction (name and version from the file, which must
 parse) and submits it like `register`. `suggestions` prints one JSON object per line.
@@ -41,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from aggregator.chain.backends.cometbft.network import CONSORTIUM, GENESIS
 from aggregator.chain.backends.cometbft.node import ValidatorNode, is_validator_dir
 from aggregator.chain.ledger import ChainError, Ledger, Receipt
 from aggregator.chain.service import remote
@@ -48,6 +51,7 @@ from aggregator.chain.service.api import AggregatorAPI
 from aggregator.chain.service.node import (
     CHAIN,
     KEY,
+    PUB,
     TOKEN,
     URL,
     AggregatorConfig,
@@ -65,6 +69,12 @@ from aggregator.chain.service.node import (
 )
 from aggregator.chain.store import SQLiteBlockStore
 from aggregator.chain.verify import Replay, VerifyError, check_derived, store_blocks, verify_blocks
+from aggregator.chain.verify_consortium import (
+    Genesis,
+    read_genesis,
+    verify_consortium_remote,
+    verify_consortium_store,
+)
 from aggregator.dispatch.rules import load_rules
 from aggregator.dispatch.suggestions import Dispatcher, open_dispatcher, submit_signed
 from meterledger import wire as P
@@ -256,15 +266,21 @@ def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
             trusted = P.PublicKey(bytes.fromhex(pub_hex))
         except ValueError as e:
             raise ConfigError(f"--pub: {e}") from None
-    elif d is not None:
-        trusted = load_pub(d)
+    elif d is not None and (not is_validator_dir(d) or (d / PUB).is_file()):
+        trusted = load_pub(d)  # a validator's dir holds it only at the dispatch center
     if url is not None:
+        head = remote.get(url, "/v1/head")
+        if head.get("engine") == "cometbft":
+            return verify_consortium_remote(remote.blocks(url), head, trusted).line()
         return verify_blocks(remote.blocks(url), trusted).summary().line()
     assert d is not None
     held = lock_data_dir(d)  # None: an aggregator is running; its derived state moves on
     try:
         store = SQLiteBlockStore(d / CHAIN, readonly=True)
         try:
+            if is_validator_dir(d):
+                return verify_consortium_store(store, trusted, _network_genesis(d),
+                                               derived=held is not None).line()
             replay: Replay = verify_blocks(store_blocks(store), trusted)
             if held is not None:
                 check_derived(store, replay)
@@ -274,6 +290,17 @@ def verify_chain(d: Path | None, url: str | None, pub_hex: str | None) -> str:
         if held is not None:
             held.close()
     return replay.summary().line()
+
+
+def _network_genesis(d: Path) -> Genesis | None:
+    """The genesis.json of the network a validator's data dir belongs to (consortium.json's
+    `network` folder), None when it names none or the file is not there."""
+    try:
+        folder = json.loads((d / CONSORTIUM).read_text()).get("network")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{d / CONSORTIUM} cannot be read: {e}") from None
+    path = Path(folder) / GENESIS if isinstance(folder, str) else None
+    return read_genesis(path) if path is not None and path.is_file() else None
 
 
 def consortium(args: argparse.Namespace) -> int:

@@ -105,8 +105,19 @@ class Replay:
                                                 f"holds {len(b.txs)}")):
             if cond:
                 raise VerifyError(h, None, reason, detail)
+        effects = self.replay_txs(h, b.txs)
+        if f[4] != C.tx_root(b.txs):
+            raise VerifyError(h, None, "bad_txroot", "txroot is not the root of the block's "
+                                                     "transactions")
+        self.prev, self.t = m.digest, f[6]
+        self.close_block(h, effects)
+
+    def replay_txs(self, h: int, txs: tuple[bytes, ...]) -> list[Effect]:
+        """Check block `h`'s transactions in order against the replayed state and apply
+        them; VerifyError at the first one the rules refuse."""
+        assert self.validator is not None
         effects: list[Effect] = []
-        for i, raw in enumerate(b.txs):
+        for i, raw in enumerate(txs):
             try:
                 effect = (self.validator.check_genesis(raw) if h == 0
                           else self.validator.check(raw, self.state))
@@ -115,16 +126,21 @@ class Replay:
             self.state.apply(effect, Receipt(effect.digest, h, i))
             self.anchors += effect.kind == C.ANCHOR
             effects.append(effect)
-        if f[4] != C.tx_root(b.txs):
-            raise VerifyError(h, None, "bad_txroot", "txroot is not the root of the block's "
-                                                     "transactions")
-        self.height, self.prev, self.t = h, m.digest, f[6]
-        self.txs += len(b.txs)
+        return effects
+
+    def close_block(self, h: int, effects: list[Effect]) -> None:
+        """Block `h` replayed: count it and compute the state root after it."""
+        self.height = h
+        self.txs += len(effects)
         self.state_root = block_state_root(self.state_root, h, effects)
         self.state_roots.append((h, self.state_root))
 
     def _genesis(self, b: StoredBlock, f: dict[Any, Any]) -> None:
-        chain = f.get(7)
+        self.genesis(b, f.get(7))
+
+    def genesis(self, b: StoredBlock, chain: Any) -> None:
+        """Block 0 of chain `chain`: one transaction, the dispatch key registering itself
+        (the trusted key, when one is given)."""
         if not isinstance(chain, bytes) or len(b.txs) != 1:
             raise VerifyError(0, None, "bad_genesis", "genesis must name a chain id and hold "
                                                       "exactly one transaction")

@@ -38,6 +38,8 @@ ANCHOR = (
 REPLAY = (
     "missing_block", "bad_height", "bad_prev", "t_backwards", "bad_ntx", "bad_txroot",
     "untrusted_sealer", "derived_state", "state_root",
+    # a consortium validator's blocks (section 23): the app's block record, CometBFT's hash
+    "bad_record", "bad_block_hash",
 )
 
 # a consortium block's proof (section 23: meterledger.wire.cometbft, in the order it checks)

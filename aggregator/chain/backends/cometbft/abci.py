@@ -104,7 +104,7 @@ class ABCIServer:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
-                return  # stop() closed the listening socket
+                return  # stop() shut the listening socket down
             n += 1
             with self._lock:
                 self._conns.append(conn)
@@ -151,8 +151,15 @@ class ABCIServer:
 
     def stop(self) -> None:
         if self._sock is not None:
+            try:  # wakes the accepting thread: closing alone leaves it blocked in accept()
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._sock.close()
             self._sock = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
         with self._lock:
             conns, self._conns = self._conns, []
         for c in conns:

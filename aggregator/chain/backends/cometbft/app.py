@@ -9,6 +9,8 @@ CometBFT orders (docs/PROTOCOL.md section 23):
     CheckTx          the Validator against the mempool's view (committed state plus the
                      transactions it already holds); refused: code 1, data = the reason
     PrepareProposal  the proposer keeps, in order, what is still valid and fits max_tx_bytes
+                     (counted as CometBFT does: each transaction's size in the block's Data
+                     protobuf, its field tag and length prefix included)
     ProcessProposal  REJECT a block holding a transaction the rules refuse (a faulty
                      proposer's); the rules read the committed state only, so every honest
                      validator decides alike
@@ -35,6 +37,7 @@ from typing import Any
 from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_state_root
 from aggregator.chain.app.validator import Validator
 from aggregator.chain.backends.cometbft import engine
+from aggregator.chain.backends.cometbft.abci import encode_uvarint
 from aggregator.chain.ledger import ChainError, Receipt, StorageError
 from aggregator.chain.store import SQLiteBlockStore
 from meterledger import wire as P
@@ -197,14 +200,14 @@ class ChainApp:
         view, kept, size = MemoryState(self.store), [], 0
         for tx in req.txs:
             raw = bytes(tx)
-            if size + len(raw) > req.max_tx_bytes:
+            if size + _data_size(raw) > req.max_tx_bytes:
                 break
             try:
                 view.apply(self._check(raw, view))
             except ChainError:
                 continue  # no longer valid (a nonce taken by a committed block)
             kept.append(raw)
-            size += len(raw)
+            size += _data_size(raw)
         return self._T.ResponsePrepareProposal(txs=kept)
 
     def _process_proposal(self, req: Any) -> Any:
@@ -230,7 +233,8 @@ class ChainApp:
         if req.height != height or self._validator is None:
             raise StorageError(f"CometBFT finalizes height {req.height}; this app's next "
                                f"block is {height}")
-        view, effects, refused, results = MemoryState(self.store), [], [], []
+        view, refused, results = MemoryState(self.store), [], []
+        effects: list[Effect] = []
         for tx in req.txs:
             raw = bytes(tx)
             try:
@@ -240,7 +244,8 @@ class ChainApp:
                 results.append(self._T.ExecTxResult(code=REFUSED, data=e.reason.encode(),
                                                     log=e.detail, codespace=CODESPACE))
                 continue
-            view.apply(effect)
+            # with its place, as verify-chain replays it: the same bytes again are a duplicate
+            view.apply(effect, Receipt(effect.digest, height, len(effects)))
             effects.append(effect)
             results.append(self._T.ExecTxResult(code=0))
         record = BlockRecord(self._validator.chain, height, bytes(req.hash), len(effects),
@@ -292,6 +297,12 @@ class ChainApp:
                                          "/head or /tx", codespace=CODESPACE)
         return self._T.ResponseQuery(code=0, value=json.dumps(value).encode(),
                                      height=max(h, 0))
+
+
+def _data_size(raw: bytes) -> int:
+    """What a transaction adds to max_tx_bytes as CometBFT counts it (types.Txs.Validate):
+    its size in the block's Data protobuf, field tag and length prefix included."""
+    return 1 + len(encode_uvarint(len(raw))) + len(raw)
 
 
 def _camel(kind: str) -> str:
