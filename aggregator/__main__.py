@@ -307,10 +307,11 @@ def consortium(args: argparse.Namespace) -> int:
     from aggregator.chain.backends.cometbft import network, supervise
 
     if args.cmd == "testnet":
-        if args.commit_timeout_ms < 0:
-            raise ConfigError("--commit-timeout-ms must not be negative")
+        if args.commit_timeout_ms < 0 or args.flush_ms < 1:
+            raise ConfigError("--commit-timeout-ms must not be negative and --flush-ms at "
+                              "least 1")
         net = network.create(args.dir, args.base_port, args.commit_timeout_ms,
-                             args.validators)
+                             args.validators, args.flush_ms)
         print(f"consortium {net.chain_name} in {net.root}: "
               + ", ".join(f"{v.name} (API {v.api_url})" for v in net.validators))
         print(f"start it: meterledger chain up --dir {net.root}")
@@ -393,6 +394,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m aggregator") -> i
                         "API) (default: 26600)")
     p.add_argument("--commit-timeout-ms", type=int, default=200,
                    help="CometBFT's timeout_commit: the pause after a block (default: 200)")
+    p.add_argument("--flush-ms", type=int, default=10,
+                   help="CometBFT's p2p flush_throttle_timeout: how long a peer link holds "
+                        "messages to send them together (default: 10)")
     p = sub.add_parser("up", help="start a testnet's validators and stop them on Ctrl-C")
     p.add_argument("--dir", type=Path, required=True, help=net_help)
     p = sub.add_parser("status", help="a testnet's validators: up, height, who signed")

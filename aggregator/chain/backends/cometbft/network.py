@@ -120,7 +120,7 @@ def set_toml(text: str, section: str, key: str, value: Any) -> str:
     return text[:start] + body + text[end:]
 
 
-def _configure(v: Validator, root: Path, peers: str, commit_ms: int) -> None:
+def _configure(v: Validator, root: Path, peers: str, commit_ms: int, flush_ms: int) -> None:
     path = v.home(root) / "config" / "config.toml"
     t = path.read_text()
     for section, key, value in (
@@ -130,6 +130,7 @@ def _configure(v: Validator, root: Path, peers: str, commit_ms: int) -> None:
             ("p2p", "laddr", f"tcp://127.0.0.1:{v.p2p_port}"),
             ("p2p", "persistent_peers", peers), ("p2p", "addr_book_strict", False),
             ("p2p", "allow_duplicate_ip", True), ("p2p", "pex", False),
+            ("p2p", "flush_throttle_timeout", f"{flush_ms}ms"),
             ("consensus", "create_empty_blocks", False),
             ("consensus", "timeout_commit", f"{commit_ms}ms"),
             ("consensus", "timeout_propose", "1s"),
@@ -138,8 +139,12 @@ def _configure(v: Validator, root: Path, peers: str, commit_ms: int) -> None:
     path.write_text(t)
 
 
-def create(root: Path, base_port: int, commit_ms: int = 200, n: int = 4) -> Network:
-    """Write a network of `n` validators (named for PARTIES) into the empty folder `root`."""
+def create(root: Path, base_port: int, commit_ms: int = 200, n: int = 4,
+           flush_ms: int = 10) -> Network:
+    """Write a network of `n` validators (named for PARTIES) into the empty folder `root`.
+    `commit_ms` is CometBFT's timeout_commit, `flush_ms` its p2p flush_throttle_timeout
+    (CometBFT's default 100 ms holds every consensus message that long on a quiet link;
+    docs/BENCHMARKS.md measured what each costs)."""
     if not 1 <= n <= len(PARTIES):
         raise NetworkError(f"--validators is 1 to {len(PARTIES)} (one per party), not {n}")
     if root.exists() and any(root.iterdir()):
@@ -172,7 +177,7 @@ def create(root: Path, base_port: int, commit_ms: int = 200, n: int = 4) -> Netw
         (v.home(root) / "config" / "genesis.json").write_text(genesis)
         peers = ",".join(f"{ids[j]}@127.0.0.1:{w.p2p_port}" for j, w in enumerate(vals)
                          if j != i)
-        _configure(v, root, peers, commit_ms)
+        _configure(v, root, peers, commit_ms, flush_ms)
         app = v.app_dir(root)
         app.mkdir(parents=True, exist_ok=True)
         (app / CONSORTIUM).write_text(json.dumps({
