@@ -49,6 +49,7 @@ bench: setup
 	$(PY) -m tools.bench_cooked
 	$(PY) -m tools.bench_api
 	$(PY) -m tools.bench_acks
+	$(PY) -m tools.bench_consortium
 
 # every fuzz target (tools/fuzz) in turn for FUZZ_SECONDS each; findings are written under
 # the system temp dir (printed), and `python -m tools.fuzz --help` has the rest

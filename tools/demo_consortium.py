@@ -15,9 +15,7 @@ the network's genesis.json, copied to --out/genesis.json for anyone to re-check 
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
 import tempfile
 import time
 import urllib.error
@@ -43,26 +41,6 @@ def network_dir(out: Path) -> tuple[Path, bool]:
     if len(str(out / "net" / longest / "app.sock").encode()) <= SOCKET_MAX:
         return out / "net", False
     return Path(tempfile.mkdtemp(prefix="ml-net-")) / "n", True
-
-
-def free_base(n: int = len(network.PARTIES)) -> int:
-    """A base port with base + 10 i + {0, 1, 2} free for every validator i."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000, 10)
-        socks: list[socket.socket] = []
-        try:
-            for i in range(n):
-                for j in range(3):
-                    s = socket.socket()
-                    socks.append(s)
-                    s.bind(("127.0.0.1", base + 10 * i + j))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise DemoError("no free range of loopback ports for the validators")
 
 
 def _answers(url: str) -> bool:
@@ -110,7 +88,7 @@ class Consortium:
 
     def start(self, token: str | None) -> None:
         try:
-            net = self.net = network.create(self.root, free_base())
+            net = self.net = network.create(self.root, network.free_base_port())
         except errors.MeterLedgerError as e:  # NetworkError, EngineMissing (no `make setup`)
             raise DemoError(f"cannot write the network: {e}") from None
         shutil.copy(net.root / network.GENESIS, self.out / "genesis.json")

@@ -9,10 +9,8 @@ import contextlib
 import functools
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -28,26 +26,6 @@ from meterledger.wire import chain as C
 from tests.kit.fogkit import wait
 
 T0 = 1_800_000_000
-
-
-def _free_base() -> int:
-    """A base port with base+10i+{0,1,2} free for four validators."""
-    for _ in range(200):
-        base = random.randrange(20_000, 60_000, 10)
-        socks = []
-        try:
-            for i in range(4):
-                for j in range(3):
-                    s = socket.socket()
-                    socks.append(s)
-                    s.bind(("127.0.0.1", base + 10 * i + j))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range for a local_net")
 
 
 def post(url: str, raw: bytes, timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
@@ -67,7 +45,7 @@ def get(url: str, path: str) -> dict[str, Any]:
 
 class LocalNet:
     def __init__(self, root: Path, n: int = 4, commit_ms: int = 100) -> None:
-        self.net = network.create(root, _free_base(), commit_ms, n)
+        self.net = network.create(root, network.free_base_port(n), commit_ms, n)
         app = self.net.validators[0].app_dir(self.net.root)
         self.key = datadir.read_key(app / "dispatch.key", "dispatch key", "")
         self.running: dict[str, supervise.Running] = {}

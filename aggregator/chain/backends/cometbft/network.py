@@ -18,7 +18,9 @@ Validators are named for the parties that run the chain; each has three ports fr
 from __future__ import annotations
 
 import json
+import random
 import re
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -94,6 +96,27 @@ def load(root: Path) -> Network:
                            f"{root}` first") from None
     except (ValueError, KeyError, TypeError) as e:
         raise NetworkError(f"{root / NETWORK} cannot be read: {e}") from None
+
+
+def free_base_port(n: int = len(PARTIES)) -> int:
+    """A base port with base + 10 i + {0, 1, 2} free on loopback for every validator i (a
+    demo or test network beside whatever else runs); NetworkError if none is found."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000, 10)
+        socks: list[socket.socket] = []
+        try:
+            for i in range(n):
+                for j in range(3):
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind(("127.0.0.1", base + 10 * i + j))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise NetworkError("no free range of loopback ports for the validators")
 
 
 def _cometbft(*args: str) -> str:
