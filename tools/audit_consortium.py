@@ -7,8 +7,9 @@ the validator set of the network's genesis.json, instead of one sealer's signatu
                "signed_header": {header, commit}   CometBFT's /commit?height=H answer
                "tx_proof": {root_hash, data, proof}}  CometBFT's /tx?prove=true `proof`
 
-`tx_index` is the transaction's place among those the chain accepted in the block (its
-receipt); the proof's own index is its place among all the block's transactions.
+`tx_index` is the transaction's place in the block (its receipt's index), which must be the
+proof's: every transaction of a committed block was accepted, since honest validators reject
+a proposal holding one the rules refuse (docs/PROTOCOL.md section 23).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def verify_anchor(v: dict[str, Any], tx_chain: bytes, genesis: Genesis,
     raw = v["anchor.transaction"]
     if tx_in_proof != raw:
         raise fail("tx_inclusion", "tx_proof proves another transaction")
+    # every transaction of a committed block was accepted (honest validators reject a
+    # proposal holding one the rules refuse), so its receipt index is its place in the block
+    if v["anchor.tx_index"] != proof.index:
+        raise fail("tx_inclusion", f"tx_index {v['anchor.tx_index']}, but the proof puts it "
+                                   f"at {proof.index}")
     try:
         W.verify_tx_proof(raw, proof, block.header.data_hash)
     except P.ProtocolError as e:

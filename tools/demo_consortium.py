@@ -98,15 +98,10 @@ class Consortium:
         tokens = link.app_dir(net.root) / "auditor.token"
         self.token = auditor_token(tokens.parent, token) if token is not None else \
             datadir.ensure_secret(tokens, "auditor token")  # what the app would make
-        # supervise.start's steps one by one, so that whatever started is stopped on error
-        for v in net.validators:
-            self.running.append(supervise.start_app(net, v))
-        for r in self.running:
-            try:
-                supervise.wait_socket(net, r)
-            except RuntimeError as e:
-                raise DemoError(str(e)) from None
-            supervise.start_comet(net, r)
+        try:  # what started is stopped again if a validator does not
+            self.running = supervise.start(net)
+        except errors.MeterLedgerError as e:
+            raise DemoError(str(e)) from None
         self._wait_ready(net)
         self.url = link.api_url
         print(f"consortium  {net.chain_name}: {len(net.validators)} validators "

@@ -316,7 +316,7 @@ def test_the_server_replaces_a_stale_socket_and_stop_ends_its_threads(tmp_path: 
     try:
         path = folder / "app.sock"
         path.write_text("left by a killed process")
-        server = ABCIServer(path, lambda kind, req: None)
+        server = ABCIServer(path, lambda kind, req, conn: None)
         server.start()
         accepting = server._thread
         conn = Conn(path)

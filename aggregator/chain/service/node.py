@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from aggregator.chain.backends.cometbft.network import CONSORTIUM
 from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
 from aggregator.chain.ledger import AggregatorError
 from aggregator.chain.store import SQLiteBlockStore
@@ -121,6 +122,10 @@ def load_pub(data_dir: Path) -> P.PublicKey:
 
 
 def open_ledger(data_dir: Path, clock: Callable[[], float]) -> EmbeddedLedger:
+    if (data_dir / CONSORTIUM).is_file():  # its blocks are CometBFT's: never sealed here
+        raise ConfigError(f"{data_dir} is a consortium validator's data dir: start it "
+                          "(`meterledger chain up --dir NETWORK`) or send through a running "
+                          "validator with --chain URL")
     chain_path = data_dir / CHAIN
     if not chain_path.exists():
         raise ConfigError(f"no chain at {chain_path}: run `python -m aggregator init` first")

@@ -24,24 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.chain.backends.cometbft import engine
+from meterledger.wire.cometbft_proto import varint
 
 log = logging.getLogger("meterledger.chain.abci")
 
 MAX_MESSAGE = 64 * 1024 * 1024  # far above a block of max_bytes (CometBFT's default 21 MB)
 
-Handler = Callable[[str, Any], Any]  # (request kind, request message) -> response message
-
-
-def encode_uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+Handler = Callable[[str, Any, int], Any]  # (kind, request message, connection no.) -> response
 
 
 class _Closed(Exception):
@@ -126,10 +115,10 @@ class ABCIServer:
                 elif kind is None:
                     raise ValueError("a request with no value")
                 else:
-                    answer = self._handler(kind, getattr(req, kind))
+                    answer = self._handler(kind, getattr(req, kind), n)
                     getattr(resp, kind).CopyFrom(answer)
                 out = resp.SerializeToString()
-                conn.sendall(encode_uvarint(len(out)) + out)
+                conn.sendall(varint(len(out)) + out)
         except _Closed:
             return
         except OSError as e:
@@ -140,7 +129,7 @@ class ABCIServer:
             resp.exception.error = f"{type(e).__name__}: {e}"
             out = resp.SerializeToString()
             try:
-                conn.sendall(encode_uvarint(len(out)) + out)
+                conn.sendall(varint(len(out)) + out)
             except OSError:
                 pass
         finally:

@@ -37,11 +37,11 @@ from typing import Any
 from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_state_root
 from aggregator.chain.app.validator import Validator
 from aggregator.chain.backends.cometbft import engine
-from aggregator.chain.backends.cometbft.abci import encode_uvarint
 from aggregator.chain.ledger import ChainError, Receipt, StorageError
 from aggregator.chain.store import SQLiteBlockStore
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
+from meterledger.wire.cometbft_proto import varint
 
 log = logging.getLogger("meterledger.chain.app")
 
@@ -115,6 +115,7 @@ class ChainApp:
         self._refused: OrderedDict[bytes, tuple[str, str]] = OrderedDict()
         self._load()
         self._mempool = MemoryState(store)
+        self._mempool_conn = -1  # the connection whose CheckTx built the view
 
     def _load(self) -> None:
         h = self.store.height()
@@ -132,9 +133,12 @@ class ChainApp:
     def chain_id(self) -> bytes | None:
         return None if self._validator is None else self._validator.chain
 
-    def handle(self, kind: str, req: Any) -> Any:
-        """The ABCI handler: one request at a time (abci.ABCIServer)."""
+    def handle(self, kind: str, req: Any, conn: int = 0) -> Any:
+        """The ABCI handler: one request at a time (abci.ABCIServer); `conn` numbers the
+        connection it came on."""
         with self._lock:
+            if kind == "check_tx":
+                return self._check_tx(req, conn)
             method = getattr(self, "_" + kind, None)
             if method is None:
                 return getattr(self._T, "Response" + _camel(kind))()
@@ -177,15 +181,32 @@ class ChainApp:
         return self._T.ResponseInitChain(app_hash=self._root)
 
     # -- the mempool -------------------------------------------------------------------------
-    def _check_tx(self, req: Any) -> Any:
-        # a RECHECK (type 1) after a commit finds the view restarted from the new state
+    def _check_tx(self, req: Any, conn: int) -> Any:
+        # a RECHECK (type 1) after a commit finds the view restarted from the new state; so
+        # does the first CheckTx on a new connection: a restarted CometBFT's mempool is empty
+        if conn != self._mempool_conn:
+            self._mempool_conn, self._mempool = conn, MemoryState(self.store)
+        raw = bytes(req.tx)
         try:
-            effect = self._check(bytes(req.tx), self._mempool)
+            effect = self._check(raw, self._mempool)
         except ChainError as e:
+            if req.type == 1:  # CometBFT drops it: a submitter waiting on it learns why
+                self._remember([(P.digest(raw), e.reason, e.detail)])
             return self._T.ResponseCheckTx(code=REFUSED, data=e.reason.encode(),
                                            log=f"{e.reason}: {e.detail}", codespace=CODESPACE)
         self._mempool.apply(effect)
+        with self.committed:  # valid again (a refusal for a nonce gap, since filled)
+            self._refused.pop(P.digest(raw), None)
         return self._T.ResponseCheckTx(code=0)
+
+    def _remember(self, refused: list[tuple[bytes, str, str]]) -> None:
+        """Refusals for the submitters waiting on them (outcome()); wakes them."""
+        with self.committed:
+            for digest, reason, detail in refused:
+                self._refused[digest] = (reason, detail)
+                if len(self._refused) > _REMEMBERED:
+                    self._refused.popitem(last=False)
+            self.committed.notify_all()
 
     def _check(self, raw: bytes, state: MemoryState) -> Effect:
         if self._validator is None:
@@ -261,13 +282,13 @@ class ChainApp:
         self.store.append(p.height, p.record.encode(), p.effects, p.root, p.record.hash)
         self._root = p.root
         self._mempool = MemoryState(self.store)  # CheckTx RECHECKs rebuild the view
-        with self.committed:
-            for digest, reason, detail in p.refused:
-                self._refused[digest] = (reason, detail)
-                if len(self._refused) > _REMEMBERED:
-                    self._refused.popitem(last=False)
-            self.committed.notify_all()
+        self._remember(p.refused)
         return self._T.ResponseCommit(retain_height=0)
+
+    def close(self) -> None:
+        """Close the store once no request is being handled (a Commit is never cut)."""
+        with self._lock:
+            self.store.close()
 
     def outcome(self, digest: bytes) -> Outcome | None:
         """A committed transaction's receipt, or the reason a block refused it; None while
@@ -302,7 +323,7 @@ class ChainApp:
 def _data_size(raw: bytes) -> int:
     """What a transaction adds to max_tx_bytes as CometBFT counts it (types.Txs.Validate):
     its size in the block's Data protobuf, field tag and length prefix included."""
-    return 1 + len(encode_uvarint(len(raw))) + len(raw)
+    return 1 + len(varint(len(raw))) + len(raw)
 
 
 def _camel(kind: str) -> str:

@@ -69,7 +69,7 @@ def build_binary(home: Path) -> Path:
 def _built_version(binary: Path) -> str:
     try:
         r = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=60)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return ""
     return r.stdout.strip()
 
@@ -85,8 +85,12 @@ def build_protos(home: Path) -> Path:
     if m is None:
         raise BuildError(f"{engine.MODULE}@{engine.VERSION}'s go.mod names no {engine.GOGOPROTO}")
     gogo = _module_dir(engine.GOGOPROTO, m.group(1))
-    import grpc_tools  # type: ignore[import-untyped]  # the build's own (consortium extra)
-    from grpc_tools import protoc
+    try:
+        import grpc_tools  # type: ignore[import-untyped]  # the consortium extra's
+        from grpc_tools import protoc
+    except ImportError:
+        raise BuildError("grpcio-tools is not installed: pip install '.[consortium]' (make "
+                         "setup does)") from None
 
     std = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
     if out.exists():

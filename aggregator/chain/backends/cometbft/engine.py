@@ -7,7 +7,8 @@ cache) are compiled there by grpcio-tools. Nothing of CometBFT's source is commi
 
     .cometbft/bin/cometbft      the engine, version VERSION
     .cometbft/pb/               the generated Python protobuf modules (tendermint.*, gogoproto)
-    .cometbft/built             the version both were made from
+    .cometbft/pb/.version       the version the protobuf types were made from (the binary
+                                says its own: `cometbft version`)
 
 METERLEDGER_COMETBFT_HOME names another such folder (a Pi installed with `pip install .`
 points it at a folder it built once).

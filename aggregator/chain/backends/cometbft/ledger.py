@@ -11,6 +11,7 @@ A transaction not committed within `commit_timeout` is UnavailableError: it may 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,7 @@ class CometLedger:
         self._chain = app.chain_id
         self._accepted: dict[str, int] = {}
         self._rejected: dict[str, int] = {}
+        self._count_lock = threading.Lock()  # the API's threads count at once
         self._closed = False
 
     @property
@@ -62,7 +64,8 @@ class CometLedger:
         return self._chain
 
     def _reject(self, e: ChainError) -> ChainError:
-        self._rejected[e.reason] = self._rejected.get(e.reason, 0) + 1
+        with self._count_lock:
+            self._rejected[e.reason] = self._rejected.get(e.reason, 0) + 1
         return e
 
     # -- submit --------------------------------------------------------------------------------
@@ -77,7 +80,8 @@ class CometLedger:
         try:
             r = self._rpc.broadcast(raw)
         except RPCUnavailable as e:
-            raise UnavailableError(f"{e}; nothing was sent, send again") from None
+            raise UnavailableError(f"{e}; send the same bytes again (one that landed is "
+                                   "answered as a duplicate)") from None
         except RPCError as e:
             if "already exists in cache" not in str(e):  # else: in a mempool, wait for it
                 raise UnavailableError(f"{e}; send again") from None
@@ -86,12 +90,16 @@ class CometLedger:
                 # CometBFT's JSON gives CheckTx's data as hex (its HexBytes)
                 reason = bytes.fromhex(r.get("data") or "").decode(errors="replace")
                 detail = str(r.get("log", "")).split(": ", 1)[-1]
+                known = self._app.store.receipt(digest)
+                if reason == "duplicate" and known is not None:  # committed meanwhile
+                    raise self._reject(DuplicateError(known))
                 raise self._reject(ChainError(reason or "refused", detail))
         outcome = self._wait(digest)
         if outcome.receipt is None:
             raise self._reject(ChainError(outcome.reason, outcome.detail))
         kind = _kind(raw)
-        self._accepted[kind] = self._accepted.get(kind, 0) + 1
+        with self._count_lock:
+            self._accepted[kind] = self._accepted.get(kind, 0) + 1
         return outcome.receipt
 
     def _wait(self, digest: bytes) -> Outcome:
@@ -139,14 +147,17 @@ class CometLedger:
 
     def _finality(self, height: int, raw: bytes) -> dict[str, Any] | None:
         """CometBFT's signed header of the block and the transaction's proof in its data
-        hash; None for block 0 (the genesis is in genesis.json) or while the node is away."""
+        hash; None for block 0 (the genesis is in genesis.json). UnavailableError while the
+        node is away or has not indexed the block yet (it indexes after the app's Commit):
+        a view without its proof would be taken for an embedded chain's."""
         if height == 0:
             return None
         try:
             signed = self._rpc.commit(height)["signed_header"]
             proof = self._rpc.tx_proof(raw)
-        except (RPCUnavailable, RPCError, KeyError, ValueError):
-            return None
+        except (RPCUnavailable, RPCError, KeyError, ValueError) as e:
+            raise UnavailableError(f"CometBFT's proof of block {height} is not available "
+                                   f"yet ({e}); ask again") from None
         if proof["height"] != height:
             raise StorageError(f"CometBFT holds transaction {P.digest(raw).hex()} in block "
                                f"{proof['height']}, the app in block {height}")
@@ -172,8 +183,9 @@ class CometLedger:
         return self._app.store.participants()
 
     def stats(self) -> LedgerStats:
-        anchors = self._accepted.get(C.ANCHOR, 0)
-        return LedgerStats(dict(self._accepted), dict(self._rejected), 0, anchors, 0)
+        with self._count_lock:
+            accepted, rejected = dict(self._accepted), dict(self._rejected)
+        return LedgerStats(accepted, rejected, 0, accepted.get(C.ANCHOR, 0), 0)
 
     def record(self, height: int) -> BlockRecord:
         return BlockRecord.decode(self.block(height).header)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -120,8 +121,11 @@ def free_base_port(n: int = len(PARTIES)) -> int:
 
 
 def _cometbft(*args: str) -> str:
-    r = subprocess.run([str(engine.binary()), *args], capture_output=True, text=True,
-                       timeout=120)
+    try:
+        r = subprocess.run([str(engine.binary()), *args], capture_output=True, text=True,
+                           timeout=120)
+    except subprocess.TimeoutExpired:
+        raise NetworkError(f"cometbft {' '.join(args)} did not finish in 120 s") from None
     if r.returncode != 0:
         raise NetworkError(f"cometbft {' '.join(args)} failed: {r.stderr.strip()[-300:]}")
     return r.stdout
@@ -183,6 +187,15 @@ def create(root: Path, base_port: int, commit_ms: int = 200, n: int = 4,
         raise NetworkError(f"{root} is too deep a folder for a Unix socket path (at most "
                            f"{_SOCKET_MAX} bytes): choose a shorter --dir")
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(root, vals, commit_ms, flush_ms)
+    except BaseException:  # no half-written network: the folder is empty again
+        for child in root.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
+
+
+def _write(root: Path, vals: tuple[Validator, ...], commit_ms: int, flush_ms: int) -> Network:
     dispatch_dir = vals[0].app_dir(root)
     dispatch_dir.mkdir(parents=True)
     key = datadir.create_key(dispatch_dir / "dispatch.key", dispatch_dir / "dispatch.pub",

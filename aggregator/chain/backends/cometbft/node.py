@@ -55,4 +55,4 @@ class ValidatorNode:
 
     def close(self) -> None:
         self.server.stop()
-        self.store.close()
+        self.app.close()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from aggregator.chain.backends.cometbft import engine
-from aggregator.chain.backends.cometbft.network import Network, Validator
+from aggregator.chain.backends.cometbft.network import Network, NetworkError, Validator
 from aggregator.chain.backends.cometbft.rpc import CometRPC, RPCError, RPCUnavailable
 
 _STOP_S = 15.0
@@ -35,6 +35,7 @@ def start_app(net: Network, v: Validator, extra: list[str] | None = None,
               module: str = "aggregator") -> Running:
     """Start the validator's application: `python -m aggregator run` (a test starts a
     changed one as `module`) with `extra` flags."""
+    v.socket(net.root).unlink(missing_ok=True)  # a killed app's: CometBFT waits for the new
     log = open(net.root / v.name / "app.log", "ab")
     app = subprocess.Popen([sys.executable, "-m", module, "run", "--data-dir",
                             str(v.app_dir(net.root)), "--http-port", str(v.api_port),
@@ -57,10 +58,16 @@ def start(net: Network, names: list[str] | None = None,
     """Start the validators named (all by default): apps first, so each CometBFT finds its
     application's socket."""
     chosen = [v for v in net.validators if names is None or v.name in names]
-    running = [start_app(net, v, extra) for v in chosen]
-    for r in running:
-        wait_socket(net, r)
-        start_comet(net, r)
+    running: list[Running] = []
+    try:
+        for v in chosen:
+            running.append(start_app(net, v, extra))
+        for r in running:
+            wait_socket(net, r)
+            start_comet(net, r)
+    except BaseException:  # nothing this started is left holding ports and locks
+        stop(running)
+        raise
     return running
 
 
@@ -71,7 +78,7 @@ def wait_socket(net: Network, r: Running) -> None:
         if sock.exists():
             return
         if r.app.poll() is not None:
-            raise RuntimeError(f"validator {r.validator.name}'s application exited "
+            raise NetworkError(f"validator {r.validator.name}'s application exited "
                                f"({r.app.returncode}); see {net.root / r.validator.name}/app.log")
 
 
