@@ -54,7 +54,7 @@ class Genesis:
 def load_genesis(path: Path) -> Genesis:
     try:
         doc = json.loads(path.read_text())
-        raw = bytes.fromhex(doc["app_state"]["meterledger"]["genesis_tx"])
+        raw = W.genesis_tx(doc["app_state"])
         chain = P.parse(raw, schema=False).kid
         name = doc["chain_id"]
         validators = W.parse_validators(doc)

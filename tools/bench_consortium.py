@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import os
 import shutil
 import signal
 import socket
@@ -53,8 +52,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,14 +69,6 @@ _START_S = 180.0  # for a backend's APIs to answer
 
 
 # --- the processes -------------------------------------------------------------------------------
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5):
-            return True
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def _wait(cond: Callable[[], bool], what: str, timeout: float = _START_S,
           alive: Callable[[], None] = lambda: None) -> None:
     deadline = time.monotonic() + timeout
@@ -95,19 +84,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _kill(p: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, then SIGKILL to the process group, of a process this bench started."""
-    if p is None or p.poll() is not None:
-        return
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
 
 
 # --- the two backends ------------------------------------------------------------------------
@@ -148,16 +124,16 @@ def embedded(root: Path) -> Iterator[Backend]:
                 raise BenchError(f"the embedded aggregator exited ({p.returncode}); see "
                                  f"{root / 'embedded.log'}")
 
-        _wait(lambda: _answers(url + "/healthz"), "the embedded aggregator's API", alive=alive)
+        _wait(lambda: supervise.answers(url + "/healthz"), "the embedded aggregator's API", alive=alive)
         yield Backend("embedded", [url], key, lambda txs: _post_all(url, txs),
                       embedded_section, {"aggregator": [p.pid]})
     finally:
-        _kill(p)
+        supervise.stop_process(p)
         log.close()
 
 
 def _serving(v: network.Validator) -> bool:
-    if not _answers(v.api_url + "/healthz"):
+    if not supervise.answers(v.api_url + "/healthz"):
         return False
     try:
         return int(CometRPC(v.rpc_url, timeout=5).status()["sync_info"]
@@ -200,7 +176,7 @@ def consortium(root: Path, commit_ms: int, flush_ms: int) -> Iterator[Backend]:
             _post_all(net.validators[0].api_url, txs[-1:])
             last = P.digest(txs[-1]).hex()
             for v in net.validators:  # every validator knows the fogs before they send
-                _wait(functools.partial(_answers, f"{v.api_url}/v1/tx/{last}"),
+                _wait(functools.partial(supervise.answers, f"{v.api_url}/v1/tx/{last}"),
                       f"{v.name} to commit the registrations", alive=alive)
 
         yield Backend("consortium", [v.api_url for v in net.validators], key, register,
@@ -209,9 +185,9 @@ def consortium(root: Path, commit_ms: int, flush_ms: int) -> Iterator[Backend]:
                        "cometbft": [r.comet.pid for r in running if r.comet is not None]})
     finally:
         for r in running:  # CometBFT first (no block half-applied), then the apps
-            _kill(r.comet)
+            supervise.stop_process(r.comet)
         for r in running:
-            _kill(r.app)
+            supervise.stop_process(r.app)
             for f in r.logs:
                 f.close()
 

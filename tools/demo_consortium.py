@@ -18,8 +18,6 @@ import json
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +28,15 @@ from tools import audit, audit_consortium
 from tools.demo import DemoError, auditor_token, register_fog
 
 LINK = "regulator-prov"  # the validator whose API the fog's chain link uses
-SOCKET_MAX = 100  # bytes of a validator's Unix socket path that network.create accepts
 READY_S = 90.0  # a loaded machine takes a while to start four validators
 
 
 def network_dir(out: Path) -> tuple[Path, bool]:
     """Where the network goes: out/net when every validator's socket path fits, else a new
     folder under /tmp; and whether that is a temporary folder (removed once stopped)."""
-    longest = max((name for name, _ in network.PARTIES), key=len)
-    if len(str(out / "net" / longest / "app.sock").encode()) <= SOCKET_MAX:
+    if network.socket_fits(out / "net"):
         return out / "net", False
     return Path(tempfile.mkdtemp(prefix="ml-net-")) / "n", True
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5):
-            return True
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def agreed_status(net: network.Network, timeout_s: float = 15.0) -> list[dict[str, Any]]:
@@ -113,7 +101,7 @@ class Consortium:
         deadline = time.monotonic() + READY_S
         for r in self.running:
             v = r.validator
-            while not (_answers(v.api_url + "/healthz")
+            while not (supervise.answers(v.api_url + "/healthz")
                        and supervise.status(net)[net.validators.index(v)]["up"]):
                 for what, p in (("application", r.app), ("CometBFT", r.comet)):
                     if p is not None and p.poll() is not None:

@@ -40,6 +40,7 @@ from aggregator.chain.ledger import StorageError
 from aggregator.chain.store import BlockStore, StoredBlock
 from aggregator.chain.verify import Replay, VerifyError, check_derived, store_blocks
 from meterledger import wire as P
+from meterledger.wire import cometbft as W
 
 DERIVED = "every state root and the derived state checked"
 RUNNING = "every state root checked; derived state not checked: the validator is running"
@@ -62,8 +63,7 @@ def read_genesis(path: Path) -> Genesis:
     StorageError when it cannot be read."""
     try:
         g = json.loads(path.read_text())
-        return Genesis(str(g["chain_id"]),
-                       bytes.fromhex(g["app_state"]["meterledger"]["genesis_tx"]))
+        return Genesis(str(g["chain_id"]), W.genesis_tx(g["app_state"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StorageError(f"{path} is no consortium genesis: {e}") from None
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -57,7 +58,7 @@ from meterledger.wire.cometbft_types import (
 __all__ = [
     "FLAG_ABSENT", "FLAG_COMMIT", "FLAG_NIL", "REASONS", "BlockID", "Commit", "CommitSig",
     "Header", "SignedHeader", "Time", "TxProof", "Validator", "ValidatorSet", "VerifiedBlock",
-    "data_hash", "header_hash", "parse_block_txs", "parse_signed_header", "parse_time",
+    "data_hash", "genesis_app_state", "genesis_tx", "header_hash", "parse_block_txs", "parse_signed_header", "parse_time",
     "parse_tx_proof", "parse_validators", "tx_hash", "tx_proof", "validators_hash",
     "verify_commit", "verify_tx_in_block", "verify_tx_proof", "vote_sign_bytes",
 ]
@@ -211,6 +212,25 @@ def verify_commit(chain_id: str, signed_header: SignedHeader,
     h = signed_header.header
     return VerifiedBlock(h.chain_id, h.height, block_hash, h.time, h, signed, total,
                          tuple(v.address for v in counted))
+
+
+# --- the chain's genesis in CometBFT's genesis.json -------------------------------------------
+def genesis_app_state(genesis_tx: bytes) -> dict[str, Any]:
+    """genesis.json's app_state: {"meterledger": {"genesis_tx": HEX}}, the chain's first
+    transaction (the dispatch key registering itself; docs/PROTOCOL.md section 23)."""
+    return {"meterledger": {"genesis_tx": genesis_tx.hex()}}
+
+
+def genesis_tx(app_state: Any) -> bytes:
+    """The genesis transaction in a genesis.json's app_state; ProtocolError("bad_genesis")
+    for any other shape."""
+    try:
+        text = app_state["meterledger"]["genesis_tx"]
+        if isinstance(text, str):
+            return bytes.fromhex(text)
+    except (KeyError, TypeError, ValueError):
+        pass
+    raise ProtocolError("bad_genesis", 'app_state must be {"meterledger": {"genesis_tx": HEX}}')
 
 
 # --- transactions ---------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_sta
 from aggregator.chain.app.validator import Validator
 from aggregator.chain.backends.cometbft import engine
 from aggregator.chain.backends.cometbft.abci import MAX_MESSAGE, ABCIServer
-from aggregator.chain.backends.cometbft.app import MAX_TX, BlockRecord, ChainApp, genesis_app_state
+from aggregator.chain.backends.cometbft.app import MAX_TX, BlockRecord, ChainApp
 from aggregator.chain.ledger import ChainError, Receipt
 from aggregator.chain.store import SQLiteBlockStore
 from meterledger import wire as P
 from meterledger.wire import chain as C
+from meterledger.wire.cometbft import genesis_app_state
 
 T = engine.pb("tendermint.abci.types_pb2")
 TYPES = engine.pb("tendermint.types.types_pb2")

@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from aggregator.__main__ import main
-from aggregator.chain.backends.cometbft.app import BlockRecord, genesis_app_state
+from aggregator.chain.backends.cometbft.app import BlockRecord
 from aggregator.chain.backends.cometbft.ledger import CometLedger
 from aggregator.chain.backends.cometbft.rpc import CometRPC
 from aggregator.chain.service.api import AggregatorAPI
 from meterledger import wire as P
 from meterledger.infra import datadir
 from meterledger.wire import chain as C
+from meterledger.wire.cometbft import genesis_app_state
 from tests.aggregator.test_abci import CHAIN_NAME, T0, Keys, block_hash, node_at
 from tests.kit.chainkit import FogSide
 

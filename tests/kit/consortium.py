@@ -96,7 +96,7 @@ class LocalNet:
                  what=f"{n}'s API and CometBFT node", every=0.2)
 
     def serving(self, name: str) -> bool:
-        return _answers(self.api(name) + "/healthz") and self.height(name) >= 0
+        return supervise.answers(self.api(name) + "/healthz") and self.height(name) >= 0
 
     def register_tx(self, role: str = "fog", key: P.SigningKey | None = None) -> bytes:
         """The dispatch key's next register transaction (nonces counted here)."""
@@ -109,14 +109,6 @@ class LocalNet:
     def close(self) -> None:
         for name in list(self.running):
             self.kill(name)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5):
-            return True
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 @contextlib.contextmanager

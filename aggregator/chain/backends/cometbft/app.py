@@ -41,6 +41,7 @@ from aggregator.chain.ledger import ChainError, Receipt, StorageError
 from aggregator.chain.store import SQLiteBlockStore
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
+from meterledger.wire import cometbft as W
 from meterledger.wire.cometbft_proto import varint
 
 log = logging.getLogger("meterledger.chain.app")
@@ -76,11 +77,6 @@ class BlockRecord:
             return cls(m[1], m[2], m[3], m[4], m[5], m[6], m[7])
         except (ProtocolError, KeyError, TypeError) as e:
             raise StorageError(f"a consortium block record cannot be read: {e}") from None
-
-
-def genesis_app_state(genesis_tx: bytes) -> dict[str, Any]:
-    """The app_state of CometBFT's genesis.json: the chain's first transaction."""
-    return {"meterledger": {"genesis_tx": genesis_tx.hex()}}
 
 
 @dataclass
@@ -153,8 +149,7 @@ class ChainApp:
 
     def _init_chain(self, req: Any) -> Any:
         try:
-            state = json.loads(req.app_state_bytes or b"{}")
-            raw = bytes.fromhex(state["meterledger"]["genesis_tx"])
+            raw = W.genesis_tx(json.loads(req.app_state_bytes or b"{}"))
             chain: bytes = P.parse(raw, schema=False).kid
         except (ValueError, KeyError, TypeError, ProtocolError) as e:
             raise StorageError("genesis.json's app_state must be {\"meterledger\": "

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.chain.backends.cometbft import engine
-from aggregator.chain.backends.cometbft.app import genesis_app_state
 from aggregator.chain.ledger import AggregatorError
 from meterledger import wire as P
 from meterledger.infra import datadir
 from meterledger.wire import chain as C
+from meterledger.wire import cometbft as W
 
 PARTIES = (("dispatch", "the dispatch center"), ("regulator-prov", "the provincial regulator"),
            ("regulator-nat", "the national regulator"), ("plant", "a power plant"))
@@ -97,6 +97,12 @@ def load(root: Path) -> Network:
                            f"{root}` first") from None
     except (ValueError, KeyError, TypeError) as e:
         raise NetworkError(f"{root / NETWORK} cannot be read: {e}") from None
+
+
+def socket_fits(root: Path) -> bool:
+    """Whether every validator's Unix socket path under `root` fits the kernel's limit."""
+    longest = max((name for name, _ in PARTIES), key=len)
+    return len(str(root.resolve() / longest / "app.sock").encode()) <= _SOCKET_MAX
 
 
 def free_base_port(n: int = len(PARTIES)) -> int:
@@ -183,7 +189,7 @@ def create(root: Path, base_port: int, commit_ms: int = 200, n: int = 4,
     vals = tuple(Validator(name, party, base_port + 10 * i, base_port + 10 * i + 1,
                            base_port + 10 * i + 2)
                  for i, (name, party) in enumerate(PARTIES[:n]))
-    if len(str(vals[0].socket(root)).encode()) > _SOCKET_MAX:
+    if not socket_fits(root):
         raise NetworkError(f"{root} is too deep a folder for a Unix socket path (at most "
                            f"{_SOCKET_MAX} bytes): choose a shorter --dir")
     root.mkdir(parents=True, exist_ok=True)
@@ -235,5 +241,5 @@ def _genesis(vals: tuple[Validator, ...], root: Path, chain_name: str, tx: bytes
         k = json.loads((v.home(root) / "config" / "priv_validator_key.json").read_text())
         g["validators"].append({"address": k["address"], "pub_key": k["pub_key"],
                                 "power": str(POWER), "name": v.name})
-    g["app_state"] = genesis_app_state(tx)
+    g["app_state"] = W.genesis_app_state(tx)
     return json.dumps(g, indent=2) + "\n"

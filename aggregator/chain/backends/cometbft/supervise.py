@@ -9,10 +9,13 @@ and on Ctrl-C or SIGTERM stops CometBFT first (no block is left half-applied), t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -82,22 +85,33 @@ def wait_socket(net: Network, r: Running) -> None:
                                f"({r.app.returncode}); see {net.root / r.validator.name}/app.log")
 
 
-def _stop_one(p: subprocess.Popen[bytes] | None) -> None:
+def answers(url: str) -> bool:
+    """Whether GET `url` succeeds (a 2xx answer): a service up, a resource there."""
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:  # URLError and HTTPError are OSErrors
+        return False
+
+
+def stop_process(p: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL to its process group (each runs in its own session)."""
     if p is None or p.poll() is not None:
         return
     p.send_signal(signal.SIGTERM)
     try:
         p.wait(_STOP_S)
     except subprocess.TimeoutExpired:
-        p.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
         p.wait()
 
 
 def stop(running: list[Running]) -> None:
     for r in running:
-        _stop_one(r.comet)
+        stop_process(r.comet)
     for r in running:
-        _stop_one(r.app)
+        stop_process(r.app)
         for f in r.logs:
             f.close()
 
