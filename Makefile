@@ -3,9 +3,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint bench demo demo-live demo-consortium mpy clean flash fuzz
+.PHONY: setup test lint bench demo demo-live demo-consortium mpy clean flash fuzz screenshots
 
-setup: $(VENV)/.installed node_modules/.installed .cometbft/.built
+setup: $(VENV)/.installed node_modules/.installed .cometbft/.built meterledger/ui/static/build/.built
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ node_modules/.installed: package.json package-lock.json
 .cometbft/.built: $(VENV)/.installed aggregator/chain/backends/cometbft/engine.py aggregator/chain/backends/cometbft/build.py
 	$(PY) -m aggregator.chain.backends.cometbft.build
 	touch $@
+
+# the dashboard's scripts (meterledger/ui/src) bundled by esbuild with uPlot and the audit
+# page's curve libraries, all from the npm registry: the pages load nothing from a CDN
+meterledger/ui/static/build/.built: node_modules/.installed $(VENV)/.installed $(shell find meterledger/ui/src -name '*.js')
+	$(PY) -m meterledger.ui.build
+	touch $@
+
+# the README's screenshots of every dashboard page, made from a running demo stack
+screenshots: setup
+	$(PY) -m tools.screenshots --out docs/screenshots
 
 test: setup
 	$(PY) -m pytest -q
@@ -50,6 +60,7 @@ bench: setup
 	$(PY) -m tools.bench_api
 	$(PY) -m tools.bench_acks
 	$(PY) -m tools.bench_consortium
+	$(PY) -m tools.bench_ui
 
 # every fuzz target (tools/fuzz) in turn for FUZZ_SECONDS each; findings are written under
 # the system temp dir (printed), and `python -m tools.fuzz --help` has the rest
@@ -77,4 +88,4 @@ flash: $(VENV)/.installed
 	$(PY) -m tools.flash --board $(BOARD) --port $(PORT) --fog-data $(FOG_DATA) $(ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules .cometbft demo-out .pytest_cache .mypy_cache .ruff_cache .stubs
+	rm -rf $(VENV) node_modules .cometbft meterledger/ui/static/build demo-out .pytest_cache .mypy_cache .ruff_cache .stubs

@@ -112,7 +112,7 @@ def run(config: AggregatorConfig) -> int:
         if (d / KEY).is_file():  # the dispatch center's node: suggestions and approvals
             dispatcher = open_dispatcher(ledger, load_key(d), d, clock)
         api = AggregatorAPI(ledger, clock, dispatcher, tokens=ensure_tokens(d),
-                            limits=config.http_limits(), tls=config.http_tls())
+                            limits=config.http_limits(), tls=config.http_tls(), ui=config.ui)
         port = api.start(config.host, config.http_port)
         host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
         url = f"{api.http.scheme}://{f'[{host}]' if ':' in host else host}:{port}"

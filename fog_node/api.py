@@ -1,5 +1,6 @@
-"""The fog node's HTTP JSON API: checkpoints, proofs, entries, devices, health, and the
-operator's enroll and revoke.
+"""The fog node's HTTP JSON API: checkpoints, proofs, entries, devices, health, the
+operator's enroll and revoke, and the dashboard's read endpoints (fog_node.dashboard: meters,
+rejections, feeders, alerts, VEE, curves, checkpoints with anchors, the bus, bundles).
 
 Anyone holding a reading can ask for its inclusion proof against a signed checkpoint and
 check it with the fog's public key alone; an auditor can ask for consistency proofs
@@ -31,6 +32,7 @@ from typing import Any
 
 from fog_node import ota
 from fog_node.broker_access import hash_error
+from fog_node.dashboard import Dashboard
 from fog_node.enrollment import queue_request
 from fog_node.log.checkpoints import Checkpoint
 from fog_node.metrics import registry
@@ -41,6 +43,7 @@ from meterledger.infra import http as H
 from meterledger.infra.http import AUDITOR, OPERATOR, PUBLIC
 from meterledger.infra.metrics import CONTENT_TYPE as PROMETHEUS
 from meterledger.infra.metrics import exposition
+from meterledger.ui.serve import dashboard_routes
 from meterledger.wire import merkle
 from meterledger.wire.meter import DETAIL_MAX
 
@@ -110,14 +113,13 @@ def _hex(b: bytes) -> str:
 _DEV_DOC = "the meter's 8-byte id, 16 hex characters"
 
 
-
 class FogAPI:
     """The API of a node. Tokens, limits and TLS come from the node's config and data dir
     (auditor.token and operator.token, made if missing) unless given."""
 
     def __init__(self, node: FogNode, clock: Callable[[], float] | None = None, *,
                  tokens: H.Tokens | None = None, limits: H.Limits | None = None,
-                 tls: H.TLS | None = None) -> None:
+                 tls: H.TLS | None = None, ui: bool | None = None) -> None:
         self.node = node
         self.clock = clock if clock is not None else node.clock
         c = node.config
@@ -127,6 +129,8 @@ class FogAPI:
         self.reads = Reads(c.data_dir)
         # the API's own registry: several nodes (and APIs) may live in one process
         self.metrics = registry(node, lambda: self.clock())
+        # the dashboard's read endpoints (fog_node.dashboard), on the same read pool
+        self.dashboard = Dashboard(node, lambda: self.reads, self.handle, lambda: self.clock())
         R, Q = H.Route, H.Param
         self.http = H.HTTPService(
             "fog-api",
@@ -149,7 +153,10 @@ class FogAPI:
              R("/v1/revoke", self._revoke, ("POST",), body=True, tier=OPERATOR,
                body_type=JSON),
              R("/v1/firmware", self._firmware, ("GET", "POST"), body=True, tier=OPERATOR,
-               query=(Q("dev", True, _DEV_DOC),))],
+               query=(Q("dev", True, _DEV_DOC),)),
+             *self.dashboard.routes(),
+             # the pages under /ui/ (docs/PROTOCOL.md section 24), unless `ui = false`
+             *dashboard_routes("fog", c.ui if ui is None else ui)],
             errors=_Errors(), title="MeterLedger fog node", server="MeterLedgerFog/1",
             tokens=tokens, limits=limits if limits is not None else c.http_limits(),
             tls=tls if tls is not None else c.http_tls(),

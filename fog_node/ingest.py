@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TypeVar, cast
 
 from fog_node.log.store import LogStore
@@ -28,10 +28,11 @@ from fog_node.registry import (
     QUARANTINE_PER_METER,
     QUARANTINE_TOTAL,
     REVOKED,
+    Birth,
     Device,
     Registry,
 )
-from fog_node.rejections import RejectionLog
+from fog_node.rejections import RejectionLog, RejectionRecord
 from meterledger import wire as P
 from meterledger.wire.cbor import ProtocolError, item_end
 
@@ -40,6 +41,7 @@ LOGGED, DUPLICATE, QUARANTINED, REJECTED = "logged", "duplicate", "quarantined",
 _FROM_METER = (P.READING, P.BIRTH, P.RESULT)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,14 @@ class Outcome:
     dev: bytes | None = None
     seq: int | None = None
     detail: str = ""
+    # a rejected message's bytes, for the durable record's example (RejectionRecord)
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+
+def _with_raw(o: Outcome | _T, raw: bytes) -> Outcome | _T:
+    """A rejection with the bytes it refused (other outcomes as they are)."""
+    return replace(o, raw=raw) if isinstance(o, Outcome) and o.status == REJECTED \
+        and not o.raw else o
 
 
 _REMEMBERED = 4096  # unknown meters remembered (births, foreign fogs); the oldest forgotten
@@ -62,7 +72,7 @@ def _utc(t: int) -> str:
         return str(t)
 
 
-def _remember(table: dict[bytes, bytes], dev: bytes, value: bytes) -> None:
+def _remember(table: dict[bytes, _V], dev: bytes, value: _V) -> None:
     """table[dev] = value, keeping at most _REMEMBERED entries (oldest dropped): strangers
     cannot grow the fog's memory."""
     table.pop(dev, None)
@@ -193,6 +203,8 @@ class Ingest:
         self._contig: dict[bytes, int] = {}
         self._births: dict[bytes, bytes] = {}  # dev -> digest of the last logged birth
         self.pending_births: dict[bytes, bytes] = {}  # unknown meters' births (pub) seen
+        self.pending_seen: dict[bytes, Birth] = {}  # and what they said (not logged)
+        self.record = RejectionRecord(registry.db)  # rejections, kept across restarts
         self._foreign: dict[bytes, bytes] = {}  # unknown meters whose birth names another fog
         self.quarantine_per_meter = quarantine_per_meter
         self.quarantine_total = quarantine_total
@@ -206,6 +218,7 @@ class Ingest:
         and the registry's); returns how many entries were re-indexed. Call at startup."""
         start, size = self.registry.indexed_upto(), self.log.size()
         rows = []
+        births: list[tuple[Birth, int]] = []
         for idx in range(start, size):
             m = P.parse(self.log.entry(idx), schema=False)
             f = m.fields
@@ -215,7 +228,9 @@ class Ingest:
                 self.registry.set_status(f[1], f[10], f[18], f[19], f[6], idx)
             elif m.type == P.BIRTH:
                 self._births[m.kid] = m.digest
-        self.registry.record_readings(rows, size)
+                births.append((Birth.of(f, int(self.clock()),
+                                        self.registry.contiguous_seq(m.kid)), idx))
+        self.registry.record_readings(rows, size, births)
         self._forget()
         self.counters["recovered_entries"] += size - start
         return size - start
@@ -263,9 +278,9 @@ class Ingest:
 
     # -- the pipeline -------------------------------------------------------------------------
     def _reject(self, reason: str, detail: str, dev: bytes | None = None,
-                seq: int | None = None) -> Outcome:
+                seq: int | None = None, raw: bytes = b"") -> Outcome:
         self.rejected[reason] += 1
-        return Outcome(REJECTED, reason, dev, seq, detail)
+        return Outcome(REJECTED, reason, dev, seq, detail, raw)
 
     def _pub(self, dev: bytes, pub: bytes) -> P.PublicKey:
         k = self._pubs.get(dev)
@@ -278,7 +293,8 @@ class Ingest:
         """Verify, check and log a group of payloads (`_process`). If anything fails part
         way (a storage fault), the caches are dropped and the next call re-indexes the log
         before it looks at a message; nothing of the failed group is acked. The outcomes go
-        to `rejections` too, which tells the operator why messages were refused."""
+        to `rejections` too, which tells the operator why messages were refused, and to
+        `record`, which keeps the rejections (registry.db) for GET /v1/rejections."""
         if self.needs_recovery:
             self.recover()
             self.needs_recovery = False
@@ -289,6 +305,7 @@ class Ingest:
             self._forget()
             raise
         self.rejections.note(result[0])
+        self.record.note(int(self.clock()), result[0])
         return result
 
     def _process(self, payloads: Sequence[bytes], topic_devs: Sequence[bytes | None] | None,
@@ -308,26 +325,28 @@ class Ingest:
             try:
                 raws = split_batch(payload)
             except ProtocolError as e:
-                slots.append(self._reject(e.reason, str(e)))
+                slots.append(self._reject(e.reason, str(e), raw=payload))
                 continue
             topic_dev = topic_devs[i] if topic_devs is not None else None
             for raw in raws:
-                slots.append(self._precheck(raw, now, topic_dev))
+                slots.append(_with_raw(self._precheck(raw, now, topic_dev), raw))
         valid = iter(on_all_cores(_signature_ok, [s for s in slots if isinstance(s, _Verify)]))
         outcomes: list[Outcome] = []
         batch: list[_Pending] = []
         in_batch: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}  # (dev, seq) -> digest, prev
         touched: set[bytes] = set()
         for slot in slots:
-            out = slot if isinstance(slot, Outcome) else self._accept(
-                slot, next(valid), now, batch, in_batch, touched)
+            out = slot if isinstance(slot, Outcome) else _with_raw(self._accept(
+                slot, next(valid), now, batch, in_batch, touched), slot.msg.raw)
             if out is not None:
                 outcomes.append(out)
         if batch:
             first = self.log.append_batch([p.msg.raw for p in batch])
             rows = [(p.dev, p.seq, p.digest, first + i, p.msg.fields[3])
                     for i, p in enumerate(batch) if p.seq is not None]
-            self.registry.record_readings(rows, self.log.size())
+            births = [(Birth.of(p.msg.fields, now, self._contiguous(p.dev)), first + i)
+                      for i, p in enumerate(batch) if p.msg.type == P.BIRTH]
+            self.registry.record_readings(rows, self.log.size(), births)
             per_dev: dict[bytes, list[int]] = {}
             for dev, seq, digest, _, _ in rows:
                 if seq > self._last_logged(dev)[0]:
@@ -434,13 +453,14 @@ class Ingest:
         except ProtocolError as e:
             return self._reject(e.reason, str(e), dev)
         if m.type == P.BIRTH:
-            return self._birth(m, v.device, batch)
+            return self._birth(m, v.device, batch, now)
         if m.type == P.RESULT:
             batch.append(_Pending(m, dev, None, m.digest))
             return None
         return self._reading(m, dev, now, batch, in_batch, touched)
 
-    def _birth(self, m: P.Message, device: object, batch: list[_Pending]) -> Outcome | None:
+    def _birth(self, m: P.Message, device: object, batch: list[_Pending],
+               now: int) -> Outcome | None:
         f = m.fields
         if f[16] != self.key.id:
             if device is None:  # its readings are refused too, never quarantined
@@ -448,6 +468,7 @@ class Ingest:
             return self._reject("wrong_fog", "meter is configured for another fog", m.kid)
         if device is None:
             _remember(self.pending_births, m.kid, f[10])  # listed for the operator to enroll
+            _remember(self.pending_seen, m.kid, Birth.of(f, now, 0))
             self.counters["births_unknown"] += 1
             return Outcome(QUARANTINED, "unknown_meter", m.kid)
         digest = m.digest

@@ -9,7 +9,9 @@ of the order the node commits them in. Everything the checkpoints and the regist
 refer to is therefore in the log it sees (the log commits first; a checkpoint is sealed
 over a committed size; the registry indexes committed entries), and a proof is computed
 over a log that cannot move under it. WAL readers need no lock beside the writer; a read
-transaction holds back the WAL's checkpointing only while one request reads.
+transaction holds back the WAL's checkpointing only while one request reads. The cooked
+index (cooked.db) and the chain link's outbox (chain.db) are read the same way, begun
+before the files whose entries they name.
 
 Every lookup is one keyed query: a meter's reading by (dev, seq), its enrollment decisions
 by (dev, log index) (`Registry.decision_before`), a checkpoint by size, an entry or a tree
@@ -105,16 +107,30 @@ class LogView:
 
 
 class _Connections:
-    """One set of read-only connections to the node's three files."""
+    """One set of read-only connections to the node's files: the three of the log, and
+    the cooked index and the chain link's outbox the dashboard's endpoints read
+    (fog_node.dashboard); chain.db only once the node made it (a node that anchors)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.log_path = data_dir / "log.db"
+        self.chain_path = data_dir / "chain.db"
+        self.chain: sqlite3.Connection | None = None
+        self.attach_chain()
         self.checkpoints = _reader(data_dir / "checkpoints.db")
+        self.cooked = _reader(data_dir / "cooked.db")
         self.registry = _reader(data_dir / "registry.db")
         self.log = _reader(self.log_path)
 
+    def attach_chain(self) -> None:
+        """Open chain.db if the node has made it since (never creates it)."""
+        if self.chain is None and self.chain_path.is_file():
+            self.chain = _reader(self.chain_path)
+
     def all(self) -> tuple[sqlite3.Connection, ...]:
-        return self.checkpoints, self.registry, self.log  # the order snapshots begin in
+        # the order snapshots begin in: the outbox refers to checkpoints, checkpoints and
+        # the cooked index to log entries (each committed after what it refers to)
+        first = (self.chain,) if self.chain is not None else ()
+        return (*first, self.checkpoints, self.cooked, self.registry, self.log)
 
     def close(self) -> None:
         for db in self.all():
@@ -122,13 +138,20 @@ class _Connections:
 
 
 class Snapshot:
-    """One request's consistent view: `checkpoints`, `registry`, `log` (see the module)."""
+    """One request's consistent view: `checkpoints`, `registry`, `log` (see the module),
+    and the raw connections `cooked` (cooked.db) and `chain` (chain.db, None when the node
+    does not anchor) for the dashboard's queries."""
 
     def __init__(self, c: _Connections) -> None:
         for db in c.all():  # BEGIN defers the snapshot to the first read: read in order
             db.execute("BEGIN")
+        self.chain = c.chain
+        if self.chain is not None:
+            self.chain.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         self.checkpoints = CheckpointsView(c.checkpoints)
         self.checkpoints.latest()
+        self.cooked = c.cooked
+        self.cooked.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         self.registry = RegistryView(c.registry)
         self.registry.indexed_upto()
         self.log = LogView(c.log, c.log_path)
@@ -149,6 +172,8 @@ class Reads:
             c = self._free.pop() if self._free else None
         if c is None:
             c = _Connections(self.data_dir)
+        else:
+            c.attach_chain()
         try:
             yield Snapshot(c)
         finally:

@@ -9,7 +9,7 @@ enrollment, and evidence of equivocation. The clock is passed in, never read her
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,14 @@ QUARANTINE_TOTAL = 10_000
 EVIDENCE_PER_METER = 100  # equivocations kept as evidence; a hundred prove the point
 ALERTS_PER_METER = 1_000
 ALERTS_TOTAL = 100_000
+# each enrolled meter's last logged birth (type 2), written with the log batch that holds it:
+# what the dashboard shows of a meter (firmware, boot count, its spool's backlog then)
+_BIRTHS = """
+CREATE TABLE IF NOT EXISTS births (
+    dev BLOB PRIMARY KEY, received INTEGER NOT NULL, fw TEXT NOT NULL, boot INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, backlog INTEGER NOT NULL, hw TEXT NOT NULL, src TEXT NOT NULL,
+    dur INTEGER NOT NULL, leaf INTEGER NOT NULL) WITHOUT ROWID;
+"""
 # every enrollment decision (type 8) by meter and log index, written with the devices row it
 # updates; what the API's enrollment proofs look up (no scan of the log)
 _DECISIONS = """
@@ -70,6 +78,34 @@ def _together(db: sqlite3.Connection) -> Iterator[None]:
         return
     with atomic(db):
         yield
+
+
+@dataclass(frozen=True)
+class Birth:
+    """What a meter's birth said when the fog received it (fog time `received`): its
+    firmware, boot counter, last seq issued, and `backlog`, the readings its spool held
+    then that the fog had not logged (last_seq minus the meter's contiguous logged seq)."""
+
+    dev: bytes
+    received: int
+    fw: str
+    boot: int
+    last_seq: int
+    backlog: int
+    hw: str
+    src: str
+    dur: int
+
+    @classmethod
+    def of(cls, f: P.Fields, received: int, contiguous: int) -> Birth:
+        """From a birth's fields (type 2), the fog's time and the meter's contiguous seq."""
+        return cls(f[1], received, f[11], f[12], f[13], max(0, f[13] - contiguous), f[14],
+                   f[15], f[4])
+
+    def as_json(self) -> dict[str, Any]:
+        return {"received": self.received, "fw": self.fw, "boot": self.boot,
+                "last_seq": self.last_seq, "backlog": self.backlog, "hw": self.hw,
+                "src": self.src, "dur": self.dur}
 
 
 @dataclass(frozen=True)
@@ -99,7 +135,7 @@ class Registry:
     def __init__(self, path: Path | str) -> None:
         # one connection, used from the ingest thread; WAL so the HTTP API can read alongside
         self.db = connect(path)
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + _BIRTHS)
         self._index_decisions()
 
     def close(self) -> None:
@@ -195,11 +231,22 @@ class Registry:
         return int(row[0]) if row else 0
 
     def record_readings(self, rows: list[tuple[bytes, int, bytes, int, int]],
-                        log_size: int) -> None:
+                        log_size: int, births: Sequence[tuple[Birth, int]] = ()) -> None:
         """(dev, seq, digest, leaf index, t) of readings just committed to the log, which
-        now holds log_size entries."""
+        now holds log_size entries, and the births (with their leaf index) logged with
+        them: one transaction."""
         with atomic(self.db):
             cur = self.db.cursor()
+            # a re-indexed older birth never replaces a newer one
+            cur.executemany(
+                "INSERT INTO births (dev, received, fw, boot, last_seq, backlog, hw, src, dur, "
+                "leaf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dev) DO UPDATE SET "
+                "received = excluded.received, fw = excluded.fw, boot = excluded.boot, "
+                "last_seq = excluded.last_seq, backlog = excluded.backlog, hw = excluded.hw, "
+                "src = excluded.src, dur = excluded.dur, leaf = excluded.leaf "
+                "WHERE excluded.leaf > births.leaf",
+                [(b.dev, b.received, b.fw, b.boot, b.last_seq, b.backlog, b.hw, b.src, b.dur,
+                  leaf) for b, leaf in births])
             cur.execute("INSERT INTO meta (k, v) VALUES ('indexed_upto', ?) "
                         "ON CONFLICT(k) DO UPDATE SET v = MAX(v, excluded.v)", (log_size,))
             cur.executemany("INSERT OR IGNORE INTO readings (dev, seq, digest, leaf) "

@@ -6,16 +6,24 @@ Counters (/metrics) say how many; this says why, without drowning a log in 60,00
 the same line when a meter's clock is a year ahead. Memory is bounded: at most
 `_TRACKED` (meter, reason) pairs are remembered (the oldest forgotten), so strangers
 spraying junk cannot grow it; their messages still count in ingest's counters.
+
+`RejectionRecord` keeps what the dashboard shows (GET /v1/rejections, the per-meter counts
+of GET /v1/meters) durably in registry.db, bounded the same way: counts by reason with the
+last example of each, counts by meter, and counts per 15-minute bin of the node's clock.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time as _time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol
+
+from meterledger.infra.sqlite import atomic
 
 log = logging.getLogger("fog_node.rejections")
 
@@ -136,3 +144,89 @@ class RejectionLog:
                             s.more, reason, now - s.since, s.last_detail or "-")
             s.since, s.more = now, 0
 
+
+
+# -- the durable record (registry.db): what GET /v1/rejections and /v1/meters show ------------
+INTERVAL_S = 900  # the record's bins: 15 minutes of the node's clock
+INTERVALS_KEPT = 2880  # 30 days of bins; older ones are dropped
+METERS_KEPT = 10_000  # meters (or strangers' key ids) with a count; the stalest dropped
+REASONS_KEPT = 256  # reason codes with a count and a last example; far more than exist
+DETAIL_KEPT = 300  # characters of a rejection's detail kept as its example
+RAW_KEPT = 4096  # bytes of a rejected message kept as its example (a message's most)
+_RECORD = """
+CREATE TABLE IF NOT EXISTS rejection_reasons (
+    reason TEXT PRIMARY KEY, n INTEGER NOT NULL, first_t INTEGER NOT NULL,
+    last_t INTEGER NOT NULL, last_dev BLOB, last_detail TEXT NOT NULL, last_raw BLOB);
+CREATE TABLE IF NOT EXISTS rejection_meters (
+    dev BLOB PRIMARY KEY, n INTEGER NOT NULL, last_t INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rejection_meters_t ON rejection_meters (last_t);
+CREATE TABLE IF NOT EXISTS rejection_series (start INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+"""
+# what each bound dropped, in the registry's meta table
+DROPPED = {"meters": "rejections_dropped_meters", "reasons": "rejections_dropped_reasons",
+           "intervals": "rejections_dropped_intervals"}
+
+
+class Rejected(Refusal, Protocol):
+    @property
+    def raw(self) -> bytes: ...
+
+
+class RejectionRecord:
+    """Rejected messages counted durably in registry.db, bounded: per reason (with the last
+    example: when, the meter, the detail, the message's bytes), per meter, and per
+    INTERVAL_S bin. Quarantined messages are not rejections (the quarantine holds them).
+    Each ingest group with rejections is one transaction; what a bound drops (oldest
+    first) is counted in DROPPED."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.executescript(_RECORD)
+
+    def note(self, now: int, outcomes: Iterable[Rejected]) -> None:
+        refused = [o for o in outcomes if o.status == "rejected"]
+        if not refused:
+            return
+        last: dict[str, Rejected] = {}
+        count: Counter[str] = Counter()
+        per_dev: Counter[bytes] = Counter()
+        for o in refused:
+            last[o.reason] = o
+            count[o.reason] += 1
+            if o.dev:
+                per_dev[o.dev] += 1
+        q = self.db.execute
+        # its own transaction, or a part of the caller's (nothing of ingest holds one now)
+        with nullcontext() if self.db.in_transaction else atomic(self.db):
+            for reason, o in last.items():
+                q("INSERT INTO rejection_reasons VALUES (?, ?, ?, ?, ?, ?, ?) "
+                  "ON CONFLICT(reason) DO UPDATE SET n = n + excluded.n, last_t = excluded.last_t, "
+                  "last_dev = excluded.last_dev, last_detail = excluded.last_detail, "
+                  "last_raw = excluded.last_raw",
+                  (reason, count[reason], now, now, o.dev or None, o.detail[:DETAIL_KEPT],
+                   o.raw[:RAW_KEPT] or None))
+            self.db.executemany(
+                "INSERT INTO rejection_meters VALUES (?, ?, ?) ON CONFLICT(dev) DO UPDATE SET "
+                "n = n + excluded.n, last_t = excluded.last_t",
+                [(dev, n, now) for dev, n in per_dev.items()])
+            start = now // INTERVAL_S * INTERVAL_S
+            q("INSERT INTO rejection_series VALUES (?, ?) ON CONFLICT(start) DO UPDATE SET "
+              "n = n + excluded.n", (start, len(refused)))
+            self._dropped("intervals", q("DELETE FROM rejection_series WHERE start < ?", (
+                start - (INTERVALS_KEPT - 1) * INTERVAL_S,)).rowcount)
+            self._trim("meters", "rejection_meters", "dev", METERS_KEPT)
+            self._trim("reasons", "rejection_reasons", "reason", REASONS_KEPT)
+
+    def _trim(self, what: str, table: str, key: str, keep: int) -> None:
+        """Drop the rows of `table` seen least recently beyond `keep`."""
+        (n,) = self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        if n > keep:
+            self._dropped(what, self.db.execute(
+                f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
+                f"ORDER BY last_t, {key} LIMIT ?)", (n - keep,)).rowcount)
+
+    def _dropped(self, what: str, n: int) -> None:
+        if n:
+            self.db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE "
+                            "SET v = v + excluded.v", (DROPPED[what], n))

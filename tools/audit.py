@@ -41,6 +41,8 @@ from typing import Any
 
 from meterledger import errors
 from meterledger import wire as P
+from meterledger.clients.bundle import BUNDLE_VERSION as BUNDLE_VERSION
+from meterledger.clients.bundle import build_bundle as build_bundle
 from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.clients.fog import FogClient
 from meterledger.infra import datadir
@@ -49,7 +51,6 @@ from meterledger.wire import chain as C
 from meterledger.wire import merkle
 from tools import audit_consortium as consortium
 
-BUNDLE_VERSION = 1
 # (check name, what it establishes), in the order verify runs them
 CHECKS = (
     ("format", "the bundle has every field and no other, as hex, hashes and integers of the "
@@ -90,54 +91,8 @@ class BundleError(errors.MeterLedgerError, ValueError):
 
 
 # --- bundle ----------------------------------------------------------------------------------
-def _h(b: bytes) -> str:
-    return b.hex()
-
-
-def build_bundle(fog: FogClient, chain: ChainClient, dev: bytes, seq: int) -> dict[str, Any]:
-    """Ask the fog node and the chain for everything that proves reading (dev, seq).
-    `fog` is the fog's API, `chain` the dispatch chain's (meterledger.clients)."""
-    info = fog.checkpoint()
-    fog_pub, fog_id = bytes.fromhex(info["fog_pub"]), info["fog_id"]
-    first = fog.inclusion(dev, seq)
-    leaf = int(first["leaf_index"])
-    anchors = [a for a in chain.anchors(fog_id) if int(a["size"]) > leaf]
-    if not anchors:
-        raise ChainClientError(f"reading {seq} of {dev.hex()} (entry {leaf}) is not anchored "
-                               "yet: no anchor of this fog covers it")
-    anchor = anchors[0]
-    tx = chain.tx(anchor["digest"])
-    tx_raw = bytes.fromhex(tx["tx"])
-    head = P.parse(tx_raw).fields[4][1][-1]
-    size = int(anchor["size"])
-    proof = fog.inclusion(dev, seq, size)
-    enrollment = fog.enrollment_proof(dev, size, leaf)
-    devices = {d["dev"]: d for d in fog.devices()}
-    header = bytes.fromhex(tx["header"])
-    if "finality" in tx:  # a consortium's block: CometBFT's commit instead of a sealer
-        anchor = consortium.anchor_section(tx)
-    else:
-        anchor = {
-            "block_height": int(tx["height"]),
-            "block_header": tx["header"],
-            "sealer_signature": _h(P.parse(header, schema=False).signature),
-            "transaction": tx["tx"],
-            "tx_index": int(tx["index"]),
-            "tx_path": tx["path"],
-        }
-    return {
-        "version": consortium.VERSION if "finality" in tx else BUNDLE_VERSION,
-        "reading": proof["entry"],
-        "device_pub": devices[dev.hex()]["pub"],
-        "enrollment": {"entry": enrollment["entry"], "leaf_index": enrollment["leaf_index"],
-                       "inclusion_path": enrollment["path"]},
-        "leaf_index": leaf,
-        "tree_size": size,
-        "inclusion_path": proof["path"],
-        "checkpoint": _h(head),
-        "fog_pub": _h(fog_pub),
-        "anchor": anchor,
-    }
+# built in meterledger.clients.bundle (the fog's GET /v1/bundle builds the same document);
+# `build_bundle` and BUNDLE_VERSION stay importable from here for the tool's callers
 
 
 # --- verify ----------------------------------------------------------------------------------

@@ -21,9 +21,13 @@ from typing import Any
 
 from meterledger import errors
 from meterledger import wire as P
+
+# the version and the anchor of a consortium's bundle are built with the rest of the bundle
+# (meterledger.clients.bundle, which the fog's GET /v1/bundle uses too): named here as before
+from meterledger.clients.bundle import VERSION as VERSION
+from meterledger.clients.bundle import anchor_section as anchor_section
 from meterledger.wire import cometbft as W
 
-VERSION = 2
 ANCHOR_SHAPE: dict[str, Any] = {"block_height": "uint", "transaction": "hex", "tx_index": "uint",
                                 "signed_header": "object", "tx_proof": "object"}
 # the checks that take the place of the sealer's (block_signature .. tx_inclusion)
@@ -66,14 +70,6 @@ def load_genesis(path: Path) -> Genesis:
     if not isinstance(name, str):
         raise GenesisError(f"--validators {path}: chain_id is not a string")
     return Genesis(name, chain, validators)
-
-
-def anchor_section(tx: dict[str, Any]) -> dict[str, Any]:
-    """The bundle's anchor from the chain API's GET /v1/tx answer of a consortium node."""
-    finality = tx["finality"]
-    return {"block_height": int(tx["height"]), "transaction": tx["tx"],
-            "tx_index": int(tx["index"]), "signed_header": finality["signed_header"],
-            "tx_proof": finality["tx_proof"]}
 
 
 @dataclass(frozen=True)

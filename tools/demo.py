@@ -99,7 +99,7 @@ class Child:
         return self.proc.returncode
 
 
-def _run(args: list[str]) -> str:
+def run_module(args: list[str]) -> str:
     out = subprocess.run([sys.executable, "-m", *args], cwd=_ROOT, capture_output=True,
                          text=True, timeout=60)
     if out.returncode != 0:
@@ -140,7 +140,7 @@ def auditor_token(data_dir: Path, token: str | None) -> str:
 
 def register_fog(data_dir: Path, url: str, fog_pub: str) -> None:
     """Register the fog on the chain at `url`, signed by the dispatch key of `data_dir`."""
-    _run(["aggregator", "register", "--data-dir", str(data_dir), "--role", "fog",
+    run_module(["aggregator", "register", "--data-dir", str(data_dir), "--role", "fog",
           "--pub", fog_pub, "--name", "district-1", "--chain", url])
 
 
@@ -154,6 +154,7 @@ class ChainStack(Protocol):
 
     def start(self, token: str | None) -> None: ...
     def register(self, fog_pub: str) -> None: ...
+    def rules(self, file: Path) -> None: ...
     def report(self) -> None: ...
     def verify(self, bundle: Path) -> tuple[audit.Verified, list[str]]: ...
     def recheck(self) -> str: ...
@@ -171,7 +172,7 @@ class Embedded:
         self.url = self.token = self.dispatch_pub = ""
 
     def start(self, token: str | None) -> None:
-        _run(["aggregator", "init", "--data-dir", str(self.dir)])
+        run_module(["aggregator", "init", "--data-dir", str(self.dir)])
         self.token = auditor_token(self.dir, token)
         self.child = Child("aggregator", ["aggregator", "run", "--data-dir", str(self.dir),
                                           "--http-port", "0"], self.out / "aggregator.log")
@@ -182,6 +183,11 @@ class Embedded:
 
     def register(self, fog_pub: str) -> None:
         register_fog(self.dir, self.url, fog_pub)
+
+    def rules(self, file: Path) -> None:
+        out = run_module(["aggregator", "rules", "register", str(file), "--data-dir", str(self.dir),
+                    "--chain", self.url])
+        print(f"rules       {file} registered: {out.strip().splitlines()[-1]}")
 
     def report(self) -> None:
         """Nothing to add to the table: one node seals."""
@@ -213,7 +219,7 @@ def _interrupt(*_: Any) -> None:
 # long: the demo's steps in the order a user sees them printed
 def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
          broker_kind: str = "auto", token: str | None = None, keep_running: bool = False,
-         consortium: bool = False) -> int:
+         consortium: bool = False, rules: Path | None = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -234,7 +240,7 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
     fog_dir = out / "fog"
     on_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        fog_out = _run(["fog_node", "init", "--data-dir", str(fog_dir)])  # with the broker's CA
+        fog_out = run_module(["fog_node", "init", "--data-dir", str(fog_dir)])  # with the broker's CA
         fog_hex = re.search(r"fog id ([0-9a-f]{16})", fog_out).group(1)  # type: ignore[union-attr]
         fog_pub = re.search(r"fog pub ([0-9a-f]{130})", fog_out).group(1)  # type: ignore[union-attr]
         security = broker_security(out, fog_dir, fog_hex) if secure else {
@@ -250,6 +256,8 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         chain_url, dispatch_pub = stack.url, stack.dispatch_pub
         fog_token = auditor_token(fog_dir, token)
         stack.register(fog_pub)
+        if rules is not None:  # the dispatcher's rule set: suggestions to approve
+            stack.rules(rules)
 
         epoch = time.time() + 1.0  # the shared simulated clock reads START then
         http_port = free_port()
@@ -279,11 +287,12 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
             {"pub": bytes(vm.app.meter.key.pub).hex()}
             | ({"mqtt_hash": hash_password(vm.mqtt_secret)} if secure else {})
             for vm in meters]}))
-        _run(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
+        run_module(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
 
         fog_url = f"http://127.0.0.1:{http_port}"
         print(f"fog node    {fog_url} (id {fog_hex}), {n_meters} virtual meters, "
               f"time x{COMPRESS:.0f}")
+        print(f"dashboards  {fog_url}/ui/ (the fog), {chain_url}/ui/ (the chain)")
 
         chain = ChainClient(chain_url)
         seen, closed = run_meters(meters, chain, fog_hex, intervals, timeout_s, out)
@@ -421,6 +430,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> i
     ap.add_argument("--consortium", action="store_true",
                     help="run the chain as a four-validator CometBFT network (make "
                          "demo-consortium) instead of the embedded one; needs `make setup`")
+    ap.add_argument("--rules", type=Path, metavar="FILE",
+                    help="register this rule file on the chain, so the dispatcher suggests "
+                         "(docs/examples/rules-lab.toml suggests every interval)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--token-file", type=Path, metavar="FILE",
                    help="file holding the auditor token the demo gives the fog and the chain "
@@ -433,12 +445,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.demo") -> i
         token = audit.read_token(args.token, args.token_file)
         if token is not None and len(token) < 16:
             raise errors.ConfigError("the auditor token must have at least 16 characters")
+        if args.rules is not None and not args.rules.is_file():
+            raise errors.ConfigError(f"--rules {args.rules}: no such file")
     except errors.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         return demo(args.out.resolve(), args.meters, args.intervals, args.timeout, args.broker,
-                    token, args.keep_running, args.consortium)
+                    token, args.keep_running, args.consortium,
+                    args.rules.resolve() if args.rules else None)
     except errors.MeterLedgerError as e:  # DemoError, BundleError, ChainClientError, ...
         print(f"demo failed: {e}", file=sys.stderr)
         return 1

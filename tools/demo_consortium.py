@@ -25,7 +25,7 @@ from aggregator.chain.backends.cometbft import network, supervise
 from meterledger import errors
 from meterledger.infra import datadir
 from tools import audit, audit_consortium
-from tools.demo import DemoError, auditor_token, register_fog
+from tools.demo import DemoError, auditor_token, register_fog, run_module
 
 LINK = "regulator-prov"  # the validator whose API the fog's chain link uses
 READY_S = 90.0  # a loaded machine takes a while to start four validators
@@ -115,6 +115,12 @@ class Consortium:
     def register(self, fog_pub: str) -> None:
         assert self.net is not None
         register_fog(self.dispatch_dir, self.net.validators[0].api_url, fog_pub)
+
+    def rules(self, file: Path) -> None:
+        assert self.net is not None
+        out = run_module(["aggregator", "rules", "register", str(file), "--data-dir",
+                    str(self.dispatch_dir), "--chain", self.net.validators[0].api_url])
+        print(f"rules       {file} registered: {out.strip().splitlines()[-1]}")
 
     def report(self) -> None:
         assert self.net is not None

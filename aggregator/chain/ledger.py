@@ -12,6 +12,9 @@ never a backend or a store (an import-linter contract checks it).
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,6 +132,9 @@ class AnchorView:
     last: int
     size: int
     root: bytes
+    # the time field of the newest checkpoint it carried (its head's); not part of equality:
+    # a view is the same anchor whether or not its reader asked for the time
+    t: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,56 @@ class RuleSetView:
     text: str
 
 
+@dataclass(frozen=True)
+class TxRecord:
+    """A transaction where it landed: block height, index in the block, digest, bytes."""
+
+    height: int
+    index: int
+    digest: bytes
+    tx: bytes
+
+
+@dataclass(frozen=True)
+class BlockMeta:
+    """What a block's header says, whichever engine agreed on it."""
+
+    height: int
+    time: int  # block time, unix seconds
+    header: dict[str, Any]  # the header's fields by name, JSON-ready (bytes as hex)
+    # who sealed (embedded: the sealer's 8-byte id) or proposed it (consortium: the
+    # validator's 20-byte address; empty when CometBFT cannot say, and for block 0)
+    proposer: bytes = b""
+    proposer_name: str = ""  # the sealer's participant name, the validator's name
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One transaction's commit latency as its submitter saw it: submit to committed."""
+
+    height: int  # the block that holds it
+    at: float  # when it was committed, unix seconds (the node's wall clock)
+    ms: float
+
+
+class LatencyRing:
+    """The newest `size` commit latencies, in memory; safe from any thread."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self._ring: deque[Latency] = deque(maxlen=size)
+
+    def add(self, height: int, at: float, ms: float) -> None:
+        with self._lock:
+            self._ring.append(Latency(height, at, max(0.0, ms)))
+
+    def newest(self, limit: int) -> list[Latency]:
+        """Up to `limit`, newest first."""
+        with self._lock:
+            items = list(self._ring)
+        return items[::-1][:max(0, limit)]
+
+
 @dataclass
 class LedgerStats:
     """Counters since the ledger was opened, for /metrics."""
@@ -220,8 +276,34 @@ class Ledger(Protocol):
         """Raises NotFoundError for a digest not on the chain."""
         ...
 
-    def anchors(self, fog: bytes) -> list[AnchorView]:
-        """The fog's accepted anchors, oldest first."""
+    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
+        """The fog's accepted anchors, oldest first (only the newest `last` if given)."""
+        ...
+
+    def anchor_counts(self) -> dict[bytes, int]:
+        """How many anchors each fog that anchored has on the chain."""
+        ...
+
+    def txs_of_kind(self, kind: str, after_height: int = -1, before_height: int | None = None,
+                    limit: int | None = None) -> list[TxRecord]:
+        """The transactions of one kind in blocks after_height < h < before_height, newest
+        first, at most `limit`."""
+        ...
+
+    def block_meta(self, blocks: Sequence[Block], proposers: bool = True) -> list[BlockMeta]:
+        """What each block's header says (its time, its fields by name) and, with
+        `proposers`, who sealed or proposed it (the consortium asks CometBFT)."""
+        ...
+
+    def latencies(self, limit: int) -> list[Latency]:
+        """The newest commit latencies this ledger measured (at most `limit`), newest
+        first."""
+        ...
+
+    def validators(self, commits: int = 20) -> dict[str, Any]:
+        """Who agrees on blocks, JSON-ready: the sealer (embedded), or the validators with
+        whether each is up, its height and which signed each of the last `commits` commits
+        (consortium; docs/PROTOCOL.md section 15, GET /v1/validators)."""
         ...
 
     def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:

@@ -23,12 +23,13 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from aggregator.chain.ledger import (
+    AggregateView,
     AggregatorError,
     ChainError,
     Ledger,
@@ -59,7 +60,27 @@ _SCHEMA = (
     "(rules_name, rule, fog, feeder, created)",
 )
 _COLUMNS = ("id, rules_name, rule, fog, feeder, rules_digest, metric, ivls, vals, op, arg, "
-            "devs, valid_s, why, created, state, instruction, height, idx, not_after, decided")
+            "devs, valid_s, why, created, state, instruction, height, idx, not_after, decided, "
+            "aggs")
+# added later: the aggregates that triggered each suggestion (NULL in an older row)
+_AGGS = "ALTER TABLE suggestions ADD COLUMN aggs TEXT"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One aggregate a suggestion was made from: its interval, the rule's metric's value
+    there, and the anchored aggregate (its digest, revision, the anchor's block and index)."""
+
+    ivl: int
+    value: float
+    digest: bytes
+    rev: int
+    height: int
+    index: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ivl": self.ivl, "value": self.value, "digest": self.digest.hex(),
+                "rev": self.rev, "height": self.height, "index": self.index}
 
 
 class SuggestionStateError(AggregatorError):
@@ -75,6 +96,7 @@ class StoredSuggestion:
     index: int | None = None
     not_after: int | None = None  # approved: the instruction's not_after
     decided: int | None = None  # when it was approved or dismissed
+    aggregates: tuple[Trigger, ...] | None = None  # None: a row from before they were kept
 
     def as_json(self) -> dict[str, Any]:
         s = self.suggestion
@@ -86,17 +108,28 @@ class StoredSuggestion:
                 "created": s.created,
                 "instruction": self.instruction.hex() if self.instruction else None,
                 "height": self.height, "index": self.index, "not_after": self.not_after,
-                "decided": self.decided}
+                "decided": self.decided,
+                "aggregates": [a.as_json() for a in self.aggregates or ()]}
 
 
 def _row(r: Any) -> StoredSuggestion:
     (sid, rules_name, rule, fog, feeder, digest, metric, ivls, vals, op, arg, devs, valid_s,
-     why, created, state, instruction, height, idx, not_after, decided) = r
+     why, created, state, instruction, height, idx, not_after, decided, aggs) = r
     s = Suggestion(sid, bytes(fog), feeder, rule, rules_name, bytes(digest), metric,
                    tuple(json.loads(ivls)), tuple(json.loads(vals)), op, {1: json.loads(arg)},
                    tuple(bytes.fromhex(d) for d in json.loads(devs)), valid_s, why, created)
+    triggers = None if aggs is None else tuple(
+        Trigger(ivl, value, bytes.fromhex(d), rev, h, i)
+        for ivl, value, d, rev, h, i in json.loads(aggs))
     return StoredSuggestion(s, state, bytes(instruction) if instruction is not None else None,
-                            height, idx, not_after, decided)
+                            height, idx, not_after, decided, triggers)
+
+
+def _aggs_json(triggers: Sequence[Trigger] | None) -> str | None:
+    if triggers is None:
+        return None
+    return json.dumps([[t.ivl, t.value, t.digest.hex(), t.rev, t.height, t.index]
+                       for t in triggers])
 
 
 class SuggestionStore:
@@ -109,6 +142,9 @@ class SuggestionStore:
             self._db: sqlite3.Connection | None = connect(self.path, timeout=30)
             for statement in _SCHEMA:
                 self._db.execute(statement)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(suggestions)")}
+            if "aggs" not in columns:
+                self._db.execute(_AGGS)
         except sqlite3.Error as e:
             raise StorageError(f"{self.path}: cannot open as a suggestion store: {e}") from e
 
@@ -121,8 +157,11 @@ class SuggestionStore:
             except sqlite3.Error as e:
                 raise StorageError(f"{self.path}: {e}") from e
 
-    def record(self, candidates: list[Suggestion], now: int) -> list[StoredSuggestion]:
-        """Store the candidates the policy of the module doc lets in; returns those."""
+    def record(self, candidates: list[Suggestion], now: int,
+               triggers: Callable[[Suggestion], Sequence[Trigger] | None] = lambda s: None,
+               ) -> list[StoredSuggestion]:
+        """Store the candidates the policy of the module doc lets in, each with its
+        `triggers` (the aggregates it was made from); returns those."""
         added: list[StoredSuggestion] = []
         for s in candidates:
             if self._exec("SELECT 1 FROM suggestions WHERE id = ?", (s.id,)):
@@ -136,13 +175,16 @@ class SuggestionStore:
                     continue
                 if prev.state == APPROVED and now < (prev.not_after or 0):
                     continue
+            made = triggers(s)
+            found = None if made is None else tuple(made)
             self._exec(f"INSERT INTO suggestions ({_COLUMNS}) VALUES "
-                       f"({', '.join('?' * 21)})",
+                       f"({', '.join('?' * 22)})",
                        (s.id, s.rules_name, s.rule, s.fog, s.feeder, s.rules_digest, s.metric,
                         json.dumps(list(s.ivls)), json.dumps(list(s.values)), s.op,
                         json.dumps(s.args[1]), json.dumps([d.hex() for d in s.devs]),
-                        s.valid_s, s.why, s.created, OPEN, None, None, None, None, None))
-            added.append(StoredSuggestion(s, OPEN))
+                        s.valid_s, s.why, s.created, OPEN, None, None, None, None, None,
+                        _aggs_json(found)))
+            added.append(StoredSuggestion(s, OPEN, aggregates=found))
         return added
 
     def list(self, state: str | None = None) -> list[StoredSuggestion]:
@@ -205,6 +247,8 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._seen = -1  # aggregates of blocks up to this height are in _series
         self._series: dict[tuple[bytes, str], list[P.Fields]] = {}
+        # the newest revision of each (fog, feeder, ivl), as rules.newest_revisions picks it
+        self._newest: dict[tuple[bytes, str, int], AggregateView] = {}
         self._parsed: dict[bytes, RuleSet | None] = {}  # by digest; None: does not parse
         self.counters: Counter[str] = Counter()  # rules_skipped: registered, not parsing
 
@@ -244,9 +288,13 @@ class Dispatcher:
             for a in self.ledger.aggregates(after_height=self._seen):
                 fields = P.parse(a.msg, schema=False).fields  # the chain checked it
                 self._series.setdefault((a.fog, a.feeder), []).append(fields)
+                have = self._newest.get((a.fog, a.feeder, a.ivl))
+                if have is None or a.rev >= have.rev:
+                    self._newest[(a.fog, a.feeder, a.ivl)] = a
                 self._seen = max(self._seen, a.height)
             now = int(self.clock())
-            added = self.store.record(suggest(self._rule_sets(), self._series, now), now)
+            added = self.store.record(suggest(self._rule_sets(), self._series, now), now,
+                                      self._triggers)
             for stored in added:
                 s = stored.suggestion
                 log.info("suggestion %s: rule %s (%s) on fog %s feeder %s, %s %s over "
@@ -255,9 +303,23 @@ class Dispatcher:
                          s.args[1])
             return added
 
+    def _triggers(self, s: Suggestion) -> tuple[Trigger, ...]:
+        """The anchored aggregates of the suggestion's intervals (newest revisions)."""
+        out = []
+        for ivl, value in zip(s.ivls, s.values, strict=True):
+            a = self._newest.get((s.fog, s.feeder, ivl))
+            if a is not None:
+                out.append(Trigger(ivl, value, a.digest, a.rev, a.height, a.index))
+        return tuple(out)
+
     def suggestions(self, state: str | None = None) -> list[StoredSuggestion]:
+        """The stored suggestions (those in `state`), oldest first; one recorded before the
+        triggering aggregates were kept shows its intervals' newest revisions now."""
         self.refresh()
-        return self.store.list(state)
+        listed = self.store.list(state)
+        with self._lock:
+            return [s if s.aggregates is not None else
+                    replace(s, aggregates=self._triggers(s.suggestion)) for s in listed]
 
     def approve(self, sid: str) -> Receipt:
         """Sign the suggestion's instruction with the dispatch key (valid from now for its

@@ -46,7 +46,11 @@ CREATE TABLE IF NOT EXISTS instructions (
     digest BLOB PRIMARY KEY, height INTEGER NOT NULL, idx INTEGER NOT NULL, tx BLOB NOT NULL,
     received INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'received');
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v);
+CREATE INDEX IF NOT EXISTS outbox_anchors ON outbox (kind, last);
 """
+# when a transaction landed (the node's clock), for the dashboard's checkpoints and anchors
+# (fog_node.dashboard); an outbox made before it gets the column, NULL for what landed then
+_LANDED = "ALTER TABLE outbox ADD COLUMN landed INTEGER"
 
 
 class AnchorError(errors.MeterLedgerError, RuntimeError):
@@ -97,6 +101,8 @@ class ChainLink:
         self._thread: threading.Thread | None = None
         self.db = connect(node.config.data_dir / "chain.db")
         self.db.executescript(_SCHEMA)
+        if "landed" not in {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}:
+            self.db.execute(_LANDED)
         # nonce allocation + outbox insert, by plan() here and queue_tx() from other threads
         self._tx_lock = threading.Lock()
         self._side_db: sqlite3.Connection | None = None  # queue_tx's own connection
@@ -301,8 +307,9 @@ class ChainLink:
                 self.counters[f"refused_{e.reason}"] += 1
                 break
             with self._atomic():
-                self.db.execute("UPDATE outbox SET state = 'landed', height = ?, idx = ? "
-                                "WHERE nonce = ?", (r.height, r.index, nonce))
+                self.db.execute("UPDATE outbox SET state = 'landed', height = ?, idx = ?, "
+                                "landed = ? WHERE nonce = ?",
+                                (r.height, r.index, int(self.clock()), nonce))
             self.counters["landed_duplicate" if r.duplicate else "landed"] += 1
             landed += 1
         return landed

@@ -24,6 +24,7 @@ from fog_node.cooking.feeders import (
 from fog_node.cooking.index import (
     _COLS,
     AGGREGATES_PER_CHECKPOINT,
+    FAULTS_KEPT,
     Closed,
     _reading_fields,
 )
@@ -174,19 +175,35 @@ class Aggregates(Estimates):
         return Closed(ivl, P.digest(msgs[-1]) if msgs else None, msgs, faults, suppressed)
 
     def _faults(self, found: list[Fault], feeders: list[str], now: int) -> list[Fault]:
-        """The faults that start with this interval; faults that ended are closed."""
+        """The faults that start with this interval; faults that ended are closed. The
+        faults table keeps their history (index.py) in the same transaction."""
         new: list[Fault] = []
         still = {(f.kind, f.feeder) for f in found}
-        for kind, feeder in self.db.execute("SELECT kind, feeder FROM open_faults").fetchall():
+        q = self.db.execute
+        for kind, feeder in q("SELECT kind, feeder FROM open_faults").fetchall():
             if (kind, feeder) not in still and feeder in feeders:
-                self.db.execute("DELETE FROM open_faults WHERE kind = ? AND feeder = ?",
-                                (kind, feeder))
+                q("DELETE FROM open_faults WHERE kind = ? AND feeder = ?", (kind, feeder))
+                q("UPDATE faults SET ended = ? WHERE kind = ? AND feeder = ? AND ended IS NULL",
+                  (now, kind, feeder))
         for f in found:
-            cur = self.db.execute("INSERT OR IGNORE INTO open_faults VALUES (?, ?, ?)",
-                                  (f.kind, f.feeder, now))
+            cur = q("INSERT OR IGNORE INTO open_faults VALUES (?, ?, ?)",
+                    (f.kind, f.feeder, now))
             if cur.rowcount:
                 new.append(f)
                 self.counters[f"faults_{f.kind}"] += 1
+                q("INSERT INTO faults (kind, feeder, first_ivl, last_ivl, dur, raised, detail, "
+                  "meters) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (f.kind, f.feeder, f.ivl, f.ivl,
+                                                           self.config.interval_s, now, f.detail,
+                                                           len(f.devs)))
+            else:  # still there: it lasts at least to this interval
+                q("UPDATE faults SET last_ivl = MAX(last_ivl, ?) WHERE kind = ? AND feeder = ? "
+                  "AND ended IS NULL", (f.ivl, f.kind, f.feeder))
+        (top,) = q("SELECT MAX(id) FROM faults").fetchone()
+        if top is not None and top > FAULTS_KEPT:
+            n = q("DELETE FROM faults WHERE id <= ? AND ended IS NOT NULL",
+                  (top - FAULTS_KEPT,)).rowcount
+            if n:
+                self._set_meta("faults_dropped", (self._meta("faults_dropped") or 0) + n)
         return new
 
     def revise(self, now: int, seal: Callable[[], object] | None = None) -> list[bytes]:

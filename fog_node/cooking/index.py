@@ -46,7 +46,25 @@ CREATE TABLE IF NOT EXISTS dirty_ivls (ivl INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS open_faults (kind TEXT NOT NULL, feeder TEXT NOT NULL,
     since INTEGER NOT NULL, PRIMARY KEY (kind, feeder));
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS aggregates_ivl ON aggregates (ivl);
+CREATE INDEX IF NOT EXISTS estimates_leaf ON estimates (leaf);
+CREATE INDEX IF NOT EXISTS readings_dev_t ON readings (dev, t);
+CREATE TABLE IF NOT EXISTS vee_findings (
+    id INTEGER PRIMARY KEY, dev BLOB NOT NULL, seq INTEGER NOT NULL, t INTEGER NOT NULL,
+    rule TEXT NOT NULL, severity TEXT NOT NULL, detail TEXT NOT NULL, leaf INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS vee_findings_dev ON vee_findings (dev, id);
+CREATE TABLE IF NOT EXISTS faults (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, feeder TEXT NOT NULL, first_ivl INTEGER NOT NULL,
+    last_ivl INTEGER NOT NULL, dur INTEGER NOT NULL, raised INTEGER NOT NULL, ended INTEGER,
+    detail TEXT NOT NULL, meters INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS faults_open ON faults (kind, feeder, ended);
 """
+# the dashboard's read side (fog_node.dashboard): aggregates by interval, a meter's readings
+# by time; every VEE finding (info and warnings too: the registry's alerts hold the errors),
+# the newest FINDINGS_KEPT kept; each local fault from the interval it was found in to the
+# last one that still showed it, the newest FAULTS_KEPT ended ones kept (open ones stay)
+FINDINGS_KEPT = 50_000
+FAULTS_KEPT = 10_000
 
 # the aggregates of one close are logged in chunks, each followed by a checkpoint, so that an
 # anchor can always carry a checkpoint with the aggregates it covers within 4096 bytes
@@ -142,11 +160,22 @@ class CookedIndex:
                                         (f[1], f[2], f[16], m.digest, idx, m.raw))
                 self._flush_readings(rows)
                 self._set_meta("cursor", size)
+                self._trim_findings()
         except BaseException:  # nothing was indexed: the caches must not say otherwise
             self._last.clear()
             rows.clear()
             raise
         return size - start
+
+    def _trim_findings(self) -> None:
+        """Keep the newest FINDINGS_KEPT VEE findings; count what is dropped."""
+        (top,) = self.db.execute("SELECT MAX(id) FROM vee_findings").fetchone()
+        if top is not None and top > FINDINGS_KEPT:
+            n = self.db.execute("DELETE FROM vee_findings WHERE id <= ?",
+                                (top - FINDINGS_KEPT,)).rowcount
+            if n:
+                self._set_meta("vee_findings_dropped", (self._meta("vee_findings_dropped")
+                                                        or 0) + n)
 
     def _flush_readings(self, rows: list[tuple[Any, ...]]) -> None:
         if rows:
@@ -187,6 +216,10 @@ class CookedIndex:
         bound = True
         for finding in findings:
             self.counters[f"vee_{finding.rule}"] += 1
+            self.db.execute("INSERT INTO vee_findings (dev, seq, t, rule, severity, detail, "
+                            "leaf) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (dev, seq, f[3], finding.rule, str(finding.severity),
+                             finding.detail, idx))
             if finding.severity is vee.Severity.ERROR:
                 self.registry.alert(now, f"vee_{finding.rule}", dev,
                                     f"seq {seq}: {finding.detail}")

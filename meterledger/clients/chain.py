@@ -146,3 +146,39 @@ class ChainClient:
 
     def tx(self, digest_hex: str) -> dict[str, Any]:
         return self.get(f"/v1/tx/{digest_hex}")
+
+    # -- the dashboard's reads (docs/PROTOCOL.md section 15) ------------------------------------
+    def _query(self, path: str, **query: Any) -> dict[str, Any]:
+        return self.get(path, **{k: v for k, v in query.items() if v is not None})
+
+    def block(self, height: int) -> dict[str, Any]:
+        """GET /v1/blocks/{height}: the header, transactions and `decoded`."""
+        return self.get(f"/v1/blocks/{height}")
+
+    def blocks(self, before: int | None = None, limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/blocks: {"head", "blocks" (newest first), "next"}."""
+        return self._query("/v1/blocks", before=before, limit=limit)
+
+    def fogs(self, limit: int | None = None, fog_hex: str | None = None) -> list[dict[str, Any]]:
+        """GET /v1/fogs: every fog that anchored, with its anchor-lag series."""
+        out: list[dict[str, Any]] = self._query("/v1/fogs", limit=limit, fog=fog_hex)["fogs"]
+        return out
+
+    def dispatch(self, fog_hex: str | None = None, before: int | None = None,
+                 limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/dispatch: {"instructions" (newest first, with reports), "next"}."""
+        return self._query("/v1/dispatch", fog=fog_hex, before=before, limit=limit)
+
+    def validators(self, commits: int | None = None) -> dict[str, Any]:
+        """GET /v1/validators: the sealer, or the consortium's validators and commits."""
+        return self._query("/v1/validators", commits=commits)
+
+    def latency(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """GET /v1/latency: recent commit latencies, newest first."""
+        out: list[dict[str, Any]] = self._query("/v1/latency", limit=limit)["latencies"]
+        return out
+
+    def suggestions(self, state: str | None = None) -> list[dict[str, Any]]:
+        """GET /v1/suggestions: with the aggregates that triggered each."""
+        out: list[dict[str, Any]] = self._query("/v1/suggestions", state=state)["suggestions"]
+        return out

@@ -136,6 +136,9 @@ class Route:
     content_type: str = JSON
     tier: Tier | None = None
     body_type: str = "application/octet-stream"
+    # False for what is not the JSON API (the dashboard's pages under /ui/): served, but
+    # neither in the OpenAPI document nor in a 404's list of endpoints
+    api: bool = True
 
     def describe(self) -> tuple[str, str]:
         """(summary, description) from `summary` or the handler's docstring."""
@@ -253,7 +256,8 @@ class HTTPService:
 
     def known(self) -> list[str]:
         """The paths the API has, as the 404 lists them (templates without converters)."""
-        return [starlette.routing.compile_path(p.template)[1] for p in self._paths.values()]
+        return [starlette.routing.compile_path(p.template)[1] for p in self._paths.values()
+                if any(r.api for r in p.by_method.values())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry: routes match the path as sent, not percent-decoded."""

@@ -27,6 +27,8 @@ _ERROR = {"content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
 def document(routes: Sequence[Route], title: str, version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for r in routes:
+        if not r.api:
+            continue
         _, template, convertors = starlette.routing.compile_path(r.path)
         summary, description = r.describe()
         params: list[dict[str, Any]] = [

@@ -31,6 +31,10 @@ class HTTPSettings:
     http_max_connections: int = setting(256, help="open HTTP connections at most; more wait "
                                                   "to be accepted", min=1, max=65535)
 
+    ui: bool = setting(True, help="serve the web dashboard under /ui/ on the HTTP port (its "
+                                  "pages read the same API with the user's token); false: "
+                                  "the API only")
+
     def http_limits(self) -> Limits:
         return Limits(max_body=self.http_max_body, max_head=self.http_max_head,
                       request_timeout_s=self.http_request_timeout_s,

@@ -80,7 +80,10 @@ def fog(tmp_path: Path) -> Iterator[tuple[FogNode, FogAPI, int]]:
 
 FOG_PATHS = ["/v1/checkpoint", "/v1/proof/inclusion", "/v1/proof/consistency",
              "/v1/proof/enrollment", "/v1/devices", "/healthz", "/v1/entries/{index}",
-             "/metrics", "/v1/enroll", "/v1/revoke", "/v1/firmware", "/openapi.json"]
+             "/metrics", "/v1/enroll", "/v1/revoke", "/v1/firmware",
+             # the dashboard's reads (fog_node/dashboard.py)
+             "/v1/meters", "/v1/rejections", "/v1/feeders", "/v1/alerts", "/v1/vee",
+             "/v1/curve", "/v1/checkpoints", "/v1/bus", "/v1/bundle", "/openapi.json"]
 
 
 def test_curl_post_without_a_body_to_a_get_endpoint_is_a_405_naming_it(fog):

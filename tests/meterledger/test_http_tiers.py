@@ -235,6 +235,12 @@ def test_every_fog_endpoint_answers_its_tier(tmp_path: Path) -> None:
         "GET /v1/devices": "auditor", "GET /healthz": "public", "GET /v1/entries/0": "auditor",
         "GET /metrics": "auditor", "POST /v1/enroll": "operator", "POST /v1/revoke": "operator",
         "GET /v1/firmware": "operator", "POST /v1/firmware": "operator",  # section 22
+        # the dashboard's reads (fog_node/dashboard.py): what names a household meter is
+        # the auditor's; feeder aggregates and checkpoints leave the fog anyway
+        "GET /v1/meters": "auditor", "GET /v1/rejections": "auditor",
+        "GET /v1/feeders": "public", "GET /v1/alerts": "auditor", "GET /v1/vee": "auditor",
+        "GET /v1/curve": "auditor", "GET /v1/checkpoints": "public", "GET /v1/bus": "auditor",
+        "GET /v1/bundle": "auditor",
         "GET /openapi.json": "public"}
     assert not (d / "requests").exists()  # no call with a token below the operator's queued
 
@@ -259,6 +265,8 @@ def test_every_chain_endpoint_answers_its_tier(tmp_path: Path) -> None:
         "GET /v1/head": "public", "GET /v1/anchors": "public", "GET /v1/instructions": "public",
         "GET /v1/participants": "public", "GET /v1/aggregates": "public",
         "GET /v1/rules": "public", "GET /v1/suggestions": "public", "GET /healthz": "public",
+        "GET /v1/blocks": "public", "GET /v1/fogs": "public", "GET /v1/dispatch": "public",
+        "GET /v1/validators": "public", "GET /v1/latency": "public",
         f"GET /v1/blocks/{SAMPLES['height']}": "public",
         f"GET /v1/tx/{SAMPLES['digest']}": "public", "GET /metrics": "auditor",
         "POST /v1/tx": "public", f"POST /v1/suggestions/{SAMPLES['id']}/dismiss": "operator",

@@ -17,8 +17,10 @@ duplicate if they did land) and the state is reread from the store.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_state_root
 from aggregator.chain.app.validator import Validator
@@ -27,16 +29,20 @@ from aggregator.chain.ledger import (
     AggregatorError,
     AnchorView,
     Block,
+    BlockMeta,
     ChainError,
     DuplicateError,
     Head,
     InstructionView,
+    Latency,
+    LatencyRing,
     LedgerStats,
     NotFoundError,
     Participant,
     Receipt,
     RuleSetView,
     StorageError,
+    TxRecord,
     TxView,
     UnavailableError,
 )
@@ -45,6 +51,7 @@ from aggregator.chain.verify import replay_state_roots
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
 from meterledger.wire import chain as C
+from meterledger.wire.decoded import decode_header
 
 Clock = Callable[[], float]
 
@@ -114,6 +121,7 @@ class EmbeddedLedger:
         self._sealing = False
         self._closed = False
         self._stats = _Stats()
+        self._latency = LatencyRing()
         self._tip = self._read_tip()
 
     def _read_tip(self) -> _Tip:
@@ -139,6 +147,7 @@ class EmbeddedLedger:
     def submit(self, tx_raw: bytes) -> Receipt:
         raw = bytes(tx_raw)
         digest = P.digest(raw)
+        start = time.monotonic()
         with self._cond:
             if self._closed:
                 raise UnavailableError("the ledger is closed")
@@ -162,6 +171,7 @@ class EmbeddedLedger:
             with self._cond:
                 self._stats.reject("duplicate")
             raise DuplicateError(p.receipt)
+        self._latency.add(p.receipt.height, time.time(), (time.monotonic() - start) * 1000)
         return p.receipt
 
     def _seal_until(self, done: Callable[[], bool]) -> None:
@@ -256,8 +266,39 @@ class EmbeddedLedger:
         return TxView(digest, r.height, r.index, b.txs[r.index],
                       tuple(C.tx_path(b.txs, r.index)), b.header)
 
-    def anchors(self, fog: bytes) -> list[AnchorView]:
-        return self._store.anchors(fog)
+    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
+        return self._store.anchors(fog, last)
+
+    def anchor_counts(self) -> dict[bytes, int]:
+        return self._store.anchor_counts()
+
+    def txs_of_kind(self, kind: str, after_height: int = -1, before_height: int | None = None,
+                    limit: int | None = None) -> list[TxRecord]:
+        return self._store.txs_of_kind(kind, after_height, before_height, limit)
+
+    def block_meta(self, blocks: Sequence[Block], proposers: bool = True) -> list[BlockMeta]:
+        """Each header's fields; the proposer is its sealer (always the dispatch key)."""
+        me = self._store.participant(self._chain) if proposers else None
+        out = []
+        for b in blocks:
+            try:
+                header = decode_header(b.header)
+            except ProtocolError as e:
+                raise StorageError(f"block {b.height}'s header cannot be read: {e}") from None
+            sealer = bytes.fromhex(header["sealer"]) if proposers else b""
+            out.append(BlockMeta(b.height, header["t"], header, sealer,
+                                 me.name if me is not None and me.id == sealer else ""))
+        return out
+
+    def latencies(self, limit: int) -> list[Latency]:
+        return self._latency.newest(limit)
+
+    def validators(self, commits: int = 20) -> dict[str, Any]:
+        """One sealer: the dispatch key (no commits to show)."""
+        me = self._store.participant(self._chain)
+        return {"engine": "embedded", "height": self.head().height,
+                "sealer": {"id": self._chain.hex(), "pub": self._key.public_key.raw.hex(),
+                           "name": me.name if me is not None else ""}}
 
     def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:
         return self._store.instructions(fog, after_height)

@@ -43,6 +43,7 @@ from aggregator.chain.ledger import (
     StorageError,
     UnavailableError,
 )
+from aggregator.chain.service.api_reads import ChainReads, decoded
 from aggregator.chain.service.metrics import registry
 from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
 from meterledger import wire as P
@@ -51,6 +52,7 @@ from meterledger.infra import logs
 from meterledger.infra.http import AUDITOR, OPERATOR, PUBLIC
 from meterledger.infra.metrics import CONTENT_TYPE as PROMETHEUS
 from meterledger.infra.metrics import exposition
+from meterledger.ui.serve import dashboard_routes
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ class AggregatorAPI:
     def __init__(self, ledger: Ledger, clock: Callable[[], float],
                  dispatcher: Dispatcher | None = None, token: str | None = None, *,
                  tokens: H.Tokens | None = None, limits: H.Limits | None = None,
-                 tls: H.TLS | None = None) -> None:
+                 tls: H.TLS | None = None, ui: bool = False) -> None:
         self.ledger = ledger
         self.clock = clock
         self.dispatcher = dispatcher
@@ -189,6 +191,7 @@ class AggregatorAPI:
         # the API's own registry: several chains (and APIs) may live in one process
         self.metrics = registry(ledger, self._refused, lambda: (
             dict(self.dispatcher.counters) if self.dispatcher is not None else None))
+        self.reads = ChainReads(ledger)
         R, Q = H.Route, H.Param
         fog = Q("fog", True, "the fog's id, 16 hex characters")
         after = Q("after", False, "only what is in blocks above this height")
@@ -204,6 +207,7 @@ class AggregatorAPI:
               query=(Q("state", False, "only suggestions in this state: "
                                        + ", ".join(STATES)),)),
             R("/healthz", self._health, tier=PUBLIC),
+            *self.reads.routes(),  # blocks, fogs, dispatch, validators, latency
             R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
             R("/v1/tx/{digest:path}", self._tx, tier=PUBLIC),
             R("/metrics", self._metrics, content_type=PROMETHEUS, tier=AUDITOR),
@@ -213,12 +217,13 @@ class AggregatorAPI:
         ]
         errors = _Errors()
         self.http = H.HTTPService(
-            "aggregator-api", [replace(r, handler=_answers(r.handler)) for r in routes],
+            "aggregator-api", [replace(r, handler=_answers(r.handler)) for r in routes]
+            + dashboard_routes("chain", ui),  # the pages under /ui/ (docs/PROTOCOL.md s24)
             errors=errors, title="MeterLedger aggregator", server="MeterLedgerAggregator/1",
             tokens=tokens, limits=limits if limits is not None else H.Limits(max_body=MAX_BODY),
             tls=tls, on_refuse=self.refuse, logger=log)
         errors.readable = [_CONVERTER.sub(r"{\1}", r.path) for r in self.http.routes
-                           if "GET" in r.methods]
+                           if "GET" in r.methods and r.api]
 
     # -- serving -------------------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -324,7 +329,11 @@ class AggregatorAPI:
                 "state_root": h.state_root.hex(), "engine": h.engine}
 
     def _block(self, req: H.Request) -> dict[str, Any]:
-        """One block by its height: the signed header and the transactions."""
+        """One block by its height: the signed header, the transactions, both decoded.
+
+        `decoded`: `header` (its fields by name), `time`, `proposer`, `proposer_name` and
+        `txs` (each transaction by name: meterledger.wire.decoded).
+        """
         text = req.params["height"]
         if not _DIGITS.fullmatch(text):
             raise _bad(f"block height must be a non-negative decimal integer, not {_show(text)}")
@@ -333,16 +342,20 @@ class AggregatorAPI:
             raise NotFoundError(f"no block {height}")
         b = self.ledger.block(height)
         return {"height": b.height, "hash": b.hash.hex(), "header": b.header.hex(),
-                "txs": [t.hex() for t in b.txs]}
+                "txs": [t.hex() for t in b.txs], "decoded": self.reads.block_decoded(b)}
 
     def _tx(self, req: H.Request) -> dict[str, Any]:
-        """One transaction by its digest, with its inclusion path in its block's header."""
+        """One transaction by its digest, with its inclusion path in its block's header.
+
+        `decoded` is the transaction by name (kind, from, nonce, body, t, chain).
+        """
         text = req.params["digest"]
         if not _HEX64.fullmatch(text):
             raise _bad(f"a transaction digest is 64 hex characters, not {_show(text)}")
         t = self.ledger.tx(bytes.fromhex(text))
         doc = {"digest": t.digest.hex(), "height": t.height, "index": t.index,
-               "tx": t.tx.hex(), "path": [p.hex() for p in t.path], "header": t.header.hex()}
+               "tx": t.tx.hex(), "path": [p.hex() for p in t.path], "header": t.header.hex(),
+               "decoded": decoded(t.tx)}
         if t.finality is not None:  # the consortium's: CometBFT's signed header and proof
             doc["finality"] = t.finality
         return doc
@@ -383,7 +396,12 @@ class AggregatorAPI:
             for r in self.ledger.rules()]}
 
     def _suggestions(self, req: H.Request) -> dict[str, Any]:
-        """The dispatcher's suggestions (those in one `state`)."""
+        """The dispatcher's suggestions (those in one `state`), with their aggregates.
+
+        Each also lists `aggregates`: the anchored aggregates that triggered it (`ivl`,
+        `value` of the rule's metric, `digest` as /v1/aggregates names it, `rev`, and the
+        anchor's `height` and `index`).
+        """
         state = req.query.get("state")
         if state is not None and state not in STATES:
             raise _bad(f"state must be one of {', '.join(STATES)}, not {_show(state)}")

@@ -22,6 +22,7 @@ from aggregator.chain.ledger import (
     Receipt,
     RuleSetView,
     StorageError,
+    TxRecord,
 )
 from meterledger.wire import anchor as A
 
@@ -75,7 +76,19 @@ class BlockStore(Protocol):
         """In registration order."""
         ...
 
-    def anchors(self, fog: bytes) -> list[AnchorView]: ...
+    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
+        """Oldest first; only the newest `last` when given."""
+        ...
+
+    def anchor_counts(self) -> dict[bytes, int]:
+        """Anchors per fog, for every fog that anchored."""
+        ...
+
+    def txs_of_kind(self, kind: str, after_height: int, before_height: int | None,
+                    limit: int | None) -> list[TxRecord]:
+        """Transactions of `kind` in blocks after_height < h < before_height, newest first,
+        at most `limit`."""
+        ...
 
     def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]: ...
 

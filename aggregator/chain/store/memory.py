@@ -16,6 +16,7 @@ from aggregator.chain.ledger import (
     RuleSet,
     RuleSetView,
     StorageError,
+    TxRecord,
 )
 from aggregator.chain.store.base import StoredBlock, check_append
 from meterledger import wire as P
@@ -42,7 +43,7 @@ class _Views:
                    head: A.AnchoredHead) -> None:
         assert at is not None
         self.anchors.setdefault(fog, []).append(AnchorView(
-            at.height, at.index, digest, first, head.height, head.size, head.root))
+            at.height, at.index, digest, first, head.height, head.size, head.root, head.t))
 
     def put_instruction(self, digest: bytes, fog: bytes, at: Receipt | None,
                         raw: bytes) -> None:
@@ -134,10 +135,33 @@ class MemoryBlockStore:
             self._live()
             return list(self._state.participants.values())
 
-    def anchors(self, fog: bytes) -> list[AnchorView]:
+    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
         with self._lock:
             self._live()
-            return list(self._views.anchors.get(fog, []))
+            views = self._views.anchors.get(fog, [])
+            if last is not None:
+                views = views[max(0, len(views) - max(0, last)):]
+            return list(views)
+
+    def anchor_counts(self) -> dict[bytes, int]:
+        with self._lock:
+            self._live()
+            return {fog: len(views) for fog, views in self._views.anchors.items()}
+
+    def txs_of_kind(self, kind: str, after_height: int, before_height: int | None,
+                    limit: int | None) -> list[TxRecord]:
+        with self._lock:
+            blocks = list(self._live())
+        out: list[TxRecord] = []
+        top = len(blocks) if before_height is None else min(len(blocks), before_height)
+        for b in reversed(blocks[max(0, after_height + 1):max(0, top)]):
+            for i in range(len(b.txs) - 1, -1, -1):
+                if limit is not None and len(out) >= limit:
+                    return out
+                raw = b.txs[i]
+                if P.parse(raw, schema=False).fields.get(3) == kind:
+                    out.append(TxRecord(b.height, i, P.digest(raw), raw))
+        return out
 
     def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]:
         with self._lock:

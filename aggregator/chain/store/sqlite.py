@@ -28,6 +28,7 @@ from aggregator.chain.ledger import (
     RuleSet,
     RuleSetView,
     StorageError,
+    TxRecord,
 )
 from aggregator.chain.store.base import StoredBlock, check_append
 from meterledger import wire as P
@@ -261,11 +262,51 @@ class SQLiteBlockStore:
         return [_participant(r) for r in self._rows(
             "SELECT id, role, pub, name, nonce FROM participants ORDER BY rowid")]
 
-    def anchors(self, fog: bytes) -> list[AnchorView]:
-        return [AnchorView(h, i, bytes(d), first, last, size, bytes(root))
-                for h, i, d, first, last, size, root in self._rows(
-                    "SELECT height, idx, digest, first, last, size, root FROM anchors "
-                    "WHERE fog = ? ORDER BY height, idx", (fog,))]
+    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
+        newest = "" if last is None else " DESC"
+        rows = self._rows(
+            "SELECT height, idx, digest, first, last, size, root, t FROM anchors WHERE fog = ? "
+            f"ORDER BY height{newest}, idx{newest} LIMIT ?",
+            (fog, -1 if last is None else max(0, min(last, INT64_MAX))))
+        views = [AnchorView(h, i, bytes(d), first, last_, size, bytes(root), t)
+                 for h, i, d, first, last_, size, root, t in rows]
+        return views if last is None else views[::-1]
+
+    def anchor_counts(self) -> dict[bytes, int]:
+        return {bytes(fog): n for fog, n in self._rows(
+            "SELECT fog, COUNT(*) FROM anchors GROUP BY fog ORDER BY MIN(rowid)")}
+
+    def txs_of_kind(self, kind: str, after_height: int, before_height: int | None,
+                    limit: int | None) -> list[TxRecord]:
+        after = max(-1, min(after_height, INT64_MAX))
+        before = INT64_MAX if before_height is None else max(0, min(before_height, INT64_MAX))
+        if kind == C.INSTRUCTION:  # indexed already
+            return [TxRecord(h, i, bytes(d), bytes(raw)) for h, i, d, raw in self._rows(
+                "SELECT i.height, i.idx, i.digest, t.raw FROM instructions i JOIN txs t "
+                "ON t.height = i.height AND t.idx = i.idx WHERE i.height > ? AND "
+                "i.height < ? ORDER BY i.height DESC, i.idx DESC LIMIT ?",
+                (after, before, -1 if limit is None else max(0, limit)))]
+        # the kind is in every such transaction's bytes as its CBOR text; a match is
+        # parsed to be sure (the same text may sit in a body)
+        pattern = P.encode(kind)
+        out: list[TxRecord] = []
+        with self._rlock:
+            try:
+                cur = self._reader().execute(
+                    "SELECT height, idx, digest, raw FROM txs WHERE height > ? AND height < ? "
+                    "AND instr(raw, ?) > 0 ORDER BY height DESC, idx DESC",
+                    (after, before, pattern))
+                while limit is None or len(out) < limit:
+                    rows = cur.fetchmany(256)
+                    if not rows:
+                        break
+                    for h, i, d, raw in rows:
+                        if _kind(bytes(raw)) == kind and (limit is None or len(out) < limit):
+                            out.append(TxRecord(h, i, bytes(d), bytes(raw)))
+                cur.close()
+            except sqlite3.Error as e:
+                raise StorageError(f"{self.path}: read failed: {e}") from e
+        return out
 
     def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]:
         after = max(-1, min(after_height, INT64_MAX))
@@ -302,6 +343,14 @@ class SQLiteBlockStore:
                 setattr(self, name, None)
                 if db is not None:
                     db.close()
+
+
+def _kind(raw: bytes) -> str | None:
+    try:
+        kind = P.parse(raw, schema=False).fields.get(3)
+    except ProtocolError:
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def _participant(row: Any) -> Participant:

@@ -13,25 +13,31 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aggregator.chain.backends.cometbft.app import BlockRecord, ChainApp, Outcome
 from aggregator.chain.backends.cometbft.rpc import CometRPC, RPCError, RPCUnavailable
+from aggregator.chain.backends.cometbft.validators import ValidatorWatch
 from aggregator.chain.ledger import (
     AggregateView,
     AnchorView,
     Block,
+    BlockMeta,
     ChainError,
     DuplicateError,
     Head,
     InstructionView,
+    Latency,
+    LatencyRing,
     LedgerStats,
     NotFoundError,
     Participant,
     Receipt,
     RuleSetView,
     StorageError,
+    TxRecord,
     TxView,
     UnavailableError,
 )
@@ -45,7 +51,9 @@ class CometLedger:
     """The Ledger of one consortium validator (see the module doc)."""
 
     def __init__(self, app: ChainApp, rpc: CometRPC, commit_timeout: float = 30.0,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, network: Path | None = None) -> None:
+        """`network`: the network folder (genesis.json, network.json) for /v1/validators;
+        without one the local node's /genesis names the validators."""
         if app.chain_id is None:
             raise StorageError("the validator's app has no genesis yet: start its CometBFT "
                                "node first")
@@ -58,6 +66,8 @@ class CometLedger:
         self._rejected: dict[str, int] = {}
         self._count_lock = threading.Lock()  # the API's threads count at once
         self._closed = False
+        self._latency = LatencyRing()
+        self._watch = ValidatorWatch(rpc, network)
 
     @property
     def chain_id(self) -> bytes:
@@ -71,6 +81,7 @@ class CometLedger:
     # -- submit --------------------------------------------------------------------------------
     def submit(self, tx_raw: bytes) -> Receipt:
         raw = bytes(tx_raw)
+        start = time.monotonic()
         if self._closed:
             raise UnavailableError("the ledger is closed")
         digest = P.digest(raw)
@@ -100,6 +111,8 @@ class CometLedger:
         kind = _kind(raw)
         with self._count_lock:
             self._accepted[kind] = self._accepted.get(kind, 0) + 1
+        self._latency.add(outcome.receipt.height, time.time(),
+                          (time.monotonic() - start) * 1000)
         return outcome.receipt
 
     def _wait(self, digest: bytes) -> Outcome:
@@ -163,8 +176,42 @@ class CometLedger:
                                f"{proof['height']}, the app in block {height}")
         return {"signed_header": signed, "tx_proof": proof["proof"]}
 
-    def anchors(self, fog: bytes) -> list[AnchorView]:
-        return self._app.store.anchors(fog)
+    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
+        return self._app.store.anchors(fog, last)
+
+    def anchor_counts(self) -> dict[bytes, int]:
+        return self._app.store.anchor_counts()
+
+    def txs_of_kind(self, kind: str, after_height: int = -1, before_height: int | None = None,
+                    limit: int | None = None) -> list[TxRecord]:
+        return self._app.store.txs_of_kind(kind, after_height, before_height, limit)
+
+    def block_meta(self, blocks: Sequence[Block], proposers: bool = True) -> list[BlockMeta]:
+        """Each block record's fields; the proposer from CometBFT's header (/blockchain,
+        kept once read), named by the genesis; none for block 0 or while CometBFT is away."""
+        records = [(b.height, BlockRecord.decode(b.header)) for b in blocks]
+        found: dict[int, bytes] = {}
+        names: dict[str, str] = {}
+        if proposers:
+            found = self._watch.proposers([h for h, _ in records])
+            try:
+                names = self._watch.names() if found else {}
+            except UnavailableError:
+                names = {}
+        out = []
+        for h, r in records:
+            header = {"chain": r.chain.hex(), "height": r.height, "hash": r.hash.hex(),
+                      "ntx": r.ntx, "t": r.time_s, "t_ns": r.time_ns,
+                      "chain_name": r.chain_name}
+            who = found.get(h, b"")
+            out.append(BlockMeta(h, r.time_s, header, who, names.get(who.hex(), "")))
+        return out
+
+    def latencies(self, limit: int) -> list[Latency]:
+        return self._latency.newest(limit)
+
+    def validators(self, commits: int = 20) -> dict[str, Any]:
+        return self._watch.view(commits, self._app.store.height())
 
     def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:
         return self._app.store.instructions(fog, after_height)

@@ -26,6 +26,7 @@ class ValidatorNode:
         try:
             c = json.loads((data_dir / CONSORTIUM).read_text())
             self.name, self.rpc_url, self.socket = c["name"], c["rpc"], Path(c["socket"])
+            self.network = Path(c["network"]) if c.get("network") else None
         except (OSError, ValueError, KeyError) as e:
             raise NetworkError(f"{data_dir / CONSORTIUM} cannot be read: {e}") from None
         self.store = SQLiteBlockStore(data_dir / chain_file)
@@ -51,7 +52,8 @@ class ValidatorNode:
         return True
 
     def ledger(self) -> CometLedger:
-        return CometLedger(self.app, CometRPC(self.rpc_url), self.commit_timeout)
+        return CometLedger(self.app, CometRPC(self.rpc_url), self.commit_timeout,
+                           network=self.network)
 
     def close(self) -> None:
         self.server.stop()
