@@ -79,6 +79,8 @@ export function startPage({ service, title, sections, links = [] }) {
       await current.load(body, node);
       clear(said);
       node.dataset.loaded = String(Number(node.dataset.loaded || 0) + 1);
+      // ms from navigation to the first data drawn: what tools.bench_ui measures
+      if (!node.dataset.readyMs) node.dataset.readyMs = String(Math.round(performance.now()));
       node.removeAttribute("data-error");
       status.textContent = `updated ${when(Date.now() / 1000)}`;
     } catch (e) {
