@@ -156,6 +156,7 @@ class FogNode:
 
     def close(self) -> None:
         with self.lock:
+            self.ingest.record.flush()  # the rejections counted since the last write
             self.cooker.close_db()
             self.checkpoints.close()
             self.registry.close()

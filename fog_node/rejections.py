@@ -173,50 +173,114 @@ class Rejected(Refusal, Protocol):
     def raw(self) -> bytes: ...
 
 
+FLUSH_S = 1.0  # the record is written at most this often (monotonic seconds)
+
+
+@dataclass
+class _Reason:
+    n: int
+    first_t: int
+    last_t: int
+    last: Rejected
+
+
 class RejectionRecord:
     """Rejected messages counted durably in registry.db, bounded: per reason (with the last
     example: when, the meter, the detail, the message's bytes), per meter, and per
     INTERVAL_S bin. Quarantined messages are not rejections (the quarantine holds them).
-    Each ingest group with rejections is one transaction; what a bound drops (oldest
-    first) is counted in DROPPED."""
+    What a bound drops (oldest first) is counted in DROPPED.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    `note` only counts in memory (on the ingest thread, under the node's lock: no write,
+    no fsync per group); the counts are written in one transaction at most every
+    `every_s` (by `note` when it is due, by `tick` from the ingest thread's clockwork, and
+    by `flush` at close), so the record lags the ingest by about a second. A write that
+    fails (sqlite3.Error) never fails a group: it is counted in `errors`, logged once, and
+    the counts are kept (bounded) for the next write."""
+
+    def __init__(self, db: sqlite3.Connection, every_s: float = FLUSH_S,
+                 monotonic: Callable[[], float] | None = None) -> None:
         self.db = db
         db.executescript(_RECORD)
+        self.every_s = every_s
+        self.monotonic = monotonic or _time.monotonic
+        self._due = 0.0  # the first rejections are written at once
+        self._reasons: dict[str, _Reason] = {}
+        self._devs: dict[bytes, tuple[int, int]] = {}  # dev -> (n, last_t)
+        self._bins: Counter[int] = Counter()  # bin start -> n
+        self._lost_devs = 0  # meters beyond METERS_KEPT in one pending write: dropped
+        self.errors = 0  # writes that failed
+        self._logged = False
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._reasons)
 
     def note(self, now: int, outcomes: Iterable[Rejected]) -> None:
-        refused = [o for o in outcomes if o.status == "rejected"]
-        if not refused:
-            return
-        last: dict[str, Rejected] = {}
-        count: Counter[str] = Counter()
-        per_dev: Counter[bytes] = Counter()
-        for o in refused:
-            last[o.reason] = o
-            count[o.reason] += 1
+        """Count a group's rejections (memory only); write them when a write is due."""
+        for o in outcomes:
+            if o.status != "rejected":
+                continue
+            r = self._reasons.get(o.reason)
+            if r is None:
+                self._reasons[o.reason] = _Reason(1, now, now, o)
+            else:
+                r.n, r.last_t, r.last = r.n + 1, now, o
             if o.dev:
-                per_dev[o.dev] += 1
+                have = self._devs.pop(o.dev, None)
+                self._devs[o.dev] = ((have[0] if have else 0) + 1, now)  # newest last
+                if len(self._devs) > METERS_KEPT:  # the table would drop the stalest anyway
+                    del self._devs[next(iter(self._devs))]
+                    self._lost_devs += 1
+            self._bins[now // INTERVAL_S * INTERVAL_S] += 1
+        self.tick()
+
+    def tick(self) -> None:
+        """Write the counts if there are any and a write is due (the ingest thread)."""
+        if self._reasons and self.monotonic() >= self._due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the counts now (one transaction); a failure is counted, logged once."""
+        if not self._reasons:
+            return
+        self._due = self.monotonic() + self.every_s
+        try:
+            # its own transaction, or a part of the caller's
+            with nullcontext() if self.db.in_transaction else atomic(self.db):
+                self._write()
+        except sqlite3.Error as e:
+            self.errors += 1
+            if not self._logged:
+                self._logged = True
+                log.error("the rejection record (registry.db) cannot be written: %s; the "
+                          "counts are kept in memory and written again (logged once)", e)
+            return
+        self._reasons, self._devs, self._bins = {}, {}, Counter()
+        self._lost_devs = 0
+
+    def _write(self) -> None:
         q = self.db.execute
-        # its own transaction, or a part of the caller's (nothing of ingest holds one now)
-        with nullcontext() if self.db.in_transaction else atomic(self.db):
-            for reason, o in last.items():
-                q("INSERT INTO rejection_reasons VALUES (?, ?, ?, ?, ?, ?, ?) "
-                  "ON CONFLICT(reason) DO UPDATE SET n = n + excluded.n, last_t = excluded.last_t, "
-                  "last_dev = excluded.last_dev, last_detail = excluded.last_detail, "
-                  "last_raw = excluded.last_raw",
-                  (reason, count[reason], now, now, o.dev or None, o.detail[:DETAIL_KEPT],
-                   o.raw[:RAW_KEPT] or None))
-            self.db.executemany(
-                "INSERT INTO rejection_meters VALUES (?, ?, ?) ON CONFLICT(dev) DO UPDATE SET "
-                "n = n + excluded.n, last_t = excluded.last_t",
-                [(dev, n, now) for dev, n in per_dev.items()])
-            start = now // INTERVAL_S * INTERVAL_S
-            q("INSERT INTO rejection_series VALUES (?, ?) ON CONFLICT(start) DO UPDATE SET "
-              "n = n + excluded.n", (start, len(refused)))
-            self._dropped("intervals", q("DELETE FROM rejection_series WHERE start < ?", (
-                start - (INTERVALS_KEPT - 1) * INTERVAL_S,)).rowcount)
-            self._trim("meters", "rejection_meters", "dev", METERS_KEPT)
-            self._trim("reasons", "rejection_reasons", "reason", REASONS_KEPT)
+        for reason, r in self._reasons.items():
+            o = r.last
+            q("INSERT INTO rejection_reasons VALUES (?, ?, ?, ?, ?, ?, ?) "
+              "ON CONFLICT(reason) DO UPDATE SET n = n + excluded.n, last_t = excluded.last_t, "
+              "last_dev = excluded.last_dev, last_detail = excluded.last_detail, "
+              "last_raw = excluded.last_raw",
+              (reason, r.n, r.first_t, r.last_t, o.dev or None, o.detail[:DETAIL_KEPT],
+               o.raw[:RAW_KEPT] or None))
+        self.db.executemany(
+            "INSERT INTO rejection_meters VALUES (?, ?, ?) ON CONFLICT(dev) DO UPDATE SET "
+            "n = n + excluded.n, last_t = excluded.last_t",
+            [(dev, n, t) for dev, (n, t) in self._devs.items()])
+        self._dropped("meters", self._lost_devs)
+        self.db.executemany(
+            "INSERT INTO rejection_series VALUES (?, ?) ON CONFLICT(start) DO UPDATE SET "
+            "n = n + excluded.n", list(self._bins.items()))
+        start = max(self._bins)
+        self._dropped("intervals", q("DELETE FROM rejection_series WHERE start < ?", (
+            start - (INTERVALS_KEPT - 1) * INTERVAL_S,)).rowcount)
+        self._trim("meters", "rejection_meters", "dev", METERS_KEPT)
+        self._trim("reasons", "rejection_reasons", "reason", REASONS_KEPT)
 
     def _trim(self, what: str, table: str, key: str, keep: int) -> None:
         """Drop the rows of `table` seen least recently beyond `keep`."""

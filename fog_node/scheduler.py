@@ -41,6 +41,8 @@ class Scheduler:
     def tick(self) -> None:
         self.seal()
         self.dispatch()  # results just ingested are matched at once
+        with self.node.lock:  # rejections counted since the last write, when one is due
+            self.node.ingest.record.tick()
 
     def _interval_after(self, now: float) -> int:
         i = self.config.interval_s

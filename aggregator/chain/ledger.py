@@ -310,6 +310,18 @@ class Ledger(Protocol):
         """Instructions naming the fog in blocks above after_height, in chain order."""
         ...
 
+    def instruction_page(self, fog: bytes | None, after_height: int = -1,
+                         before_height: int | None = None,
+                         limit: int | None = None) -> list[TxRecord]:
+        """Instructions (naming `fog`, or any) in blocks after_height < h < before_height,
+        newest first, at most `limit` (read from an index, never a scan)."""
+        ...
+
+    def reports(self, instructions: Sequence[bytes]) -> dict[bytes, list[TxRecord]]:
+        """The report transactions answering each instruction (by digest), oldest first,
+        from the index the store keeps as blocks are appended; one with none is left out."""
+        ...
+
     def aggregates(self, fog: bytes | None = None, feeder: str | None = None,
                    after_height: int = -1) -> list[AggregateView]:
         """Anchored aggregates (of one fog, one feeder name) in blocks above after_height,

@@ -37,6 +37,7 @@ from aggregator.chain.ledger import (
     Receipt,
     StorageError,
 )
+from aggregator.chain.rulesets import RANGES as RULE_RANGES
 from aggregator.dispatch.rules import OPS, RulesError, RuleSet, Suggestion, parse_rules, suggest
 from meterledger import wire as P
 from meterledger.infra.sqlite import connect
@@ -48,6 +49,10 @@ log = logging.getLogger("aggregator.dispatch.suggestions")
 OPEN, APPROVED, DISMISSED = "open", "approved", "dismissed"
 STATES = (OPEN, APPROVED, DISMISSED)
 NONCE_RETRIES = 5  # fresh nonces to try when a concurrent dispatch transaction took ours
+PAGE = (100, 500)  # GET /v1/suggestions: (default, most) suggestions per answer
+# the newest revision of this many intervals is kept per (fog, feeder): a rule's run is at
+# most its for_intervals (the rule grammar's bound) newest intervals
+KEPT_IVLS = RULE_RANGES["for_intervals"][1]
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS suggestions (id TEXT PRIMARY KEY, rules_name TEXT NOT NULL, "
@@ -187,6 +192,28 @@ class SuggestionStore:
             added.append(StoredSuggestion(s, OPEN, aggregates=found))
         return added
 
+    def page(self, state: str | None, before: int | None,
+             limit: int) -> tuple[list[StoredSuggestion], int | None]:
+        """The newest `limit` suggestions (in `state`; recorded before the one numbered
+        `before`), listed oldest first as `list` does, and the `before` of the next (older)
+        page (None: there is none). A suggestion's number is its place in recording order."""
+        where: list[str] = ["1"]
+        args: list[Any] = []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if before is not None:
+            where.append("rowid < ?")
+            args.append(before)
+        rows = self._exec(f"SELECT rowid, {_COLUMNS} FROM suggestions WHERE "
+                          f"{' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
+                          (*args, max(0, limit) + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        rows.sort(key=lambda r: (r[15], r[0]))  # created, then recording order
+        nxt = min(r[0] for r in rows) if more and rows else None
+        return [_row(r[1:]) for r in rows], nxt
+
     def list(self, state: str | None = None) -> list[StoredSuggestion]:
         """Oldest first; only those in `state` when given."""
         where, args = ("WHERE state = ?", (state,)) if state is not None else ("", ())
@@ -247,8 +274,9 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._seen = -1  # aggregates of blocks up to this height are in _series
         self._series: dict[tuple[bytes, str], list[P.Fields]] = {}
-        # the newest revision of each (fog, feeder, ivl), as rules.newest_revisions picks it
-        self._newest: dict[tuple[bytes, str, int], AggregateView] = {}
+        # the newest revision of each (fog, feeder, ivl), as rules.newest_revisions picks it;
+        # per (fog, feeder), only the KEPT_IVLS newest intervals
+        self._newest: dict[tuple[bytes, str], dict[int, AggregateView]] = {}
         self._parsed: dict[bytes, RuleSet | None] = {}  # by digest; None: does not parse
         self.counters: Counter[str] = Counter()  # rules_skipped: registered, not parsing
 
@@ -285,13 +313,18 @@ class Dispatcher:
     def refresh(self) -> list[StoredSuggestion]:
         """Read what the chain added since the last refresh and record new suggestions."""
         with self._lock:
+            touched: set[tuple[bytes, str]] = set()
             for a in self.ledger.aggregates(after_height=self._seen):
                 fields = P.parse(a.msg, schema=False).fields  # the chain checked it
                 self._series.setdefault((a.fog, a.feeder), []).append(fields)
-                have = self._newest.get((a.fog, a.feeder, a.ivl))
+                ivls = self._newest.setdefault((a.fog, a.feeder), {})
+                have = ivls.get(a.ivl)
                 if have is None or a.rev >= have.rev:
-                    self._newest[(a.fog, a.feeder, a.ivl)] = a
+                    ivls[a.ivl] = a
+                touched.add((a.fog, a.feeder))
                 self._seen = max(self._seen, a.height)
+            for key in touched:
+                self._prune(self._newest[key])
             now = int(self.clock())
             added = self.store.record(suggest(self._rule_sets(), self._series, now), now,
                                       self._triggers)
@@ -303,11 +336,20 @@ class Dispatcher:
                          s.args[1])
             return added
 
+    @staticmethod
+    def _prune(ivls: dict[int, AggregateView], keep: int | None = None) -> None:
+        """Forget all but the `keep` (KEPT_IVLS) newest intervals."""
+        n = KEPT_IVLS if keep is None else keep
+        if len(ivls) > n:
+            for ivl in sorted(ivls)[:len(ivls) - n]:
+                del ivls[ivl]
+
     def _triggers(self, s: Suggestion) -> tuple[Trigger, ...]:
         """The anchored aggregates of the suggestion's intervals (newest revisions)."""
         out = []
+        ivls = self._newest.get((s.fog, s.feeder), {})
         for ivl, value in zip(s.ivls, s.values, strict=True):
-            a = self._newest.get((s.fog, s.feeder, ivl))
+            a = ivls.get(ivl)
             if a is not None:
                 out.append(Trigger(ivl, value, a.digest, a.rev, a.height, a.index))
         return tuple(out)
@@ -316,7 +358,17 @@ class Dispatcher:
         """The stored suggestions (those in `state`), oldest first; one recorded before the
         triggering aggregates were kept shows its intervals' newest revisions now."""
         self.refresh()
-        listed = self.store.list(state)
+        return self._with_triggers(self.store.list(state))
+
+    def suggestion_page(self, state: str | None = None, before: int | None = None,
+                        limit: int = PAGE[0]) -> tuple[list[StoredSuggestion], int | None]:
+        """The newest `limit` (below `before`) as SuggestionStore.page gives them, with
+        their triggering aggregates as `suggestions` shows them; the next page's `before`."""
+        self.refresh()
+        listed, nxt = self.store.page(state, before, limit)
+        return self._with_triggers(listed), nxt
+
+    def _with_triggers(self, listed: list[StoredSuggestion]) -> list[StoredSuggestion]:
         with self._lock:
             return [s if s.aggregates is not None else
                     replace(s, aggregates=self._triggers(s.suggestion)) for s in listed]

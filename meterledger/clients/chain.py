@@ -178,7 +178,10 @@ class ChainClient:
         out: list[dict[str, Any]] = self._query("/v1/latency", limit=limit)["latencies"]
         return out
 
-    def suggestions(self, state: str | None = None) -> list[dict[str, Any]]:
-        """GET /v1/suggestions: with the aggregates that triggered each."""
-        out: list[dict[str, Any]] = self._query("/v1/suggestions", state=state)["suggestions"]
+    def suggestions(self, state: str | None = None, limit: int | None = None,
+                    before: int | None = None) -> list[dict[str, Any]]:
+        """GET /v1/suggestions: with the aggregates that triggered each (the newest `limit`,
+        100 by default, oldest first)."""
+        out: list[dict[str, Any]] = self._query("/v1/suggestions", state=state, limit=limit,
+                                                before=before)["suggestions"]
         return out

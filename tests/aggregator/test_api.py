@@ -308,7 +308,7 @@ ROUTES = {  # path -> (methods, query parameters with required flags)
     "/v1/participants": (["get"], []),
     "/v1/aggregates": (["get"], [("fog", True), ("feeder", False), ("after", False)]),
     "/v1/rules": (["get"], []),
-    "/v1/suggestions": (["get"], [("state", False)]),
+    "/v1/suggestions": (["get"], [("state", False), ("before", False), ("limit", False)]),
     "/healthz": (["get"], []),
     "/v1/blocks": (["get"], [("before", False), ("limit", False)]),
     "/v1/fogs": (["get"], [("fog", False), ("limit", False)]),

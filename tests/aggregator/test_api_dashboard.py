@@ -111,6 +111,9 @@ def test_the_block_list_is_bounded(chain: Chain) -> None:
     ("/v1/latency?limit=1025", "limit must be an integer from 1 to 1024"),
     ("/v1/latency?limit=", "from 1 to 1024, not ''"),
     ("/v1/latency?limit=1&limit=2", "more than once"),
+    ("/v1/suggestions?limit=0", "limit must be an integer from 1 to 500"),
+    ("/v1/suggestions?limit=501", "from 1 to 500"),
+    ("/v1/suggestions?before=x", "before must be a non-negative decimal integer"),
 ])
 def test_bad_queries_are_400_in_the_envelope(chain: Chain, query: str, fragment: str) -> None:
     status, doc = http(chain.url + query)
@@ -301,6 +304,58 @@ def test_dispatch_lists_instructions_newest_first_with_their_reports_never_split
     client = ChainClient(chain.url)
     assert client.dispatch(fog_hex=fogs[1].id_hex, limit=1)["instructions"][0]["digest"] == \
         i4["digest"]
+
+
+def test_dispatch_reads_indexes_never_a_scan_of_the_chain(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    fog = chain.register("fog", name="north")
+    n = chain.next_nonce(chain.key)
+    digests = []
+    for k in range(3):
+        status, r = chain.post(chain.sign(chain.key, C.INSTRUCTION, C.instruction_body(
+            fog.id, "limit", {1: 1000 + k}, T0 + 900), nonce=n + k))
+        assert status == 200, r
+        digests.append(r["digest"])
+    status, rep = chain.post(chain.sign(fog, C.REPORT, C.report_body(
+        bytes.fromhex(digests[0]), 1, 0, 0, [1])))
+    assert status == 200, rep
+    store = chain.ledger._store
+
+    def no_scan(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a scan of the stored transactions")
+
+    def no_all(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("every instruction of a fog")
+
+    monkeypatch.setattr(store, "txs_of_kind", no_scan)
+    monkeypatch.setattr(store, "instructions", no_all)
+    doc = ok(chain, "/v1/dispatch")
+    assert [i["digest"] for i in doc["instructions"]] == digests[::-1]
+    assert [r["digest"] for r in doc["instructions"][-1]["reports"]] == [rep["digest"]]
+    mine = ok(chain, f"/v1/dispatch?fog={fog.id_hex}&limit=1")
+    assert [i["digest"] for i in mine["instructions"]] == [digests[2]]
+    assert mine["next"] == doc["instructions"][0]["height"]
+
+
+def test_fogs_answers_are_capped_in_anchors(chain: Chain, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from aggregator.chain.service import api_reads
+    fogs = [FogSide(tmp_path, name=f"f{i}") for i in range(2)]
+    try:
+        for fs in fogs:
+            chain.register("fog", fs.key, name=fs.key.id_hex)
+            for _ in range(2):
+                fs.grow(1, T0)
+                assert chain.post(chain.sign(fs.key, C.ANCHOR, fs.anchor()))[0] == 200
+        monkeypatch.setattr(api_reads, "FOG_ROWS", 3)
+        status, doc = chain.get("/v1/fogs")  # 2 fogs x 2 anchors: 4 rows
+        assert (status, doc["error"]) == (400, "bad_request") and "fog=" in doc["detail"]
+        assert len(ok(chain, "/v1/fogs?limit=1")["fogs"]) == 2  # 2 rows
+        (one,) = ok(chain, f"/v1/fogs?fog={fogs[0].key.id_hex}")["fogs"]
+        assert one["anchors"] == 2 and len(one["series"]) == 2
+    finally:
+        for fs in fogs:
+            fs.close()
 
 
 # -- suggestions with the aggregates that triggered them ---------------------------------------

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ from aggregator.chain.ledger import Receipt, RuleSetView
 from aggregator.chain.rulesets import nesting
 from aggregator.chain.service.node import open_ledger
 from aggregator.dispatch.rules import RulesError, metric, newest_revisions, parse_rules, suggest
-from aggregator.dispatch.suggestions import APPROVED, DISMISSED, OPEN, SuggestionStore
+from aggregator.dispatch.suggestions import (
+    APPROVED,
+    DISMISSED,
+    KEPT_IVLS,
+    OPEN,
+    Dispatcher,
+    SuggestionStore,
+)
 from meterledger import wire as P
 from meterledger.wire import chain as C
 from tests.kit.chainkit import T0, Chain, FogSide, aggregate_fields, http, running_chain
@@ -269,6 +277,35 @@ def test_the_store_records_one_open_suggestion_per_rule_and_feeder(tmp_path: Pat
         store.close()
 
 
+def test_the_store_pages_the_newest_suggestions(tmp_path: Path) -> None:
+    store = SuggestionStore(tmp_path / "s.db")
+    try:
+        ids = []
+        for k in range(5):  # five suggestions for five feeders
+            (s,) = fired(series(50, 50))
+            s = replace(s, id=f"{k:064x}", feeder=f"feeder-{k}")
+            store.record([s], T0 + k)
+            ids.append(s.id)
+        page, nxt = store.page(None, None, 2)
+        assert [s.suggestion.id for s in page] == ids[3:] and nxt is not None  # oldest first
+        page, nxt = store.page(None, nxt, 2)
+        assert [s.suggestion.id for s in page] == ids[1:3] and nxt is not None
+        page, nxt = store.page(None, nxt, 2)
+        assert [s.suggestion.id for s in page] == ids[:1] and nxt is None
+        assert [s.suggestion.id for s in store.page(None, None, 100)[0]] == ids  # as list()
+        store.dismissed(ids[4], T0)
+        assert [s.suggestion.id for s in store.page(OPEN, None, 1)[0]] == ids[3:4]
+    finally:
+        store.close()
+
+
+def test_the_dispatcher_keeps_a_bounded_number_of_intervals() -> None:
+    views = {ivl: object() for ivl in range(10)}
+    Dispatcher._prune(views, 3)  # type: ignore[arg-type]
+    assert sorted(views) == [7, 8, 9]
+    assert KEPT_IVLS == 10_000  # the most intervals one rule's run can span
+
+
 # --- on the chain ------------------------------------------------------------------------------
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[Chain]:
@@ -323,7 +360,7 @@ def test_rules_to_an_approved_instruction_through_the_api(chain: Chain, tmp_path
         chain.register("fog", fs.key, name="fog-1")
         fs.grow(3, IVL - 60)
         anchor_peak(chain, fs, [IVL])
-        assert chain.get("/v1/suggestions")[1] == {"suggestions": []}  # one interval: N-1
+        assert chain.get("/v1/suggestions")[1] == {"suggestions": [], "next": None}  # N-1
         anchor_peak(chain, fs, [IVL + 900])
         status, doc = chain.get("/v1/suggestions?state=open")
         assert status == 200
@@ -404,7 +441,7 @@ def test_every_stored_text_is_skipped_or_parsed(chain: Chain,
              'name = "n"\nversion = 1' + "0" * 5000 + "\n", "\x00", EXAMPLE]
     views = [RuleSetView(1, i, f"old-{i}", 1, C.rules_digest(t), t) for i, t in enumerate(texts)]
     monkeypatch.setattr(chain.ledger, "rules", lambda: views)
-    assert chain.get("/v1/suggestions") == (200, {"suggestions": []})
+    assert chain.get("/v1/suggestions") == (200, {"suggestions": [], "next": None})
     assert chain.dispatcher.counters["rules_skipped"] == len(texts) - 1
 
 

@@ -6,6 +6,8 @@ network: tests/aggregator/test_consortium_dashboard.py."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -91,16 +93,59 @@ def test_up_down_signers_and_one_probe_per_validator_per_ttl(tmp_path: Path,
     for _ in range(5):  # a page polling: the view is kept ttl_s
         assert watch.view(3, 8) == {**doc, "height": 8}
     assert comet.calls[("plant", "status")] == probes
-    # plant stops; the next view after ttl_s shows it down and absent from the new commit
+    # plant stops; after ttl_s a request gets the kept view while it is refreshed in the
+    # background, and the refreshed view shows plant down and absent from the new commit
     comet.down.add("plant")
     clock.t += 2.0
+    assert watch.view(3, 7) == {**doc, "height": 7}
+    assert watch.refreshing is not None
+    watch.refreshing.join(10)
     doc = watch.view(3, 7)
     plant = doc["validators"][1]
     assert (plant["up"], plant["height"], plant["catching_up"]) == (False, None, None)
     assert doc["commits"][0]["signers"] == [ADDR["dispatch"].lower()]  # 7: not canonical
     assert doc["commits"][1]["signers"] == [a.lower() for a in ADDR.values()]  # 6 was kept
     assert comet.calls[("plant", "status")] == probes + 1
-    assert comet.calls[("dispatch", "commit")] == 3 + 1  # canonical commits read once
+    assert comet.calls[("dispatch", "commit")] == 7 + 1  # canonical commits read once
+
+
+def test_one_refresh_per_ttl_whatever_commits_and_no_request_waits_on_it(
+        tmp_path: Path, comet: FakeComet, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    watch = ValidatorWatch(CometRPC(f"http://127.0.0.1:{PORT['dispatch']}"),
+                           network(tmp_path), ttl_s=2.0, clock=clock)
+    first = watch.view(100, 7)  # the very first waits: the last 100 commits (here 7)
+    assert [c["height"] for c in first["commits"]] == [7, 6, 5, 4, 3, 2, 1]
+    calls = sum(comet.calls.values())
+    for n in range(1, 101):  # cycling commits= does not defeat the cache
+        doc = watch.view(n, 7)
+        assert [c["height"] for c in doc["commits"]] == list(range(7, max(0, 7 - n), -1))
+        assert doc["validators"][0]["signed"] == min(n, 7)
+    assert sum(comet.calls.values()) == calls and watch.refreshing is None
+    # a slow refresh: requests (and the block list's names) are answered meanwhile
+    release, probing = threading.Event(), threading.Event()
+    real = comet.call
+
+    def slow(rpc: CometRPC, method: str, **params: Any) -> Any:
+        if method == "status":
+            probing.set()
+            release.wait(10)
+        return real(rpc, method, **params)
+
+    monkeypatch.setattr(CometRPC, "call", lambda self, method, **p: slow(self, method, **p))
+    clock.t += 2.0
+    started = time.monotonic()
+    assert watch.view(5, 8)["commits"] == first["commits"][:5]
+    assert probing.wait(10)
+    refresh = watch.refreshing
+    assert watch.view(2, 8)["commits"] == first["commits"][:2]
+    assert watch.names() == {a.lower(): n for n, a in ADDR.items()}
+    assert watch.refreshing is refresh  # one refresh at a time
+    assert time.monotonic() - started < 5
+    release.set()
+    assert refresh is not None
+    refresh.join(10)
+    assert not refresh.is_alive()
 
 
 def test_proposers_are_read_in_pages_and_kept(tmp_path: Path, comet: FakeComet) -> None:

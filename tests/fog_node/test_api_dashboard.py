@@ -278,6 +278,7 @@ def test_the_rejection_record_is_bounded_oldest_dropped_first_and_counted(
         raw = P.sign1(k, P.reading(k.id, 1, T0, IVL, 1, 0, 0, P.ZERO32))
         outcomes, _ = ingest.process([raw], [fog.meters[0].dev])
         assert outcomes[0].reason == "topic_mismatch", i
+    ingest.record.flush()  # written about once a second: now
     doc = world.client().rejections(intervals=4)
     assert doc["dropped"] == {"meters": 3, "reasons": 0, "intervals": 4}
     assert doc["series"]["counts"] == [0, 0, 1, 1]  # the last two bins kept
@@ -287,6 +288,41 @@ def test_the_rejection_record_is_bounded_oldest_dropped_first_and_counted(
     db = world.node.registry.db
     assert [r[0] for r in db.execute("SELECT dev FROM rejection_meters ORDER BY last_t")] == [
         k.id for k in keys[2:]]
+
+
+def test_rejections_are_counted_in_memory_and_written_at_most_once_a_second(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    ingest, record = world.node.ingest, world.node.ingest.record
+    now = [1000.0]
+    monkeypatch.setattr(record, "monotonic", lambda: now[0])
+    record.flush()
+    commits = []
+    real = record._write
+
+    def counted() -> None:
+        commits.append(1)
+        real()
+
+    monkeypatch.setattr(record, "_write", counted)
+    junk = [b"\x00junk %d" % i for i in range(3)]
+    for raw in junk:  # three groups within the second: no write
+        assert ingest.process([raw])[0][0].reason == "trailing_bytes"
+    assert commits == [] and world.client().rejections()["total"] == 3
+    record._due = 0.0  # a second later, the clockwork's tick writes them, in one transaction
+    record.tick()
+    assert commits == [1] and world.client().rejections()["total"] == 6
+
+    # a write that fails never fails the group: counted, logged once, written later
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(record, "_write", broken)
+    record._due = 0.0
+    outcomes, _ = ingest.process([junk[0]])
+    assert outcomes[0].reason == "trailing_bytes" and record.errors == 1 and record.pending
+    monkeypatch.setattr(record, "_write", real)
+    record.flush()  # as the next due write (or the node's close) does
+    assert not record.pending and world.client().rejections()["total"] == 7
 
 
 # -- feeders ------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import json
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from meterledger.clients.fog import FogClient
 from tests.kit.fogkit import wait
 from tools import audit
 from tools.browser import Stack, chromium, demo_stack
-from tools.screenshots import WAIT_MS, open_section
+from tools.screenshots import WAIT_MS, loaded_again, open_section
 
 pytestmark = pytest.mark.browser
 
@@ -85,18 +86,36 @@ def test_fog_meters_are_the_apis_and_need_the_auditor_token(stack: Stack, page: 
         assert page.locator(f"section#meters .list tr[data-key='{dev}']").count() == 1
 
 
+def drawn_as_answered(page: Page, section: str, path: str, figure: str,
+                      points: Callable[[dict[str, Any]], int]) -> None:
+    """One poll of `section`: the answer the page got from `path` and the points it then
+    drew in `figure` agree. The data moves between polls (an interval closes every few
+    seconds), so the page is compared with its own answer, not with a later one; a poll
+    that lands in between (a descheduled test thread) is retried."""
+    def loads() -> int:
+        return int(page.get_attribute(f"section#{section}", "data-loaded") or 0)
+
+    for _ in range(5):
+        before = loads()
+        with page.expect_response(lambda r: path in r.url, timeout=WAIT_MS) as answer:
+            pass
+        expected = points(answer.value.json())
+        wait(partial(lambda n: loads() > n, before), timeout=60,
+             what=f"section {section} drawn", every=0.1)
+        if page.get_attribute(figure, "data-points") == str(expected):
+            assert expected > 0
+            return
+    raise AssertionError(f"{figure} never showed the points of the answer it got")
+
+
 def test_a_feeder_plot_has_the_points_the_api_gives(stack: Stack, page: Page) -> None:
     open_section(page, stack.fog_url, "", "feeders", "")  # public: no token needed
     feeders = fog(stack).feeders(limit=96)["feeders"]
     assert feeders, "the demo's fog has feeders"
     name = feeders[0]["feeder"]
-
-    def same() -> bool:
-        shown = page.get_attribute(f"figure[data-feeder='{name}']", "data-points")
-        api = [f for f in fog(stack).feeders(limit=96)["feeders"] if f["feeder"] == name]
-        return shown is not None and int(shown) == len(api[0]["points"]) > 0
-
-    wait(same, timeout=60, what="the plot's points equal the API's intervals", every=0.5)
+    drawn_as_answered(page, "feeders", "/v1/feeders", f"figure[data-feeder='{name}']",
+                      lambda doc: len(next(f for f in doc["feeders"]
+                                           if f["feeder"] == name)["points"]))
     assert page.locator(f"figure[data-feeder='{name}'] canvas").count() == 1
 
 
@@ -159,6 +178,7 @@ def test_a_pending_meter_is_enrolled_from_the_page_with_the_operator_token_only(
         assert _state(stack, newcomer.dev) == "pending"
         page.fill("#token", stack.fog_operator)
         page.click("#token-form button")
+        loaded_again(page, "meters")  # the token's reload, before the click
         page.click(f"{row} button.enroll")
         page.wait_for_selector("#enroll-said .notice.ok", timeout=WAIT_MS)
         wait(lambda: _state(stack, newcomer.dev) == "active", timeout=120,
@@ -196,14 +216,10 @@ def test_blocks_are_listed_and_a_transaction_is_found_by_its_digest(stack: Stack
 
 def test_the_anchor_lag_plot_has_a_point_per_anchor(stack: Stack, page: Page) -> None:
     open_section(page, stack.chain_url, "", "anchors", "")
-    chain = ChainClient(stack.chain_url)
-
-    def same() -> bool:
-        fogs = chain.get("/v1/fogs", limit=96)["fogs"]
-        shown = page.get_attribute(f"figure[data-fog='{fogs[0]['id']}']", "data-points")
-        return shown is not None and int(shown) == len(fogs[0]["series"]) > 0
-
-    wait(same, timeout=60, what="the lag plot's points equal the anchors", every=0.5)
+    fog_id = fog(stack).checkpoint()["fog_id"]
+    drawn_as_answered(page, "anchors", "/v1/fogs", f"figure[data-fog='{fog_id}']",
+                      lambda doc: len(next(f for f in doc["fogs"]
+                                           if f["id"] == fog_id)["series"]))
 
 
 def _open_suggestion(stack: Stack) -> dict[str, Any]:
@@ -234,6 +250,7 @@ def test_a_suggestion_is_approved_from_the_page_with_the_dispatch_token_only(
     assert state() == "open"
     page.fill("#token", stack.dispatch)
     page.click("#token-form button")
+    loaded_again(page, "dispatch")  # the token's reload, before the click
     page.click(f"{row} button.approve")
     page.wait_for_selector("#decision .notice.ok", timeout=WAIT_MS)
     assert state() == "approved"

@@ -43,8 +43,9 @@ from aggregator.chain.ledger import (
     StorageError,
     UnavailableError,
 )
-from aggregator.chain.service.api_reads import ChainReads, decoded
+from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded
 from aggregator.chain.service.metrics import registry
+from aggregator.dispatch.suggestions import PAGE as SUGGESTIONS
 from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
 from meterledger import wire as P
 from meterledger.infra import http as H
@@ -205,7 +206,11 @@ class AggregatorAPI:
             R("/v1/rules", self._rules, tier=PUBLIC),
             R("/v1/suggestions", self._suggestions, tier=PUBLIC,
               query=(Q("state", False, "only suggestions in this state: "
-                                       + ", ".join(STATES)),)),
+                                       + ", ".join(STATES)),
+                     Q("before", False, "only suggestions recorded before this one (an "
+                                        "answer's `next` pages on to older ones)"),
+                     Q("limit", False, f"suggestions in the answer, the newest, 1 to "
+                                       f"{SUGGESTIONS[1]} (default {SUGGESTIONS[0]})"))),
             R("/healthz", self._health, tier=PUBLIC),
             *self.reads.routes(),  # blocks, fogs, dispatch, validators, latency
             R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
@@ -400,12 +405,16 @@ class AggregatorAPI:
 
         Each also lists `aggregates`: the anchored aggregates that triggered it (`ivl`,
         `value` of the rule's metric, `digest` as /v1/aggregates names it, `rev`, and the
-        anchor's `height` and `index`).
+        anchor's `height` and `index`). The newest `limit` (recorded before `before`), listed
+        oldest first; `next` is the following (older) page's `before`, null when none.
         """
         state = req.query.get("state")
         if state is not None and state not in STATES:
             raise _bad(f"state must be one of {', '.join(STATES)}, not {_show(state)}")
-        return {"suggestions": [s.as_json() for s in self._dispatch().suggestions(state)]}
+        limit = bounded(req.query, "limit", SUGGESTIONS)
+        older = before(req.query)
+        listed, nxt = self._dispatch().suggestion_page(state, older, limit)
+        return {"suggestions": [s.as_json() for s in listed], "next": nxt}
 
     def _participants(self, req: H.Request) -> dict[str, Any]:
         """The registered participants: id, role, key, name and last nonce."""

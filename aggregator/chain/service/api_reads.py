@@ -4,8 +4,9 @@ the validators, commit latencies. Public, GET, every list bounded; a bad query v
 bad_request in the aggregator's envelope. `aggregator.chain.service.api` includes the routes.
 
 Blocks do not change once on the chain, so what is derived from one (its summary, its time)
-is kept in memory, bounded; reports are indexed by the instruction they answer as new
-blocks arrive, so a page polling these endpoints reads each block once.
+is kept in memory, bounded. Reports are looked up by the instruction they answer in the
+index the block store keeps as blocks are appended, and instructions are read a page at a
+time from the store's index: no answer scans the chain.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from aggregator.chain.ledger import (
 )
 from meterledger.errors import ProtocolError
 from meterledger.infra import http as H
-from meterledger.wire import chain as C
 from meterledger.wire.decoded import decode_tx, tx_kind
 
 BLOCKS = (50, 500)  # the block list: (default, most) blocks per answer
 DISPATCH = (50, 500)  # instructions per answer
 SERIES = (96, 2880)  # anchors per fog in /v1/fogs' series (a day, a month of 15 min)
+FOG_ROWS = 20_000  # anchors in one /v1/fogs answer (all fogs' series together), at most
 COMMITS = (20, 100)  # recent commits in /v1/validators
 LATENCIES = (1024, 1024)  # kept by the ledger: its ring's size
 _KEPT = 65_536  # block summaries and times kept in memory
@@ -112,8 +113,6 @@ class ChainReads:
         self._lock = threading.Lock()
         self._summaries: _Kept[int, dict[str, Any]] = _Kept(_KEPT)
         self._times: _Kept[int, int] = _Kept(_KEPT)
-        self._reports: dict[bytes, list[TxRecord]] = {}  # by the instruction they answer
-        self._reports_seen = -1  # reports of blocks up to this height are indexed
 
     def routes(self) -> list[H.Route]:
         R, Q = H.Route, H.Param
@@ -126,7 +125,9 @@ class ChainReads:
             R("/v1/fogs", self.fogs, tier=H.PUBLIC, query=(
                 Q("fog", False, "only this fog (its id, 16 hex characters)"),
                 Q("limit", False, f"anchors in each fog's series, 1 to {SERIES[1]} "
-                                  f"(default {SERIES[0]})"))),
+                                  f"(default {SERIES[0]}); all series together hold at "
+                                  f"most {FOG_ROWS} anchors, beyond that ask for one "
+                                  "`fog`"))),
             R("/v1/dispatch", self.dispatch, tier=H.PUBLIC, query=(
                 Q("fog", False, "only instructions for this fog (16 hex characters)"),
                 Q("before", False, "only instructions in blocks below this height; an "
@@ -206,11 +207,16 @@ class ChainReads:
         limit = bounded(q, "limit", SERIES)
         only = optional_fog(q)
         counts = self.ledger.anchor_counts()
-        names = {p.id: p.name for p in self.ledger.participants()}
+        if only is not None:
+            counts = {only: counts[only]} if only in counts else {}
+        rows = sum(min(n, limit) for n in counts.values())
+        if rows > FOG_ROWS:
+            raise bad(f"{len(counts)} fogs with up to {limit} anchors each make {rows} "
+                      f"anchors, more than the {FOG_ROWS} one answer holds: ask for one fog "
+                      "(fog=) or a smaller limit")
+        names = {p.id: p.name for p in self.ledger.participants()} if counts else {}
         out = []
         for fog, n in counts.items():
-            if only is not None and fog != only:
-                continue
             anchors = self.ledger.anchors(fog, limit)
             times = self.time_of([a.height for a in anchors])
             series = []
@@ -225,35 +231,11 @@ class ChainReads:
         return {"fogs": out}
 
     # -- dispatch: instructions and their reports --------------------------------------------------
-    def _index_reports(self) -> None:
-        """Index the reports of blocks that arrived since the last call."""
-        head = self.ledger.head().height
-        with self._lock:
-            seen = self._reports_seen
-        if head <= seen:
-            return
-        new = self.ledger.txs_of_kind(C.REPORT, seen, head + 1)
-        with self._lock:
-            if self._reports_seen != seen:
-                return  # another request indexed them meanwhile
-            for r in reversed(new):
-                try:
-                    answered = decode_tx(r.tx)["body"]["instruction"]
-                except (ProtocolError, KeyError, TypeError):
-                    continue
-                self._reports.setdefault(bytes.fromhex(answered), []).append(r)
-            self._reports_seen = head
-
     def _instructions(self, fog: bytes | None, below: int | None,
-                      limit: int) -> list[TxRecord]:
-        """Up to `limit` instructions (one more: the caller sees whether there are more),
-        newest first, below height `below`."""
-        if fog is None:
-            return self.ledger.txs_of_kind(C.INSTRUCTION, -1, below, limit)
-        mine = [TxRecord(i.height, i.index, i.digest, i.tx)
-                for i in self.ledger.instructions(fog)
-                if below is None or i.height < below]
-        return mine[::-1][:limit]
+                      limit: int | None, above: int = -1) -> list[TxRecord]:
+        """Up to `limit` instructions, newest first, in blocks above < h < below (read from
+        the store's index, a page at a time)."""
+        return self.ledger.instruction_page(fog, above, below, limit)
 
     def dispatch(self, req: H.Request) -> dict[str, Any]:
         """Instructions (of every fog, or one), newest first, decoded, with their reports.
@@ -274,14 +256,12 @@ class ChainReads:
                 whole = [i for i in found if i.height > cut]
                 if whole:
                     found = whole
-                else:  # one block holds more than `limit`: all of it, as one page
-                    found = [i for i in self._instructions(fog, cut + 1, INT64_MAX)
-                             if i.height == cut]
+                else:  # one block holds more than `limit`: all of it (only it), one page
+                    found = self._instructions(fog, cut + 1, None, cut - 1)
             else:
                 found = found[:limit]
-        self._index_reports()
-        with self._lock:
-            reports = {i.digest: list(self._reports.get(i.digest, ())) for i in found}
+        answered = self.ledger.reports([i.digest for i in found])
+        reports = {i.digest: answered.get(i.digest, []) for i in found}
         times = self.time_of([i.height for i in found] +
                              [r.height for rs in reports.values() for r in rs])
         out = []

@@ -92,6 +92,17 @@ class BlockStore(Protocol):
 
     def instructions(self, fog: bytes, after_height: int) -> list[InstructionView]: ...
 
+    def instruction_page(self, fog: bytes | None, after_height: int,
+                         before_height: int | None, limit: int | None) -> list[TxRecord]:
+        """Instructions (naming `fog`, or any) in blocks after_height < h < before_height,
+        newest first, at most `limit`."""
+        ...
+
+    def reports(self, instructions: Sequence[bytes]) -> dict[bytes, list[TxRecord]]:
+        """The report transactions answering each instruction (by digest), oldest first;
+        one with none is left out."""
+        ...
+
     def aggregates(self, fog: bytes | None, feeder: str | None,
                    after_height: int) -> list[AggregateView]:
         """In chain order, then the order the anchor carried them."""

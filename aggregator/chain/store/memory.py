@@ -21,6 +21,7 @@ from aggregator.chain.ledger import (
 from aggregator.chain.store.base import StoredBlock, check_append
 from meterledger import wire as P
 from meterledger.wire import anchor as A
+from meterledger.wire import chain as C
 
 
 class _Views:
@@ -29,9 +30,16 @@ class _Views:
     def __init__(self) -> None:
         self.anchors: dict[bytes, list[AnchorView]] = {}
         self.instructions: dict[bytes, list[InstructionView]] = {}
+        self.all_instructions: list[tuple[bytes, InstructionView]] = []  # (fog, view)
+        self.reports: dict[bytes, list[TxRecord]] = {}  # by the instruction answered
 
     def put_tx(self, digest: bytes, at: Receipt | None, raw: bytes) -> None:
-        pass
+        f = P.parse(raw, schema=False).fields
+        body = f.get(4)
+        if at is not None and f.get(3) == C.REPORT and isinstance(body, dict) \
+                and isinstance(body.get(1), bytes):
+            self.reports.setdefault(body[1], []).append(
+                TxRecord(at.height, at.index, digest, raw))
 
     def put_participant(self, p: Participant) -> None:
         pass
@@ -48,8 +56,9 @@ class _Views:
     def put_instruction(self, digest: bytes, fog: bytes, at: Receipt | None,
                         raw: bytes) -> None:
         assert at is not None
-        self.instructions.setdefault(fog, []).append(
-            InstructionView(at.height, at.index, digest, raw))
+        view = InstructionView(at.height, at.index, digest, raw)
+        self.instructions.setdefault(fog, []).append(view)
+        self.all_instructions.append((fog, view))
 
     def put_aggregate(self, fog: bytes, at: Receipt | None, pos: int,
                       a: CarriedAggregate) -> None:
@@ -167,6 +176,22 @@ class MemoryBlockStore:
         with self._lock:
             self._live()
             return [i for i in self._views.instructions.get(fog, []) if i.height > after_height]
+
+    def instruction_page(self, fog: bytes | None, after_height: int,
+                         before_height: int | None, limit: int | None) -> list[TxRecord]:
+        with self._lock:
+            self._live()
+            out = [TxRecord(i.height, i.index, i.digest, i.tx)
+                   for f, i in reversed(self._views.all_instructions)
+                   if (fog is None or f == fog) and after_height < i.height
+                   and (before_height is None or i.height < before_height)]
+            return out if limit is None else out[:max(0, limit)]
+
+    def reports(self, instructions: Sequence[bytes]) -> dict[bytes, list[TxRecord]]:
+        with self._lock:
+            self._live()
+            return {d: list(self._views.reports[d]) for d in instructions
+                    if d in self._views.reports}
 
     def aggregates(self, fog: bytes | None, feeder: str | None,
                    after_height: int) -> list[AggregateView]:

@@ -7,10 +7,18 @@ ignores it); the ledger fills in the roots of blocks written before it by replay
 
 Format 2 added the aggregates and rules tables; a format-1 file is upgraded when opened for
 writing (the aggregates its anchors carried are read back from the stored transactions).
+
+Two read indexes came later and are created when missing (an older reader ignores them):
+`reports` (each report by the instruction it answers, for GET /v1/dispatch) and
+`anchor_counts` (anchors per fog, for GET /v1/fogs). Both are written with each block;
+for a file written before them, the anchor counts are filled in when it is opened for
+writing and the reports of its blocks by a background thread, a bounded chunk of blocks per
+write transaction (`reports_backfill`), so a block being appended never waits for long.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -37,7 +45,10 @@ from meterledger.infra.sqlite import atomic, connect
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
 
+log = logging.getLogger("aggregator.chain.store")
+
 _SCHEMA_VERSION = 2
+BACKFILL_BLOCKS = 64  # blocks read per write transaction when indexing an older file's reports
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL, "
     "header BLOB NOT NULL)",
@@ -65,6 +76,14 @@ _SCHEMA = (
     # the state root after each block (aggregator.chain.app.state)
     "CREATE TABLE IF NOT EXISTS state_roots (height INTEGER PRIMARY KEY, root BLOB NOT NULL)",
 )
+# read indexes for the dashboard (created when missing; see the module doc)
+_READ_INDEXES = (
+    "CREATE TABLE IF NOT EXISTS reports (instruction BLOB NOT NULL, height INTEGER NOT NULL, "
+    "idx INTEGER NOT NULL, PRIMARY KEY (instruction, height, idx)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS anchor_counts (fog BLOB PRIMARY KEY, n INTEGER NOT NULL)",
+    # the reports of blocks up to `upto` are still to be indexed (an older file's)
+    "CREATE TABLE IF NOT EXISTS reports_backfill (done INTEGER NOT NULL, upto INTEGER NOT NULL)",
+)
 
 
 class SQLiteBlockStore:
@@ -78,6 +97,7 @@ class SQLiteBlockStore:
         self._wlock, self._rlock = threading.Lock(), threading.Lock()
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
+        self._backfilling: threading.Thread | None = None
         try:
             if readonly:
                 if not os.path.exists(self.path):
@@ -88,6 +108,11 @@ class SQLiteBlockStore:
                 self._w = self._connect(self.path)
                 self._setup(self._w)
                 self._r = self._connect(self.path)
+                if self._rows("SELECT 1 FROM reports_backfill"):
+                    self._backfilling = threading.Thread(
+                        target=self._backfill_reports, name="chain-reports-backfill",
+                        daemon=True)
+                    self._backfilling.start()
         except sqlite3.Error as e:
             self.close()
             raise StorageError(f"{self.path}: cannot open as a chain: {e}") from e
@@ -119,10 +144,19 @@ class SQLiteBlockStore:
             raise StorageError(f"{self.path}: SQLite would not use WAL (journal mode {mode!r})")
         with atomic(db):
             version = self._check_version(db)
-            for statement in _SCHEMA:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            for statement in _SCHEMA + _READ_INDEXES:
                 db.execute(statement)
             if version == 1:
                 self._upgrade_from_1(db)
+            if "anchor_counts" not in tables:  # an older file: count once (the PK's order)
+                db.execute("INSERT INTO anchor_counts (fog, n) SELECT fog, COUNT(*) FROM "
+                           "anchors GROUP BY fog ORDER BY MIN(rowid)")
+            if "reports" not in tables:  # an older file: its blocks' reports, in the background
+                (top,) = db.execute("SELECT MAX(height) FROM blocks").fetchone()
+                if top is not None:
+                    db.execute("INSERT INTO reports_backfill (done, upto) VALUES (-1, ?)",
+                               (top,))
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     @staticmethod
@@ -142,6 +176,42 @@ class SQLiteBlockStore:
                 db.execute("INSERT OR IGNORE INTO aggregates (digest, fog, feeder, ivl, rev, "
                            "height, idx, pos, msg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (a.digest, f[1], a.feeder, a.ivl, a.rev, height, idx, pos, a.msg))
+
+    def _backfill_reports(self, chunk: int | None = None) -> None:
+        """Index the reports of the blocks written before the reports table existed, a chunk
+        of blocks per write transaction: an append waits at most for one chunk."""
+        step = chunk or BACKFILL_BLOCKS
+        pattern = P.encode(C.REPORT)
+        while True:
+            with self._wlock:
+                db = self._w
+                if db is None:
+                    return  # closed
+                try:
+                    with atomic(db):
+                        row = db.execute("SELECT done, upto FROM reports_backfill").fetchone()
+                        if row is None:
+                            return
+                        done, upto = row
+                        hi = min(upto, done + step)
+                        for h, i, raw in db.execute(
+                                "SELECT height, idx, raw FROM txs WHERE height > ? AND "
+                                "height <= ? AND instr(raw, ?) > 0", (done, hi, pattern)
+                        ).fetchall():
+                            answered = _answered(bytes(raw))
+                            if answered is not None:
+                                db.execute("INSERT OR IGNORE INTO reports (instruction, "
+                                           "height, idx) VALUES (?, ?, ?)", (answered, h, i))
+                        if hi >= upto:
+                            db.execute("DELETE FROM reports_backfill")
+                        else:
+                            db.execute("UPDATE reports_backfill SET done = ?", (hi,))
+                except sqlite3.Error as e:
+                    log.warning("%s: indexing the reports of older blocks stopped: %s; it "
+                                "resumes when the chain is opened again", self.path, e)
+                    return
+                if hi >= upto:
+                    return
 
     def _reader(self) -> sqlite3.Connection:
         if self._r is None:
@@ -273,19 +343,49 @@ class SQLiteBlockStore:
         return views if last is None else views[::-1]
 
     def anchor_counts(self) -> dict[bytes, int]:
+        if self.readonly and not self._has("anchor_counts"):  # an older file, not upgraded
+            return {bytes(fog): n for fog, n in self._rows(
+                "SELECT fog, COUNT(*) FROM anchors GROUP BY fog ORDER BY MIN(rowid)")}
         return {bytes(fog): n for fog, n in self._rows(
-            "SELECT fog, COUNT(*) FROM anchors GROUP BY fog ORDER BY MIN(rowid)")}
+            "SELECT fog, n FROM anchor_counts ORDER BY rowid")}
+
+    def _has(self, table: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)))
+
+    def reports(self, instructions: Sequence[bytes]) -> dict[bytes, list[TxRecord]]:
+        if not instructions or (self.readonly and not self._has("reports")):
+            return {}
+        out: dict[bytes, list[TxRecord]] = {}
+        for k in range(0, len(instructions), 500):
+            part = list(instructions[k:k + 500])
+            for ins, h, i, d, raw in self._rows(
+                    "SELECT r.instruction, r.height, r.idx, t.digest, t.raw FROM reports r "
+                    "JOIN txs t ON t.height = r.height AND t.idx = r.idx WHERE r.instruction "
+                    f"IN ({', '.join('?' * len(part))}) ORDER BY r.height, r.idx",
+                    tuple(part)):
+                out.setdefault(bytes(ins), []).append(TxRecord(h, i, bytes(d), bytes(raw)))
+        return out
+
+    def instruction_page(self, fog: bytes | None, after_height: int,
+                         before_height: int | None, limit: int | None) -> list[TxRecord]:
+        after = max(-1, min(after_height, INT64_MAX))
+        before = INT64_MAX if before_height is None else max(0, min(before_height, INT64_MAX))
+        where = "i.height > ? AND i.height < ?"
+        args: list[Any] = [after, before]
+        if fog is not None:
+            where, args = "i.fog = ? AND " + where, [fog, *args]
+        return [TxRecord(h, i, bytes(d), bytes(raw)) for h, i, d, raw in self._rows(
+            "SELECT i.height, i.idx, i.digest, t.raw FROM instructions i JOIN txs t "
+            f"ON t.height = i.height AND t.idx = i.idx WHERE {where} "
+            "ORDER BY i.height DESC, i.idx DESC LIMIT ?",
+            (*args, -1 if limit is None else max(0, limit)))]
 
     def txs_of_kind(self, kind: str, after_height: int, before_height: int | None,
                     limit: int | None) -> list[TxRecord]:
         after = max(-1, min(after_height, INT64_MAX))
         before = INT64_MAX if before_height is None else max(0, min(before_height, INT64_MAX))
         if kind == C.INSTRUCTION:  # indexed already
-            return [TxRecord(h, i, bytes(d), bytes(raw)) for h, i, d, raw in self._rows(
-                "SELECT i.height, i.idx, i.digest, t.raw FROM instructions i JOIN txs t "
-                "ON t.height = i.height AND t.idx = i.idx WHERE i.height > ? AND "
-                "i.height < ? ORDER BY i.height DESC, i.idx DESC LIMIT ?",
-                (after, before, -1 if limit is None else max(0, limit)))]
+            return self.instruction_page(None, after, before, limit)
         # the kind is in every such transaction's bytes as its CBOR text; a match is
         # parsed to be sure (the same text may sit in a body)
         pattern = P.encode(kind)
@@ -337,12 +437,28 @@ class SQLiteBlockStore:
                     "ORDER BY height, idx")]
 
     def close(self) -> None:
+        thread = self._backfilling
         for lock, name in ((self._wlock, "_w"), (self._rlock, "_r")):
             with lock:
                 db = getattr(self, name)
                 setattr(self, name, None)
                 if db is not None:
                     db.close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(30)  # it stops at its next chunk: the writer is gone
+
+
+def _answered(raw: bytes) -> bytes | None:
+    """The instruction a report transaction answers (None for any other transaction)."""
+    try:
+        f = P.parse(raw, schema=False).fields
+    except ProtocolError:
+        return None
+    body = f.get(4)
+    if f.get(3) != C.REPORT or not isinstance(body, dict):
+        return None
+    answered = body.get(1)
+    return answered if isinstance(answered, bytes) else None
 
 
 def _kind(raw: bytes) -> str | None:
@@ -368,6 +484,10 @@ class _Writer:
         assert at is not None
         self.db.execute("INSERT INTO txs (height, idx, digest, raw) VALUES (?, ?, ?, ?)",
                         (at.height, at.index, digest, raw))
+        answered = _answered(raw)
+        if answered is not None:
+            self.db.execute("INSERT OR IGNORE INTO reports (instruction, height, idx) "
+                            "VALUES (?, ?, ?)", (answered, at.height, at.index))
 
     def put_participant(self, p: Participant) -> None:
         self.db.execute("INSERT INTO participants (id, role, pub, name, nonce) "
@@ -385,6 +505,8 @@ class _Writer:
                         "root, head, t) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (fog, at.height, at.index, digest, first, head.height, head.size,
                          head.root, head.digest, head.t))
+        self.db.execute("INSERT INTO anchor_counts (fog, n) VALUES (?, 1) "
+                        "ON CONFLICT(fog) DO UPDATE SET n = n + 1", (fog,))
 
     def put_instruction(self, digest: bytes, fog: bytes, at: Receipt | None,
                         raw: bytes) -> None:

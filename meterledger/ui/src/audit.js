@@ -3,7 +3,7 @@
 // CSP allows no other origin, and this code sends it nowhere); only "fetch the bundle of a
 // reading" asks this fog for one, with the auditor token.
 
-import { get } from "./lib/api.js";
+import { get, getText } from "./lib/api.js";
 import { $, badge, clear, el, energy, notice, table } from "./lib/dom.js";
 import { startPage } from "./lib/shell.js";
 import { when } from "./lib/time.js";
@@ -102,8 +102,7 @@ function auditSection(serving, announced) {
       ev.preventDefault();
       clear(said);
       try {
-        const bundle = await get("/v1/bundle", { dev: dev.value.trim(), seq: seq.value });
-        text.value = JSON.stringify(bundle, null, 1);
+        text.value = await getText("/v1/bundle", { dev: dev.value.trim(), seq: seq.value });
       } catch (e) {
         said.append(notice(e.message, "error"));
       }

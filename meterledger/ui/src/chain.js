@@ -4,7 +4,7 @@
 // the chain's public API but the approval.
 
 import { get, post } from "./lib/api.js";
-import { $, badge, clear, el, notice, short, table } from "./lib/dom.js";
+import { $, badge, clear, el, notice, short, table, updateTable } from "./lib/dom.js";
 import { LinePlot } from "./lib/plot.js";
 import { failure, startPage } from "./lib/shell.js";
 import { when } from "./lib/time.js";
@@ -156,10 +156,10 @@ const dispatch = {
       el("div", { class: "instructions" }), el("h3", {}, "Rule sets"), el("div", { class: "rules" }));
   },
   async load(body) {
-    const [sug, ins, rules] = await Promise.all([get("/v1/suggestions"),
+    const [sug, ins, rules] = await Promise.all([get("/v1/suggestions", { limit: 50 }),
       get("/v1/dispatch", { limit: 50 }), get("/v1/rules")]);
     const said = $("#decision", body);
-    clear($(".suggestions", body)).append(table([
+    updateTable($(".suggestions", body), [
       ["state", (s) => badge(s.state, s.state === "open" ? "warn" : s.state === "approved" ? "ok" : "")],
       ["feeder", (s) => s.feeder], ["rule", (s) => `${s.rules_name}/${s.rule}`],
       ["triggered by", (s) => el("span", {}, `${s.metric}: `, (s.aggregates || []).map((a) =>
@@ -169,7 +169,7 @@ const dispatch = {
       ["", (s) => s.state !== "open" ? (s.instruction ? short(s.instruction, 10) : "") : el("span", {},
         el("button", { class: "approve", onclick: () => decide(s.id, "approve", said) }, "Approve"), " ",
         el("button", { class: "dismiss", onclick: () => decide(s.id, "dismiss", said) }, "Dismiss"))],
-    ], sug.suggestions, { key: (s) => s.id, empty: "no suggestions" }));
+    ], [...sug.suggestions].reverse(), { key: (s) => s.id, empty: "no suggestions" }); // newest first
     clear($(".instructions", body)).append(table([
       ["block", (i) => i.height], ["time", (i) => when(i.time)], ["fog", (i) => short(i.fog)],
       ["instruction", (i) => pretty(i.decoded?.body ?? i.decoded ?? {})],

@@ -4,7 +4,7 @@
 // household's meter is the auditor tier, as on the API.
 
 import { get, post } from "./lib/api.js";
-import { $, badge, clear, el, energy, notice, short, table } from "./lib/dom.js";
+import { $, badge, clear, el, energy, notice, short, table, updateTable } from "./lib/dom.js";
 import { LinePlot } from "./lib/plot.js";
 import { failure, startPage } from "./lib/shell.js";
 import { when } from "./lib/time.js";
@@ -20,15 +20,18 @@ const STATE = { active: "ok", pending: "warn", revoked: "bad" };
 const overview = {
   id: "overview", title: "Overview",
   async load(body) {
-    const [cp, health] = await Promise.all([get("/v1/checkpoint"),
-      fetch("/healthz", { cache: "no-store" }).then((r) => r.json())]);
-    const cps = await get("/v1/checkpoints", { limit: 1 });
+    // a fog that has sealed nothing yet answers 404 for its checkpoint: shown, not an error
+    const [cp, health, cps] = await Promise.all([
+      get("/v1/checkpoint").catch((e) => { if (e.status === 404) return null; throw e; }),
+      fetch("/healthz", { cache: "no-store" }).then((r) => r.json()),
+      get("/v1/checkpoints", { limit: 1 })]);
     clear(body).append(cards([
       ["health", health.ok ? "ok" : `fault: ${health.storage?.fault}`, "health"],
-      ["log entries", health.log_size, "log-size"], ["checkpoint", cp.height, "cp-height"],
+      ["log entries", health.log_size, "log-size"], ["checkpoint", cp ? cp.height : 0, "cp-height"],
       ["anchored up to checkpoint", cps.anchored_height ?? "no chain", "anchored"],
-    ]), table([["fog id", () => cp.fog_id], ["fog key", () => short(cp.fog_pub, 16)],
-      ["checkpoint time", () => when(cp.t)], ["root", () => cp.root]], [cp]));
+    ]), cp ? table([["fog id", () => cp.fog_id], ["fog key", () => short(cp.fog_pub, 16)],
+      ["checkpoint time", () => when(cp.t)], ["root", () => cp.root]], [cp])
+      : notice("no checkpoint sealed yet"));
   },
 };
 
@@ -65,16 +68,18 @@ const meters = {
       el("h3", {}, "Meters"), el("div", { class: "list" }), el("div", { class: "curve-said" }), curve.node);
   },
   async load(body) {
-    const m = await get("/v1/meters");
+    // pending meters asked for apart: the first page of all meters (1,000 by id) may not
+    // hold them on a big fog
+    const [m, waiting] = await Promise.all([get("/v1/meters"), get("/v1/meters", { state: "pending" })]);
     clear($(".totals", body)).append(cards(Object.entries(m.totals).map(([k, v]) => [k, v, `total-${k}`])
       .concat([["quarantined messages", m.quarantined, "quarantined"]])));
     const said = $("#enroll-said", body);
-    clear($(".pending", body)).append(table([
+    updateTable($(".pending", body), [
       ["meter", (p) => p.dev], ["key", (p) => short(p.pub, 12)],
       ["firmware", (p) => p.birth?.fw ?? ""], ["hardware", (p) => p.birth?.hw ?? ""],
       ["seen", (p) => when(p.last_seen)],
       ["", (p) => el("button", { class: "enroll", onclick: () => enroll(p.pub, said) }, "Enroll")],
-    ], m.meters.filter((x) => x.state === "pending"), { key: (p) => p.dev, empty: "no meter is waiting" }));
+    ], waiting.meters, { key: (p) => p.dev, empty: "no meter is waiting" });
     clear($(".list", body)).append(table([
       ["meter", (x) => el("a", { href: "#meters", onclick: () => showCurve(x.dev, body) }, x.dev)],
       ["state", (x) => badge(x.state, STATE[x.state])], ["last seen", (x) => when(x.last_seen)],
@@ -178,7 +183,7 @@ const bus = {
       ["garbage", c.garbage]]), table([
       ["address", (a) => a.address], ["meter", (a) => a.dev ?? "unknown"],
       ["state", (a) => badge(a.state, a.state === "answering" ? "ok" : a.state === "silent" ? "bad" : "")],
-      ["missed visits", (a) => a.missed_visits], ["silent for", (a) => `${a.silent_s.toFixed(1)} s`],
+      ["missed visits", (a) => a.missed_visits], ["silent for", (a) => (a.silent_s == null ? "" : `${a.silent_s.toFixed(1)} s`)],
     ], b.addresses, { key: (a) => String(a.address) }));
   },
 };

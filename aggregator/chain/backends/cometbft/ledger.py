@@ -216,6 +216,14 @@ class CometLedger:
     def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:
         return self._app.store.instructions(fog, after_height)
 
+    def instruction_page(self, fog: bytes | None, after_height: int = -1,
+                         before_height: int | None = None,
+                         limit: int | None = None) -> list[TxRecord]:
+        return self._app.store.instruction_page(fog, after_height, before_height, limit)
+
+    def reports(self, instructions: Sequence[bytes]) -> dict[bytes, list[TxRecord]]:
+        return self._app.store.reports(instructions)
+
     def aggregates(self, fog: bytes | None = None, feeder: str | None = None,
                    after_height: int = -1) -> list[AggregateView]:
         return self._app.store.aggregates(fog, feeder, after_height)

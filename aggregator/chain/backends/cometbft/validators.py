@@ -4,14 +4,21 @@ consortium.json names), whether each one's CometBFT answers, its height, which v
 signed each recent commit, and who proposed each block.
 
 Reads only, with the network's own RPC: each validator's /status (a short timeout, every
-validator at once, the answers kept `ttl_s` so a page polling it makes no request per
-validator per load), the local node's /commit?height= (a canonical commit is kept, it does
+validator at once), the local node's /commit?height= (a canonical commit is kept, it does
 not change) and /blockchain (block proposers, kept by height).
+
+One view (the validators and the last COMMITS_MAX commits) is made at most once per `ttl_s`,
+whatever number of commits a request asks for (each answer is a slice of it). Only the
+very first request waits for it; after that a request finding the view older than `ttl_s`
+starts a refresh in the background and is answered with the view it has, so no request
+(nor the worker thread serving it) waits on the validators' RPC. The genesis names have
+their own lock: the block list never waits on a refresh either.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +31,8 @@ from typing import Any
 from aggregator.chain.backends.cometbft.network import GENESIS, NETWORK
 from aggregator.chain.backends.cometbft.rpc import CometRPC, RPCError, RPCUnavailable
 from aggregator.chain.ledger import UnavailableError
+
+log = logging.getLogger("aggregator.chain.validators")
 
 COMMITS_MAX = 100  # recent commits shown at most
 _KEPT = 65_536  # proposers and canonical commits remembered, by height
@@ -72,11 +81,13 @@ class ValidatorWatch:
         self._probe_timeout = probe_s  # a validator is up when its /status answers in time
         self._timeout = min(rpc.timeout, 3.0)  # the local node's reads: commits, blocks
         self._clock = clock
-        self._lock = threading.Lock()  # one refresh at a time; the others use its answers
+        self._refresh_lock = threading.Lock()  # one refresh at a time
+        self._genesis_lock = threading.Lock()  # the genesis, read once
         self._genesis: dict[str, Any] | None = None
         self._members: tuple[Member, ...] = ()
-        self._commits: OrderedDict[int, tuple[list[str], bool]] = OrderedDict()
-        self._views: dict[int, tuple[float, dict[str, Any]]] = {}  # by commits asked
+        self._commits: OrderedDict[int, tuple[list[str], bool]] = OrderedDict()  # refresher's
+        self._kept: tuple[float, dict[str, Any]] | None = None  # (made at, the view)
+        self.refreshing: threading.Thread | None = None  # a background refresh (tests join)
         self._proposer_lock = threading.Lock()
         self._proposers: OrderedDict[int, bytes] = OrderedDict()
 
@@ -87,6 +98,10 @@ class ValidatorWatch:
     # -- the genesis and the network ---------------------------------------------------------
     def _load(self) -> None:
         """The genesis validators (once: the genesis does not change)."""
+        with self._genesis_lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
         if self._genesis is not None:
             return
         parties: dict[str, tuple[str, str]] = {}
@@ -108,13 +123,14 @@ class ValidatorWatch:
             raise UnavailableError(f"the consortium's genesis ({where}) cannot be read: "
                                    f"{e}") from None
         self._members = tuple(members)
-        self._genesis = {"chain_id": chain_id, "validators": genesis["validators"]}
+        # verbatim: an auditor checks a version-2 bundle against the whole document (its
+        # app_state names the chain, tools.audit_consortium.load_genesis reads it)
+        self._genesis = {**genesis, "chain_id": chain_id}
 
     def names(self) -> dict[str, str]:
         """Validator names by lowercase hex address."""
-        with self._lock:
-            self._load()
-            return {m.address: m.name for m in self._members}
+        self._load()
+        return {m.address: m.name for m in self._members}
 
     # -- who is up --------------------------------------------------------------------------
     def _probe(self, m: Member) -> _Status:
@@ -175,32 +191,52 @@ class ValidatorWatch:
         return out
 
     def view(self, commits: int, height: int) -> dict[str, Any]:
-        """GET /v1/validators on a consortium node (docs/PROTOCOL.md section 15); the same
-        answer for `ttl_s` (but for `height`, this node's head)."""
-        with self._lock:
-            kept = self._views.get(commits)
-            if kept is not None and self._clock() - kept[0] < self._ttl:
-                return {**kept[1], "height": height}
-            doc = self._view(commits, height)
-            self._views[commits] = (self._clock(), doc)
-            return doc
+        """GET /v1/validators on a consortium node (docs/PROTOCOL.md section 15): the kept
+        view's newest `commits` commits (see the module doc for how it is refreshed), with
+        `height`, this node's head."""
+        kept = self._kept
+        if kept is None:  # the very first view: made by whoever gets here first
+            with self._refresh_lock:
+                kept = self._kept
+                if kept is None:
+                    kept = self._refresh()
+        elif self._clock() - kept[0] >= self._ttl and self._refresh_lock.acquire(blocking=False):
+            try:  # stale: refreshed in the background, answered with what is kept now
+                self.refreshing = threading.Thread(target=self._background,
+                                                   name="validator-view", daemon=True)
+                self.refreshing.start()
+            except BaseException:
+                self._refresh_lock.release()
+                raise
+        return _sliced(kept[1], max(0, min(commits, COMMITS_MAX)), height)
 
-    def _view(self, commits: int, height: int) -> dict[str, Any]:
+    def _background(self) -> None:
+        try:
+            self._refresh()
+        except Exception as e:  # the kept view stays; the next stale request tries again
+            log.warning("refreshing the validators' view failed: %s", e)
+        finally:
+            self._refresh_lock.release()
+
+    def _refresh(self) -> tuple[float, dict[str, Any]]:
+        """Make the view (the caller holds _refresh_lock) and keep it."""
+        kept = (self._clock(), self._view())
+        self._kept = kept
+        return kept
+
+    def _view(self) -> dict[str, Any]:
         self._load()
         statuses = self._status()
         top = self._local_height()
-        recent = self._recent(max(0, min(commits, COMMITS_MAX)), top) if top else []
+        recent = self._recent(COMMITS_MAX, top) if top else []
         assert self._genesis is not None
-        signed = {a: sum(a in c["signers"] for c in recent)
-                  for a in (m.address for m in self._members)}
         rows = []
         for m in self._members:
             st = statuses.get(m.address, _Status(False))
             rows.append({"name": m.name, "party": m.party, "address": m.address,
                          "power": m.power, "pub_key": m.pub_key, "rpc": m.rpc,
-                         "up": st.up, "height": st.height, "catching_up": st.catching_up,
-                         "signed": signed[m.address]})
-        return {"engine": "cometbft", "height": height,
+                         "up": st.up, "height": st.height, "catching_up": st.catching_up})
+        return {"engine": "cometbft", "height": 0,
                 "chain_id": self._genesis["chain_id"], "validators": rows,
                 "commits": recent, "genesis": self._genesis}
 
@@ -231,3 +267,12 @@ class ValidatorWatch:
                     self._proposers.popitem(last=False)
                 missing = [h for h in missing if h > hi]
             return {h: self._proposers[h] for h in heights if h in self._proposers}
+
+
+def _sliced(view: dict[str, Any], commits: int, height: int) -> dict[str, Any]:
+    """The view with its newest `commits` commits, what each validator signed of them, and
+    `height`."""
+    recent = view["commits"][:commits]
+    rows = [{**v, "signed": sum(v["address"] in c["signers"] for c in recent)}
+            for v in view["validators"]]
+    return {**view, "height": height, "validators": rows, "commits": recent}

@@ -43,7 +43,7 @@ function query(params) {
   return s ? "?" + s : "";
 }
 
-async function call(method, path, params, body) {
+async function call(method, path, params, body, asText = false) {
   const headers = { Accept: "application/json" };
   const t = token();
   if (t) headers.Authorization = `Bearer ${t}`;
@@ -58,9 +58,11 @@ async function call(method, path, params, body) {
   } catch (e) {
     throw new ApiError(0, { error: `the service is unreachable (${e.message})` }, url);
   }
+  const text = await resp.text();
+  if (resp.ok && asText) return text;
   let doc = null;
   try {
-    doc = await resp.json();
+    doc = JSON.parse(text);
   } catch {
     doc = { error: "the answer is not JSON" };
   }
@@ -69,4 +71,6 @@ async function call(method, path, params, body) {
 }
 
 export const get = (path, params) => call("GET", path, params);
+// the answer's text as sent (a proof bundle: parsing it here could change what is checked)
+export const getText = (path, params) => call("GET", path, params, undefined, true);
 export const post = (path, body, params) => call("POST", path, params, body ?? {});

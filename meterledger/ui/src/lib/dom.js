@@ -57,3 +57,30 @@ export function energy(wh) {
   if (a >= 1e3) return (wh / 1e3).toFixed(2) + " kWh";
   return wh + " Wh";
 }
+
+// A table in `holder` brought up to `rows` in place: a row whose data did not change keeps
+// its element (and its button), so a poll never replaces a button under the user's pointer;
+// nothing is touched when no row changed.
+export function updateTable(holder, columns, rows, { key, empty = "nothing yet" }) {
+  if (!rows.length) {
+    clear(holder).append(el("p", { class: "empty" }, empty));
+    return;
+  }
+  let t = holder.querySelector("table");
+  if (!t) {
+    t = el("table", {}, el("thead", {}, el("tr", {}, columns.map(([h]) => el("th", {}, h)))),
+      el("tbody", {}));
+    clear(holder).append(t);
+  }
+  const body = t.tBodies[0];
+  const old = new Map([...body.rows].map((r) => [r.dataset.key, r]));
+  const next = rows.map((r) => {
+    const k = key(r);
+    const sig = JSON.stringify(r);
+    const have = old.get(k);
+    if (have && have.dataset.sig === sig) return have;
+    return el("tr", { dataset: { key: k, sig } }, columns.map(([, cell]) => el("td", {}, cell(r))));
+  });
+  const same = next.length === body.rows.length && next.every((r, i) => r === body.rows[i]);
+  if (!same) body.replaceChildren(...next);
+}

@@ -67,8 +67,14 @@ export function startPage({ service, title, sections, links = [] }) {
   let timer = null;
   let running = false;
 
+  let again = false; // a forced refresh asked for while a load ran: run once more after it
+
   async function refresh(force) {
-    if (!current || running || (document.hidden && !force)) return;
+    if (!current || (document.hidden && !force)) return;
+    if (running) {
+      again = again || force;
+      return;
+    }
     running = true;
     const node = nodes.get(current.id);
     const body = node.querySelector(".body");
@@ -89,6 +95,10 @@ export function startPage({ service, title, sections, links = [] }) {
       node.dataset.loaded = String(Number(node.dataset.loaded || 0) + 1);
     } finally {
       running = false;
+      if (again) {
+        again = false;
+        refresh(true);
+      }
     }
   }
 
