@@ -25,6 +25,7 @@ from meterledger import errors
 from meterledger import wire as P
 from meterledger.infra.args import ArgumentParser
 from meterledger.wire import chain as C
+from meterledger.wire.decoded import BODY_NAMES  # one table of transaction body names
 from meterledger.wire.names import Q_NAMES, TYPE_NAMES, named, to_json
 from meterledger.wire.types import NAMES
 
@@ -157,17 +158,6 @@ UNITS: dict[int, dict[str, str]] = {
 }
 # a command's (or an instruction's) argument 1, by op
 ARG_UNITS = {"limit": "W", "interval": "s", "time": UNIX}
-# the body of each transaction kind (meterledger/wire/chain.py BODIES), by name
-BODY_NAMES: dict[str, dict[int, str]] = {
-    C.REGISTER: {1: "role", 2: "pub", 3: "name"},
-    C.ANCHOR: {1: "checkpoints", 2: "proof", 3: "aggregates"},
-    C.INSTRUCTION: {1: "fog", 2: "op", 3: "args", 4: "not_after", 5: "devs", 6: "why",
-                    7: "rule"},
-    C.REPORT: {1: "instruction", 2: "done", 3: "rejected", 4: "failed", 5: "entries",
-               6: "detail"},
-    C.FAULT: {1: "kind", 2: "detail", 3: "t", 4: "action", 5: "entries"},
-    C.RULES: {1: "name", 2: "version", 3: "text", 4: "digest"},
-}
 
 
 def utc(t: int) -> str:

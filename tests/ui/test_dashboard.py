@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Page
 
 from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
 from meterledger import wire as P
@@ -24,7 +24,7 @@ from meterledger.clients.chain import ChainClient
 from meterledger.clients.fog import FogClient
 from tests.kit.fogkit import wait
 from tools import audit
-from tools.browser import Stack, chromium, demo_stack
+from tools.browser import Stack, demo_stack
 from tools.screenshots import WAIT_MS, loaded_again, open_section
 
 pytestmark = pytest.mark.browser
@@ -37,23 +37,6 @@ CHAIN_SECTIONS = ("overview", "blocks", "participants", "anchors", "dispatch")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with demo_stack(tmp_path_factory.mktemp("ui") / "demo") as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    p = context.new_page()
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    yield p
-    context.close()
-    assert errors == [], errors  # no script error on any page
 
 
 def fog(stack: Stack, tier: str = "auditor") -> FogClient:

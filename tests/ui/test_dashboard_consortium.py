@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Page
 
 from meterledger.clients.chain import ChainClient
 from tests.kit.fogkit import wait
 from tools import audit, audit_consortium
-from tools.browser import Stack, chromium, demo_stack
+from tools.browser import Stack, demo_stack
 from tools.screenshots import WAIT_MS, open_section
 
 pytestmark = [pytest.mark.browser, pytest.mark.consortium]
@@ -24,23 +24,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with demo_stack(tmp_path_factory.mktemp("uic") / "demo", meters=3, rules=None,
                     consortium=True) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    p = context.new_page()
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    yield p
-    context.close()
-    assert errors == [], errors
 
 
 def test_the_validators_are_shown_up_with_who_signed_the_last_commits(stack: Stack,
