@@ -278,9 +278,9 @@ class Ingest:
 
     # -- the pipeline -------------------------------------------------------------------------
     def _reject(self, reason: str, detail: str, dev: bytes | None = None,
-                seq: int | None = None, raw: bytes = b"") -> Outcome:
+                seq: int | None = None) -> Outcome:
         self.rejected[reason] += 1
-        return Outcome(REJECTED, reason, dev, seq, detail, raw)
+        return Outcome(REJECTED, reason, dev, seq, detail)
 
     def _pub(self, dev: bytes, pub: bytes) -> P.PublicKey:
         k = self._pubs.get(dev)
@@ -326,7 +326,7 @@ class Ingest:
             try:
                 raws = split_batch(payload)
             except ProtocolError as e:
-                slots.append(self._reject(e.reason, str(e), raw=payload))
+                slots.append(_with_raw(self._reject(e.reason, str(e)), payload))
                 continue
             topic_dev = topic_devs[i] if topic_devs is not None else None
             for raw in raws:

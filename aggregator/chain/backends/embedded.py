@@ -24,25 +24,20 @@ from typing import Any
 
 from aggregator.chain.app.state import ZERO_ROOT, Effect, MemoryState, block_state_root
 from aggregator.chain.app.validator import Validator
+from aggregator.chain.backends.store_reads import StoreReads
 from aggregator.chain.ledger import (
-    AggregateView,
     AggregatorError,
-    AnchorView,
     Block,
     BlockMeta,
     ChainError,
     DuplicateError,
     Head,
-    InstructionView,
     Latency,
     LatencyRing,
     LedgerStats,
     NotFoundError,
-    Participant,
     Receipt,
-    RuleSetView,
     StorageError,
-    TxRecord,
     TxView,
     UnavailableError,
 )
@@ -96,7 +91,7 @@ class _Stats:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
-class EmbeddedLedger:
+class EmbeddedLedger(StoreReads):
     """The Ledger of a single sealer over a BlockStore (see the module doc)."""
 
     def __init__(self, store: BlockStore, key: P.SigningKey, clock: Clock) -> None:
@@ -246,6 +241,10 @@ class EmbeddedLedger:
         self._overlay = overlay
 
     # -- reads -----------------------------------------------------------------------------------
+    @property
+    def _reads(self) -> BlockStore:  # StoreReads: the seam's reads of derived state
+        return self._store
+
     def head(self) -> Head:
         with self._cond:
             tip = self._tip
@@ -265,16 +264,6 @@ class EmbeddedLedger:
             raise NotFoundError(f"no transaction {digest.hex()} is on the chain")
         return TxView(digest, r.height, r.index, b.txs[r.index],
                       tuple(C.tx_path(b.txs, r.index)), b.header)
-
-    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
-        return self._store.anchors(fog, last)
-
-    def anchor_counts(self) -> dict[bytes, int]:
-        return self._store.anchor_counts()
-
-    def txs_of_kind(self, kind: str, after_height: int = -1, before_height: int | None = None,
-                    limit: int | None = None) -> list[TxRecord]:
-        return self._store.txs_of_kind(kind, after_height, before_height, limit)
 
     def block_meta(self, blocks: Sequence[Block], proposers: bool = True) -> list[BlockMeta]:
         """Each header's fields; the proposer is its sealer (always the dispatch key)."""
@@ -299,30 +288,6 @@ class EmbeddedLedger:
         return {"engine": "embedded", "height": self.head().height,
                 "sealer": {"id": self._chain.hex(), "pub": self._key.public_key.raw.hex(),
                            "name": me.name if me is not None else ""}}
-
-    def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:
-        return self._store.instructions(fog, after_height)
-
-    def instruction_page(self, fog: bytes | None, after_height: int = -1,
-                         before_height: int | None = None,
-                         limit: int | None = None) -> list[TxRecord]:
-        return self._store.instruction_page(fog, after_height, before_height, limit)
-
-    def reports(self, instructions: Sequence[bytes]) -> dict[bytes, list[TxRecord]]:
-        return self._store.reports(instructions)
-
-    def aggregates(self, fog: bytes | None = None, feeder: str | None = None,
-                   after_height: int = -1) -> list[AggregateView]:
-        return self._store.aggregates(fog, feeder, after_height)
-
-    def rules(self) -> list[RuleSetView]:
-        return self._store.rules()
-
-    def participant(self, pid: bytes) -> Participant | None:
-        return self._store.participant(pid)
-
-    def participants(self) -> list[Participant]:
-        return self._store.participants()
 
     def stats(self) -> LedgerStats:
         with self._cond:

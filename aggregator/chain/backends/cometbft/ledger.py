@@ -20,34 +20,30 @@ from typing import Any
 from aggregator.chain.backends.cometbft.app import BlockRecord, ChainApp, Outcome
 from aggregator.chain.backends.cometbft.rpc import CometRPC, RPCError, RPCUnavailable
 from aggregator.chain.backends.cometbft.validators import ValidatorWatch
+from aggregator.chain.backends.store_reads import StoreReads
 from aggregator.chain.ledger import (
-    AggregateView,
-    AnchorView,
     Block,
     BlockMeta,
     ChainError,
     DuplicateError,
     Head,
-    InstructionView,
     Latency,
     LatencyRing,
     LedgerStats,
     NotFoundError,
-    Participant,
     Receipt,
-    RuleSetView,
     StorageError,
-    TxRecord,
     TxView,
     UnavailableError,
 )
+from aggregator.chain.store import BlockStore
 from meterledger import wire as P
 from meterledger.wire import chain as C
 
 Clock = Callable[[], float]
 
 
-class CometLedger:
+class CometLedger(StoreReads):
     """The Ledger of one consortium validator (see the module doc)."""
 
     def __init__(self, app: ChainApp, rpc: CometRPC, commit_timeout: float = 30.0,
@@ -132,6 +128,10 @@ class CometLedger:
                 self._app.committed.wait(min(left, 1.0))
 
     # -- reads ---------------------------------------------------------------------------------
+    @property
+    def _reads(self) -> BlockStore:  # StoreReads: the seam's reads of derived state
+        return self._app.store
+
     def head(self) -> Head:
         store = self._app.store
         h = store.height()
@@ -176,16 +176,6 @@ class CometLedger:
                                f"{proof['height']}, the app in block {height}")
         return {"signed_header": signed, "tx_proof": proof["proof"]}
 
-    def anchors(self, fog: bytes, last: int | None = None) -> list[AnchorView]:
-        return self._app.store.anchors(fog, last)
-
-    def anchor_counts(self) -> dict[bytes, int]:
-        return self._app.store.anchor_counts()
-
-    def txs_of_kind(self, kind: str, after_height: int = -1, before_height: int | None = None,
-                    limit: int | None = None) -> list[TxRecord]:
-        return self._app.store.txs_of_kind(kind, after_height, before_height, limit)
-
     def block_meta(self, blocks: Sequence[Block], proposers: bool = True) -> list[BlockMeta]:
         """Each block record's fields; the proposer from CometBFT's header (/blockchain,
         kept once read), named by the genesis; none for block 0 or while CometBFT is away."""
@@ -212,30 +202,6 @@ class CometLedger:
 
     def validators(self, commits: int = 20) -> dict[str, Any]:
         return self._watch.view(commits, self._app.store.height())
-
-    def instructions(self, fog: bytes, after_height: int = -1) -> list[InstructionView]:
-        return self._app.store.instructions(fog, after_height)
-
-    def instruction_page(self, fog: bytes | None, after_height: int = -1,
-                         before_height: int | None = None,
-                         limit: int | None = None) -> list[TxRecord]:
-        return self._app.store.instruction_page(fog, after_height, before_height, limit)
-
-    def reports(self, instructions: Sequence[bytes]) -> dict[bytes, list[TxRecord]]:
-        return self._app.store.reports(instructions)
-
-    def aggregates(self, fog: bytes | None = None, feeder: str | None = None,
-                   after_height: int = -1) -> list[AggregateView]:
-        return self._app.store.aggregates(fog, feeder, after_height)
-
-    def rules(self) -> list[RuleSetView]:
-        return self._app.store.rules()
-
-    def participant(self, pid: bytes) -> Participant | None:
-        return self._app.store.participant(pid)
-
-    def participants(self) -> list[Participant]:
-        return self._app.store.participants()
 
     def stats(self) -> LedgerStats:
         with self._count_lock:
