@@ -41,6 +41,10 @@ def test_what_any_validator_is_sent_is_committed_by_all_with_one_app_hash_and_a_
         fog = FogSide(tmp_path)
         status, reg = post(t.api("regulator-prov"), t.register_tx("fog", fog.key))
         assert status == 200, reg
+        # a validator checks a transaction against the blocks it has committed: the plant's
+        # may not hold the registration yet when regulator-prov answers
+        wait(lambda: _heads_agree(t, t.names, reg["height"]), timeout=120, every=0.2,
+             what="every validator holding the registration")
         status, anc = post(t.api("plant"), _anchor(t, fog, 1))
         assert status == 200, anc
         wait(lambda: _heads_agree(t, t.names, anc["height"]), timeout=120, every=0.2,
@@ -91,7 +95,12 @@ def test_two_of_four_down_nothing_is_committed_and_a_pending_anchor_lands_once(
         t.start(*t.names)
         t.wait_api()
         fog = FogSide(tmp_path)
-        assert post(t.api("dispatch"), t.register_tx("fog", fog.key))[0] == 200
+        status, reg = post(t.api("dispatch"), t.register_tx("fog", fog.key))
+        assert status == 200, reg
+        # every validator at the registration's block before two stop: a height read below
+        # must not still be catching up to it
+        wait(lambda: _heads_agree(t, t.names, reg["height"]), timeout=120, every=0.2,
+             what="every validator holding the registration")
         t.stop("regulator-nat", "plant")
         supervise.stop([t.running.pop("dispatch")])  # restart with a short commit wait
         t.running.update({r.validator.name: r for r in supervise.start(
