@@ -336,6 +336,17 @@ class Ledger(Protocol):
 
     def participants(self) -> list[Participant]: ...
 
+    def app_record(self, table: str, key: bytes) -> Any:
+        """An application's state: the value of (table, key), None if none (the kinds'
+        tables, docs/PROTOCOL.md section 25)."""
+        ...
+
+    def app_records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
+                limit: int | None = None) -> list[tuple[bytes, Any]]:
+        """An application's (key, value) pairs of `table` with keys starting with `prefix`,
+        in key order, keys above `after` only when given, at most `limit`."""
+        ...
+
     def stats(self) -> LedgerStats: ...
 
     def close(self) -> None: ...

@@ -219,6 +219,18 @@ def check_derived(store: BlockStore, replay: Replay) -> None:
     if store.rules() != replay.state.rule_views:
         raise VerifyError(None, None, "derived_state",
                           "the registered rule sets differ from the blocks'")
+    replayed_records = replay.state.records
+    for table in sorted({t for t, _ in replayed_records}):  # nothing more in the store
+        for key, value in store.records(table):
+            if replayed_records.get((table, key)) != value:
+                raise VerifyError(None, None, "derived_state",
+                                  f"application record {table} {key.hex()} differs from the "
+                                  "blocks'")
+    for (table, key), value in sorted(replayed_records.items()):
+        if store.record(table, key) != value:
+            raise VerifyError(None, None, "derived_state",
+                              f"application record {table} {key.hex()} is missing or "
+                              "differs in the store")
     for digest, r in replay.state.receipts.items():
         if store.receipt(digest) != r:
             raise VerifyError(None, None, "derived_state",

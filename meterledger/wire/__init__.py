@@ -2,7 +2,7 @@
 and nothing of the project's but `meterledger.errors`.
 
 Modules: `cbor` (strict deterministic CBOR), `keys` (P-256, party ids), `cose` (COSE_Sign1),
-`schema` (the payload schema language), `meter` (types 1-8), `cooked` (10, 11), `chain`
+`schema` (the payload schema language), `meter` (types 1-8), `cooked` (10, 11, 14), `chain`
 (12, 13 and the block's transaction tree), `types` (the one message-type registry), `anchor`
 (the SPEC section 8 anchor rule), `merkle` (RFC 9162), `modbus` (the RTU framer) and
 `reasons` (every stable reason code).
@@ -20,6 +20,8 @@ from meterledger.wire.cooked import (
     ESTIMATE_KINDS,
     ESTIMATE_METHODS,
     MAX_ESTIMATE_IVLS,
+    MAX_STATEMENT_ENTRIES,
+    STATEMENT,
 )
 from meterledger.wire.cose import (
     MAX_MESSAGE,
@@ -121,6 +123,7 @@ __all__ = [
     "LIMIT_MAX_W",
     "MAX_ESTIMATE_IVLS",
     "MAX_MESSAGE",
+    "MAX_STATEMENT_ENTRIES",
     "PARTIAL",
     "POWER_FAIL",
     "PROTECTED",
@@ -138,6 +141,7 @@ __all__ = [
     "SIGNER_FIELD",
     "SKIPPED",
     "SOURCE_ERROR",
+    "STATEMENT",
     "TAG_SIGN1",
     "TAMPER",
     "TIME_MAX",

@@ -12,13 +12,13 @@ from typing import Any
 from meterledger.errors import ProtocolError
 from meterledger.wire import merkle
 from meterledger.wire.chain import ANCHOR, ChainTxError, body_error
-from meterledger.wire.cooked import AGGREGATE
+from meterledger.wire.cooked import AGGREGATE, STATEMENT
 from meterledger.wire.cose import Message, parse, verify_message
 from meterledger.wire.keys import PublicKey
 from meterledger.wire.meter import CHECKPOINT, ZERO32
 
-__all__ = ["AnchoredHead", "CheckedAnchor", "anchor_aggregates", "check_anchor",
-           "checked_anchor"]
+__all__ = ["AnchoredHead", "CheckedAnchor", "anchor_aggregates", "anchor_statements",
+           "check_anchor", "checked_anchor"]
 
 
 # --- SPEC section 8: the anchor rule ----------------------------------------------------------
@@ -40,10 +40,12 @@ class AnchoredHead:
 
 @dataclass(frozen=True)
 class CheckedAnchor:
-    """What a valid anchor carries: its checkpoints and aggregates, each parsed and checked."""
+    """What a valid anchor carries: its checkpoints, aggregates and energy statements, each
+    parsed and checked."""
 
     checkpoints: list[Message]
     aggregates: list[Message]
+    statements: list[Message]
 
 
 def check_anchor(body: dict[int, Any], fog: PublicKey, last: AnchoredHead | None,
@@ -116,7 +118,7 @@ def checked_anchor(body: dict[int, Any], fog: PublicKey, last: AnchoredHead | No
                            f"consistency proof from size {first_size} to {newest[3]}: {e}") from None
     aggs = anchor_aggregates(body, fog, known_aggregate)
     _check_closes(out, aggs, known_aggregate)
-    return CheckedAnchor(out, aggs)
+    return CheckedAnchor(out, aggs, anchor_statements(body, fog))
 
 
 def anchor_aggregates(body: dict[int, Any], fog: PublicKey,
@@ -191,3 +193,42 @@ def _check_closes(cps: list[Message], aggs: list[Message],
             raise ChainTxError("anchor_aggregate_ivl",
                                f"checkpoint {i} (height {f[2]}) closes interval {f.get(7)} but "
                                f"its aggregate {f[8].hex()} is for interval {agg.fields[2]}")
+
+
+def anchor_statements(body: dict[int, Any], fog: PublicKey) -> list[Message]:
+    """The type-14 energy statements an anchor body carries (key 4), in order; raises
+    ChainTxError `anchor_bad_statement` for an item that is not a type-14 message signed by
+    the sending fog, or a second statement of the same meter and interval in this anchor.
+    Whether an earlier anchor stated that meter and interval is the chain's state to say
+    (`anchor_statement_repeated`, aggregator.chain.app.kinds.anchor)."""
+    items = body.get(4, [])
+    if not isinstance(items, list):
+        raise body_error(ANCHOR, "field 4 must be a")
+    out: list[Message] = []
+    seen: set[tuple[bytes, int]] = set()
+    for i, raw in enumerate(items):
+        if not isinstance(raw, bytes):
+            raise ChainTxError("anchor_bad_statement", f"statement {i} is not a byte string")
+        try:
+            parsed = parse(raw, schema=False)
+            if parsed.type != STATEMENT:
+                raise ChainTxError("anchor_bad_statement", f"statement {i} is a type "
+                                   f"{parsed.type} message, not type 14")
+            if parsed.kid != fog.id:
+                raise ChainTxError("anchor_bad_statement",
+                                   f"statement {i} was signed by {parsed.kid.hex()}, not by "
+                                   f"the sending fog {fog.id_hex}")
+            st = verify_message(parsed, fog)
+        except ChainTxError:
+            raise
+        except ProtocolError as e:
+            raise ChainTxError("anchor_bad_statement",
+                               f"statement {i}: {e.reason}: {e}") from None
+        key = (st.fields[1], st.fields[2])
+        if key in seen:
+            raise ChainTxError("anchor_bad_statement",
+                               f"statement {i} states meter {key[0].hex()} interval {key[1]} "
+                               "a second time in this anchor")
+        seen.add(key)
+        out.append(st)
+    return out

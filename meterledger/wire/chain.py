@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire import certificates as GC
 from meterledger.wire import merkle
 from meterledger.wire.keys import PublicKey
 from meterledger.wire.meter import ZERO32, command_args_error
@@ -33,19 +34,23 @@ from meterledger.wire.schema import (
 )
 
 TX, BLOCK = 12, 13
-ROLES = ("dispatch", "fog", "regulator", "plant", "market")
+# registry: the green-certificate registry authority; notary: a cross-chain notary (section
+# 25); holder: anyone else holding certificates or allowances (a retailer, a consumer)
+ROLES = ("dispatch", "fog", "regulator", "plant", "market", "registry", "notary", "holder")
 REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
 RULES = "rules"
-KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES)
+KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS)
 
 # body schemas per kind, in the schema language of protocol.SCHEMAS
 BODIES: dict[str, dict[int, str]] = {
     REGISTER: {1: "t", 2: "b65", 3: "t"},                       # role, pub, name
-    ANCHOR: {1: "a", 2: "a", 3: "a?"},                          # checkpoints, proof, aggregates
+    ANCHOR: {1: "a", 2: "a", 3: "a?", 4: "a?"},                 # checkpoints, proof, aggregates,
+                                                                # statements
     INSTRUCTION: {1: "b8", 2: "t", 3: "m", 4: "u", 5: "a", 6: "t", 7: "b?"},
     REPORT: {1: "b32", 2: "u", 3: "u", 4: "u", 5: "a", 6: "t"},  # instr, done/rej/failed, entries
     FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a"},            # kind, detail, t, action, entries
     RULES: {1: "t", 2: "u", 3: "t", 4: "b32"},                  # name, version, text, digest
+    **GC.BODIES,                                                # section 25
 }
 
 
@@ -54,13 +59,14 @@ BODIES: dict[str, dict[int, str]] = {
 TEXT_MAX = 4096
 BODY_RANGES: dict[str, dict[int, Range]] = {
     REGISTER: {1: (1, 16), 3: (0, 64)},
-    ANCHOR: {1: (0, TEXT_MAX), 2: (0, 128), 3: (0, TEXT_MAX)},  # no checkpoint: its rule
+    ANCHOR: {1: (0, TEXT_MAX), 2: (0, 128), 3: (0, TEXT_MAX), 4: (0, TEXT_MAX)},
     INSTRUCTION: {2: (1, 16), 3: (0, 8), 4: (0, TIME_MAX), 5: (0, TEXT_MAX), 6: (0, TEXT_MAX),
                   7: (0, 32)},
     REPORT: {2: (0, COUNT_MAX), 3: (0, COUNT_MAX), 4: (0, COUNT_MAX), 5: (0, TEXT_MAX),
              6: (0, TEXT_MAX)},
     FAULT: {1: (1, 32), 2: (0, TEXT_MAX), 3: (0, TIME_MAX), 4: (0, TEXT_MAX), 5: (0, TEXT_MAX)},
     RULES: {1: (1, 64), 2: (1, COUNT_MAX), 3: (0, TEXT_MAX)},
+    **GC.BODY_RANGES,
 }
 for _kind, _schema in BODIES.items():
     check_ranges(_schema, BODY_RANGES[_kind], f"{_kind} body")
@@ -113,7 +119,8 @@ def _anchor_rules(body: dict[int, Any]) -> None:
     for name, items, pred in (
             ("checkpoints", body[1], lambda x: isinstance(x, bytes)),
             ("proof", body[2], lambda x: isinstance(x, bytes) and len(x) == 32),
-            ("aggregates", body.get(3, []), lambda x: isinstance(x, bytes))):
+            ("aggregates", body.get(3, []), lambda x: isinstance(x, bytes)),
+            ("statements", body.get(4, []), lambda x: isinstance(x, bytes))):
         if not _all(items, pred):
             raise body_error(ANCHOR, f"{name} has an item of the wrong kind")
 
@@ -145,6 +152,7 @@ def _entries_rules(kind: str) -> Callable[[dict[int, Any]], None]:
 BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
     REGISTER: _register_rules, ANCHOR: _anchor_rules, INSTRUCTION: _instruction_rules,
     RULES: _rules_rules, REPORT: _entries_rules(REPORT), FAULT: _entries_rules(FAULT),
+    **GC.BODY_RULES,
 }
 
 
@@ -183,10 +191,13 @@ def register_body(role: str, pub: bytes, name: str = "") -> dict[int, Any]:
 
 
 def anchor_body(checkpoints: Sequence[bytes], proof: Sequence[bytes],
-                aggregates: Sequence[bytes] = ()) -> dict[int, Any]:
+                aggregates: Sequence[bytes] = (),
+                statements: Sequence[bytes] = ()) -> dict[int, Any]:
     body: dict[int, Any] = {1: list(checkpoints), 2: list(proof)}
     if aggregates:
         body[3] = list(aggregates)
+    if statements:
+        body[4] = list(statements)
     return body
 
 

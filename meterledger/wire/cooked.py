@@ -1,5 +1,6 @@
 """Cooked data the fog signs: type 10 (estimate and supersession, docs/VEE.md) and type 11
-(feeder aggregate, docs/PROTOCOL.md section 18)."""
+(feeder aggregate, docs/PROTOCOL.md section 18) and type 14 (a generator meter's energy
+statement, section 25)."""
 
 from __future__ import annotations
 
@@ -129,4 +130,40 @@ _AGGREGATE_TYPE = MessageType(AGGREGATE, 17, {0: "u", 1: "t", 2: "u", 3: "u", 4:
                14: "size", 15: "prev", 16: "rev", 18: "replaces", 19: "members",
                20: "merged"})
 
-TYPES = (_ESTIMATE_TYPE, _AGGREGATE_TYPE)
+
+
+# --- type 14: energy statement (docs/PROTOCOL.md section 25; built by fog_node.cooking) --------
+# One generator meter's energy in one interval, signed by the fog: what the green-certificate
+# and carbon chains count. Emitted only for the meters the fog's config names as generators
+# (a generator is not a household: its own data may leave the fog). `entries` are the log
+# indices the energy comes from: for a measured statement, the meter's consecutive readings
+# from the interval's start to its end (energy = the register differences of the first and
+# the last); for an estimated one (est = 1), the live type-10 estimates that cover it.
+STATEMENT = 14
+MAX_STATEMENT_ENTRIES = 64
+
+
+def _statement_rules(f: Fields) -> None:
+    if f[3] not in INTERVALS or f[2] % f[3]:
+        raise _bad("dur must be a v1 interval and ivl a multiple of it")
+    if f[6] not in (0, 1):
+        raise _bad("est must be 0 (measured) or 1 (estimated)")
+    entries = f[7]
+    if not all(_is_int(x) and 0 <= x < f[8] for x in entries):
+        raise _bad("entries must be log indices below size")
+    if list(entries) != sorted(set(entries)):
+        raise _bad("entries must be ascending and distinct")
+    if f[6] == 0 and len(entries) < 2:
+        raise _bad("a measured statement names at least two readings")
+
+
+_STATEMENT_TYPE = MessageType(STATEMENT, 17, {0: "u", 1: "b8", 2: "u", 3: "u", 4: "u", 5: "u",
+                                              6: "u", 7: "a", 8: "u", 17: "b8"},
+                              _statement_rules,
+                              {2: (0, TIME_MAX), 3: (INTERVALS[0], INTERVALS[-1]),
+                               4: (0, REGISTER_MAX), 5: (0, REGISTER_MAX), 6: (0, 1),
+                               7: (1, MAX_STATEMENT_ENTRIES), 8: (1, COUNT_MAX)},
+                              {1: "meter", 2: "ivl", 3: "dur", 4: "imp", 5: "exp", 6: "est",
+                               7: "entries", 8: "size"})
+
+TYPES = (_ESTIMATE_TYPE, _AGGREGATE_TYPE, _STATEMENT_TYPE)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
 from meterledger.wire.cose import digest, parse
 from meterledger.wire.names import TYPE_NAMES, to_json
@@ -24,15 +25,16 @@ __all__ = ["BODY_NAMES", "decode_header", "decode_message", "decode_tx", "tx_kin
 # the body of each transaction kind (meterledger/wire/chain.py BODIES), by name
 BODY_NAMES: dict[str, dict[int, str]] = {
     C.REGISTER: {1: "role", 2: "pub", 3: "name"},
-    C.ANCHOR: {1: "checkpoints", 2: "proof", 3: "aggregates"},
+    C.ANCHOR: {1: "checkpoints", 2: "proof", 3: "aggregates", 4: "statements"},
     C.INSTRUCTION: {1: "fog", 2: "op", 3: "args", 4: "not_after", 5: "devs", 6: "why",
                     7: "rule"},
     C.REPORT: {1: "instruction", 2: "done", 3: "rejected", 4: "failed", 5: "entries",
                6: "detail"},
     C.FAULT: {1: "kind", 2: "detail", 3: "t", 4: "action", 5: "entries"},
     C.RULES: {1: "name", 2: "version", 3: "text", 4: "digest"},
+    **GC.BODY_NAMES,
 }
-_CARRIED = {1: "checkpoints", 3: "aggregates"}  # an anchor's messages, decoded in place
+_CARRIED = {1: "checkpoints", 3: "aggregates", 4: "statements"}  # an anchor's messages, decoded in place
 
 
 def _named(fields: dict[Any, Any]) -> dict[str, Any]:

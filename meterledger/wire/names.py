@@ -10,7 +10,7 @@ from typing import Any
 
 TYPE_NAMES: dict[int, str] = {
     1: "reading", 2: "birth", 3: "ack", 4: "command", 5: "result", 6: "checkpoint",
-    8: "enrollment", 10: "estimate", 11: "aggregate", 12: "transaction", 13: "block",
+    8: "enrollment", 10: "estimate", 11: "aggregate", 14: "statement", 12: "transaction", 13: "block",
 }
 
 FIELD_NAMES: dict[int, dict[int, str]] = {

@@ -33,6 +33,13 @@ ANCHOR = (
     "anchor_bad_checkpoint", "anchor_wrong_fog", "anchor_height", "anchor_prev",
     "anchor_size_shrank", "anchor_t_backwards", "anchor_consistency", "anchor_bad_aggregate",
     "anchor_aggregate_chain", "anchor_missing_aggregate", "anchor_aggregate_ivl",
+    "anchor_bad_statement", "anchor_statement_repeated",
+)
+# the applications' kinds (section 25): green certificates
+APPLICATIONS = (
+    "application_disabled", "bad_params", "params_version", "generator_exists", "meter_taken",
+    "unknown_participant", "unknown_certificate", "not_owner", "certificate_retired",
+    "certificate_spent", "split_out_of_range",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (
@@ -49,4 +56,4 @@ COMETBFT = (
     "commit_unknown_signer", "commit_duplicate_signer", "commit_signer_order",
     "commit_bad_signature", "commit_insufficient_power", "tx_not_in_block",
 )
-ALL = frozenset((*ENVELOPE, *ENCODING, *INGEST, *CHAIN, *ANCHOR, *REPLAY, *COMETBFT))
+ALL = frozenset((*ENVELOPE, *ENCODING, *INGEST, *CHAIN, *ANCHOR, *APPLICATIONS, *REPLAY, *COMETBFT))

@@ -12,7 +12,7 @@
 that builds anchor bodies the way a fog must: every checkpoint since the last anchored one
 and the consistency proof from it, with the type-11 aggregates logged since the last anchor
 (`close_interval` logs one interval close's aggregates, chained through prev, and seals a
-checkpoint with ivl and agg). The chain also serves suggestions: `chain.dispatcher`, and
+checkpoint with ivl and agg) and the type-14 energy statements (`state`). The chain also serves suggestions: `chain.dispatcher`, and
 `chain.token` for `chain.post_auth`.
 """
 
@@ -160,6 +160,7 @@ class FogSide:
                                        self.log)
         self.anchored: Checkpoint | None = None  # the last checkpoint given to anchor()
         self.pending_aggregates: list[bytes] = []  # logged since the last anchor()
+        self.pending_statements: list[bytes] = []
 
     def grow(self, n: int, t: int = T0) -> Checkpoint:
         """Log n entries and seal a checkpoint over them."""
@@ -176,6 +177,20 @@ class FogSide:
         self.log.append_batch(raws)
         self.pending_aggregates += raws
         return raws
+
+    def state(self, meter: bytes, ivl: int, exp: int, imp: int = 0, est: int = 0,
+              dur: int = 900) -> bytes:
+        """Log a type-14 energy statement of `meter` for interval `ivl` (its entries: the
+        two log entries before it, standing for the readings) and return it."""
+        size = max(2, self.log.size())
+        if self.log.size() < 2:
+            self.grow(2)
+        f: P.Fields = {0: P.STATEMENT, 1: meter, 2: ivl, 3: dur, 4: imp, 5: exp, 6: est,
+                       7: [size - 2, size - 1], 8: size, 17: self.key.id}
+        raw = P.sign1(self.key, f)
+        self.log.append_batch([raw])
+        self.pending_statements.append(raw)
+        return raw
 
     def close_interval(self, ivl: int, feeders: Sequence[dict[str, Any]],
                        t: int | None = None) -> list[bytes]:
@@ -203,7 +218,8 @@ class FogSide:
         proof = self.log.consistency_proof(since, latest.size).path
         self.anchored = latest
         aggs, self.pending_aggregates = self.pending_aggregates, []
-        return C.anchor_body([c.msg for c in cps if c is not None], proof, aggs)
+        sts, self.pending_statements = self.pending_statements, []
+        return C.anchor_body([c.msg for c in cps if c is not None], proof, aggs, sts)
 
     def close(self) -> None:
         self.checkpoints.close()

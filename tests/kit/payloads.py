@@ -41,6 +41,7 @@ def base_payload(t: int, fog: bytes, before: Sequence[bytes] = ()) -> dict[int, 
         10: {0: 10, 1: m, 2: "supersede", 3: T0, 11: z, 12: z, 13: 1, 17: m},
         11: {0: 11, 1: "f", 2: T0, 3: 900, 4: 0, 5: 0, 6: 1, 7: 1, 8: 0, 9: 0, 13: [], 14: 1,
              15: z, 16: 0, 17: m, 19: z},
+        14: {0: 14, 1: m, 2: T0, 3: 900, 4: 0, 5: 0, 6: 0, 7: [0, 1], 8: 2, 17: m},
         12: C.tx(m, 1, C.FAULT, C.fault_body("outage", "d", T0, "none", [1]), T0, CHAIN_ID),
         13: C.block_header(m, 0, z, z, 0, T0, CHAIN_ID),
     }

@@ -41,11 +41,12 @@ from aggregator.chain.ledger import (
 )
 from meterledger.wire import anchor as A
 from meterledger.wire import merkle
-from meterledger.wire.cbor import encode
+from meterledger.wire.cbor import decode, encode
 
 INT64_MAX = 2**63 - 1  # SQLite integers; larger values are refused by the rules
 ZERO_ROOT = bytes(32)
 _ROOT_TAG = b"meterledger/state/v1"
+_DELETED = object()  # a WriteSet's mark of a deleted application record
 
 
 # --- effects -------------------------------------------------------------------------------------
@@ -93,6 +94,12 @@ class StateWriter(Protocol):
 
     def put_rules(self, rules: RuleSet, at: Receipt | None) -> None: ...
 
+    def put_record(self, table: str, key: bytes, value: Any) -> None:
+        """An application's state (certificates, carbon, ...): `value` is CBOR-encodable
+        (ints, bytes, texts, lists, maps), replacing any earlier value of (table, key);
+        None deletes the key."""
+        ...
+
 
 def apply_effect(w: StateWriter, e: Effect, at: Receipt | None) -> None:
     """All writes of one effect, in the one order every writer sees: the transaction, the
@@ -129,6 +136,15 @@ class State(Protocol):
         """The name of registered rule set `digest`; None if it is not registered."""
         ...
 
+    def record(self, table: str, key: bytes) -> Any:
+        """An application's value of (table, key) as written (put_record); None if none."""
+        ...
+
+    def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None:
+        """The application record of `table` with the smallest key above `after` (bytewise),
+        None if there is none: how a rule finds what a range holds."""
+        ...
+
 
 class MemoryState:
     """State in dicts, optionally layered over a base State: the replay state of
@@ -144,6 +160,7 @@ class MemoryState:
         self.aggregate_fogs: dict[bytes, bytes] = {}
         self.rule_versions: dict[str, int] = {}
         self.rule_names: dict[bytes, str] = {}
+        self.records: dict[tuple[str, bytes], Any] = {}
         # views of what was applied with a receipt (a replay's, a memory store's), in order
         self.aggregate_views: list[AggregateView] = []
         self.rule_views: list[RuleSetView] = []
@@ -178,6 +195,24 @@ class MemoryState:
         n = self.rule_names.get(digest)
         return n if n is not None or self.base is None else self.base.rules_name(digest)
 
+    def record(self, table: str, key: bytes) -> Any:
+        k = (table, key)
+        if k in self.records:  # None: deleted here, whatever the base holds
+            return self.records[k]
+        return None if self.base is None else self.base.record(table, key)
+
+    def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None:
+        mine = sorted((k, v) for (t, k), v in self.records.items() if t == table and k > after)
+        low = after
+        while True:  # the base's next key, unless this layer deleted or replaced it
+            below = None if self.base is None else self.base.next_record(table, low)
+            if below is None or (table, below[0]) not in self.records:
+                break
+            low = below[0]
+        live = [(k, v) for k, v in mine if v is not None]
+        candidates = ([live[0]] if live else []) + ([below] if below is not None else [])
+        return min(candidates, key=lambda kv: kv[0]) if candidates else None
+
     def absorb(self, other: MemoryState) -> None:
         """Take over everything `other` (a stage layered over this state) applied."""
         self.participants.update(other.participants)
@@ -187,6 +222,7 @@ class MemoryState:
         self.aggregate_fogs.update(other.aggregate_fogs)
         self.rule_versions.update(other.rule_versions)
         self.rule_names.update(other.rule_names)
+        self.records.update(other.records)
         self.aggregate_views += other.aggregate_views
         self.rule_views += other.rule_views
 
@@ -229,6 +265,10 @@ class MemoryState:
             self.rule_views.append(RuleSetView(at.height, at.index, rules.name, rules.version,
                                                rules.digest, rules.text))
 
+    def put_record(self, table: str, key: bytes, value: Any) -> None:
+        # as a store gives it back (tuples become lists), so replay and store compare equal
+        self.records[(table, key)] = None if value is None else decode(encode(value))
+
 
 # --- the state root ----------------------------------------------------------------------------------
 class WriteSet:
@@ -267,9 +307,15 @@ class WriteSet:
         self._put("rules", rules.digest, [rules.name, rules.version])
         self._put("rules_version", rules.name, rules.version)
 
+    def put_record(self, table: str, key: bytes, value: Any) -> None:
+        # an application's tables are named "<app>.<what>" (no clash with the above); a
+        # deletion is the leaf [table, key], without a value
+        self._put(table, key, _DELETED if value is None else value)
+
     def leaves(self) -> list[bytes]:
         """The deterministic CBOR [table, key, value] of every write, sorted bytewise."""
-        return sorted(encode([t, k, v]) for (t, k), v in self.values.items())
+        return sorted(encode([t, k] if v is _DELETED else [t, k, v])
+                      for (t, k), v in self.values.items())
 
 
 def block_state_root(prev_root: bytes, height: int, effects: Sequence[Effect]) -> bytes:

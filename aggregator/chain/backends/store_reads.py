@@ -7,6 +7,7 @@ backend once; a backend gives `_reads` (the store it reads now) and keeps what d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from aggregator.chain.ledger import (
     AggregateView,
@@ -57,3 +58,10 @@ class StoreReads:
 
     def participants(self) -> list[Participant]:
         return self._reads.participants()
+
+    def app_record(self, table: str, key: bytes) -> Any:
+        return self._reads.record(table, key)
+
+    def app_records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
+                limit: int | None = None) -> list[tuple[bytes, Any]]:
+        return self._reads.records(table, prefix, after, limit)

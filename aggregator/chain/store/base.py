@@ -10,7 +10,7 @@ rebuilds by replaying them. One contract test suite runs against both implementa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aggregator.chain.app.state import INT64_MAX, Effect
 from aggregator.chain.ledger import (
@@ -71,7 +71,17 @@ class BlockStore(Protocol):
 
     def rules_name(self, digest: bytes) -> str | None: ...
 
+    def record(self, table: str, key: bytes) -> Any: ...
+
+    def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None: ...
+
     # queries
+    def records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
+                limit: int | None = None) -> list[tuple[bytes, Any]]:
+        """An application's (key, value) pairs of `table` whose key starts with `prefix`,
+        in key order (bytewise), only keys above `after` when given, at most `limit`."""
+        ...
+
     def participants(self) -> list[Participant]:
         """In registration order."""
         ...

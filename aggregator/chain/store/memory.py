@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from aggregator.chain.app.state import Effect, MemoryState, apply_effect
 from aggregator.chain.ledger import (
@@ -65,6 +66,9 @@ class _Views:
         pass
 
     def put_rules(self, rules: RuleSet, at: Receipt | None) -> None:
+        pass
+
+    def put_record(self, table: str, key: bytes, value: Any) -> None:
         pass
 
 
@@ -220,6 +224,25 @@ class MemoryBlockStore:
         with self._lock:
             self._live()
             return self._state.rules_name(digest)
+
+    def record(self, table: str, key: bytes) -> Any:
+        with self._lock:
+            self._live()
+            return self._state.record(table, key)
+
+    def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None:
+        with self._lock:
+            self._live()
+            return self._state.next_record(table, after)
+
+    def records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
+                limit: int | None = None) -> list[tuple[bytes, Any]]:
+        with self._lock:
+            self._live()
+            out = sorted((k, v) for (t, k), v in self._state.records.items()
+                         if t == table and v is not None and k.startswith(prefix)
+                         and (after is None or k > after))
+            return out if limit is None else out[:max(0, limit)]
 
     def close(self) -> None:
         with self._lock:

@@ -44,6 +44,7 @@ from meterledger.errors import ProtocolError
 from meterledger.infra.sqlite import atomic, connect
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
+from meterledger.wire.cbor import decode, encode
 
 log = logging.getLogger("aggregator.chain.store")
 
@@ -74,6 +75,9 @@ _SCHEMA = (
     "text TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS rules_by_name ON rules (name, version)",
     # the state root after each block (aggregator.chain.app.state)
+    # the applications' state (certificates, carbon, ...): CBOR values by (table, key)
+    "CREATE TABLE IF NOT EXISTS records (tbl TEXT NOT NULL, key BLOB NOT NULL, "
+    "value BLOB NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS state_roots (height INTEGER PRIMARY KEY, root BLOB NOT NULL)",
 )
 # read indexes for the dashboard (created when missing; see the module doc)
@@ -328,6 +332,37 @@ class SQLiteBlockStore:
         rows = self._rows("SELECT name FROM rules WHERE digest = ?", (digest,))
         return str(rows[0][0]) if rows else None
 
+    def record(self, table: str, key: bytes) -> Any:
+        if not self._has("records"):  # a file of an older version opened read-only
+            return None
+        rows = self._rows("SELECT value FROM records WHERE tbl = ? AND key = ?", (table, key))
+        return decode(bytes(rows[0][0])) if rows else None
+
+    def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None:
+        if not self._has("records"):
+            return None
+        rows = self._rows("SELECT key, value FROM records WHERE tbl = ? AND key > ? "
+                          "ORDER BY key LIMIT 1", (table, after))
+        return (bytes(rows[0][0]), decode(bytes(rows[0][1]))) if rows else None
+
+    def records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
+                limit: int | None = None) -> list[tuple[bytes, Any]]:
+        if not self._has("records"):
+            return []
+        lo = prefix if after is None or after < prefix else after
+        sql = "SELECT key, value FROM records WHERE tbl = ? AND key >= ?"
+        args: list[Any] = [table, lo]
+        if after is not None and after >= prefix:
+            sql = "SELECT key, value FROM records WHERE tbl = ? AND key > ?"
+        top = _prefix_end(prefix)
+        if top is not None:
+            sql += " AND key < ?"
+            args.append(top)
+        sql += " ORDER BY key" + (" LIMIT ?" if limit is not None else "")
+        if limit is not None:
+            args.append(max(0, limit))
+        return [(bytes(k), decode(bytes(v))) for k, v in self._rows(sql, tuple(args))]
+
     def participants(self) -> list[Participant]:
         return [_participant(r) for r in self._rows(
             "SELECT id, role, pub, name, nonce FROM participants ORDER BY rowid")]
@@ -469,6 +504,17 @@ def _kind(raw: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key above every key starting with `prefix`; None if there is none."""
+    p = bytearray(prefix)
+    while p and p[-1] == 0xFF:
+        p.pop()
+    if not p:
+        return None
+    p[-1] += 1
+    return bytes(p)
+
+
 def _participant(row: Any) -> Participant:
     pid, role, pub, name, nonce = row
     return Participant(bytes(pid), role, bytes(pub), name, nonce)
@@ -521,6 +567,14 @@ class _Writer:
                         "pos, msg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (a.digest, fog, a.feeder, a.ivl, a.rev, at.height, at.index, pos,
                          a.msg))
+
+    def put_record(self, table: str, key: bytes, value: Any) -> None:
+        if value is None:
+            self.db.execute("DELETE FROM records WHERE tbl = ? AND key = ?", (table, key))
+            return
+        self.db.execute("INSERT INTO records (tbl, key, value) VALUES (?, ?, ?) "
+                        "ON CONFLICT(tbl, key) DO UPDATE SET value = excluded.value",
+                        (table, key, encode(value)))
 
     def put_rules(self, rules: RuleSet, at: Receipt | None) -> None:
         assert at is not None

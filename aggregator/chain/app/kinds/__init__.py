@@ -7,8 +7,21 @@ one line in KINDS below.
 
 from __future__ import annotations
 
-from aggregator.chain.app.kinds import anchor, fault, instruction, register, report, rules
+from aggregator.chain.app.kinds import (
+    anchor,
+    fault,
+    gc_retire,
+    gc_split,
+    gc_transfer,
+    generator,
+    instruction,
+    params,
+    register,
+    report,
+    rules,
+)
 from aggregator.chain.app.kinds.base import KindRule
 
 KINDS: dict[str, KindRule] = {m.KIND: m for m in (register, anchor, instruction, report,
-                                                      fault, rules)}
+                                                      fault, rules, params, generator,
+                                                      gc_transfer, gc_split, gc_retire)}

@@ -1,11 +1,14 @@
-"""`anchor`: a fog puts its side-chain checkpoints (and the aggregates they commit to) on the
-chain; the SPEC section 8 rule is `meterledger.wire.anchor.checked_anchor`."""
+"""`anchor`: a fog puts its side-chain checkpoints (and the aggregates they commit to, and the
+energy statements of its generator meters) on the chain; the SPEC section 8 rule is
+`meterledger.wire.anchor.checked_anchor`; statements issue certificates (app.green)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from aggregator.chain.app import green as G
 from aggregator.chain.app.kinds.base import Tx
 from aggregator.chain.app.state import INT64_MAX, Effect, State, StateWriter
 from aggregator.chain.ledger import FOG, CarriedAggregate, ChainError, Receipt, refuse
@@ -22,11 +25,15 @@ class Anchors(Effect):
     first: int  # height of the first checkpoint carried
     head: A.AnchoredHead  # the newest one carried
     aggregates: tuple[CarriedAggregate, ...]
+    # the energy statements' records, and the certificates they issued (app.green)
+    writes: tuple[tuple[str, bytes, Any], ...] = ()
 
     def apply(self, w: StateWriter, at: Receipt | None) -> None:
         w.put_anchor(self.sender, at, self.digest, self.first, self.head)
         for pos, a in enumerate(self.aggregates):
             w.put_aggregate(self.sender, at, pos, a)
+        for table, key, value in self.writes:
+            w.put_record(table, key, value)
 
     def stored_ints(self) -> Iterable[int]:
         return (self.nonce, self.head.size, self.head.t,
@@ -52,5 +59,7 @@ def check(tx: Tx, state: State) -> Effect:
                                        "not store")
     # an aggregate is signed by the fog that carries it, so no other fog's anchor can have
     # carried the same bytes: `carried` covers every earlier copy
+    st = G.Staged(state)
+    G.record_statements(st, fog, tx.digest, checked.statements)
     return Anchors(*tx.effect().common(), cps[0].fields[2], head,
-                   tuple(CarriedAggregate.of(a) for a in checked.aggregates))
+                   tuple(CarriedAggregate.of(a) for a in checked.aggregates), tuple(st.writes))

@@ -1,0 +1,277 @@
+"""The green-certificate application's state and its issuance rule (docs/PROTOCOL.md
+section 25), shared by its kinds (params, generator, gc_*) and the anchor kind, whose
+energy statements issue certificates.
+
+State lives in application records (State.record / StateWriter.put_record), one table per
+thing, keys chosen so a key-ordered scan answers the queries:
+
+    app.params    application name          -> {"version", "values"}
+    gc.generator  generator id              -> {"tech", "capacity_w", "commissioned", "fog",
+                                                "meter", "support", "owner"}
+    gc.meter      fog id || meter id         -> generator id
+    st.stated     fog id || meter id || ivl  -> statement digest (every chain: no repeats)
+    gc.account    generator id              -> {"certified", "issued", "estimated",
+                                                "statements", "open_ivl"}
+    gc.segment    generator id "/" || hi     -> {"lo", "ivl", "digest", "anchor"}
+    gc.cert       generator id "/" || lo || hi -> the certificate (CERT_FIELDS)
+    gc.owned      owner id || certificate key -> 1
+    gc.balance    owner id                  -> {"active", "retired"} (Wh)
+
+(integers in keys are 8-byte big-endian, so key order is numeric order.) A generator's
+certified export is counted in Wh from its first certified Wh: each measured statement of
+an eligible generator adds a segment [lo, hi) of that count, and every full
+`certificate_wh` of it becomes a certificate over exactly that range. So every Wh of every
+generator is in at most one certificate, by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aggregator.chain.app.state import Effect, State, StateWriter
+from aggregator.chain.ledger import ChainError, Receipt
+from meterledger import wire as P
+from meterledger.wire import certificates as GC
+
+T_PARAMS, T_GEN, T_METER, T_STATED = "app.params", "gc.generator", "gc.meter", "st.stated"
+T_ACCOUNT, T_SEGMENT, T_CERT = "gc.account", "gc.segment", "gc.cert"
+T_OWNED, T_BALANCE = "gc.owned", "gc.balance"
+
+ACTIVE, SPLIT, RETIRED = "active", "split", "retired"
+# the parameters each application takes: name -> (lowest, highest, default)
+PARAMETERS: dict[str, dict[str, tuple[int, int, int]]] = {
+    "certificates": {"certificate_wh": (1_000, 10**9, GC.MWH),
+                     "period_s": (900, 100 * 366 * 86_400, 365 * 86_400)},
+}
+
+
+def u64(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def cert_key(generator: str, lo: int, hi: int) -> bytes:
+    return generator.encode() + b"/" + u64(lo) + u64(hi)
+
+
+# --- the records an effect writes -------------------------------------------------------------
+@dataclass(frozen=True)
+class Writes(Effect):
+    """An effect that writes application records, in order (the last write of a key wins)."""
+
+    writes: tuple[tuple[str, bytes, Any], ...]
+
+    def apply(self, w: StateWriter, at: Receipt | None) -> None:
+        for table, key, value in self.writes:
+            w.put_record(table, key, value)
+
+
+class Staged:
+    """Reads through the chain state with this transaction's own writes on top, and the
+    writes in order: what a kind's check builds its Writes effect from."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._mine: dict[tuple[str, bytes], Any] = {}
+        self.writes: list[tuple[str, bytes, Any]] = []
+
+    def get(self, table: str, key: bytes) -> Any:
+        k = (table, key)
+        return self._mine[k] if k in self._mine else self.state.record(table, key)
+
+    def put(self, table: str, key: bytes, value: Any) -> None:
+        self._mine[(table, key)] = value
+        self.writes.append((table, key, value))
+
+    def effect(self, e: Effect) -> Writes:
+        return Writes(*e.common(), tuple(self.writes))
+
+
+# --- parameters ----------------------------------------------------------------------------------
+def params(state: State | Staged, app: str) -> dict[str, int] | None:
+    """The application's parameters (defaults filled in), None while it is not enabled."""
+    rec = state.get(T_PARAMS, app.encode()) if isinstance(state, Staged) \
+        else state.record(T_PARAMS, app.encode())
+    if rec is None:
+        return None
+    out = {k: d for k, (_, _, d) in PARAMETERS.get(app, {}).items()}
+    out.update(rec["values"])
+    return out
+
+
+def enabled(state: State | Staged, app: str, kind: str) -> dict[str, int]:
+    p = params(state, app)
+    if p is None:
+        raise ChainError("application_disabled", f"a {kind} needs the {app} application, "
+                                                 "which this chain has not enabled (params)")
+    return p
+
+
+def check_values(app: str, values: dict[str, Any]) -> dict[str, int]:
+    """The values a params transaction sets, checked against PARAMETERS."""
+    known = PARAMETERS.get(app)
+    if known is None:
+        raise ChainError("bad_params", f"no parameters are defined for {app!r} yet")
+    out: dict[str, int] = {}
+    for name, value in sorted(values.items()):
+        r = known.get(name)
+        if r is None:
+            raise ChainError("bad_params", f"{app} has no parameter {name!r} (it has "
+                                           f"{', '.join(sorted(known))})")
+        if value.__class__ is not int or not r[0] <= value <= r[1]:
+            raise ChainError("bad_params", f"{app} parameter {name} must be an integer in "
+                                           f"[{r[0]}, {r[1]}], not {value!r}")
+        out[name] = value
+    return out
+
+
+# --- issuance: the anchor's energy statements ----------------------------------------------------
+def _account(st: Staged, gid: str) -> dict[str, Any]:
+    acct = st.get(T_ACCOUNT, gid.encode())
+    return dict(acct) if acct is not None else {"certified": 0, "issued": 0, "estimated": 0,
+                                                "statements": 0, "open_ivl": 0}
+
+
+def _credit(st: Staged, owner: bytes, active: int = 0, retired: int = 0) -> None:
+    bal = st.get(T_BALANCE, owner) or {"active": 0, "retired": 0}
+    st.put(T_BALANCE, owner, {"active": bal["active"] + active,
+                              "retired": bal["retired"] + retired})
+
+
+def put_certificate(st: Staged, cert: dict[str, Any]) -> None:
+    key = cert_key(cert["generator"], cert["lo"], cert["hi"])
+    st.put(T_CERT, key, cert)
+    st.put(T_OWNED, cert["owner"] + key, 1)
+
+
+def new_certificate(generator: str, lo: int, hi: int, owner: bytes, first_ivl: int,
+                    last_ivl: int, origin: str) -> dict[str, Any]:
+    return {"id": GC.certificate_id(generator, lo, hi), "generator": generator, "lo": lo,
+            "hi": hi, "owner": owner, "state": ACTIVE, "first_ivl": first_ivl,
+            "last_ivl": last_ivl, "origin": origin}
+
+
+def record_statements(st: Staged, fog: bytes, anchor: bytes,
+                      statements: Iterable[P.Message]) -> None:
+    """Each statement once per fog, meter and interval on any chain (a repeat is refused:
+    `anchor_statement_repeated`); on a chain with certificates enabled, the measured export
+    of an eligible generator is certified and every full certificate_wh issued."""
+    gc = params(st, "certificates")
+    for s in statements:
+        f = s.fields
+        meter, ivl = f[1], f[2]
+        stated = fog + meter + u64(ivl)
+        if st.get(T_STATED, stated) is not None:
+            raise ChainError("anchor_statement_repeated",
+                             f"meter {meter.hex()} interval {ivl} was stated by this fog "
+                             "before; a statement is never replaced")
+        st.put(T_STATED, stated, s.digest)
+        if gc is None:
+            continue
+        gid_raw = st.get(T_METER, fog + meter)
+        if gid_raw is None:
+            continue  # a meter no generator on this chain is measured by
+        _certify(st, gc, gid_raw.decode(), anchor, s)
+
+
+def _certify(st: Staged, gc: dict[str, int], gid: str, anchor: bytes,
+             s: P.Message) -> None:
+    f = s.fields
+    gen = st.get(T_GEN, gid.encode())
+    acct = _account(st, gid)
+    acct["statements"] += 1
+    eligible = (gen["tech"] in GC.CERTIFIABLE and gen["support"] == "certificates"
+                and f[2] - f[3] >= gen["commissioned"])
+    if not eligible or f[5] == 0:
+        st.put(T_ACCOUNT, gid.encode(), acct)
+        return
+    if f[6]:  # estimated: counted, never certified (docs/PROTOCOL.md section 25)
+        acct["estimated"] += f[5]
+        st.put(T_ACCOUNT, gid.encode(), acct)
+        return
+    lo, hi = acct["certified"], acct["certified"] + f[5]
+    st.put(T_SEGMENT, gid.encode() + b"/" + u64(hi),
+           {"lo": lo, "ivl": f[2], "digest": s.digest, "anchor": anchor})
+    if acct["issued"] == lo:  # nothing pending: the next certificate starts here
+        acct["open_ivl"] = f[2]
+    acct["certified"] = hi
+    size = gc["certificate_wh"]
+    while acct["certified"] - acct["issued"] >= size:
+        c_lo = acct["issued"]
+        cert = new_certificate(gid, c_lo, c_lo + size, gen["owner"], acct["open_ivl"], f[2],
+                               "issued")
+        put_certificate(st, cert)
+        _credit(st, gen["owner"], active=size)
+        acct["issued"] = c_lo + size
+        if acct["issued"] < hi:  # the rest of this statement starts the next one
+            acct["open_ivl"] = f[2]
+    st.put(T_ACCOUNT, gid.encode(), acct)
+
+
+# --- certificates held ----------------------------------------------------------------------------
+def held(st: Staged, cid: str, sender: bytes, kind: str) -> dict[str, Any]:
+    """The active certificate `cid` owned by `sender`, or the ChainError saying why not."""
+    gid, lo, hi = GC.parse_certificate_id(cid)
+    cert = st.get(T_CERT, cert_key(gid, lo, hi))
+    if cert is None:
+        raise ChainError("unknown_certificate", f"no certificate {cid} on this chain")
+    if cert["owner"] != sender:
+        raise ChainError("not_owner", f"certificate {cid} belongs to {cert['owner'].hex()}, "
+                                      f"not to the sender {sender.hex()}")
+    if cert["state"] == RETIRED:
+        raise ChainError("certificate_retired", f"certificate {cid} was retired: it never "
+                                                f"moves again ({kind} refused)")
+    if cert["state"] != ACTIVE:
+        raise ChainError("certificate_spent", f"certificate {cid} is {cert['state']}: its "
+                                              "parts are certificates of their own")
+    return dict(cert)
+
+
+def move(st: Staged, cert: dict[str, Any], to: bytes) -> None:
+    """Give an active certificate to `to` (its owner index and both balances follow)."""
+    key = cert_key(cert["generator"], cert["lo"], cert["hi"])
+    wh = cert["hi"] - cert["lo"]
+    st.put(T_OWNED, cert["owner"] + key, None)
+    _credit(st, cert["owner"], active=-wh)
+    cert["owner"] = to
+    put_certificate(st, cert)
+    _credit(st, to, active=wh)
+
+
+def retire(st: Staged, cert: dict[str, Any], info: dict[str, Any]) -> None:
+    wh = cert["hi"] - cert["lo"]
+    cert["state"], cert["retired"] = RETIRED, info
+    put_certificate(st, cert)
+    _credit(st, cert["owner"], active=-wh, retired=wh)
+
+
+def split(st: Staged, cert: dict[str, Any], wh: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two certificates tiling `cert` (the first of `wh` Wh); `cert` becomes split."""
+    lo, hi, gid = cert["lo"], cert["hi"], cert["generator"]
+    if not 0 < wh < hi - lo:
+        raise ChainError("split_out_of_range", f"certificate {cert['id']} holds {hi - lo} Wh: "
+                                               f"a split must leave both parts at least 1 Wh, "
+                                               f"not {wh} and {hi - lo - wh}")
+    mid = lo + wh
+    # the interval holding Wh `mid`: the first segment ending above it
+    mid_ivl = _ivl_at(st, gid, mid)
+    first = new_certificate(gid, lo, mid, cert["owner"], cert["first_ivl"], mid_ivl, cert["id"])
+    second = new_certificate(gid, mid, hi, cert["owner"], mid_ivl, cert["last_ivl"], cert["id"])
+    key = cert_key(gid, lo, hi)
+    st.put(T_OWNED, cert["owner"] + key, None)
+    cert["state"] = SPLIT
+    st.put(T_CERT, key, cert)
+    put_certificate(st, first)
+    put_certificate(st, second)
+    return first, second
+
+
+def _ivl_at(st: Staged, gid: str, wh: int) -> int:
+    """The interval whose statement holds the generator's Wh number `wh` (0-based): the
+    first segment ending above it (segments are keyed by their end)."""
+    prefix = gid.encode() + b"/"
+    found = st.state.next_record(T_SEGMENT, prefix + u64(wh))
+    if found is None or not found[0].startswith(prefix):
+        raise ChainError("split_out_of_range", f"no statement of {gid} holds its Wh {wh}")
+    return int(found[1]["ivl"])

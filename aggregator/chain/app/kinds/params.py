@@ -1,0 +1,32 @@
+"""`params`: an application's parameters, which also enable it on this chain (docs/PROTOCOL.md
+section 25). Each application has one sender role (wire.certificates.APPLICATIONS) and its
+versions go up by one; a version replaces the previous one's values whole."""
+
+from __future__ import annotations
+
+from aggregator.chain.app import green as G
+from aggregator.chain.app.kinds.base import Tx
+from aggregator.chain.app.state import Effect, State
+from aggregator.chain.ledger import ChainError
+from meterledger.wire import certificates as GC
+
+KIND = GC.PARAMS
+ROLE: str | None = None  # the application's own role
+
+
+def check(tx: Tx, state: State) -> Effect:
+    app, version, values = tx.body[1], tx.body[2], tx.body[3]
+    role = GC.APPLICATIONS[app]
+    if tx.sender.role != role:
+        raise ChainError("not_permitted", f"the {app} parameters are set by a {role} "
+                                          f"participant; {tx.sender.id.hex()} is a "
+                                          f"{tx.sender.role}")
+    checked = G.check_values(app, values)
+    st = G.Staged(state)
+    before = st.get(G.T_PARAMS, app.encode())
+    expected = 1 if before is None else before["version"] + 1
+    if version != expected:
+        raise ChainError("params_version", f"the next version of the {app} parameters is "
+                                           f"{expected}, not {version}")
+    st.put(G.T_PARAMS, app.encode(), {"version": version, "values": checked})
+    return st.effect(tx.effect())

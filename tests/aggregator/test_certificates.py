@@ -1,0 +1,233 @@
+"""Green certificates on the chain (docs/PROTOCOL.md section 25): generators registered by the
+registry, certificates issued by the chain's own rule from the energy statements anchors
+carry, every Wh in at most one certificate, transfer, split and retirement, with a stable
+reason for every refusal; on the SQLite store and its in-memory twin, replayed alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.chain.app import green as G
+from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
+from aggregator.chain.ledger import ChainError
+from aggregator.chain.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
+from aggregator.chain.verify import check_derived, store_blocks, verify_blocks
+from meterledger import wire as P
+from meterledger.wire import certificates as GC
+from meterledger.wire import chain as C
+from tests.kit.chainkit import T0, FogSide
+
+OPERATOR = P.SigningKey.from_int(0x0BE)
+REGISTRY = P.SigningKey.from_int(0x4E6)
+PLANT = P.SigningKey.from_int(0x91A)
+BUYER = P.SigningKey.from_int(0xB0B)
+PV_METER, COAL_METER, HYDRO_METER = b"\x01" * 8, b"\x02" * 8, b"\x03" * 8
+IVL = T0 - T0 % 900 + 900
+
+
+class Registry:
+    """A chain with the certificates application: the operator, the registry, a plant that
+    owns generators, a buyer, and a fog whose log states its generators' energy."""
+
+    def __init__(self, store: BlockStore, tmp_path: Path) -> None:
+        self.store = store
+        create_genesis(store, OPERATOR, T0)
+        self.ledger = EmbeddedLedger(store, OPERATOR, lambda: float(T0 + 5))
+        self.fog = FogSide(tmp_path)
+        for role, key in (("registry", REGISTRY), ("plant", PLANT), ("holder", BUYER),
+                          ("fog", self.fog.key)):
+            self.send(OPERATOR, C.REGISTER, C.register_body(role, key.public_key.raw, role))
+
+    def send(self, key: P.SigningKey, kind: str, body: dict[int, Any],
+             check: bool = True) -> None:
+        p = self.ledger.participant(key.id)
+        nonce = (p.nonce if p is not None else 0) + 1
+        self.ledger.submit(P.sign1(key, C.tx(key.id, nonce, kind, body, T0, OPERATOR.id),
+                                   check=check))
+
+    def refused(self, key: P.SigningKey, kind: str, body: dict[int, Any]) -> str:
+        """The chain's reason for refusing it (signed without the signer's own checks)."""
+        with pytest.raises(ChainError) as e:
+            self.send(key, kind, body, check=False)
+        return e.value.reason
+
+    def enable(self, **values: int) -> None:
+        self.send(REGISTRY, GC.PARAMS, GC.params_body("certificates", 1, values))
+
+    def generator(self, gid: str, tech: str, meter: bytes, support: str = "certificates",
+                  commissioned: int = T0 - 86_400) -> None:
+        self.send(REGISTRY, GC.GENERATOR, GC.generator_body(
+            gid, tech, 100_000, commissioned, self.fog.key.id, meter, support, PLANT.id))
+
+    def anchor(self, *stated: tuple[bytes, int, int] | tuple[bytes, int, int, int]) -> None:
+        """Anchor statements (meter, ivl, exp Wh[, est]) with a checkpoint over them."""
+        for s in stated:
+            self.fog.state(s[0], s[1], s[2], est=s[3] if len(s) > 3 else 0)
+        self.fog.checkpoints.seal(T0, force=True)
+        self.send(self.fog.key, C.ANCHOR, self.fog.anchor())
+
+    def cert(self, cid: str) -> dict[str, Any]:
+        gid, lo, hi = GC.parse_certificate_id(cid)
+        c = self.store.record(G.T_CERT, G.cert_key(gid, lo, hi))
+        assert c is not None, cid
+        return dict(c)
+
+    def owned(self, key: P.SigningKey) -> list[str]:
+        return [self.store.record(G.T_CERT, k[8:])["id"]
+                for k, _ in self.store.records(G.T_OWNED, key.id)]
+
+    def balance(self, key: P.SigningKey) -> dict[str, int]:
+        return dict(self.store.record(G.T_BALANCE, key.id) or {"active": 0, "retired": 0})
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.fog.close()
+        self.store.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    store: BlockStore = MemoryBlockStore() if request.param == "memory" else \
+        SQLiteBlockStore(tmp_path / "chain.db")
+    r = Registry(store, tmp_path)
+    yield r
+    r.close()
+
+
+def test_every_full_mwh_of_measured_export_becomes_one_certificate(reg: Registry) -> None:
+    reg.enable()
+    reg.generator("pv-1", "pv", PV_METER)
+    reg.anchor((PV_METER, IVL, 400_000), (PV_METER, IVL + 900, 400_000))
+    assert reg.owned(PLANT) == []  # 0.8 MWh: nothing yet, the rest carries over
+    reg.anchor((PV_METER, IVL + 1800, 1_300_000))
+    # 2.1 MWh: two certificates, 0.1 MWh pending
+    assert reg.owned(PLANT) == ["pv-1/0-1000000", "pv-1/1000000-2000000"]
+    first, second = reg.cert("pv-1/0-1000000"), reg.cert("pv-1/1000000-2000000")
+    assert (first["first_ivl"], first["last_ivl"]) == (IVL, IVL + 1800)
+    assert (second["first_ivl"], second["last_ivl"]) == (IVL + 1800, IVL + 1800)
+    assert first["owner"] == PLANT.id and first["state"] == "active"
+    acct = reg.store.record(G.T_ACCOUNT, b"pv-1")
+    assert (acct["certified"], acct["issued"]) == (2_100_000, 2_000_000)
+    assert reg.balance(PLANT) == {"active": 2_000_000, "retired": 0}
+    # every Wh certified is in exactly one statement's segment, tiling [0, certified)
+    segs = reg.store.records(G.T_SEGMENT, b"pv-1/")
+    assert [(v["lo"], int.from_bytes(k[-8:], "big")) for k, v in segs] == \
+        [(0, 400_000), (400_000, 800_000), (800_000, 2_100_000)]
+
+
+def test_a_statement_is_never_repeated_so_energy_is_never_certified_twice(
+        reg: Registry) -> None:
+    reg.enable()
+    reg.generator("pv-1", "pv", PV_METER)
+    reg.anchor((PV_METER, IVL, 1_000_000))
+    fog = reg.fog
+    fog.state(PV_METER, IVL, 1_000_000)  # the same interval again, in a later anchor
+    fog.checkpoints.seal(T0, force=True)
+    assert reg.refused(fog.key, C.ANCHOR, fog.anchor()) == "anchor_statement_repeated"
+    assert reg.owned(PLANT) == ["pv-1/0-1000000"]
+
+
+def test_only_measured_export_of_eligible_generators_is_certified(reg: Registry) -> None:
+    reg.enable()
+    reg.generator("coal-1", "coal", COAL_METER)
+    reg.generator("hydro-1", "hydro", HYDRO_METER)
+    reg.generator("pv-sub", "pv", b"\x04" * 8, support="subsidy")
+    reg.generator("pv-new", "pv", b"\x05" * 8, commissioned=IVL + 900)
+    reg.generator("pv-1", "pv", PV_METER)
+    reg.anchor((COAL_METER, IVL, 5_000_000), (HYDRO_METER, IVL, 5_000_000),
+               (b"\x04" * 8, IVL, 5_000_000), (b"\x05" * 8, IVL, 5_000_000),
+               (PV_METER, IVL, 5_000_000, 1), (b"\x06" * 8, IVL, 5_000_000))
+    assert reg.owned(PLANT) == []
+    assert reg.store.record(G.T_ACCOUNT, b"pv-1")["estimated"] == 5_000_000
+    assert reg.store.record(G.T_ACCOUNT, b"coal-1")["certified"] == 0
+
+
+def test_transfer_split_and_retire(reg: Registry) -> None:
+    reg.enable()
+    reg.generator("pv-1", "pv", PV_METER)
+    reg.anchor((PV_METER, IVL, 600_000), (PV_METER, IVL + 900, 600_000))
+    cid = "pv-1/0-1000000"
+    assert reg.refused(BUYER, GC.GC_TRANSFER, GC.transfer_body(cid, BUYER.id)) == "not_owner"
+    assert reg.refused(PLANT, GC.GC_TRANSFER, GC.transfer_body(cid, b"\x09" * 8)) == \
+        "unknown_participant"
+    assert reg.refused(PLANT, GC.GC_SPLIT, GC.split_body(cid, 1_000_000)) == \
+        "split_out_of_range"
+    reg.send(PLANT, GC.GC_SPLIT, GC.split_body(cid, 700_000))
+    assert reg.cert(cid)["state"] == "split"
+    assert reg.owned(PLANT) == ["pv-1/0-700000", "pv-1/700000-1000000"]
+    # the split falls in the second statement: the parts' intervals say so
+    assert (reg.cert("pv-1/0-700000")["last_ivl"], reg.cert("pv-1/700000-1000000")["first_ivl"]) \
+        == (IVL + 900, IVL + 900)
+    assert reg.refused(PLANT, GC.GC_TRANSFER, GC.transfer_body(cid, BUYER.id)) == \
+        "certificate_spent"
+    reg.send(PLANT, GC.GC_TRANSFER, GC.transfer_body("pv-1/0-700000", BUYER.id))
+    assert reg.owned(BUYER) == ["pv-1/0-700000"]
+    assert reg.balance(BUYER) == {"active": 700_000, "retired": 0}
+    assert reg.balance(PLANT) == {"active": 300_000, "retired": 0}
+    reg.send(BUYER, GC.GC_RETIRE, GC.retire_body("pv-1/0-700000", "Acme retail", "quota",
+                                                 2027))
+    retired = reg.cert("pv-1/0-700000")
+    assert retired["state"] == "retired" and retired["retired"]["purpose"] == "quota"
+    assert reg.balance(BUYER) == {"active": 0, "retired": 700_000}
+    for kind, body in ((GC.GC_TRANSFER, GC.transfer_body("pv-1/0-700000", PLANT.id)),
+                       (GC.GC_SPLIT, GC.split_body("pv-1/0-700000", 1)),
+                       (GC.GC_RETIRE, GC.retire_body("pv-1/0-700000", "x", "voluntary", 2027))):
+        assert reg.refused(BUYER, kind, body) == "certificate_retired"
+    assert reg.refused(PLANT, GC.GC_TRANSFER, GC.transfer_body("pv-1/5-6", BUYER.id)) == \
+        "unknown_certificate"
+
+
+def test_the_replay_rebuilds_the_same_certificates_and_roots(reg: Registry) -> None:
+    reg.enable(certificate_wh=250_000)
+    reg.generator("pv-1", "pv", PV_METER)
+    reg.anchor((PV_METER, IVL, 600_000))
+    reg.send(PLANT, GC.GC_SPLIT, GC.split_body("pv-1/0-250000", 100_000))
+    reg.send(PLANT, GC.GC_TRANSFER, GC.transfer_body("pv-1/250000-500000", BUYER.id))
+    assert len(reg.owned(PLANT)) == 2 and reg.owned(BUYER) == ["pv-1/250000-500000"]
+    replay = verify_blocks(store_blocks(reg.store), OPERATOR.public_key)
+    check_derived(reg.store, replay)
+    assert replay.state_root == reg.ledger.head().state_root
+
+
+def test_refusals_of_params_and_generators(reg: Registry) -> None:
+    cid = "pv-1/0-1000000"
+    assert reg.refused(PLANT, GC.GC_TRANSFER, GC.transfer_body(cid, BUYER.id)) == \
+        "application_disabled"
+    assert reg.refused(PLANT, GC.PARAMS, GC.params_body("certificates", 1, {"period_s": 900})) \
+        == "not_permitted"
+    assert reg.refused(REGISTRY, GC.PARAMS, GC.params_body("certificates", 2,
+                                                           {"period_s": 900})) == "params_version"
+    assert reg.refused(REGISTRY, GC.PARAMS, GC.params_body("certificates", 1, {"mwh": 1})) == \
+        "bad_params"
+    assert reg.refused(REGISTRY, GC.PARAMS, GC.params_body("certificates", 1,
+                                                           {"certificate_wh": 5})) == "bad_params"
+    reg.enable(period_s=86_400)
+    reg.generator("pv-1", "pv", PV_METER)
+    assert reg.refused(PLANT, GC.GENERATOR, GC.generator_body(
+        "pv-2", "pv", 1, 0, reg.fog.key.id, b"\x07" * 8, "certificates", PLANT.id)) == \
+        "not_permitted"
+    fog, owner = reg.fog.key.id, PLANT.id
+    for body, reason in (
+            (GC.generator_body("pv-1", "pv", 1, 0, fog, b"\x07" * 8, "certificates", owner),
+             "generator_exists"),
+            (GC.generator_body("pv-2", "pv", 1, 0, fog, PV_METER, "certificates", owner),
+             "meter_taken"),
+            (GC.generator_body("pv-2", "pv", 1, 0, PLANT.id, b"\x07" * 8, "certificates",
+                               owner), "unknown_fog"),
+            (GC.generator_body("pv-2", "pv", 1, 0, fog, b"\x07" * 8, "certificates",
+                               b"\x09" * 8), "unknown_participant"),
+            (GC.generator_body("PV 2", "pv", 1, 0, fog, b"\x07" * 8, "certificates", owner),
+             "bad_fields"),
+            (GC.generator_body("pv-2", "solar", 1, 0, fog, b"\x07" * 8, "certificates",
+                               owner), "bad_fields"),
+            (GC.generator_body("pv-2", "pv", 1, 0, fog, b"\x07" * 8, "both", owner),
+             "bad_fields")):
+        assert reg.refused(REGISTRY, GC.GENERATOR, body) == reason, body
+    bad_ids = ("pv-1", "pv-1/2-1", "pv-1/01-5", "Pv/0-1", "pv-1/0-4611686018427387905")
+    for bad in bad_ids:
+        assert reg.refused(PLANT, GC.GC_TRANSFER, GC.transfer_body(bad, BUYER.id)) == \
+            "bad_fields", bad
