@@ -117,6 +117,11 @@ class FogConfig(HTTPSettings):
                                    max=65535)
     voltage_high_dv: int = setting(2530, help="voltage_high above this (0.1 V)", min=0,
                                     max=65535)
+    generators: list[str] = setting(help="generator meters (16-hex ids, e.g. id1,id2) whose "
+                                         "energy per interval the fog signs as type-14 "
+                                         "statements for the chain; none: no statement",
+                                    parse=lambda v: parse_generators(v), default_factory=list,
+                                    metavar="LIST")
     on_tamper: str = setting("report", help="report, or relay_off: open the relay of a meter "
                                             "reporting TAMPER", choices=("report", "relay_off"))
     # simulation only (demo, labs, tests): the clock meters share (meterledger/infra/simclock.py)
@@ -199,6 +204,26 @@ def parse_meter_ids(value: Any) -> list[str]:
     bad = [i for i in ids if not re.fullmatch(r"[0-9a-f]{16}", i)]
     if bad:
         raise ValueError(f"{bad[0]!r} is not a meter id (16 hex characters)")
+    return ids
+
+
+def parse_generators(value: Any) -> list[str]:
+    """Generator meter ids: a TOML list of 16-hex strings, or "id1,id2" (flags); in the order
+    given, lower case. A generator's own energy leaves the fog (type-14 statements), so a
+    typo must not silently name another meter or none: a bad or repeated id is refused."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"expected a list of meter ids (16 hex), got {value!r}")
+    ids = [i.strip().lower() for i in items]
+    if isinstance(value, str) and ids == [""]:
+        return []  # an empty flag: no generator
+    seen: set[str] = set()
+    for i in ids:
+        if not re.fullmatch(r"[0-9a-f]{16}", i):
+            raise ValueError(f"{i!r} is not a meter id (16 hex characters, 8 bytes)")
+        if i in seen:
+            raise ValueError(f"meter {i} is listed twice")
+        seen.add(i)
     return ids
 
 

@@ -138,7 +138,9 @@ class FogNode:
                             outage_pct=config.outage_pct, voltage_low_dv=config.voltage_low_dv,
                             voltage_high_dv=config.voltage_high_dv)
         self.cooker = Cooker(self.key, self.log, self.registry, d / "cooked.db",
-                             CookConfig(config.interval_s, tuple(config.feeders), rules))
+                             CookConfig(config.interval_s, tuple(config.feeders), rules,
+                                        generators=tuple(bytes.fromhex(g)
+                                                         for g in config.generators)))
         self.lock = threading.RLock()
         self.storage = StorageHealth()  # a storage fault now, failures by kind (fog_node.storage)
         self.chain: ChainView | None = None  # set when the node anchors to a dispatch chain

@@ -60,13 +60,16 @@ class AnchorError(errors.MeterLedgerError, RuntimeError):
 def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint | None,
                  cps: list[Checkpoint], log: LogStore, now: int,
                  aggregates: Callable[[int, int], list[bytes]] | None = None,
-                 known_aggregate: Callable[[bytes], bool] | None = None) -> tuple[bytes, int]:
+                 known_aggregate: Callable[[bytes], bool] | None = None,
+                 statements: Callable[[int, int], list[bytes]] | None = None,
+                 ) -> tuple[bytes, int]:
     """The anchor transaction carrying the most of cps (oldest first, continuing `head`, the
     last anchored checkpoint) that fits a 4096-byte message, and how many it carries.
 
     `aggregates(lo, hi)` gives the type-11 entries at log indices lo <= i < hi: an anchor
     carries those its checkpoints cover and the previous anchor's did not, so every
     aggregate travels to the chain exactly once, with the first checkpoint that covers it.
+    `statements(lo, hi)` gives the type-14 energy statements there, carried the same way.
     Checked here exactly as the chain will check it (`known_aggregate`: carried by an
     earlier anchor), so a bug shows up at the fog."""
     best: tuple[bytes, int] | None = None
@@ -74,7 +77,8 @@ def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint |
     for n in range(1, len(cps) + 1):
         proof = log.consistency_proof(base, cps[n - 1].size)
         aggs = aggregates(base, cps[n - 1].size) if aggregates is not None else []
-        body = C.anchor_body([c.msg for c in cps[:n]], proof.path, aggs)
+        stmts = statements(base, cps[n - 1].size) if statements is not None else []
+        body = C.anchor_body([c.msg for c in cps[:n]], proof.path, aggs, stmts)
         raw = P.sign1(key, C.tx(key.id, nonce, C.ANCHOR, body, now, chain), check=False)
         if len(raw) > P.MAX_MESSAGE:
             break
@@ -286,7 +290,8 @@ class ChainLink:
             base = head.size if head else 0
             return build_anchor(self.node.key, chain, self._next_nonce(), head, cps,
                                 self.node.log, now, cooker.aggregates_in,
-                                lambda d: cooker.known_aggregate(d, base))
+                                lambda d: cooker.known_aggregate(d, base),
+                                cooker.statements_in)
 
     def flush(self) -> int:
         """Send queued transactions in nonce order until one fails; returns how many landed."""

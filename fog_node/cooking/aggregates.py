@@ -44,9 +44,9 @@ class Aggregates(Estimates):
                                    "ORDER BY dev, seq", (lo, ivl)):
             if row[0] in devs:
                 by_dev.setdefault(row[0], []).append(row)
-        ests: dict[bytes, list[tuple[int, int, int, int, bool]]] = {}
-        for dev, start, method, ivls in self.db.execute(
-                "SELECT dev, start, method, ivls FROM estimates WHERE superseded = 0 AND "
+        ests: dict[bytes, list[tuple[int, int, int, int, bool, int]]] = {}
+        for dev, start, method, ivls, leaf in self.db.execute(
+                "SELECT dev, start, method, ivls, leaf FROM estimates WHERE superseded = 0 AND "
                 "last_end > ? AND start < ?", (lo, ivl)):
             if dev not in devs:
                 continue
@@ -54,7 +54,7 @@ class Aggregates(Estimates):
             for item in json.loads(ivls):
                 known = method != vee.METHOD_NONE
                 ests.setdefault(dev, []).append(
-                    (s, item[0], item[1] if known else 0, item[2] if known else 0, known))
+                    (s, item[0], item[1] if known else 0, item[2] if known else 0, known, leaf))
                 s = item[0]
         out: dict[bytes, MeterInterval] = {}
         for dev in devs:
@@ -65,20 +65,20 @@ class Aggregates(Estimates):
                 flags |= r[6]
             vmins = [r[7] for r in inside if r[7] is not None]
             vmaxs = [r[8] for r in inside if r[8] is not None]
-            segs: list[tuple[int, int, int, int, str]] = []
+            segs: list[tuple[int, int, int, int, str, tuple[int, ...]]] = []  # ..., leaves
             good = [r for r in rows if r[11]]
             for b, a in pairwise(good):
                 bf, af = _reading_fields(b), _reading_fields(a)
                 if a[1] == b[1] + 1 and vee.gap_ends(bf, af) == [a[2]]:
                     e = vee.interval_energy(bf, af)
                     if e is not None:
-                        segs.append((b[2], a[2], e[0], e[1], MEASURED))
-            for s, e_, imp, exp, known in ests.get(dev, []):
+                        segs.append((b[2], a[2], e[0], e[1], MEASURED, (b[10], a[10])))
+            for s, e_, imp, exp, known, leaf in ests.get(dev, []):
                 if s >= lo and e_ <= ivl and not any(x[0] < e_ and s < x[1] for x in segs):
-                    segs.append((s, e_, imp, exp, ESTIMATED if known else MISSING))
+                    segs.append((s, e_, imp, exp, ESTIMATED if known else MISSING, (leaf,)))
             segs.sort()
             pos, ok = lo, True
-            for s, e_, _, _, kind in segs:
+            for s, e_, _, _, kind, _ in segs:
                 if s != pos or kind == MISSING:
                     ok = False
                     break
@@ -91,7 +91,8 @@ class Aggregates(Estimates):
                 dev, status, sum(x[2] for x in segs) if ok else 0,
                 sum(x[3] for x in segs) if ok else 0, flags,
                 min(vmins) if vmins else None, max(vmaxs) if vmaxs else None,
-                tuple(r[10] for r in inside), silent=not inside)
+                tuple(r[10] for r in inside), silent=not inside,
+                used=tuple(sorted({x for seg in segs for x in seg[5]})) if ok else ())
         return out
 
     def _groups(self) -> tuple[list[Group], list[str]]:

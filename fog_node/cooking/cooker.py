@@ -1,33 +1,35 @@
 """The fog's cooked data: VEE on every logged reading, type-10 estimates for missing and failed
-intervals, and type-11 feeder aggregates at every interval close (docs/VEE.md,
-docs/PROTOCOL.md section 18).
+intervals, type-11 feeder aggregates at every interval close (docs/VEE.md, docs/PROTOCOL.md
+section 18) and type-14 energy statements of the generator meters (section 25).
 
 The log is the source of truth; the Cooker keeps an index of it (cooked.db) and follows it
 with a cursor, so readings arriving over MQTT and RS485 and its own entries are seen the
 same way, and a restart resumes where the index stopped. Each `tick` (the service's seal
 timer) indexes what was logged since, validates new readings, and logs what the new data
 calls for: supersessions of estimates a true reading made obsolete, new estimates (exact
-register differences split over the gap), and revisions of aggregates of intervals closed
-already. `close(ivl)` logs the aggregates of one interval and returns the digest the
-checkpoint's `agg` carries. Nothing logged is ever changed: corrections are new entries.
+register differences split over the gap), revisions of aggregates of intervals closed
+already, and the statements late data made due. `close(ivl)` logs the aggregates of one interval and returns the digest the
+checkpoint's `agg` carries, after the generators' statements of it (statements.py).
+Nothing logged is ever changed: corrections are new entries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from fog_node.cooking.aggregates import Aggregates
 from fog_node.cooking.index import AGGREGATES_PER_CHECKPOINT, Closed, CookConfig
+from fog_node.cooking.statements import Statements
 
 __all__ = ["AGGREGATES_PER_CHECKPOINT", "Closed", "CookConfig", "Cooker"]
 
 
-class Cooker(Aggregates):
-    """The cooked data of one fog: the index (index.py), estimates (estimates.py) and
-    aggregates (aggregates.py), run by the scheduler through `tick` and `close`."""
+class Cooker(Statements):
+    """The cooked data of one fog: the index (index.py), estimates (estimates.py),
+    aggregates (aggregates.py) and statements (statements.py), run by the scheduler through
+    `tick` and `close`."""
 
     def tick(self, now: int, seal: Callable[[], object] | None = None) -> list[bytes]:
         """Index, estimate and revise; returns the entries logged. `seal` is called between
-        chunks of aggregates (see AGGREGATES_PER_CHECKPOINT)."""
+        chunks of aggregates and statements (see AGGREGATES_PER_CHECKPOINT)."""
         self.catch_up(now)
         return self.estimate(now) + self.revise(now, seal)

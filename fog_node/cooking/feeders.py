@@ -71,6 +71,9 @@ class MeterInterval:
     v_max: int | None = None
     leaves: tuple[int, ...] = ()  # log indices of the readings in the interval
     silent: bool = False  # no reading of the meter in the interval at all
+    # unless missing: log indices of what the energy came from, ascending (the readings of
+    # the measured pairs, from the interval's start to its end, and the live estimates)
+    used: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The cooked index of the log (cooked.db): every logged reading, estimate and aggregate,
-followed with a cursor (`catch_up`), with VEE run on each new reading; the base the
-estimates (estimates.py) and the aggregates (aggregates.py) build on. See cooker.py."""
+"""The cooked index of the log (cooked.db): every logged reading, estimate, aggregate and
+energy statement, followed with a cursor (`catch_up`), with VEE run on each new reading; the
+base the estimates (estimates.py), the aggregates (aggregates.py) and the statements
+(statements.py) build on. See cooker.py."""
 
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ CREATE TABLE IF NOT EXISTS faults (
     last_ivl INTEGER NOT NULL, dur INTEGER NOT NULL, raised INTEGER NOT NULL, ended INTEGER,
     detail TEXT NOT NULL, meters INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS faults_open ON faults (kind, feeder, ended);
+CREATE TABLE IF NOT EXISTS statements (
+    meter BLOB NOT NULL, ivl INTEGER NOT NULL, leaf INTEGER NOT NULL, digest BLOB NOT NULL,
+    msg BLOB NOT NULL, UNIQUE (meter, ivl));
+CREATE INDEX IF NOT EXISTS statements_leaf ON statements (leaf);
 """
 # the dashboard's read side (fog_node.dashboard): aggregates by interval, a meter's readings
 # by time; every VEE finding (info and warnings too: the registry's alerts hold the errors),
@@ -85,6 +90,7 @@ class CookConfig:
     vee: vee.VeeConfig = vee.DEFAULT_CONFIG
     revision_intervals: int = 96  # late data revises aggregates up to a day back
     profile: bool = True  # shape estimates by the feeder's measured profile when known
+    generators: tuple[bytes, ...] = ()  # meters whose type-14 statements the fog logs
 
 
 @dataclass
@@ -96,6 +102,7 @@ class Closed:
     aggregates: list[bytes] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)  # newly raised (not still open)
     suppressed: list[str] = field(default_factory=list)
+    statements: list[bytes] = field(default_factory=list)  # type 14, logged before aggregates
 
 
 def _reading_fields(row: Sequence[Any]) -> P.Fields:
@@ -158,6 +165,10 @@ class CookedIndex:
                         self.db.execute("INSERT OR IGNORE INTO aggregates VALUES "
                                         "(?, ?, ?, ?, ?, ?)",
                                         (f[1], f[2], f[16], m.digest, idx, m.raw))
+                    elif m.type == P.STATEMENT:  # one per (meter, ivl): statements.py
+                        self.db.execute("INSERT OR IGNORE INTO statements VALUES "
+                                        "(?, ?, ?, ?, ?)",
+                                        (m.fields[1], m.fields[2], idx, m.digest, m.raw))
                 self._flush_readings(rows)
                 self._set_meta("cursor", size)
                 self._trim_findings()
@@ -274,4 +285,10 @@ class CookedIndex:
         """Type-11 messages at log indices lo_leaf <= i < hi_leaf, in log order."""
         return [r[0] for r in self.db.execute(
             "SELECT msg FROM aggregates WHERE leaf >= ? AND leaf < ? ORDER BY leaf",
+            (lo_leaf, hi_leaf))]
+
+    def statements_in(self, lo_leaf: int, hi_leaf: int) -> list[bytes]:
+        """Type-14 messages at log indices lo_leaf <= i < hi_leaf, in log order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT msg FROM statements WHERE leaf >= ? AND leaf < ? ORDER BY leaf",
             (lo_leaf, hi_leaf))]

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from meterledger import errors
 
@@ -185,3 +185,28 @@ class ChainClient:
         out: list[dict[str, Any]] = self._query("/v1/suggestions", state=state, limit=limit,
                                                 before=before)["suggestions"]
         return out
+
+    # -- green certificates (docs/PROTOCOL.md section 25) ----------------------------------------
+    def params(self) -> dict[str, Any]:
+        """GET /v1/params: the enabled applications' parameters, by application."""
+        out: dict[str, Any] = self.get("/v1/params")["params"]
+        return out
+
+    def generators(self, after: str | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/generators: {"generators" (each with its `account`), "next"}."""
+        return self._query("/v1/generators", after=after, limit=limit)
+
+    def certificates(self, owner_hex: str | None = None, generator: str | None = None,
+                     after: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/certificates: {"certificates", "next"} in key order."""
+        return self._query("/v1/certificates", owner=owner_hex, generator=generator,
+                           after=after, limit=limit)
+
+    def certificate(self, cid: str) -> dict[str, Any]:
+        """GET /v1/certificates/{id}: the certificate, its generator and its statements."""
+        return self.get(f"/v1/certificates/{quote(cid, safe='/')}")
+
+    def balance(self, owner_hex: str) -> dict[str, Any]:
+        """GET /v1/balances/{owner}: certified Wh held (`active`) and `retired`."""
+        return self.get(f"/v1/balances/{owner_hex}")

@@ -231,3 +231,50 @@ def test_refusals_of_params_and_generators(reg: Registry) -> None:
     for bad in bad_ids:
         assert reg.refused(PLANT, GC.GC_TRANSFER, GC.transfer_body(bad, BUYER.id)) == \
             "bad_fields", bad
+
+
+def test_the_api_answers_ownership_balances_and_a_certificate_s_statements(
+        tmp_path: Path) -> None:
+    from meterledger.clients.chain import ChainClient, ChainClientError
+    from tests.kit.chainkit import running_chain
+
+    with running_chain(tmp_path) as chain:
+        registry, plant, buyer = (chain.register(r) for r in ("registry", "plant", "holder"))
+        fog = FogSide(tmp_path, chain.register("fog"))
+        client = ChainClient(chain.url)
+
+        def send(key: P.SigningKey, kind: str, body: dict[int, Any]) -> None:
+            status, doc = chain.post(chain.sign(key, kind, body))
+            assert status == 200, doc
+
+        send(registry, GC.PARAMS, GC.params_body("certificates", 1, {"period_s": 86_400}))
+        send(registry, GC.GENERATOR, GC.generator_body(
+            "wind-7", "wind", 2_000_000, T0 - 86_400, fog.key.id, PV_METER, "certificates",
+            plant.id))
+        statements = [fog.state(PV_METER, IVL + 900 * i, 450_000) for i in range(5)]
+        fog.checkpoints.seal(T0, force=True)
+        send(fog.key, C.ANCHOR, fog.anchor())
+        send(plant, GC.GC_TRANSFER, GC.transfer_body("wind-7/1000000-2000000", buyer.id))
+
+        assert client.params()["certificates"]["values"] == {"period_s": 86_400}
+        gens = client.generators()["generators"]
+        assert [(g["id"], g["tech"], g["account"]["certified"]) for g in gens] == \
+            [("wind-7", "wind", 2_250_000)]
+        mine = client.certificates(owner_hex=plant.id.hex())["certificates"]
+        assert [c["id"] for c in mine] == ["wind-7/0-1000000"]
+        assert [c["id"] for c in client.certificates(generator="wind-7")["certificates"]] == \
+            ["wind-7/0-1000000", "wind-7/1000000-2000000"]
+        assert client.balance(buyer.id.hex())["active"] == 1_000_000
+        one = client.certificate("wind-7/1000000-2000000")
+        # Wh 1,000,000-1,999,999 lie in the 3rd (900,000-1,350,000) to 5th statements
+        assert [s["digest"] for s in one["statements"]] == \
+            [P.digest(s).hex() for s in statements[2:5]]
+        assert one["certificate"]["owner"] == buyer.id.hex() and not one["truncated"]
+        assert one["certificate"]["wh"] == 1_000_000
+        for bad_path in ("/v1/certificates/wind-7%2F5-1", "/v1/certificates?owner=xyz",
+                         "/v1/balances/12", "/v1/certificates?limit=0"):
+            status, doc = chain.get(bad_path)
+            assert status == 400 and doc["error"] == "bad_request", (bad_path, doc)
+        with pytest.raises(ChainClientError, match="404"):
+            client.certificate("wind-7/5-6")
+        fog.close()

@@ -43,6 +43,7 @@ from aggregator.chain.ledger import (
     StorageError,
     UnavailableError,
 )
+from aggregator.chain.service.api_green import GreenReads
 from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded
 from aggregator.chain.service.metrics import registry
 from aggregator.dispatch.suggestions import PAGE as SUGGESTIONS
@@ -213,6 +214,7 @@ class AggregatorAPI:
                                        f"{SUGGESTIONS[1]} (default {SUGGESTIONS[0]})"))),
             R("/healthz", self._health, tier=PUBLIC),
             *self.reads.routes(),  # blocks, fogs, dispatch, validators, latency
+            *GreenReads(ledger).routes(),  # params, generators, certificates, balances
             R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
             R("/v1/tx/{digest:path}", self._tx, tier=PUBLIC),
             R("/metrics", self._metrics, content_type=PROMETHEUS, tier=AUDITOR),

@@ -39,12 +39,13 @@ from aggregator.chain.ledger import (
     TxRecord,
 )
 from aggregator.chain.store.base import StoredBlock, check_append
+from aggregator.chain.store.records import SQLiteRecords
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
 from meterledger.infra.sqlite import atomic, connect
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
-from meterledger.wire.cbor import decode, encode
+from meterledger.wire.cbor import encode
 
 log = logging.getLogger("aggregator.chain.store")
 
@@ -90,7 +91,7 @@ _READ_INDEXES = (
 )
 
 
-class SQLiteBlockStore:
+class SQLiteBlockStore(SQLiteRecords):
     """BlockStore in one SQLite file. Two connections: the writer (append) and a reader, so
     the validator and the API read committed blocks while a block is being written.
     `readonly` opens an existing file for reading only (verify-chain beside a running node)."""
@@ -332,37 +333,6 @@ class SQLiteBlockStore:
         rows = self._rows("SELECT name FROM rules WHERE digest = ?", (digest,))
         return str(rows[0][0]) if rows else None
 
-    def record(self, table: str, key: bytes) -> Any:
-        if not self._has("records"):  # a file of an older version opened read-only
-            return None
-        rows = self._rows("SELECT value FROM records WHERE tbl = ? AND key = ?", (table, key))
-        return decode(bytes(rows[0][0])) if rows else None
-
-    def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None:
-        if not self._has("records"):
-            return None
-        rows = self._rows("SELECT key, value FROM records WHERE tbl = ? AND key > ? "
-                          "ORDER BY key LIMIT 1", (table, after))
-        return (bytes(rows[0][0]), decode(bytes(rows[0][1]))) if rows else None
-
-    def records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
-                limit: int | None = None) -> list[tuple[bytes, Any]]:
-        if not self._has("records"):
-            return []
-        lo = prefix if after is None or after < prefix else after
-        sql = "SELECT key, value FROM records WHERE tbl = ? AND key >= ?"
-        args: list[Any] = [table, lo]
-        if after is not None and after >= prefix:
-            sql = "SELECT key, value FROM records WHERE tbl = ? AND key > ?"
-        top = _prefix_end(prefix)
-        if top is not None:
-            sql += " AND key < ?"
-            args.append(top)
-        sql += " ORDER BY key" + (" LIMIT ?" if limit is not None else "")
-        if limit is not None:
-            args.append(max(0, limit))
-        return [(bytes(k), decode(bytes(v))) for k, v in self._rows(sql, tuple(args))]
-
     def participants(self) -> list[Participant]:
         return [_participant(r) for r in self._rows(
             "SELECT id, role, pub, name, nonce FROM participants ORDER BY rowid")]
@@ -502,17 +472,6 @@ def _kind(raw: bytes) -> str | None:
     except ProtocolError:
         return None
     return kind if isinstance(kind, str) else None
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key above every key starting with `prefix`; None if there is none."""
-    p = bytearray(prefix)
-    while p and p[-1] == 0xFF:
-        p.pop()
-    if not p:
-        return None
-    p[-1] += 1
-    return bytes(p)
 
 
 def _participant(row: Any) -> Participant:
