@@ -61,12 +61,13 @@ class Registry:
     def generator(self, gid: str, tech: str, meter: bytes, support: str = "certificates",
                   commissioned: int = T0 - 86_400) -> None:
         self.send(REGISTRY, GC.GENERATOR, GC.generator_body(
-            gid, tech, 100_000, commissioned, self.fog.key.id, meter, support, PLANT.id))
+            gid, tech, 10_000_000, commissioned, self.fog.key.id, meter, support, PLANT.id))
 
-    def anchor(self, *stated: tuple[bytes, int, int] | tuple[bytes, int, int, int]) -> None:
-        """Anchor statements (meter, ivl, exp Wh[, est]) with a checkpoint over them."""
+    def anchor(self, *stated: tuple[int, ...] | tuple[bytes, int, int]) -> None:
+        """Anchor statements (meter, ivl, exp Wh[, est[, dur]]) with a checkpoint over them."""
         for s in stated:
-            self.fog.state(s[0], s[1], s[2], est=s[3] if len(s) > 3 else 0)
+            self.fog.state(s[0], s[1], s[2], est=s[3] if len(s) > 3 else 0,  # type: ignore
+                           dur=s[4] if len(s) > 4 else 900)  # type: ignore
         self.fog.checkpoints.seal(T0, force=True)
         self.send(self.fog.key, C.ANCHOR, self.fog.anchor())
 
@@ -144,6 +145,37 @@ def test_only_measured_export_of_eligible_generators_is_certified(reg: Registry)
     assert reg.owned(PLANT) == []
     assert reg.store.record(G.T_ACCOUNT, b"pv-1")["estimated"] == 5_000_000
     assert reg.store.record(G.T_ACCOUNT, b"coal-1")["certified"] == 0
+
+
+def test_implausible_or_differently_timed_statements_are_counted_not_certified(
+        reg: Registry) -> None:
+    reg.enable()
+    reg.generator("pv-1", "pv", PV_METER)  # 10 MW: at most 2.5 MWh in 15 minutes
+    reg.anchor((PV_METER, IVL, 2_500_001), (PV_METER, IVL + 900, 2_500_000))
+    # a fog whose interval became an hour: its statement overlaps intervals counted before
+    reg.anchor((PV_METER, IVL - IVL % 3600 + 7200, 1_000_000, 0, 3600))
+    acct = reg.store.record(G.T_ACCOUNT, b"pv-1")
+    assert (acct["certified"], acct["refused"], acct["dur"]) == (2_500_000, 3_500_001, 900)
+    assert reg.owned(PLANT) == ["pv-1/0-1000000", "pv-1/1000000-2000000"]
+
+
+def test_certificate_intervals_follow_the_wh_they_hold(reg: Registry) -> None:
+    reg.enable(certificate_wh=500_000)
+    reg.generator("pv-1", "pv", PV_METER)
+    reg.anchor((PV_METER, IVL, 250_000))
+    # a smaller certificate size: the pending Wh lie in the earlier statement alone
+    reg.send(REGISTRY, GC.PARAMS, GC.params_body("certificates", 2, {"certificate_wh": 100_000}))
+    reg.anchor((PV_METER, IVL + 900, 1_000))
+    c = reg.cert("pv-1/0-100000")
+    assert (c["first_ivl"], c["last_ivl"]) == (IVL, IVL)
+    c = reg.cert("pv-1/100000-200000")
+    assert (c["first_ivl"], c["last_ivl"]) == (IVL, IVL)
+    # a split on a statement's boundary: the first part ends in the earlier interval
+    reg.anchor((PV_METER, IVL + 1800, 200_000))
+    reg.send(PLANT, GC.GC_SPLIT, GC.split_body("pv-1/200000-300000", 51_000))
+    a, b = reg.cert("pv-1/200000-251000"), reg.cert("pv-1/251000-300000")
+    assert (a["first_ivl"], a["last_ivl"], b["first_ivl"], b["last_ivl"]) == \
+        (IVL, IVL + 900, IVL + 1800, IVL + 1800)
 
 
 def test_transfer_split_and_retire(reg: Registry) -> None:
@@ -264,6 +296,10 @@ def test_the_api_answers_ownership_balances_and_a_certificate_s_statements(
         assert [c["id"] for c in mine] == ["wind-7/0-1000000"]
         assert [c["id"] for c in client.certificates(generator="wind-7")["certificates"]] == \
             ["wind-7/0-1000000", "wind-7/1000000-2000000"]
+        page = client.certificates(generator="wind-7", limit=1)
+        assert [c["id"] for c in page["certificates"]] == ["wind-7/0-1000000"]
+        assert [c["id"] for c in client.certificates(generator="wind-7", after=page["next"])[
+            "certificates"]] == ["wind-7/1000000-2000000"]
         assert client.balance(buyer.id.hex())["active"] == 1_000_000
         one = client.certificate("wind-7/1000000-2000000")
         # Wh 1,000,000-1,999,999 lie in the 3rd (900,000-1,350,000) to 5th statements

@@ -11,7 +11,7 @@ thing, keys chosen so a key-ordered scan answers the queries:
     gc.meter      fog id || meter id         -> generator id
     st.stated     fog id || meter id || ivl  -> statement digest (every chain: no repeats)
     gc.account    generator id              -> {"certified", "issued", "estimated",
-                                                "statements", "open_ivl"}
+                                                "refused", "statements", "dur"}
     gc.segment    generator id "/" || hi     -> {"lo", "ivl", "digest", "anchor"}
     gc.cert       generator id "/" || lo || hi -> the certificate (CERT_FIELDS)
     gc.owned      owner id || certificate key -> 1
@@ -130,7 +130,7 @@ def check_values(app: str, values: dict[str, Any]) -> dict[str, int]:
 def _account(st: Staged, gid: str) -> dict[str, Any]:
     acct = st.get(T_ACCOUNT, gid.encode())
     return dict(acct) if acct is not None else {"certified": 0, "issued": 0, "estimated": 0,
-                                                "statements": 0, "open_ivl": 0}
+                                                "refused": 0, "statements": 0, "dur": 0}
 
 
 def _credit(st: Staged, owner: bytes, active: int = 0, retired: int = 0) -> None:
@@ -183,30 +183,40 @@ def _certify(st: Staged, gc: dict[str, int], gid: str, anchor: bytes,
     acct["statements"] += 1
     eligible = (gen["tech"] in GC.CERTIFIABLE and gen["support"] == "certificates"
                 and f[2] - f[3] >= gen["commissioned"])
+    # most a generator can export in the interval at its registered capacity (rounded up):
+    # beyond it a statement is implausible, and certifying it would also let one statement
+    # issue an unbounded number of certificates in one transaction
+    most = -(-gen["capacity_w"] * f[3] // 3600)
     if not eligible or f[5] == 0:
-        st.put(T_ACCOUNT, gid.encode(), acct)
-        return
-    if f[6]:  # estimated: counted, never certified (docs/PROTOCOL.md section 25)
+        pass
+    elif f[6]:  # estimated: counted, never certified (docs/PROTOCOL.md section 25)
         acct["estimated"] += f[5]
-        st.put(T_ACCOUNT, gid.encode(), acct)
-        return
+    elif f[5] > most or acct["dur"] not in (0, f[3]):
+        # an interval length other than the first one's could overlap intervals already
+        # certified (a fog whose interval_s changed): counted, never certified
+        acct["refused"] += f[5]
+    else:
+        _segment(st, gc, gid, gen, acct, anchor, s)
+    st.put(T_ACCOUNT, gid.encode(), acct)
+
+
+def _segment(st: Staged, gc: dict[str, int], gid: str, gen: dict[str, Any],
+             acct: dict[str, Any], anchor: bytes, s: P.Message) -> None:
+    """Add the statement's export to the generator's certified count, and issue every full
+    certificate_wh of it."""
+    f = s.fields
     lo, hi = acct["certified"], acct["certified"] + f[5]
     st.put(T_SEGMENT, gid.encode() + b"/" + u64(hi),
            {"lo": lo, "ivl": f[2], "digest": s.digest, "anchor": anchor})
-    if acct["issued"] == lo:  # nothing pending: the next certificate starts here
-        acct["open_ivl"] = f[2]
-    acct["certified"] = hi
+    acct["certified"], acct["dur"] = hi, f[3]
     size = gc["certificate_wh"]
     while acct["certified"] - acct["issued"] >= size:
         c_lo = acct["issued"]
-        cert = new_certificate(gid, c_lo, c_lo + size, gen["owner"], acct["open_ivl"], f[2],
-                               "issued")
+        cert = new_certificate(gid, c_lo, c_lo + size, gen["owner"], ivl_of(st, gid, c_lo),
+                               ivl_of(st, gid, c_lo + size - 1), "issued")
         put_certificate(st, cert)
         _credit(st, gen["owner"], active=size)
         acct["issued"] = c_lo + size
-        if acct["issued"] < hi:  # the rest of this statement starts the next one
-            acct["open_ivl"] = f[2]
-    st.put(T_ACCOUNT, gid.encode(), acct)
 
 
 # --- certificates held ----------------------------------------------------------------------------
@@ -254,10 +264,10 @@ def split(st: Staged, cert: dict[str, Any], wh: int) -> tuple[dict[str, Any], di
                                                f"a split must leave both parts at least 1 Wh, "
                                                f"not {wh} and {hi - lo - wh}")
     mid = lo + wh
-    # the interval holding Wh `mid`: the first segment ending above it
-    mid_ivl = _ivl_at(st, gid, mid)
-    first = new_certificate(gid, lo, mid, cert["owner"], cert["first_ivl"], mid_ivl, cert["id"])
-    second = new_certificate(gid, mid, hi, cert["owner"], mid_ivl, cert["last_ivl"], cert["id"])
+    first = new_certificate(gid, lo, mid, cert["owner"], cert["first_ivl"],
+                            ivl_of(st, gid, mid - 1), cert["id"])
+    second = new_certificate(gid, mid, hi, cert["owner"], ivl_of(st, gid, mid),
+                             cert["last_ivl"], cert["id"])
     key = cert_key(gid, lo, hi)
     st.put(T_OWNED, cert["owner"] + key, None)
     cert["state"] = SPLIT
@@ -267,10 +277,15 @@ def split(st: Staged, cert: dict[str, Any], wh: int) -> tuple[dict[str, Any], di
     return first, second
 
 
-def _ivl_at(st: Staged, gid: str, wh: int) -> int:
-    """The interval whose statement holds the generator's Wh number `wh` (0-based): the
-    first segment ending above it (segments are keyed by their end)."""
+def ivl_of(st: Staged, gid: str, wh: int) -> int:
+    """The interval of the statement holding the generator's Wh number `wh` (0-based): the
+    first segment ending above it (segments are keyed by their end), this transaction's
+    own segments included."""
     prefix = gid.encode() + b"/"
+    for table, key, value in reversed(st.writes):
+        if table == T_SEGMENT and key.startswith(prefix) \
+                and value["lo"] <= wh < int.from_bytes(key[-8:], "big"):
+            return int(value["ivl"])
     found = st.state.next_record(T_SEGMENT, prefix + u64(wh))
     if found is None or not found[0].startswith(prefix):
         raise ChainError("split_out_of_range", f"no statement of {gid} holds its Wh {wh}")

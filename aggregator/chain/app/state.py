@@ -202,15 +202,16 @@ class MemoryState:
         return None if self.base is None else self.base.record(table, key)
 
     def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None:
-        mine = sorted((k, v) for (t, k), v in self.records.items() if t == table and k > after)
+        mine = min(((k, v) for (t, k), v in self.records.items()
+                    if t == table and k > after and v is not None),
+                   key=lambda kv: kv[0], default=None)
         low = after
         while True:  # the base's next key, unless this layer deleted or replaced it
             below = None if self.base is None else self.base.next_record(table, low)
             if below is None or (table, below[0]) not in self.records:
                 break
             low = below[0]
-        live = [(k, v) for k, v in mine if v is not None]
-        candidates = ([live[0]] if live else []) + ([below] if below is not None else [])
+        candidates = [c for c in (mine, below) if c is not None]
         return min(candidates, key=lambda kv: kv[0]) if candidates else None
 
     def absorb(self, other: MemoryState) -> None:

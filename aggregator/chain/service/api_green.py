@@ -89,7 +89,9 @@ class GreenReads:
         out = []
         for key, g in rows:
             acct = self.ledger.app_record(G.T_ACCOUNT, key)
-            out.append({"id": key.decode(), **to_json(g), "account": acct or {}})
+            out.append({"id": key.decode(), **to_json(g), "account": acct or {
+                "certified": 0, "issued": 0, "estimated": 0, "refused": 0, "statements": 0,
+                "dur": 0}})
         return {"generators": out,
                 "next": out[-1]["id"] if len(out) == limit else None}
 
@@ -106,12 +108,17 @@ class GreenReads:
         if owner is not None:
             keys = self.ledger.app_records(G.T_OWNED, owner,
                                            owner + after_key if after_key else None, limit)
-            certs = [self.ledger.app_record(G.T_CERT, k[8:]) for k, _ in keys]
+            # read one by one: a transfer in between leaves one out (its `next` still pages on)
+            pairs = [(k[8:], self.ledger.app_record(G.T_CERT, k[8:])) for k, _ in keys]
         else:
             prefix = gen.encode() + b"/" if gen else b""
-            certs = [v for _, v in self.ledger.app_records(G.T_CERT, prefix, after_key, limit)]
-        out = [certificate_json(c) for c in certs if c is not None]
-        return {"certificates": out, "next": out[-1]["id"] if len(out) == limit else None}
+            pairs = self.ledger.app_records(G.T_CERT, prefix, after_key, limit)
+        out = [certificate_json(c) for _, c in pairs if c is not None]
+        nxt = None
+        if len(pairs) == limit:
+            g, lo, hi = pairs[-1][0][:-17].decode(), pairs[-1][0][-16:-8], pairs[-1][0][-8:]
+            nxt = GC.certificate_id(g, int.from_bytes(lo, "big"), int.from_bytes(hi, "big"))
+        return {"certificates": out, "next": nxt}
 
     def certificate(self, req: H.Request) -> dict[str, Any]:
         """One certificate with the energy statements it was issued from: each statement's

@@ -17,14 +17,21 @@ class SQLiteRecords:
     def _has(self, table: str) -> bool:
         raise NotImplementedError
 
+    readonly: bool
+
+    def _no_records(self) -> bool:
+        # a writable store made the table when it opened; only a read-only open of a file
+        # older than application records may lack it
+        return self.readonly and not self._has("records")
+
     def record(self, table: str, key: bytes) -> Any:
-        if not self._has("records"):  # a file of an older version opened read-only
+        if self._no_records():  # a file of an older version opened read-only
             return None
         rows = self._rows("SELECT value FROM records WHERE tbl = ? AND key = ?", (table, key))
         return decode(bytes(rows[0][0])) if rows else None
 
     def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None:
-        if not self._has("records"):
+        if self._no_records():
             return None
         rows = self._rows("SELECT key, value FROM records WHERE tbl = ? AND key > ? "
                           "ORDER BY key LIMIT 1", (table, after))
@@ -32,7 +39,7 @@ class SQLiteRecords:
 
     def records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
                 limit: int | None = None) -> list[tuple[bytes, Any]]:
-        if not self._has("records"):
+        if self._no_records():
             return []
         lo = prefix if after is None or after < prefix else after
         sql = "SELECT key, value FROM records WHERE tbl = ? AND key >= ?"
