@@ -137,23 +137,7 @@ def anchor_aggregates(body: dict[int, Any], fog: PublicKey,
     out: list[Message] = []
     seen: set[bytes] = set()
     for i, raw in enumerate(items):
-        if not isinstance(raw, bytes):
-            raise ChainTxError("anchor_bad_aggregate", f"aggregate {i} is not a byte string")
-        try:
-            parsed = parse(raw, schema=False)
-            if parsed.type != AGGREGATE:
-                raise ChainTxError("anchor_bad_aggregate", f"aggregate {i} is a type "
-                                   f"{parsed.type} message, not type 11")
-            if parsed.kid != fog.id:
-                raise ChainTxError("anchor_bad_aggregate",
-                                   f"aggregate {i} was signed by {parsed.kid.hex()}, not by "
-                                   f"the sending fog {fog.id_hex}")
-            agg = verify_message(parsed, fog)
-        except ChainTxError:
-            raise
-        except ProtocolError as e:
-            raise ChainTxError("anchor_bad_aggregate",
-                               f"aggregate {i}: {e.reason}: {e}") from None
+        agg = _signed_item(raw, fog, AGGREGATE, f"aggregate {i}", "anchor_bad_aggregate")
         d = agg.digest
         if d in seen:
             raise ChainTxError("anchor_bad_aggregate", f"aggregate {i} ({d.hex()}) is carried "
@@ -207,23 +191,7 @@ def anchor_statements(body: dict[int, Any], fog: PublicKey) -> list[Message]:
     out: list[Message] = []
     seen: set[tuple[bytes, int]] = set()
     for i, raw in enumerate(items):
-        if not isinstance(raw, bytes):
-            raise ChainTxError("anchor_bad_statement", f"statement {i} is not a byte string")
-        try:
-            parsed = parse(raw, schema=False)
-            if parsed.type != STATEMENT:
-                raise ChainTxError("anchor_bad_statement", f"statement {i} is a type "
-                                   f"{parsed.type} message, not type 14")
-            if parsed.kid != fog.id:
-                raise ChainTxError("anchor_bad_statement",
-                                   f"statement {i} was signed by {parsed.kid.hex()}, not by "
-                                   f"the sending fog {fog.id_hex}")
-            st = verify_message(parsed, fog)
-        except ChainTxError:
-            raise
-        except ProtocolError as e:
-            raise ChainTxError("anchor_bad_statement",
-                               f"statement {i}: {e.reason}: {e}") from None
+        st = _signed_item(raw, fog, STATEMENT, f"statement {i}", "anchor_bad_statement")
         key = (st.fields[1], st.fields[2])
         if key in seen:
             raise ChainTxError("anchor_bad_statement",
@@ -232,3 +200,23 @@ def anchor_statements(body: dict[int, Any], fog: PublicKey) -> list[Message]:
         seen.add(key)
         out.append(st)
     return out
+
+
+def _signed_item(raw: Any, fog: PublicKey, type_: int, label: str, reason: str) -> Message:
+    """One message an anchor carries: bytes of a type-`type_` message signed by the sending
+    fog, checked (schema and signature); ChainTxError `reason` naming `label` otherwise."""
+    if not isinstance(raw, bytes):
+        raise ChainTxError(reason, f"{label} is not a byte string")
+    try:
+        parsed = parse(raw, schema=False)
+        if parsed.type != type_:
+            raise ChainTxError(reason, f"{label} is a type {parsed.type} message, not type "
+                                       f"{type_}")
+        if parsed.kid != fog.id:
+            raise ChainTxError(reason, f"{label} was signed by {parsed.kid.hex()}, not by the "
+                                       f"sending fog {fog.id_hex}")
+        return verify_message(parsed, fog)
+    except ChainTxError:
+        raise
+    except ProtocolError as e:
+        raise ChainTxError(reason, f"{label}: {e.reason}: {e}") from None
