@@ -63,11 +63,11 @@ class Registry:
         self.send(REGISTRY, GC.GENERATOR, GC.generator_body(
             gid, tech, 10_000_000, commissioned, self.fog.key.id, meter, support, PLANT.id))
 
-    def anchor(self, *stated: tuple[int, ...] | tuple[bytes, int, int]) -> None:
+    def anchor(self, *stated: tuple[Any, ...]) -> None:
         """Anchor statements (meter, ivl, exp Wh[, est[, dur]]) with a checkpoint over them."""
         for s in stated:
-            self.fog.state(s[0], s[1], s[2], est=s[3] if len(s) > 3 else 0,  # type: ignore
-                           dur=s[4] if len(s) > 4 else 900)  # type: ignore
+            self.fog.state(s[0], s[1], s[2], est=s[3] if len(s) > 3 else 0,
+                           dur=s[4] if len(s) > 4 else 900)
         self.fog.checkpoints.seal(T0, force=True)
         self.send(self.fog.key, C.ANCHOR, self.fog.anchor())
 
