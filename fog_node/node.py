@@ -151,6 +151,9 @@ class FogNode:
         with self.lock:
             self.registry.backfill_decisions(self.log.size(), self.log.entry)  # once, if old
             self.ingest.recover()
+            # entries a crash logged but did not index (a chunk of statements or aggregates
+            # sealed just before it): an anchor carries what the index holds
+            self.cooker.catch_up(int(clock()))
 
     @property
     def id_hex(self) -> str:

@@ -287,9 +287,6 @@ class ChainLink:
         chain = bytes.fromhex(str(self._meta("chain")))
         with self.node.lock:
             cooker = self.node.cooker
-            # the index must hold every entry the checkpoints cover: after a crash between
-            # a statement chunk's checkpoint and its indexing, statements_in would miss them
-            cooker.catch_up(now)
             base = head.size if head else 0
             return build_anchor(self.node.key, chain, self._next_nonce(), head, cps,
                                 self.node.log, now, cooker.aggregates_in,

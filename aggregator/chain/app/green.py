@@ -89,10 +89,9 @@ class Staged:
 
 
 # --- parameters ----------------------------------------------------------------------------------
-def params(state: State | Staged, app: str) -> dict[str, int] | None:
+def params(st: Staged, app: str) -> dict[str, int] | None:
     """The application's parameters (defaults filled in), None while it is not enabled."""
-    rec = state.get(T_PARAMS, app.encode()) if isinstance(state, Staged) \
-        else state.record(T_PARAMS, app.encode())
+    rec = st.get(T_PARAMS, app.encode())
     if rec is None:
         return None
     out = {k: d for k, (_, _, d) in PARAMETERS.get(app, {}).items()}
@@ -100,8 +99,8 @@ def params(state: State | Staged, app: str) -> dict[str, int] | None:
     return out
 
 
-def enabled(state: State | Staged, app: str, kind: str) -> dict[str, int]:
-    p = params(state, app)
+def enabled(st: Staged, app: str, kind: str) -> dict[str, int]:
+    p = params(st, app)
     if p is None:
         raise ChainError("application_disabled", f"a {kind} needs the {app} application, "
                                                  "which this chain has not enabled (params)")

@@ -10,7 +10,7 @@ from typing import Any
 
 from aggregator.chain.app import green as G
 from aggregator.chain.ledger import Ledger
-from aggregator.chain.service.api_reads import bad, bounded
+from aggregator.chain.service.api_reads import bad, bounded, optional_id, party_id
 from meterledger.errors import ProtocolError
 from meterledger.infra import http as H
 from meterledger.wire import certificates as GC
@@ -19,17 +19,7 @@ from meterledger.wire.names import to_json
 CERTS = (100, 1000)  # certificates per answer (default, most)
 GENERATORS = (100, 1000)
 STATEMENTS = 20_000  # a certificate's statements in one answer, at most
-_HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 _GEN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
-
-
-def _party(q: H.Query, name: str) -> bytes | None:
-    text = q.get(name)
-    if text is None:
-        return None
-    if not _HEX16.fullmatch(text):
-        raise bad(f"{name} must be a participant id, 16 hex characters, not {H.show(text)}")
-    return bytes.fromhex(text)
 
 
 def _generator(q: H.Query) -> str | None:
@@ -100,7 +90,7 @@ class GreenReads:
         retired) or one generator's (every state, splits too)."""
         q = req.query
         limit = bounded(q, "limit", CERTS)
-        owner, gen = _party(q, "owner"), _generator(q)
+        owner, gen = optional_id(q, "owner", "a participant id, "), _generator(q)
         if owner is not None and gen is not None:
             raise bad("give owner or generator, not both")
         start = q.get("after")
@@ -144,8 +134,6 @@ class GreenReads:
 
     def balance(self, req: H.Request) -> dict[str, Any]:
         """A participant's certified Wh: active (held) and retired."""
-        text = req.params["owner"]
-        if not _HEX16.fullmatch(text):
-            raise bad(f"owner must be a participant id, 16 hex characters, not {H.show(text)}")
-        bal = self.ledger.app_record(G.T_BALANCE, bytes.fromhex(text))
-        return {"owner": text.lower(), **(bal or {"active": 0, "retired": 0})}
+        owner = party_id(req.params["owner"], "owner", "a participant id, ")
+        bal = self.ledger.app_record(G.T_BALANCE, owner)
+        return {"owner": owner.hex(), **(bal or {"active": 0, "retired": 0})}

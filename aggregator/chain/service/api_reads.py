@@ -67,13 +67,20 @@ def before(q: H.Query) -> int | None:
     return min(int(text), INT64_MAX)
 
 
-def optional_fog(q: H.Query) -> bytes | None:
-    text = q.get("fog")
-    if text is None:
-        return None
+def party_id(text: str, name: str, what: str = "") -> bytes:
+    """A participant's (fog's, owner's) id given as 16 hex characters; 400 otherwise."""
     if not _HEX16.fullmatch(text):
-        raise bad(f"fog must be 16 hex characters, not {_show(text)}")
+        raise bad(f"{name} must be {what}16 hex characters, not {_show(text)}")
     return bytes.fromhex(text)
+
+
+def optional_id(q: H.Query, name: str, what: str = "") -> bytes | None:
+    text = q.get(name)
+    return None if text is None else party_id(text, name, what)
+
+
+def optional_fog(q: H.Query) -> bytes | None:
+    return optional_id(q, "fog")
 
 
 def decoded(raw: bytes) -> dict[str, Any]:

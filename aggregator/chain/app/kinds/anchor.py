@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from aggregator.chain.app import green as G
 from aggregator.chain.app.kinds.base import Tx
@@ -21,19 +20,19 @@ ROLE: str | None = FOG
 
 
 @dataclass(frozen=True)
-class Anchors(Effect):
+class Anchors(G.Writes):
+    """The anchor itself and its aggregates; `writes` are the energy statements' records
+    and the certificates they issued (app.green)."""
+
     first: int  # height of the first checkpoint carried
     head: A.AnchoredHead  # the newest one carried
     aggregates: tuple[CarriedAggregate, ...]
-    # the energy statements' records, and the certificates they issued (app.green)
-    writes: tuple[tuple[str, bytes, Any], ...] = ()
 
     def apply(self, w: StateWriter, at: Receipt | None) -> None:
         w.put_anchor(self.sender, at, self.digest, self.first, self.head)
         for pos, a in enumerate(self.aggregates):
             w.put_aggregate(self.sender, at, pos, a)
-        for table, key, value in self.writes:
-            w.put_record(table, key, value)
+        super().apply(w, at)
 
     def stored_ints(self) -> Iterable[int]:
         return (self.nonce, self.head.size, self.head.t,
@@ -61,5 +60,5 @@ def check(tx: Tx, state: State) -> Effect:
     # carried the same bytes: `carried` covers every earlier copy
     st = G.Staged(state)
     G.record_statements(st, fog, tx.digest, checked.statements)
-    return Anchors(*tx.effect().common(), cps[0].fields[2], head,
-                   tuple(CarriedAggregate.of(a) for a in checked.aggregates), tuple(st.writes))
+    return Anchors(*tx.effect().common(), tuple(st.writes), cps[0].fields[2], head,
+                   tuple(CarriedAggregate.of(a) for a in checked.aggregates))
