@@ -13,14 +13,17 @@
 
 The config file is TOML with the keys of FogConfig (data_dir, mqtt_host, mqtt_port,
 mqtt_root, http_host, http_port, seal_period_s, interval_s, grace_s, skew_s, batch_max,
-batch_wait_s, chain_url, anchor_period_s, chain_poll_s, dispatch_pub, the RS485 bus
+batch_wait_s, chain_url, anchor_period_s, chain_poll_s, dispatch_pub, registry_chains, the RS485 bus
 rs485_port, rs485_baud, rs485_addresses, rs485_timeout_s, rs485_slow_timeout_s, rs485_batch,
 the simulation clock sim_compress, sim_start, sim_epoch, and the HTTP API's http_tls_cert,
 http_tls_key, http_max_body, http_max_head, http_request_timeout_s, http_idle_timeout_s,
 http_handler_timeout_s, http_max_connections, with chain_ca_file); a flag overrides
 the file. The API's tiers need the data dir's auditor.token and operator.token (made by
 init, or by run for an older data dir; docs/PROTOCOL.md section 12). With chain_url the node anchors its checkpoints to the dispatch chain and picks
-up instructions addressed to it. With rs485_port (a serial device or pyserial URL) the node
+up instructions addressed to it; with registry_chains (a TOML list of URLs, or
+"url1,url2" on the command line) it anchors the same log to each of those chains too
+(the green-certificate and carbon chains: anchors only, outbox
+data_dir/chain-registry-HOST-PORT.db each). With rs485_port (a serial device or pyserial URL) the node
 is also Modbus RTU master of that RS485 bus, polling the meters at rs485_addresses (a TOML
 list of integers, or "1,2,5-9" on the command line); MQTT runs beside it either way. While a node runs, enroll/revoke hand their
 decision to it (it owns the log); otherwise they write it themselves.
@@ -53,13 +56,12 @@ from fog_node import devices
 from fog_node.broker_access import hash_password
 from fog_node.chainlink.dispatch import Dispatcher
 from fog_node.chainlink.faults import FaultReporter
-from fog_node.chainlink.link import ChainLink
+from fog_node.chainlink.links import ChainLinks
 from fog_node.config import FogConfig, load_config, sim_clock
 from fog_node.enrollment import apply_request, queue_request, reload_broker
 from fog_node.node import FogError, FogNode, init_broker, init_data_dir, lock_data_dir
 from fog_node.service import FogService
 from meterledger import wire as P
-from meterledger.clients.chain import ChainClient
 from meterledger.errors import ConfigError, MeterLedgerError
 from meterledger.infra import config as cfg
 from meterledger.infra import datadir, logs, simclock
@@ -113,17 +115,6 @@ def decide(data_dir: Path, requests: list[dict[str, Any]], config: FogConfig | N
         held.close()
 
 
-def _chain_link(node: FogNode, clock: Callable[[], float]) -> ChainLink | None:
-    c = node.config
-    if not c.chain_url:
-        return None
-    pin = P.PublicKey(bytes.fromhex(c.dispatch_pub)) if c.dispatch_pub else None
-    client = ChainClient(c.chain_url, ca_file=c.chain_ca_file or None)  # https: verified
-    link = ChainLink(node, client, clock, c.anchor_period_s, pin)
-    node.chain = link  # the API reports its state
-    return link
-
-
 def _start_clock(config: FogConfig) -> Callable[[], float]:
     """The node's clock; a simulated one is written to DATA_DIR/sim-clock.json for the meters
     (and a stale file of an earlier simulation removed)."""
@@ -170,8 +161,11 @@ def run(config: FogConfig) -> int:
     clock = _start_clock(config)
     node = FogNode(config, clock)
     service = FogService(node, clock)
-    link = _chain_link(node, clock)
+    # the dispatch chain's link and the registry chains' (https verified with chain_ca_file)
+    links = ChainLinks.configured(node, clock)
+    link = links.main
     if link is not None:  # carry out the instructions the link picks up (docs/PROTOCOL.md section 20)
+        node.chain = link  # the API reports its state
         service.dispatcher = Dispatcher(node, link, service.send_command, clock)
     # local faults: the configured action, then a fault transaction (docs/PROTOCOL.md s. 18)
     service.faults = FaultReporter(link, lambda: service.dispatcher, config.on_tamper)
@@ -181,12 +175,11 @@ def run(config: FogConfig) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         service.start()
-        if link is not None:
-            link.start(config.chain_poll_s)
+        links.start(config.chain_poll_s)  # a thread each: one chain away delays no other
         try:
             from fog_node.api import FogAPI
 
-            api = FogAPI(node)
+            api = FogAPI(node, registry_chains=links.statuses if links.registry else None)
             http_port = api.start(config.http_host, config.http_port)
         except ImportError:  # the API module is optional for a headless node
             http_port = 0
@@ -195,21 +188,22 @@ def run(config: FogConfig) -> int:
         mqtt = (f"{config.mqtt_host}:{config.mqtt_port} (lab: plain, anonymous)"
                 if config.mqtt_security == "lab" else
                 f"{config.mqtt_host}:{config.mqtt_tls_port} (TLS, user {node.access.fog_user})")
+        chains = (f", anchoring to {len(links.registry)} registry chain(s)"
+                  if links.registry else "")
         print(f"fog {node.id_hex} running: mqtt {mqtt}, "
               f"{api.http.scheme if api is not None else 'http'} {config.http_host}:"
-              f"{http_port}, data {config.data_dir}{bus}", flush=True)
+              f"{http_port}, data {config.data_dir}{bus}{chains}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
         service.stop()
         if service.dispatcher is not None:
             service.dispatcher.close()
-        if link is not None:
-            link.stop()
-            link.step()  # one last round: anchor what the final seal added, if the chain is up
-            link.close()
+        # one last round each: anchor what the final seal added, where the chain is up
+        links.stop()
         if api is not None:
-            api.stop()
+            api.stop()  # before the links' databases close: /healthz and /metrics read them
+        links.close()
         node.close()
         held.close()
     print("fog stopped cleanly", flush=True)

@@ -115,12 +115,16 @@ _DEV_DOC = "the meter's 8-byte id, 16 hex characters"
 
 class FogAPI:
     """The API of a node. Tokens, limits and TLS come from the node's config and data dir
-    (auditor.token and operator.token, made if missing) unless given."""
+    (auditor.token and operator.token, made if missing) unless given. `registry_chains`
+    gives the states of the registry chains' links for /healthz
+    (fog_node.chainlink.links.ChainLinks.statuses)."""
 
     def __init__(self, node: FogNode, clock: Callable[[], float] | None = None, *,
                  tokens: H.Tokens | None = None, limits: H.Limits | None = None,
-                 tls: H.TLS | None = None, ui: bool | None = None) -> None:
+                 tls: H.TLS | None = None, ui: bool | None = None,
+                 registry_chains: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.node = node
+        self.registry_chains = registry_chains
         self.clock = clock if clock is not None else node.clock
         c = node.config
         if tokens is None:
@@ -332,13 +336,17 @@ class FogAPI:
 
     def _health(self, req: H.Request) -> dict[str, Any] | H.Reply:
         """Health: the log's size and the latest checkpoint's height; 503 with the reason
-        while the node is in a storage fault (a full disk: nothing is acked meanwhile)."""
+        while the node is in a storage fault (a full disk: nothing is acked meanwhile). A fog
+        anchoring to registry chains lists each link's state in `registry_chains` (a chain
+        that is away is no fault of the node: `ok` does not depend on it)."""
         fault = self.node.storage.fault
         with self.reads.snapshot() as s:
             size = s.log.size
             latest = s.checkpoints.latest()
         doc: dict[str, Any] = {"ok": fault is None, "log_size": size,
                                "checkpoint_height": latest.height if latest else 0}
+        if self.registry_chains is not None:
+            doc["registry_chains"] = self.registry_chains()
         if fault is None:
             return doc
         doc["storage"] = {"fault": fault.kind, "detail": fault.detail, "since": int(fault.since)}

@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fog_node.cooking.feeders import Feeder, parse_feeders
 from fog_node.transport.rs485.addresses import check_addresses, parse_addresses
 from meterledger import wire as P
+from meterledger.errors import ConfigError
 from meterledger.infra import config as cfg
 from meterledger.infra import simclock
 from meterledger.infra.clock import Clock
@@ -91,6 +93,15 @@ class FogConfig(HTTPSettings):
                                   min=0.01, max=3600)
     dispatch_pub: str = setting("", help="pin the dispatch key (hex) instructions must be "
                                          "signed by")
+    # more chains the same log is anchored to (green certificates, carbon allowances): anchors
+    # only, each with its own outbox (fog_node/chainlink/links.py)
+    registry_chains: list[str] = setting(help="API URLs of more chains (GC, carbon) the log is "
+                                              "also anchored to, e.g. https://gc:8090,"
+                                              "https://co2:8090: anchors only, each with its "
+                                              "outbox chain-registry-HOST-PORT.db, "
+                                              "chain_ca_file applies; none: only chain_url",
+                                         parse=lambda v: parse_chain_urls(v),
+                                         default_factory=list, metavar="LIST")
     # RS485 bus master (docs/PROTOCOL.md section 17); runs beside MQTT when rs485_port is set
     rs485_port: str = setting("", help="serial device or pyserial URL of the RS485 bus "
                                        "(/dev/ttyUSB0, rfc2217://...); empty: no bus")
@@ -194,6 +205,21 @@ class FogConfig(HTTPSettings):
     ha_period_s: float = setting(5.0, help="seconds between looks for new data to republish",
                                  min=0.1, max=3600)
 
+    def __post_init__(self) -> None:
+        """The check across two settings (each one's own ran when it was parsed): a registry
+        chain is not the dispatch chain again."""
+        if not (self.chain_url and self.registry_chains):
+            return
+        url = self.chain_url if "://" in self.chain_url else "http://" + self.chain_url
+        try:
+            main = _chain_key(url)
+        except ValueError:
+            return  # not a URL: the chain client says so when the node starts
+        for u in self.registry_chains:
+            if _chain_key(u) == main:
+                raise ConfigError(f"registry_chains: {u} is chain_url, the dispatch chain "
+                                  "(anchored to through chain.db already)")
+
 
 def parse_meter_ids(value: Any) -> list[str]:
     """Meter ids: a TOML list of 16-hex strings, or "id1,id2" (flags); sorted, distinct."""
@@ -225,6 +251,54 @@ def parse_generators(value: Any) -> list[str]:
             raise ValueError(f"meter {i} is listed twice")
         seen.add(i)
     return ids
+
+
+def _chain_key(url: str) -> tuple[str, int, str]:
+    """What makes two chain URLs the same chain: host (lower case), port (the scheme's
+    default if none) and path. Raises ValueError for a URL that is not http(s)://host..."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: a chain's API URL takes no user, query or fragment")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"{url!r}: the port is not a number in 0..65535") from None
+    return parts.hostname.lower(), port, parts.path.rstrip("/")
+
+
+def registry_outbox(url: str) -> str:
+    """The outbox database (in data_dir) of the registry chain at `url`:
+    chain-registry-HOST-PORT.db, or chain-registry-HOST-PORT-PATH.db for a URL with a path
+    (host in lower case, the scheme's default port if none, characters other than letters,
+    digits, '.' and '-' as '_'). Named by the chain's address, not its place in the list:
+    reordering or shortening registry_chains keeps each chain's outbox."""
+    host, port, path = _chain_key(url)
+    name = "-".join([host, str(port)] + ([path.strip("/")] if path else []))
+    return f"chain-registry-{re.sub(r'[^A-Za-z0-9.-]', '_', name)}.db"
+
+
+def parse_chain_urls(value: Any) -> list[str]:
+    """Registry chain URLs: a TOML list of strings, or "url1,url2" (flags); in the order given,
+    each an http(s) URL (trailing '/' dropped), none repeated, no two sharing an outbox."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"expected a list of chain API URLs, got {value!r}")
+    urls = [i.strip().rstrip("/") for i in items]
+    if isinstance(value, str) and urls == [""]:
+        return []  # an empty flag: no registry chain
+    seen: dict[str, str] = {}
+    for url in urls:
+        if not url:
+            raise ValueError("an empty URL in the list")
+        name = registry_outbox(url)
+        if name in seen:
+            raise ValueError(f"{url} is listed twice" if _chain_key(url) == _chain_key(seen[name])
+                             else f"{url} and {seen[name]} would share the outbox {name}")
+        seen[name] = url
+    return urls
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> FogConfig:

@@ -5,7 +5,8 @@
                       testnet|up|status ...                python -m aggregator
     meterledger meter sim ...                              python -m hardware.virtual_meter
     meterledger meter sign|verify|decode ...               python -m tools.reading
-    meterledger audit bundle|verify ...                    python -m tools.audit
+    meterledger audit bundle|verify|certificate-bundle|certificate ...  python -m tools.audit
+    meterledger notary init|run ...                        python -m aggregator.notary
     meterledger flash ...                                  python -m tools.flash
     meterledger ota keygen|build|sign|inspect|push|status  python -m tools.ota
     meterledger demo ...                                   python -m tools.demo
@@ -63,6 +64,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("chain", "the dispatch chain: init, run, register, verify-chain, rules, suggestions, "
                      "approve, dismiss; a consortium: testnet, up, status",
             "aggregator.__main__"),
+    Command("notary", "a notary between the certificate and carbon chains: init, run",
+            "aggregator.notary.__main__"),
     Command("meter", "virtual meters and signed readings: sim, sign, verify, decode", children=(
         Command("sim", "run virtual meters on the firmware app (hardware.virtual_meter)",
                 "hardware.virtual_meter"),
@@ -73,7 +76,8 @@ COMMANDS: tuple[Command, ...] = (
         Command("decode", "decode a hex message (stdin) without a key (tools.reading)",
                 "tools.reading", forward_name=True),
     )),
-    Command("audit", "proof bundles of one reading: bundle, verify", "tools.audit"),
+    Command("audit", "proof bundles of a reading (bundle, verify) and of a certificate "
+                     "(certificate-bundle, certificate)", "tools.audit"),
     Command("flash", "put the firmware on a board or into an image dir, and enroll it",
             "tools.flash"),
     Command("ota", "signed firmware updates: keygen, build, sign, inspect, push, status",

@@ -5,6 +5,11 @@
     python -m tools.audit verify FILE --trust DISPATCH_PUBHEX [--trust ...] [--format json]
     python -m tools.audit verify FILE --validators GENESIS.json [--format json]
     python -m tools.audit decode FILE [--format json|text]
+    python -m tools.audit certificate-bundle --fog URL --chain URL --certificate ID -o FILE ...
+    python -m tools.audit certificate FILE --trust DISPATCH_PUBHEX [--trust ...]
+
+`certificate-bundle` and `certificate` do the same for one green certificate, from its
+meter's readings to the chain (tools/audit_certificate.py).
 
 `bundle` asks the fog for the reading's inclusion proof and the device list, which are its
 API's auditor tier: give it the fog's auditor token (--token-file, the fog data dir's
@@ -37,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from meterledger import errors
 from meterledger import wire as P
@@ -50,6 +55,8 @@ from meterledger.infra.args import ArgumentParser
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
 from tools import audit_consortium as consortium
+
+R = TypeVar("R")
 
 # (check name, what it establishes), in the order verify runs them
 CHECKS = (
@@ -187,11 +194,12 @@ def read_fields(doc: Any, shape: dict[str, Any] = SHAPE, at: str = "") -> dict[s
     return out
 
 
-def load_bundle(data: bytes) -> Any:
+def load_bundle(data: bytes, limit: int = MAX_BUNDLE) -> Any:
     """A bundle file's JSON document, shape unchecked (verify_bundle checks it);
-    BundleFormatError when it is too large, not UTF-8 JSON or nested too deep."""
-    if len(data) > MAX_BUNDLE:
-        raise BundleFormatError(f"{len(data)} bytes, more than a bundle has ({MAX_BUNDLE})")
+    BundleFormatError when it is too large (above `limit`), not UTF-8 JSON or nested too
+    deep."""
+    if len(data) > limit:
+        raise BundleFormatError(f"{len(data)} bytes, more than a bundle has ({limit})")
     try:
         return json.loads(data)
     except RecursionError:
@@ -291,8 +299,15 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey],
     if genesis is not None and version == consortium.VERSION:
         c = consortium.verify_anchor(v, tf[6], genesis, BundleError)
         return Verified(*done, c.signers, "cometbft")
-    header_raw, sealer_sig = v["anchor.block_header"], v["anchor.sealer_signature"]
-    tx_index, tx_path = v["anchor.tx_index"], v["anchor.tx_path"]
+    hf, sealer = verify_header(v, "anchor.", trusted)
+    verify_in_block(v, "anchor.", tx_raw, tf[6], hf)
+    return Verified(*done, sealer)
+
+
+def verify_header(v: dict[str, Any], at: str, trusted: list[P.PublicKey]) -> tuple[P.Fields, str]:
+    """Checks block_signature and block_height of an embedded chain's anchor section (its
+    read_fields under `at`): the header's fields and the sealer's id."""
+    header_raw, sealer_sig = v[at + "block_header"], v[at + "sealer_signature"]
     hm = _parsed("block_signature", header_raw)
     key = next((k for k in trusted if k.id == hm.kid), None)
     _check("block_signature", key is not None,
@@ -301,13 +316,20 @@ def verify_bundle(doc: Any, trusted: list[P.PublicKey],
     hf = _signed("block_signature", header_raw, key, C.BLOCK)
     _check("block_signature", sealer_sig == hm.signature,
            "sealer_signature is not the header's signature")
-    _check("block_height", hf[2] == block_height,
-           f"header is block {hf[2]}, bundle says {block_height}")
-    _check("chain_id", tf[6] == hf[7], "the transaction names another chain than the block")
+    _check("block_height", hf[2] == v[at + "block_height"],
+           f"header is block {hf[2]}, bundle says {v[at + 'block_height']}")
+    return hf, hm.kid.hex()
+
+
+def verify_in_block(v: dict[str, Any], at: str, tx_raw: bytes, tx_chain: bytes,
+                    hf: P.Fields) -> None:
+    """Checks chain_id and tx_inclusion: transaction `tx_raw` (naming chain `tx_chain`) is
+    the section's tx_index of the block whose header fields are `hf`."""
+    tx_index, tx_path = v[at + "tx_index"], v[at + "tx_path"]
+    _check("chain_id", tx_chain == hf[7], "the transaction names another chain than the block")
     _check("tx_inclusion", tx_index < hf[5], f"tx_index {tx_index} but the block holds {hf[5]}")
     _proof("tx_inclusion", lambda: merkle.verify_inclusion(
         merkle.leaf_hash(tx_raw), tx_index, hf[5], tx_path, hf[4]))
-    return Verified(*done, hm.kid.hex())
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -351,6 +373,15 @@ def _bundle(args: argparse.Namespace) -> int:
     except ValueError:
         print("error: --dev must be 16 hex characters", file=sys.stderr)
         return 2
+    return fetch(args, lambda fog, chain: build_bundle(fog, chain, dev, args.seq),
+                 f"bundle for {args.dev} seq {args.seq}")
+
+
+def fetch(args: argparse.Namespace, build: Callable[[FogClient, ChainClient], Any],
+          what: str) -> int:
+    """Build a document from the services of --fog and --chain (with the token flags) and
+    write it to --output, saying `what` was written: 0, 1 if a service refused, 2 on bad
+    input."""
     try:
         token = read_token(args.token, args.token_file)
         fog = FogClient(args.fog, token=token, ca_file=args.ca_file)
@@ -359,13 +390,13 @@ def _bundle(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        doc = build_bundle(fog, chain, dev, args.seq)
+        doc = build(fog, chain)
     except ChainClientError as e:
         hint = " (the fog's auditor token: --token-file)" if " 401" in str(e) else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
+        print(f"error: {_line(str(e))}{hint}", file=sys.stderr)
         return 1
     args.output.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"bundle for {args.dev} seq {args.seq} written to {args.output}")
+    print(f"{what} written to {args.output}")
     return 0
 
 
@@ -395,7 +426,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> 
     d.add_argument("file", type=Path, help="the bundle (JSON) that `bundle` wrote")
     d.add_argument("--format", choices=("json", "text"), default="text",
                    help="text for people, json for scripts (default: text)")
+    from tools import audit_certificate
+
+    audit_certificate.add_parsers(sub)
     args = ap.parse_args(argv)
+    if args.cmd in audit_certificate.COMMANDS:
+        return audit_certificate.run(args)
     if args.cmd == "bundle":
         return _bundle(args)
     if args.cmd == "decode":
@@ -447,23 +483,21 @@ def _decode(file: Path, fmt: str) -> int:
     return 0
 
 
-def _verify(file: Path, trust: list[str], fmt: str = "text",
-            validators: Path | None = None) -> int:
-    """`verify`: 0 verified, 1 rejected naming the check, 2 input that is no bundle."""
+def trusted_keys(trust: list[str]) -> list[P.PublicKey] | None:
+    """The keys of --trust, or None after saying why not (exit 2)."""
     try:
-        trusted = [P.PublicKey(bytes.fromhex(t.strip())) for t in trust]
+        return [P.PublicKey(bytes.fromhex(t.strip())) for t in trust]
     except (ValueError, P.ProtocolError) as e:
         print(f"error: --trust: {e}", file=sys.stderr)
-        return 2
-    try:
-        genesis = consortium.load_genesis(validators) if validators is not None else None
-    except consortium.GenesisError as e:
-        print(f"error: {_line(str(e))}", file=sys.stderr)
-        return 2
+        return None
+
+
+def verdict(file: Path, fmt: str, verify: Callable[[Any], R], limit: int = MAX_BUNDLE) -> R | int:
+    """`verify` of the file's JSON document, or the exit status after saying why not: 1
+    naming the failed check (as JSON for --format json), 2 for input that is no bundle."""
     try:
         with file.open("rb") as f:
-            data = f.read(MAX_BUNDLE + 1)
-        r = verify_bundle(load_bundle(data), trusted, genesis)
+            return verify(load_bundle(f.read(limit + 1), limit))
     except OSError as e:
         print(f"error: {_line(str(e))}", file=sys.stderr)
         return 2
@@ -476,6 +510,22 @@ def _verify(file: Path, trust: list[str], fmt: str = "text",
         else:
             print(f"rejected: {_line(str(e))}")
         return 1
+
+
+def _verify(file: Path, trust: list[str], fmt: str = "text",
+            validators: Path | None = None) -> int:
+    """`verify`: 0 verified, 1 rejected naming the check, 2 input that is no bundle."""
+    trusted = trusted_keys(trust)
+    if trusted is None:
+        return 2
+    try:
+        genesis = consortium.load_genesis(validators) if validators is not None else None
+    except consortium.GenesisError as e:
+        print(f"error: {_line(str(e))}", file=sys.stderr)
+        return 2
+    r = verdict(file, fmt, lambda doc: verify_bundle(doc, trusted, genesis))
+    if isinstance(r, int):
+        return r
     if fmt == "json":
         print(json.dumps({"verified": True, **dataclasses.asdict(r), "t_utc": _utc(r.t),
                           "checks": [name for name, _ in checks_of(r)]}))

@@ -117,6 +117,7 @@ class Replay:
         them; VerifyError at the first one the rules refuse."""
         assert self.validator is not None
         effects: list[Effect] = []
+        self.state.time = self.chain_time()  # the block before: what the ledger's rules read
         for i, raw in enumerate(txs):
             try:
                 effect = (self.validator.check_genesis(raw) if h == 0
@@ -127,6 +128,10 @@ class Replay:
             self.anchors += effect.kind == C.ANCHOR
             effects.append(effect)
         return effects
+
+    def chain_time(self) -> int:
+        """The block time of the newest block replayed (0 before the genesis)."""
+        return self.t
 
     def close_block(self, h: int, effects: list[Effect]) -> None:
         """Block `h` replayed: count it and compute the state root after it."""

@@ -127,6 +127,9 @@ class ConsortiumReplay(Replay):
         self.time = (r.time_s, r.time_ns)
         self.close_block(h, effects)
 
+    def chain_time(self) -> int:
+        return self.time[0]
+
     def _consortium_genesis(self, b: StoredBlock, r: BlockRecord) -> None:
         g = self.expected_genesis
         if g is not None and (b.txs != (g.tx,) or r.chain_name != g.chain_name):

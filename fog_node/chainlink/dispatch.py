@@ -13,10 +13,10 @@ The chain link records instructions addressed to this fog (fog_node.chainlink.li
    then count as failed).
 `command()` does 2 and 3 for the fog's own local actions, which get no report.
 
-All state lives in `chain.db` beside the outbox, on a connection of its own, so a restart
-resumes where it stopped: cids never repeat, commands keep being retried, and the report
-is queued together with the instruction's "reported" mark (one SQLite transaction), so an
-instruction is reported once. Choices and limits: docs/PROTOCOL.md section 20.
+All state lives in the dispatch chain link's database (`chain.db`) beside the outbox, on
+a connection of its own, so a restart resumes where it stopped: cids never repeat, commands
+keep being retried, and the report is queued together with the instruction's "reported"
+mark (one SQLite transaction), so an instruction is reported once. Choices and limits: docs/PROTOCOL.md section 20.
 """
 
 from __future__ import annotations
@@ -131,10 +131,13 @@ class Dispatcher:
         self.clock = clock
         self.retry_s = retry_s
         self.grace_s = grace_s
+        if not link.instructions_on:
+            raise ValueError(f"the link to the {link.label} takes no instructions: a "
+                             "dispatcher goes with the dispatch chain's link")
         self.counters: Counter[str] = Counter()
         self._lock = threading.RLock()  # tick (ingest thread) and command() (any thread)
         # a connection of our own: the link thread's may be inside a transaction
-        self.db = connect(node.config.data_dir / "chain.db", wal=False)
+        self.db = connect(link.db_path, wal=False)
         self.db.executescript(_SCHEMA)
         if self._meta(_CURSOR) is None:
             # no command of ours existed before now, so no result to look for before here

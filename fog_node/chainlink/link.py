@@ -1,7 +1,7 @@
 """Anchoring the side-chain to the dispatch chain, and picking up dispatch instructions.
 
-Every transaction the fog sends (anchors now; reports and faults later) goes through one
-persistent outbox in `chain.db`, in nonce order: a transaction is signed and stored before it
+Every transaction the fog sends (anchors, reports, faults) goes through one persistent
+outbox in `chain.db`, in nonce order: a transaction is signed and stored before it
 is ever sent, and is resent with the same bytes until the chain answers with a receipt. So
 an aggregator outage delays anchors but never loses them; a fog restart resumes the outbox;
 and because a resend is the identical transaction, the chain's `duplicate` answer (the
@@ -11,6 +11,11 @@ Anchors are planned from the last *queued* anchor, not the last landed one, so a
 built during an outage chain onto each other and land in order when the chain is back.
 An anchor is due when a checkpoint closing an interval waits (at least one per interval
 close) or when `period_s` passed since the last one (at most one per period otherwise).
+
+A registry chain (fog_node.chainlink.links) has a ChainLink of its own on another outbox
+database (`outbox`) with `instructions` off: it learns that chain's nonce and last anchored
+checkpoint at its first contact and anchors from there, so each chain gets every checkpoint,
+aggregate and statement once, whatever the others got.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from meterledger.wire import chain as C
 
 log = logging.getLogger("fog_node.chainlink.link")
 REPORT_S = 600.0  # real seconds between "landed" summaries in the log
+OUTBOX = "chain.db"  # the dispatch chain's outbox (and the dispatcher's state) in data_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -93,17 +99,26 @@ def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint |
 
 
 class ChainLink:
+    """One chain's link: `outbox` names its database in the data dir (OUTBOX, chain.db, for the
+    dispatch chain); `instructions` False for a chain that sends none (a registry chain);
+    `label` names the chain in the log."""
+
     def __init__(self, node: FogNode, client: ChainClient, clock: Callable[[], float],
-                 period_s: float = 60.0, dispatch_pub: P.PublicKey | None = None) -> None:
+                 period_s: float = 60.0, dispatch_pub: P.PublicKey | None = None, *,
+                 outbox: str = OUTBOX, instructions: bool = True,
+                 label: str = "dispatch chain") -> None:
         self.node = node
         self.client = client
         self.clock = clock
         self.period_s = period_s
         self.dispatch_pub = dispatch_pub
+        self.instructions_on = instructions
+        self.label = label
+        self.db_path = node.config.data_dir / outbox
         self.counters: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.db = connect(node.config.data_dir / "chain.db")
+        self.db = connect(self.db_path)
         self.db.executescript(_SCHEMA)
         if "landed" not in {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}:
             self.db.execute(_LANDED)
@@ -167,17 +182,18 @@ class ChainLink:
                 self.sync()
             self.plan()
             landed = self.flush()
-            self.poll_instructions()
+            if self.instructions_on:
+                self.poll_instructions()
         except ChainUnavailable as e:
             self.counters["chain_unavailable"] += 1
             if self._down_since is None:  # once per outage, not at every poll
                 self._down_since = time.monotonic()
-                log.warning("dispatch chain unavailable: %s; anchors wait in the outbox", e)
+                log.warning("%s unavailable: %s; anchors wait in the outbox", self.label, e)
             return
         except AnchorError:
             return  # halted and logged; instructions are still polled next round
         if self._down_since is not None:
-            log.info("dispatch chain reachable again after %.0f s",
+            log.info("%s reachable again after %.0f s", self.label,
                      time.monotonic() - self._down_since)
             self._down_since = None
         self._report_landed(landed)
@@ -192,8 +208,9 @@ class ChainLink:
         if self._reported_at is None or now - self._reported_at >= REPORT_S:
             (height,) = self.db.execute(
                 "SELECT MAX(height) FROM outbox WHERE state = 'landed'").fetchone()
-            log.info("%d transaction(s) (anchors, reports, faults) landed on the dispatch "
-                     "chain%s, up to block %s", self._landed,
+            log.info("%d transaction(s) (%s) landed on the %s%s, up to block %s", self._landed,
+                     "anchors, reports, faults" if self.instructions_on else "anchors",
+                     self.label,
                      "" if self._reported_at is None else f" in the last {REPORT_S:.0f} s",
                      height)
             self._reported_at, self._landed = now, 0
@@ -207,16 +224,34 @@ class ChainLink:
                 try:
                     self.step()
                 except Exception:  # a bug must not silently stop anchoring: log, go on
-                    log.exception("chain link step failed")
+                    log.exception("chain link step failed (%s)", self.label)
 
-        self._thread = threading.Thread(target=run, name="chain-link", daemon=True)
+        name = "chain-link" if self.db_path.name == OUTBOX else f"chain-link-{self.db_path.stem}"
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
+
+    def signal_stop(self) -> None:
+        """Ask the thread to stop after its current round (stop() waits for it)."""
+        self._stop.set()
 
     def stop(self) -> None:
         if self._thread is not None:
             self._stop.set()
             self._thread.join(30)
             self._thread = None
+
+    def status(self) -> dict[str, Any]:
+        """The link's state for the API: its outbox, the chain's id (None before the first
+        contact), the anchored height, the transactions waiting, when one last landed (the
+        node's clock) and `state`: ok, halted, unavailable, or connecting (no first contact
+        yet)."""
+        chain = self._meta("chain")
+        (landed,) = self.db.execute("SELECT MAX(landed) FROM outbox").fetchone()
+        state = ("halted" if self.halted else "unavailable" if self._down_since is not None
+                 else "connecting" if self._meta("synced") is None else "ok")
+        return {"outbox": self.db_path.name, "chain": chain, "state": state,
+                "anchored_height": self.anchored_height(), "queued": self.depth(),
+                "last_landed": landed}
 
     def sync(self) -> None:
         """First contact: learn this fog's nonce and last anchored checkpoint from the chain,
@@ -245,7 +280,7 @@ class ChainLink:
     def _halt(self, why: str) -> None:
         self._set_meta("halted", why)
         self.counters["halted"] += 1
-        log.error("anchoring halted: %s", why)
+        log.error("anchoring to the %s halted: %s", self.label, why)
 
     def plan(self, force: bool = False) -> int:
         """Queue anchors for the checkpoints sealed since the last queued anchor; returns how
@@ -328,7 +363,10 @@ class ChainLink:
 
     def poll_instructions(self) -> int:
         """Record new instructions addressed to this fog (carried out by a later issue);
-        returns how many were recorded. Each must be signed by a dispatch key."""
+        returns how many were recorded. Each must be signed by a dispatch key. None on a
+        link with instructions off (a registry chain sends none)."""
+        if not self.instructions_on:
+            return 0
         after = int(self._meta("instructions_after") or 0)
         items = self.client.instructions(self.node.key.id.hex(), after)
         if not items:
@@ -383,13 +421,13 @@ class ChainLink:
         with self._tx_lock:
             db = self._side_db
             if db is None:
-                db = connect(self.node.config.data_dir / "chain.db", wal=False)
+                db = connect(self.db_path, wal=False)
                 self._side_db = db
             meta = dict(db.execute("SELECT k, v FROM meta WHERE k IN "
                                    "('synced', 'chain', 'base_nonce')").fetchall())
             if meta.get("synced") is None:
                 raise AnchorError(f"cannot queue a {kind} transaction before the first contact "
-                                  "with the dispatch chain (chain id and nonce unknown)")
+                                  f"with the {self.label} (chain id and nonce unknown)")
             now = int(self.clock())
             with atomic(db):
                 # inside the write transaction: the latest outbox, whoever inserted last

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import merkle
 from meterledger.wire.keys import PublicKey
@@ -39,7 +40,7 @@ TX, BLOCK = 12, 13
 ROLES = ("dispatch", "fog", "regulator", "plant", "market", "registry", "notary", "holder")
 REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
 RULES = "rules"
-KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS)
+KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS, *CB.KINDS)
 
 # body schemas per kind, in the schema language of protocol.SCHEMAS
 BODIES: dict[str, dict[int, str]] = {
@@ -51,6 +52,7 @@ BODIES: dict[str, dict[int, str]] = {
     FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a"},            # kind, detail, t, action, entries
     RULES: {1: "t", 2: "u", 3: "t", 4: "b32"},                  # name, version, text, digest
     **GC.BODIES,                                                # section 25
+    **CB.BODIES,                                                # section 26
 }
 
 
@@ -67,6 +69,7 @@ BODY_RANGES: dict[str, dict[int, Range]] = {
     FAULT: {1: (1, 32), 2: (0, TEXT_MAX), 3: (0, TIME_MAX), 4: (0, TEXT_MAX), 5: (0, TEXT_MAX)},
     RULES: {1: (1, 64), 2: (1, COUNT_MAX), 3: (0, TEXT_MAX)},
     **GC.BODY_RANGES,
+    **CB.BODY_RANGES,
 }
 for _kind, _schema in BODIES.items():
     check_ranges(_schema, BODY_RANGES[_kind], f"{_kind} body")
@@ -153,6 +156,7 @@ BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
     REGISTER: _register_rules, ANCHOR: _anchor_rules, INSTRUCTION: _instruction_rules,
     RULES: _rules_rules, REPORT: _entries_rules(REPORT), FAULT: _entries_rules(FAULT),
     **GC.BODY_RULES,
+    **CB.BODY_RULES,
 }
 
 

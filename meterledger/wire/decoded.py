@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
 from meterledger.wire.cose import digest, parse
@@ -33,6 +34,7 @@ BODY_NAMES: dict[str, dict[int, str]] = {
     C.FAULT: {1: "kind", 2: "detail", 3: "t", 4: "action", 5: "entries"},
     C.RULES: {1: "name", 2: "version", 3: "text", 4: "digest"},
     **GC.BODY_NAMES,
+    **CB.BODY_NAMES,
 }
 _CARRIED = {1: "checkpoints", 3: "aggregates", 4: "statements"}  # an anchor's messages, decoded in place
 

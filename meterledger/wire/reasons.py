@@ -40,6 +40,11 @@ APPLICATIONS = (
     "application_disabled", "bad_params", "params_version", "generator_exists", "meter_taken",
     "unknown_participant", "unknown_certificate", "not_owner", "certificate_retired",
     "certificate_spent", "split_out_of_range",
+    # carbon allowances and the notaries (section 26)
+    "unknown_generator", "not_emitter", "already_allocated", "period_open",
+    "no_verified_output", "period_closed", "insufficient_allowance", "already_settled",
+    "not_renewable", "ccer_claimed", "bad_record", "unknown_source", "record_applied",
+    "attest_repeated", "not_locked", "certificate_locked", "certificate_converted",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

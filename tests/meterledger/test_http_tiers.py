@@ -173,7 +173,8 @@ def test_tokens_are_compared_whole_and_every_tier_is_compared() -> None:
 
 # -- every endpoint of both real APIs -------------------------------------------------------------
 SAMPLES = {"index": "0", "height": "0", "digest": "00" * 32, "id": "ab" * 32,
-           "action": "dismiss", "cid": "pv-1/0-1000000", "owner": "00" * 8}
+           "action": "dismiss", "cid": "pv-1/0-1000000", "owner": "00" * 8,
+           "gid": "pv-1", "subject": "issue/pv-1/0-1000000"}
 
 
 def concrete(template: str) -> str:
@@ -270,6 +271,12 @@ def test_every_chain_endpoint_answers_its_tier(tmp_path: Path) -> None:
         "GET /v1/params": "public", "GET /v1/generators": "public",
         "GET /v1/certificates": "public", f"GET /v1/certificates/{SAMPLES['cid']}": "public",
         f"GET /v1/balances/{SAMPLES['owner']}": "public",
+        f"GET /v1/carbon/accounts/{SAMPLES['owner']}": "public",
+        f"GET /v1/carbon/generators/{SAMPLES['gid']}": "public",
+        "GET /v1/carbon/restricted": "public",
+        f"GET /v1/carbon/conversions/{SAMPLES['cid']}": "public",
+        "GET /v1/notary/outbox": "public",
+        f"GET /v1/notary/records/{SAMPLES['subject']}": "public",
         f"GET /v1/blocks/{SAMPLES['height']}": "public",
         f"GET /v1/tx/{SAMPLES['digest']}": "public", "GET /metrics": "auditor",
         "POST /v1/tx": "public", f"POST /v1/suggestions/{SAMPLES['id']}/dismiss": "operator",

@@ -33,17 +33,36 @@ from typing import Any
 from aggregator.chain.app.state import Effect, State, StateWriter
 from aggregator.chain.ledger import ChainError, Receipt
 from meterledger import wire as P
+from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 
 T_PARAMS, T_GEN, T_METER, T_STATED = "app.params", "gc.generator", "gc.meter", "st.stated"
 T_ACCOUNT, T_SEGMENT, T_CERT = "gc.account", "gc.segment", "gc.cert"
 T_OWNED, T_BALANCE = "gc.owned", "gc.balance"
+T_OUT, T_SEQ = "nt.out", "nt.seq"
 
 ACTIVE, SPLIT, RETIRED = "active", "split", "retired"
+LOCKED, CONVERTED = "locked", "converted"  # section 26: a conversion under way, done
 # the parameters each application takes: name -> (lowest, highest, default)
+_DAY, _YEAR = 86_400, 365 * 86_400
+_G_MWH = (0, 10**7)  # grams of CO2 per MWh
 PARAMETERS: dict[str, dict[str, tuple[int, int, int]]] = {
     "certificates": {"certificate_wh": (1_000, 10**9, GC.MWH),
-                     "period_s": (900, 100 * 366 * 86_400, 365 * 86_400)},
+                     "period_s": (900, 100 * 366 * _DAY, _YEAR),
+                     # how long a certificate locked for conversion waits for the carbon
+                     # chain's credit before the notaries' expiry releases it (section 26)
+                     "lock_s": (60, 366 * _DAY, _DAY)},
+    # section 26; the gas, benchmark, fine, CCER and conversion values are our decisions
+    # on the sources' gaps (docs/PROTOCOL.md)
+    "carbon": {"start": (0, 2**62, 0), "period_s": (900, 100 * 366 * _DAY, _YEAR),
+               "grace_s": (0, 366 * _DAY, 30 * _DAY),
+               "factor_coal": (*_G_MWH, 811_200), "factor_gas": (*_G_MWH, 490_000),
+               "benchmark_coal": (*_G_MWH, 770_000), "benchmark_gas": (*_G_MWH, 465_000),
+               "fine_per_t": (0, 10**9, 10_000), "ccer_factor": (*_G_MWH, 581_000),
+               "convert_per_mwh": (*_G_MWH, 581_000)},
+    # peer_chain: the chain id whose records are taken, as a signed 64-bit integer (CBOR
+    # integers here are int64), 0 for any
+    "notaries": {"threshold": (1, 64, 2), "peer_chain": (-(2**63), 2**63 - 1, 0)},
 }
 
 
@@ -132,10 +151,24 @@ def _account(st: Staged, gid: str) -> dict[str, Any]:
                                                 "refused": 0, "statements": 0, "dur": 0}
 
 
-def _credit(st: Staged, owner: bytes, active: int = 0, retired: int = 0) -> None:
-    bal = st.get(T_BALANCE, owner) or {"active": 0, "retired": 0}
-    st.put(T_BALANCE, owner, {"active": bal["active"] + active,
-                              "retired": bal["retired"] + retired})
+def credit(st: Staged, owner: bytes, **wh: int) -> None:
+    """Change an owner's certificate balance: Wh by state (active, retired, locked,
+    converted)."""
+    bal = dict(st.get(T_BALANCE, owner) or {"active": 0, "retired": 0})
+    for state, delta in sorted(wh.items()):
+        bal[state] = bal.get(state, 0) + delta
+    st.put(T_BALANCE, owner, bal)
+
+
+# --- the cross-chain outbox (section 26) ------------------------------------------------------
+def emit(st: Staged, subj: str, tx: bytes, values: dict[str, Any]) -> None:
+    """An event the notaries relay to the peer chain (an issuance, a lock, a conversion's
+    outcome), numbered in chain order; only on a chain with the notaries application."""
+    if params(st, "notaries") is None:
+        return
+    seq = st.get(T_SEQ, b"") or 0
+    st.put(T_OUT, u64(seq), {"subject": subj, "tx": tx, "values": values})
+    st.put(T_SEQ, b"", seq + 1)
 
 
 def put_certificate(st: Staged, cert: dict[str, Any]) -> None:
@@ -214,7 +247,8 @@ def _segment(st: Staged, gc: dict[str, int], gid: str, gen: dict[str, Any],
         cert = new_certificate(gid, c_lo, c_lo + size, gen["owner"], ivl_of(st, gid, c_lo),
                                ivl_of(st, gid, c_lo + size - 1), "issued")
         put_certificate(st, cert)
-        _credit(st, gen["owner"], active=size)
+        credit(st, gen["owner"], active=size)
+        emit(st, CB.subject(CB.ISSUE, cert["id"]), anchor, {"gen": gid})
         acct["issued"] = c_lo + size
 
 
@@ -231,6 +265,10 @@ def held(st: Staged, cid: str, sender: bytes, kind: str) -> dict[str, Any]:
     if cert["state"] == RETIRED:
         raise ChainError("certificate_retired", f"certificate {cid} was retired: it never "
                                                 f"moves again ({kind} refused)")
+    if cert["state"] in (LOCKED, CONVERTED):
+        raise ChainError(f"certificate_{cert['state']}",
+                         f"certificate {cid} is {cert['state']} for conversion into carbon "
+                         f"relief ({kind} refused)")
     if cert["state"] != ACTIVE:
         raise ChainError("certificate_spent", f"certificate {cid} is {cert['state']}: its "
                                               "parts are certificates of their own")
@@ -242,17 +280,17 @@ def move(st: Staged, cert: dict[str, Any], to: bytes) -> None:
     key = cert_key(cert["generator"], cert["lo"], cert["hi"])
     wh = cert["hi"] - cert["lo"]
     st.put(T_OWNED, cert["owner"] + key, None)
-    _credit(st, cert["owner"], active=-wh)
+    credit(st, cert["owner"], active=-wh)
     cert["owner"] = to
     put_certificate(st, cert)
-    _credit(st, to, active=wh)
+    credit(st, to, active=wh)
 
 
 def retire(st: Staged, cert: dict[str, Any], info: dict[str, Any]) -> None:
     wh = cert["hi"] - cert["lo"]
     cert["state"], cert["retired"] = RETIRED, info
     put_certificate(st, cert)
-    _credit(st, cert["owner"], active=-wh, retired=wh)
+    credit(st, cert["owner"], active=-wh, retired=wh)
 
 
 def split(st: Staged, cert: dict[str, Any], wh: int) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -145,6 +145,12 @@ class State(Protocol):
         None if there is none: how a rule finds what a range holds."""
         ...
 
+    def chain_time(self) -> int:
+        """The block time (unix s) of the newest block before the transaction's own: the
+        only clock a rule reads (deadlines, compliance periods), the same on every replica
+        and in every replay; 0 before the genesis."""
+        ...
+
 
 class MemoryState:
     """State in dicts, optionally layered over a base State: the replay state of
@@ -161,6 +167,9 @@ class MemoryState:
         self.rule_versions: dict[str, int] = {}
         self.rule_names: dict[bytes, str] = {}
         self.records: dict[tuple[str, bytes], Any] = {}
+        # the chain time its rules read, when it is not the base's (a replay's, the embedded
+        # backend's overlay while a block is being sealed)
+        self.time: int | None = None
         # views of what was applied with a receipt (a replay's, a memory store's), in order
         self.aggregate_views: list[AggregateView] = []
         self.rule_views: list[RuleSetView] = []
@@ -213,6 +222,11 @@ class MemoryState:
             low = below[0]
         candidates = [c for c in (mine, below) if c is not None]
         return min(candidates, key=lambda kv: kv[0]) if candidates else None
+
+    def chain_time(self) -> int:
+        if self.time is not None:
+            return self.time
+        return 0 if self.base is None else self.base.chain_time()
 
     def absorb(self, other: MemoryState) -> None:
         """Take over everything `other` (a stage layered over this state) applied."""

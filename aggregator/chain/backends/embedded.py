@@ -118,6 +118,7 @@ class EmbeddedLedger(StoreReads):
         self._stats = _Stats()
         self._latency = LatencyRing()
         self._tip = self._read_tip()
+        self._overlay.time = self._tip.t
 
     def _read_tip(self) -> _Tip:
         b = self._store.block(self._store.height())
@@ -180,10 +181,14 @@ class EmbeddedLedger(StoreReads):
                 self._sealing = True
                 batch, self._pool = self._pool, []
                 tip = self._tip
+                t = max(int(self._clock()), tip.t)  # block times never go backwards
+                # what arrives while this block is sealed goes into the next one, whose
+                # rules read this block's time as the chain's (State.chain_time)
+                self._overlay.time = t
             new_tip: _Tip | None = None
             error: Exception | None = None
             try:
-                new_tip = self._seal(tip, batch)
+                new_tip = self._seal(tip, batch, t)
             except Exception as e:  # storage, or a bug: the batch must not hang its senders
                 error = e
             with self._cond:
@@ -196,10 +201,9 @@ class EmbeddedLedger(StoreReads):
                 finally:  # whatever happened, no waiter may sleep on
                     self._cond.notify_all()
 
-    def _seal(self, tip: _Tip, batch: list[_Pending]) -> _Tip:
+    def _seal(self, tip: _Tip, batch: list[_Pending], t: int) -> _Tip:
         height = tip.height + 1
         txs = [p.effect.raw for p in batch]
-        t = max(int(self._clock()), tip.t)  # block times never go backwards
         header = P.sign1(self._key, C.block_header(self._key.id, height, tip.hash,
                                                    C.tx_root(txs), len(txs), t, self._chain))
         effects = [p.effect for p in batch]
@@ -236,6 +240,7 @@ class EmbeddedLedger(StoreReads):
 
     def _rebuild_overlay(self) -> None:
         overlay = MemoryState(self._store)
+        overlay.time = self._tip.t
         for p in self._pool:
             overlay.apply(p.effect)
         self._overlay = overlay

@@ -43,6 +43,7 @@ from aggregator.chain.ledger import (
     StorageError,
     UnavailableError,
 )
+from aggregator.chain.service.api_carbon import CarbonReads
 from aggregator.chain.service.api_green import GreenReads
 from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded
 from aggregator.chain.service.metrics import registry
@@ -215,6 +216,7 @@ class AggregatorAPI:
             R("/healthz", self._health, tier=PUBLIC),
             *self.reads.routes(),  # blocks, fogs, dispatch, validators, latency
             *GreenReads(ledger).routes(),  # params, generators, certificates, balances
+            *CarbonReads(ledger).routes(),  # allowances, conversions, notaries' outbox
             R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
             R("/v1/tx/{digest:path}", self._tx, tier=PUBLIC),
             R("/metrics", self._metrics, content_type=PROMETHEUS, tier=AUDITOR),

@@ -66,9 +66,14 @@ class GreenReads:
         ]
 
     def params(self, req: H.Request) -> dict[str, Any]:
-        """The enabled applications and their parameters (a version replaces the last)."""
-        return {"params": {k.decode(): to_json(v) for k, v in
-                           self.ledger.app_records(G.T_PARAMS)}}
+        """The enabled applications and their parameters (a version replaces the last):
+        `values` as set, `effective` with the defaults of those not set."""
+        out = {}
+        for k, v in self.ledger.app_records(G.T_PARAMS):
+            app = k.decode()
+            defaults = {n: d for n, (_, _, d) in G.PARAMETERS.get(app, {}).items()}
+            out[app] = {**to_json(v), "effective": {**defaults, **v["values"]}}
+        return {"params": out}
 
     def generators(self, req: H.Request) -> dict[str, Any]:
         """Registered generators, by id, each with its certified energy (`account`, Wh)."""

@@ -24,7 +24,10 @@ from aggregator.chain.ledger import (
     StorageError,
     TxRecord,
 )
+from meterledger import wire as P
+from meterledger.errors import ProtocolError
 from meterledger.wire import anchor as A
+from meterledger.wire import chain as C
 
 # a stored block is what the Ledger answers with: header, its digest and the transactions
 StoredBlock = Block
@@ -74,6 +77,8 @@ class BlockStore(Protocol):
     def record(self, table: str, key: bytes) -> Any: ...
 
     def next_record(self, table: str, after: bytes) -> tuple[bytes, Any] | None: ...
+
+    def chain_time(self) -> int: ...
 
     # queries
     def records(self, table: str, prefix: bytes = b"", after: bytes | None = None,
@@ -132,3 +137,24 @@ def check_append(store: BlockStore, height: int, effects: Sequence[Effect]) -> N
     for e in effects:
         if max(e.stored_ints()) > INT64_MAX:
             raise StorageError(f"transaction {e.digest.hex()} holds a value beyond 2^63-1")
+
+
+def header_time(header: bytes) -> int:
+    """A stored header's block time (unix s): an embedded chain's signed type-13 header (t,
+    key 6), or a consortium's block record (CometBFT's header time, key 5)."""
+    try:
+        m = P.parse(header, schema=False)
+        if m.type == C.BLOCK:
+            return int(m.fields[6])
+    except (ProtocolError, KeyError, TypeError, ValueError):
+        pass
+    try:
+        return int(P.decode(header)[5])
+    except (ProtocolError, KeyError, TypeError, ValueError) as e:
+        raise StorageError(f"a stored block header has no time: {e}") from None
+
+
+def newest_time(store: BlockStore) -> int:
+    """The block time of the store's newest block; 0 before the genesis."""
+    b = store.block(store.height())
+    return 0 if b is None else header_time(b.header)

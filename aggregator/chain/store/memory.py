@@ -19,7 +19,7 @@ from aggregator.chain.ledger import (
     StorageError,
     TxRecord,
 )
-from aggregator.chain.store.base import StoredBlock, check_append
+from aggregator.chain.store.base import StoredBlock, check_append, newest_time
 from meterledger import wire as P
 from meterledger.wire import anchor as A
 from meterledger.wire import chain as C
@@ -90,6 +90,9 @@ class MemoryBlockStore:
     def height(self) -> int:
         with self._lock:
             return len(self._live()) - 1
+
+    def chain_time(self) -> int:
+        return newest_time(self)
 
     def block(self, height: int) -> StoredBlock | None:
         with self._lock:

@@ -38,7 +38,7 @@ from aggregator.chain.ledger import (
     StorageError,
     TxRecord,
 )
-from aggregator.chain.store.base import StoredBlock, check_append
+from aggregator.chain.store.base import StoredBlock, check_append, header_time
 from aggregator.chain.store.records import SQLiteRecords
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
@@ -233,6 +233,10 @@ class SQLiteBlockStore(SQLiteRecords):
     def height(self) -> int:
         (h,) = self._rows("SELECT MAX(height) FROM blocks")[0]
         return -1 if h is None else int(h)
+
+    def chain_time(self) -> int:
+        rows = self._rows("SELECT header FROM blocks ORDER BY height DESC LIMIT 1")
+        return header_time(bytes(rows[0][0])) if rows else 0
 
     def block(self, height: int) -> StoredBlock | None:
         if not 0 <= height <= INT64_MAX:

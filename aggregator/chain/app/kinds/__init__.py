@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from aggregator.chain.app.kinds import (
     anchor,
+    attest,
+    cb_allocate,
+    cb_ccer,
+    cb_settle,
+    cb_transfer,
     fault,
+    gc_lock,
     gc_retire,
     gc_split,
     gc_transfer,
@@ -24,4 +30,6 @@ from aggregator.chain.app.kinds.base import KindRule
 
 KINDS: dict[str, KindRule] = {m.KIND: m for m in (register, anchor, instruction, report,
                                                       fault, rules, params, generator,
-                                                      gc_transfer, gc_split, gc_retire)}
+                                                      gc_transfer, gc_split, gc_retire,
+                                                      gc_lock, cb_allocate, cb_transfer,
+                                                      cb_settle, cb_ccer, attest)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from aggregator.chain.app import carbon as K
 from aggregator.chain.app import green as G
 from aggregator.chain.app.kinds.base import Tx
 from aggregator.chain.app.state import INT64_MAX, Effect, State, StateWriter
@@ -60,5 +61,6 @@ def check(tx: Tx, state: State) -> Effect:
     # carried the same bytes: `carried` covers every earlier copy
     st = G.Staged(state)
     G.record_statements(st, fog, tx.digest, checked.statements)
+    K.record_outputs(st, fog, checked.statements)
     return Anchors(*tx.effect().common(), tuple(st.writes), cps[0].fields[2], head,
                    tuple(CarriedAggregate.of(a) for a in checked.aggregates))

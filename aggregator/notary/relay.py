@@ -1,0 +1,162 @@
+"""A notary: relays the records of the GC chain and the carbon chain to each other
+(docs/PROTOCOL.md section 26), over their HTTP APIs only.
+
+Each chain keeps an outbox of numbered events (a certificate issued, a certificate locked
+for conversion, a conversion's outcome). A notary reads each outbox from its cursor and
+posts its share of each event to the peer chain: an `attest` transaction signed with its
+own key, naming the source chain, the height and digest of the source transaction, the
+subject and the values. The peer applies a record at the k-th share of distinct notaries
+and refuses any share after that (`record_applied`), so the relay is at-least-once and the
+effect exactly-once: the cursor (a SQLite file) moves past an event only when the peer
+took the share or said it needs no more of it, and a notary killed at any point resumes
+from its cursor and repeats nothing harmful.
+
+An issuance's values are computed here, the same way by every honest notary: the
+certificate's Wh per compliance period of the carbon chain (its statements' intervals, the
+carbon chain's start and period_s), so the carbon chain can hold it against CCER claims.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meterledger import wire as P
+from meterledger.clients.chain import ChainClient, ChainClientError, ChainRefused
+from meterledger.infra.sqlite import connect
+from meterledger.wire import carbon as CB
+from meterledger.wire import chain as C
+
+log = logging.getLogger("meterledger.notary")
+
+# a share the peer no longer needs: the record took effect, or this notary's share is in
+DONE = ("record_applied", "attest_repeated")
+BATCH = 100  # events read from an outbox per request
+_SCHEMA = "CREATE TABLE IF NOT EXISTS cursor (chain TEXT PRIMARY KEY, next INTEGER NOT NULL)"
+
+
+class RelayError(Exception):
+    """An event this notary cannot relay yet (the peer is down, or refused it for a reason
+    that may pass); it is retried from the same place."""
+
+
+def periods_of(statements: list[dict[str, Any]], lo: int, hi: int,
+               carbon: dict[str, int]) -> list[list[int]]:
+    """A certificate's Wh [lo, hi) per compliance period of the carbon chain, from the
+    statements (segments [lo, hi) of the generator's count, with the interval each ends)
+    it was issued from; ascending by period."""
+    per: dict[int, int] = {}
+    for s in statements:
+        wh = min(hi, int(s["hi"])) - max(lo, int(s["lo"]))
+        if wh <= 0:
+            continue
+        t = int(s["ivl"]) - 1 - carbon["start"]
+        p = -1 if t < 0 else t // carbon["period_s"]
+        if p >= 0:
+            per[p] = per.get(p, 0) + wh
+    return [[p, per[p]] for p in sorted(per)]
+
+
+@dataclass
+class Side:
+    """One chain as a notary sees it: its API and its id."""
+
+    name: str
+    client: ChainClient
+    chain_id: bytes
+
+    @classmethod
+    def of(cls, name: str, client: ChainClient) -> Side:
+        return cls(name, client, bytes.fromhex(client.head()["chain"]))
+
+
+class Notary:
+    """One notary's relay between the GC chain and the carbon chain."""
+
+    def __init__(self, key: P.SigningKey, gc: Side, carbon: Side, db_path: Path,
+                 clock: Callable[[], float]) -> None:
+        self.key = key
+        self.clock = clock  # the `t` of its transactions (the chains' rules never read it)
+        self.gc, self.carbon = gc, carbon
+        self.db = connect(db_path)
+        self.db.execute(_SCHEMA)
+        self._said: dict[str, str] = {}  # the last problem logged per direction
+
+    def close(self) -> None:
+        self.db.close()
+
+    def cursor(self, side: Side) -> int:
+        row = self.db.execute("SELECT next FROM cursor WHERE chain = ?",
+                              (side.chain_id.hex(),)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _advance(self, side: Side, nxt: int) -> None:
+        self.db.execute("INSERT INTO cursor (chain, next) VALUES (?, ?) ON CONFLICT(chain) "
+                        "DO UPDATE SET next = excluded.next", (side.chain_id.hex(), nxt))
+
+    def step(self) -> int:
+        """Relay what both outboxes hold past the cursors; the shares posted."""
+        return self.relay(self.gc, self.carbon) + self.relay(self.carbon, self.gc)
+
+    def relay(self, source: Side, target: Side) -> int:
+        """Post a share of each event of `source`'s outbox to `target`, in order, until one
+        cannot be relayed yet (logged once, retried at the next step)."""
+        direction = f"{source.name}->{target.name}"
+        sent = 0
+        try:
+            out = source.client.get("/v1/notary/outbox", after=self.cursor(source),
+                                    limit=BATCH)
+            for ev in out["events"]:
+                sent += self._share(source, target, ev)
+                self._advance(source, int(ev["seq"]) + 1)
+        except (RelayError, ChainClientError) as e:
+            if self._said.get(direction) != str(e):
+                log.warning("notary %s: relaying %s paused: %s", self.key.id_hex, direction, e)
+                self._said[direction] = str(e)
+            return sent
+        if self._said.pop(direction, None) is not None:
+            log.info("notary %s: relaying %s again", self.key.id_hex, direction)
+        return sent
+
+    def _share(self, source: Side, target: Side, ev: dict[str, Any]) -> int:
+        subj = str(ev["subject"])
+        what, cid = CB.parse_subject(subj)
+        values: dict[str, Any] = P.decode(bytes.fromhex(ev["values_cbor"]))
+        if what == CB.ISSUE:
+            values = self._issue_values(source, target, cid, values)
+        body = CB.attest_body(source.chain_id, int(ev["height"]), bytes.fromhex(ev["tx"]),
+                              subj, values)
+        me = [p for p in target.client.participants() if p["id"] == self.key.id_hex]
+        if not me:
+            raise RelayError(f"this notary ({self.key.id_hex}) is not registered on the "
+                             f"{target.name} chain")
+        nonce = int(me[0]["nonce"]) + 1
+        raw = P.sign1(self.key, C.tx(self.key.id, nonce, CB.ATTEST, body, int(self.clock()),
+                                     target.chain_id))
+        try:
+            target.client.submit(raw)
+        except ChainRefused as e:
+            if e.reason in DONE:
+                return 0
+            raise RelayError(f"the {target.name} chain refused {subj}: {e}") from None
+        log.info("notary %s: attested %s on the %s chain", self.key.id_hex, subj, target.name)
+        return 1
+
+    def _issue_values(self, source: Side, target: Side, cid: str,
+                      values: dict[str, Any]) -> dict[str, Any]:
+        cert = source.client.certificate(cid)
+        if cert["truncated"]:
+            raise RelayError(f"certificate {cid} has more statements than one answer holds")
+        carbon = target.client.params().get("carbon")
+        if carbon is None:
+            raise RelayError(f"the {target.name} chain has not enabled the carbon application")
+        c = cert["certificate"]
+        parts = periods_of(cert["statements"], int(c["lo"]), int(c["hi"]),
+                           carbon["effective"])
+        if not parts or len(parts) > CB.PARTS_MAX:
+            raise RelayError(f"certificate {cid} spans {len(parts)} compliance periods "
+                             f"(1 to {CB.PARTS_MAX} can be relayed)")
+        return {"gen": values["gen"], "periods": parts}
