@@ -314,6 +314,26 @@ def test_a_block_holds_everything_validated_during_the_previous_seal(world: Worl
     assert world.ledger.stats().rejected == {"nonce_reused": 1, "duplicate": 1}
 
 
+def test_what_arrives_during_a_seal_reads_the_time_of_the_block_being_sealed(
+        world: World) -> None:
+    # rules read the chain's time (State.chain_time): the time of the block before their
+    # own. What arrives while block 4 is written goes into block 5, so it must read block
+    # 4's time, as verify-chain will when it replays block 5
+    store, fog = world.store, world.fog
+    before = world.ledger._overlay.chain_time()
+    assert before == P.parse(world.ledger.block(3).header, schema=False).fields[6] < T0 + 500
+    world.ledger._clock = lambda: T0 + 500  # block 4 gets a later time than block 3
+    store.hold()
+    ta, _ = in_thread(lambda: world.ledger.submit(fog.tx("fault", fault())))
+    assert store.entered.acquire(timeout=60)
+    assert store.chain_time() == before  # block 4 is not stored yet
+    assert world.ledger._overlay.chain_time() == T0 + 500  # but what comes now reads its time
+    store.gate.set()
+    ta.join(60)
+    assert P.parse(world.ledger.block(4).header, schema=False).fields[6] == T0 + 500
+    assert world.ledger._overlay.chain_time() == store.chain_time() == T0 + 500
+
+
 def test_a_failed_write_refuses_the_block_and_the_pool(world: World) -> None:
     store, fog = world.store, world.fog
     store.hold()
