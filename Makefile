@@ -57,6 +57,7 @@ bench: setup
 	$(PY) -m tools.bench_chain
 	$(PY) -m tools.bench_rs485
 	$(PY) -m tools.bench_cooked
+	$(PY) -m tools.bench_certificates
 	$(PY) -m tools.bench_api
 	$(PY) -m tools.bench_acks
 	$(PY) -m tools.bench_consortium
