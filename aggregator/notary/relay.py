@@ -7,9 +7,10 @@ posts its share of each event to the peer chain: an `attest` transaction signed 
 own key, naming the source chain, the height and digest of the source transaction, the
 subject and the values. The peer applies a record at the k-th share of distinct notaries
 and refuses any share after that (`record_applied`), so the relay is at-least-once and the
-effect exactly-once: the cursor (a SQLite file) moves past an event only when the peer
-took the share or said it needs no more of it, and a notary killed at any point resumes
-from its cursor and repeats nothing harmful.
+effect exactly-once: the cursor (a SQLite file) moves past an event once the peer took the
+share, said it needs no more of it, or the event was kept aside to be retried (a refusal
+that may pass: it never holds up the events after it); a notary killed at any point
+resumes from its cursor and its kept events, and repeats nothing harmful.
 
 An issuance's values are computed here, the same way by every honest notary: the
 certificate's Wh per compliance period of the carbon chain (its statements' intervals, the
@@ -18,6 +19,7 @@ carbon chain's start and period_s), so the carbon chain can hold it against CCER
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +37,11 @@ log = logging.getLogger("meterledger.notary")
 # a share the peer no longer needs: the record took effect, or this notary's share is in
 DONE = ("record_applied", "attest_repeated")
 BATCH = 100  # events read from an outbox per request
-_SCHEMA = "CREATE TABLE IF NOT EXISTS cursor (chain TEXT PRIMARY KEY, next INTEGER NOT NULL)"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cursor (chain TEXT PRIMARY KEY, next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (chain TEXT NOT NULL, seq INTEGER NOT NULL,
+                                    event TEXT NOT NULL, PRIMARY KEY (chain, seq));
+"""
 
 
 class RelayError(Exception):
@@ -82,7 +88,7 @@ class Notary:
         self.clock = clock  # the `t` of its transactions (the chains' rules never read it)
         self.gc, self.carbon = gc, carbon
         self.db = connect(db_path)
-        self.db.execute(_SCHEMA)
+        self.db.executescript(_SCHEMA)
         self._said: dict[str, str] = {}  # the last problem logged per direction
 
     def close(self) -> None:
@@ -102,33 +108,63 @@ class Notary:
         return self.relay(self.gc, self.carbon) + self.relay(self.carbon, self.gc)
 
     def relay(self, source: Side, target: Side) -> int:
-        """Post a share of each event of `source`'s outbox to `target`, in order, until one
-        cannot be relayed yet (logged once, retried at the next step)."""
-        direction = f"{source.name}->{target.name}"
+        """Post a share of each event of `source`'s outbox to `target`, in order. An event
+        the peer cannot take yet (a refusal that may pass, a certificate not readable) is
+        kept aside and retried at every pass, without holding up the events after it; an
+        unreachable chain stops the pass where it is."""
         sent = 0
         try:
+            for seq, text in self.db.execute(
+                    "SELECT seq, event FROM pending WHERE chain = ? ORDER BY seq",
+                    (source.chain_id.hex(),)).fetchall():
+                if self._try(source, target, json.loads(text)) is None:
+                    continue
+                sent += 1
+                self.db.execute("DELETE FROM pending WHERE chain = ? AND seq = ?",
+                                (source.chain_id.hex(), seq))
             out = source.client.get("/v1/notary/outbox", after=self.cursor(source),
                                     limit=BATCH)
             for ev in out["events"]:
-                sent += self._share(source, target, ev)
+                posted = self._try(source, target, ev)
+                if posted is None:
+                    self.db.execute("INSERT OR IGNORE INTO pending (chain, seq, event) VALUES "
+                                    "(?, ?, ?)", (source.chain_id.hex(), int(ev["seq"]),
+                                                  json.dumps(ev, sort_keys=True)))
+                sent += posted or 0
                 self._advance(source, int(ev["seq"]) + 1)
-        except (RelayError, ChainClientError) as e:
-            if self._said.get(direction) != str(e):
-                log.warning("notary %s: relaying %s paused: %s", self.key.id_hex, direction, e)
-                self._said[direction] = str(e)
+        except ChainClientError as e:
+            self._say(f"{source.name}->{target.name}", f"relaying paused: {e}")
             return sent
-        if self._said.pop(direction, None) is not None:
-            log.info("notary %s: relaying %s again", self.key.id_hex, direction)
+        self._said.pop(f"{source.name}->{target.name}", None)
         return sent
 
+    def _try(self, source: Side, target: Side, ev: dict[str, Any]) -> int | None:
+        """The shares posted for `ev` (0: the peer needs none), None if it must wait."""
+        try:
+            return self._share(source, target, ev)
+        except RelayError as e:
+            self._say(f"{source.name}#{ev.get('seq')}", f"event {ev.get('seq')} of the "
+                                                         f"{source.name} chain waits: {e}")
+            return None
+
+    def _say(self, what: str, text: str) -> None:
+        if self._said.get(what) != text:  # once per problem, not at every pass
+            log.warning("notary %s: %s", self.key.id_hex, text)
+            self._said[what] = text
+
     def _share(self, source: Side, target: Side, ev: dict[str, Any]) -> int:
-        subj = str(ev["subject"])
-        what, cid = CB.parse_subject(subj)
-        values: dict[str, Any] = P.decode(bytes.fromhex(ev["values_cbor"]))
-        if what == CB.ISSUE:
-            values = self._issue_values(source, target, cid, values)
-        body = CB.attest_body(source.chain_id, int(ev["height"]), bytes.fromhex(ev["tx"]),
-                              subj, values)
+        try:
+            subj = str(ev["subject"])
+            what, cid = CB.parse_subject(subj)
+            values: dict[str, Any] = P.decode(bytes.fromhex(ev["values_cbor"]))
+            height, tx = int(ev["height"]), bytes.fromhex(ev["tx"])
+            if what == CB.ISSUE:
+                values = self._issue_values(source, target, cid, values)
+        except (KeyError, TypeError, ValueError) as e:  # ProtocolError is a ValueError
+            raise RelayError(f"the {source.name} chain's event is malformed: {e}") from None
+        if not values:
+            return 0  # nothing of it falls in a compliance period: nothing to relay
+        body = CB.attest_body(source.chain_id, height, tx, subj, values)
         me = [p for p in target.client.participants() if p["id"] == self.key.id_hex]
         if not me:
             raise RelayError(f"this notary ({self.key.id_hex}) is not registered on the "
@@ -156,7 +192,11 @@ class Notary:
         c = cert["certificate"]
         parts = periods_of(cert["statements"], int(c["lo"]), int(c["hi"]),
                            carbon["effective"])
-        if not parts or len(parts) > CB.PARTS_MAX:
+        if not parts:
+            return {}  # all of it before the carbon chain's first period
+        if len(parts) > CB.PARTS_MAX:
             raise RelayError(f"certificate {cid} spans {len(parts)} compliance periods "
-                             f"(1 to {CB.PARTS_MAX} can be relayed)")
+                             f"(at most {CB.PARTS_MAX} can be relayed)")
+        # start and period_s never change once set (params_frozen): every notary computes
+        # the same periods, whenever it does
         return {"gen": values["gen"], "periods": parts}

@@ -59,7 +59,7 @@ BODY_NAMES: dict[str, dict[int, str]] = {
     ATTEST: {1: "source_chain", 2: "height", 3: "tx", 4: "subject", 5: "values"},
 }
 
-_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+GENERATOR_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 
 
 def _bad(kind: str, msg: str) -> ProtocolError:
@@ -90,7 +90,7 @@ def record_digest(chain: bytes, height: int, tx: bytes, subj: str,
 
 def _id_rule(kind: str) -> Callable[[dict[int, Any]], None]:
     def rule(body: dict[int, Any]) -> None:
-        if not _ID.fullmatch(body[1]):
+        if not GENERATOR_ID.fullmatch(body[1]):
             raise _bad(kind, "generator must be 1-32 of a-z 0-9 . _ - starting with a letter "
                              "or digit")
     return rule

@@ -45,6 +45,7 @@ APPLICATIONS = (
     "no_verified_output", "period_closed", "insufficient_allowance", "already_settled",
     "not_renewable", "ccer_claimed", "bad_record", "unknown_source", "record_applied",
     "attest_repeated", "not_locked", "certificate_locked", "certificate_converted",
+    "out_of_range", "params_frozen",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

@@ -126,7 +126,8 @@ def test_emissions_are_charged_from_cumulative_fossil_energy_without_drift(cb: C
     # 999,999 Wh x 811.2 g/kWh, once: 811,199 g (per statement it would be 3 x 270,399)
     assert cb.account(COAL_CO)["emitted"] == 811_199 + 490_000
     out = cb.store.record(K.T_OUTPUT, K.gkey("coal-1", 0))
-    assert out == {"wh": 666_666, "est": 333_333, "g": 811_199}
+    assert out == {"wh": 666_666, "est": 333_333, "refused": 0, "g": 811_199,
+                   "factor": 811_200}
     assert cb.account(PLANT)["emitted"] == 0  # renewable: output counted, nothing charged
     assert cb.store.record(K.T_OUTPUT, K.gkey("pv-1", 0))["wh"] == 900_000
     cb.anchor((COAL_METER, IVL + 3600, 1_000_000))  # the next period's first interval
@@ -242,7 +243,7 @@ def test_a_record_takes_effect_only_at_the_threshold_of_distinct_notaries(cb: Ca
     # the fake's share never counts now: its subject took effect
     assert cb.refused(NOTARIES[1], CB.ATTEST, CB.attest_body(PEER, 7, TX, subj, fake)) == \
         "record_applied"
-    bad = {"gen": "pv-1", "periods": "all"}
+    bad = {"gen": "pv-1", "periods": [[1, 5], [1, 5]]}  # a period twice
     cb.attest(NOTARIES[0], "issue/pv-1/1000000-2000000", bad)
     assert cb.refused(NOTARIES[1], CB.ATTEST, CB.attest_body(
         PEER, 7, TX, "issue/pv-1/1000000-2000000", bad)) == "bad_record"
@@ -278,3 +279,63 @@ def test_the_chain_replays_to_the_same_records_and_root(cb: Carbon) -> None:
     replay = verify_blocks(store_blocks(cb.store))
     check_derived(cb.store, replay)
     assert replay.state.records[(K.T_RESTRICTED, COAL_CO.id)]["deficit_g"] == 811_200
+
+
+def test_implausible_statements_are_neither_verified_nor_charged(cb: Carbon) -> None:
+    # 50 MW registered: at most 12.5 MWh in 15 minutes
+    cb.anchor((COAL_METER, IVL, 12_500_001), (PV_METER, IVL, 20_000_000))
+    assert cb.account(COAL_CO)["emitted"] == 0
+    assert cb.store.record(K.T_OUTPUT, K.gkey("coal-1", 0))["refused"] == 12_500_001
+    assert cb.store.record(K.T_OUTPUT, K.gkey("pv-1", 0))["wh"] == 0
+    cb.fog.state(COAL_METER, IVL + 900, 1_000_000, dur=300)  # another interval length
+    cb.anchor((COAL_METER, IVL + 1800, 1_000_000))
+    out = cb.store.record(K.T_OUTPUT, K.gkey("coal-1", 0))
+    assert (out["wh"], out["refused"], out["g"]) == (1_000_000, 13_500_001, 811_200)
+    assert cb.store.record(K.T_GENDUR, b"coal-1") == 300  # the first counted one's
+    assert cb.account(COAL_CO)["emitted"] == 811_200  # the 900 s one was refused
+
+
+def test_a_factor_change_applies_from_the_next_period_and_periods_stay(cb: Carbon) -> None:
+    cb.anchor((COAL_METER, IVL, 1_000_000))
+    cb.send(REGULATOR, GC.PARAMS, GC.params_body("carbon", 2, {
+        "start": START, "period_s": 3600, "grace_s": 600, "factor_coal": 1_000_000}))
+    cb.anchor((COAL_METER, IVL + 900, 1_000_000), (COAL_METER, IVL + 3600, 1_000_000))
+    assert cb.account(COAL_CO)["emitted"] == 2 * 811_200  # period 0 keeps its factor
+    assert cb.account(COAL_CO, 1)["emitted"] == 1_000_000
+    for moved in ({"start": START + 1}, {"period_s": 7200}):
+        assert cb.refused(REGULATOR, GC.PARAMS, GC.params_body("carbon", 3, {
+            "start": START, "period_s": 3600, "grace_s": 600, **moved})) == "params_frozen"
+
+
+def test_a_value_beyond_int64_is_refused_and_harms_nobody(cb: Carbon) -> None:
+    cb.send(REGULATOR, GC.PARAMS, GC.params_body("carbon", 2, {
+        "start": START, "period_s": 3600, "grace_s": 600, "benchmark_coal": 10**7}))
+    huge = CB.allocate_body("coal-1", 0, 2**60)  # 2^60 Wh x 10 g/Wh: beyond int64
+    assert cb.refused(REGULATOR, CB.CB_ALLOCATE, huge) == "out_of_range"
+    cb.send(REGULATOR, CB.CB_ALLOCATE, CB.allocate_body("coal-1", 0, 1_000_000))
+    assert cb.account(COAL_CO)["allocated"] == 10**7
+    check_derived(cb.store, verify_blocks(store_blocks(cb.store)))
+
+
+def test_a_lowered_threshold_completes_a_record_with_a_repeated_share(cb: Carbon) -> None:
+    lock = {"owner": PLANT.id, "wh": 1_000_000, "period": 0, "deadline": START + 100}
+    cb.send(OPERATOR, GC.PARAMS, GC.params_body("notaries", cb.version() + 1, {
+        "peer_chain": int.from_bytes(PEER, "big", signed=True), "threshold": 3}))
+    for n in NOTARIES[:2]:
+        cb.attest(n, "lock/pv-1/0-1000000", lock)
+    assert cb.account(PLANT)["relief"] == 0  # 2 of 3
+    cb.send(OPERATOR, GC.PARAMS, GC.params_body("notaries", cb.version() + 1, {
+        "peer_chain": int.from_bytes(PEER, "big", signed=True), "threshold": 2}))
+    cb.attest(NOTARIES[0], "lock/pv-1/0-1000000", lock)  # its share again: now enough
+    assert cb.account(PLANT)["relief"] == 581_000
+
+
+def test_an_older_period_settled_again_never_lifts_a_newer_flag(cb: Carbon) -> None:
+    cb.anchor((COAL_METER, IVL, 1_000_000), (COAL_METER, IVL + 3600, 1_000_000))
+    cb.at(START + 7200 + 600)
+    cb.send(BUYER, CB.CB_SETTLE, CB.settle_body(COAL_CO.id, 1))
+    cb.send(BUYER, CB.CB_SETTLE, CB.settle_body(COAL_CO.id, 0))
+    assert cb.store.record(K.T_RESTRICTED, COAL_CO.id)["period"] == 1
+    assert cb.refused(PLANT, CB.CB_CCER, CB.ccer_body("pv-1", 0, 1)) == "period_closed"
+    assert cb.refused(REGULATOR, CB.CB_ALLOCATE, CB.allocate_body("coal-1", 0, 1)) == \
+        "period_closed"

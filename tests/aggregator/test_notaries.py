@@ -52,6 +52,10 @@ class Pair:
         assert status != 200, doc
         return str(doc["error"])
 
+    def enable_carbon(self) -> None:
+        self.send(self.carbon, self.regulator, GC.PARAMS, GC.params_body("carbon", 1, {
+            "start": START, "period_s": 3600, "grace_s": 600}))
+
     def notary(self, i: int) -> Notary:
         return Notary(self.notaries[i], Side.of("gc", ChainClient(self.gc.url)),
                       Side.of("carbon", ChainClient(self.carbon.url)), self.tmp / f"n{i}.db",
@@ -68,7 +72,10 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
+def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
+    """Both chains set up; `carbon_enabled` False (indirect parameter) leaves the carbon
+    application off until the test enables it."""
+    carbon_enabled = getattr(request, "param", True)
     now = [START - 60]
     clock = lambda: float(now[0])  # noqa: E731
     with running_chain(tmp_path / "gc", clock) as gc, \
@@ -88,8 +95,8 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
             p.send(chain, chain.key, GC.PARAMS, GC.params_body("notaries", 1, {
                 "peer_chain": int.from_bytes(peer[chain.chain_id], "big", signed=True)}))
         p.send(gc, registry, GC.PARAMS, GC.params_body("certificates", 1, {"lock_s": 60}))
-        p.send(carbon, regulator, GC.PARAMS, GC.params_body("carbon", 1, {
-            "start": START, "period_s": 3600, "grace_s": 600}))
+        if carbon_enabled:
+            p.enable_carbon()
         for chain, fog, support in ((gc, fogs[0], "certificates"), (carbon, fogs[1], "subsidy")):
             p.send(chain, registry, GC.GENERATOR, GC.generator_body(
                 "pv-1", "pv", 20_000_000, T0 - 86_400, fog.key.id, PV_METER, support, plant.id))
@@ -200,3 +207,27 @@ def test_the_notary_command_says_what_is_wrong_in_one_line(tmp_path: Path) -> No
                           "http://127.0.0.1:9"], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "no notary key" in run.stderr
+
+
+@pytest.mark.parametrize("pair", [False], indirect=True)
+def test_an_event_the_peer_cannot_take_yet_waits_without_holding_up_the_rest(
+        pair: Pair) -> None:
+    p = pair
+    n0 = p.notary(0)
+    # the carbon chain has no carbon application yet: both issuances wait aside
+    assert n0.step() == 0
+    assert n0.cursor(n0.gc) == 2
+    assert n0.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 2
+    # a later event still goes through: a lock, whose record is shared (1 of 2) at once
+    p.send(p.gc, p.plant, CB.GC_LOCK, CB.lock_body("pv-1/0-1000000", 0))
+    assert n0.step() == 1 and n0.cursor(n0.gc) == 3
+    p.enable_carbon()
+    assert n0.step() == 2  # the kept issuances, shared now
+    assert n0.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
+    n0.close()
+    n1 = p.notary(1)
+    n1.step()
+    n1.step()
+    _, rec = p.carbon.get("/v1/notary/records/issue/pv-1/1000000-2000000")
+    assert rec["applied"] and p.account()["relief"] == 581_000
+    assert p.cert("pv-1/0-1000000")["state"] == "locked"  # the outcome: 1 share of 2

@@ -7,7 +7,9 @@ Allowances are grams of CO2 per emitter and compliance period p, the interval
 statement belongs to the period of its interval's last second (ivl - 1). Tables:
 
     cb.output     generator id "/" || p -> {"wh": measured export, "est": estimated export,
-                                            "g": grams charged}
+                                            "refused": implausible export, "g": grams
+                                            charged, "factor": g/MWh of the period}
+    cb.dur        generator id          -> the interval length of its first statement
     cb.account    owner id || p         -> ACCOUNT (grams; balance() is what the owner holds)
     cb.allocated  generator id "/" || p -> {"grams", "wh", "baseline"}
     cb.ccer       generator id "/" || p -> {"owner", "claimed", "wh", "g"}
@@ -22,6 +24,7 @@ change booked), so no rounding drifts however the energy arrives.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 from aggregator.chain.app.green import T_GEN, T_METER, Staged, emit, params, u64
@@ -32,6 +35,7 @@ from meterledger.wire import certificates as GC
 
 T_OUTPUT, T_ACCOUNT, T_ALLOCATED = "cb.output", "cb.account", "cb.allocated"
 T_CCER, T_GCWH, T_RESTRICTED, T_CONV = "cb.ccer", "cb.gc", "cb.restricted", "cb.conv"
+T_GENDUR = "cb.dur"  # generator id -> the interval length of its first statement
 ACCOUNT = ("allocated", "received", "sent", "emitted", "relief", "ccer", "fined_g", "fine",
            "settled")
 
@@ -90,11 +94,25 @@ def record_output(st: Staged, cp: dict[str, int], gid: str, f: dict[int, Any]) -
         return
     gen = generator(st, gid)
     k = gkey(gid, p)
-    out = dict(st.get(T_OUTPUT, k) or {"wh": 0, "est": 0, "g": 0})
+    out = dict(st.get(T_OUTPUT, k) or {"wh": 0, "est": 0, "refused": 0, "g": 0})
+    first = st.get(T_GENDUR, gid.encode())
+    # the GC chain's plausibility rules (green._certify): beyond the registered capacity,
+    # or of another interval length than the first (overlapping intervals), or before
+    # commissioning, a statement is counted as refused: neither verified nor charged
+    most = -(-gen["capacity_w"] * f[3] // 3600)
+    if f[5] > most or first not in (None, f[3]) or f[2] - f[3] < gen["commissioned"]:
+        out["refused"] += f[5]
+        st.put(T_OUTPUT, k, out)
+        return
+    if first is None:
+        st.put(T_GENDUR, gid.encode(), f[3])
     out["est" if f[6] else "wh"] += f[5]
     if gen["tech"] in GC.FOSSIL:
-        # estimated energy is charged as well: missing data never lowers an emitter's bill
-        g = (out["wh"] + out["est"]) * cp["factor_" + gen["tech"]] // GC.MWH
+        # estimated energy is charged as well: missing data never lowers an emitter's bill;
+        # the factor is the one in force at the period's first statement (a change of
+        # parameters applies from the next period, never to energy already charged)
+        out.setdefault("factor", cp["factor_" + gen["tech"]])
+        g = (out["wh"] + out["est"]) * out["factor"] // GC.MWH
         book(st, gen["owner"], p, emitted=g - out["g"])
         out["g"] = g
     st.put(T_OUTPUT, k, out)
@@ -126,6 +144,9 @@ def allocate(st: Staged, cp: dict[str, int], gid: str, p: int, baseline_wh: int,
     k = gkey(gid, p)
     if st.get(T_ALLOCATED, k) is not None:
         raise ChainError("already_allocated", f"{gid} has its allocation for period {p}")
+    if now >= closes(cp, p):
+        raise ChainError("period_closed", f"period {p}'s allowances were due at "
+                                          f"{closes(cp, p)}; nothing is allocated to it now")
     wh = baseline_wh
     if wh == 0:
         if now < period_start(cp, p):
@@ -171,17 +192,24 @@ def settle(st: Staged, cp: dict[str, int], emitter: bytes, p: int, now: int) -> 
                                             "deficit has not grown")
     fine = -(-max(new, 0) * cp["fine_per_t"] // GC.MWH)
     a = book(st, emitter, p, fined_g=max(new, 0), fine=fine, settled=1 - a["settled"])
+    # the flag follows the newest period settled: an older period settled again never
+    # replaces or lifts a newer period's flag
     flag = st.get(T_RESTRICTED, emitter)
+    if flag is not None and flag["period"] > p:
+        return a
     if deficit > 0:
         st.put(T_RESTRICTED, emitter, {"period": p, "deficit_g": deficit})
-    elif flag is not None and flag["period"] <= p:
+    elif flag is not None:
         st.put(T_RESTRICTED, emitter, None)  # compliant again
     return a
 
 
 # --- CCER and the notaries' records ------------------------------------------------------------
 def claim_ccer(st: Staged, cp: dict[str, int], sender: bytes, gid: str, p: int,
-               claimed: int) -> None:
+               claimed: int, now: int) -> None:
+    if now >= closes(cp, p):
+        raise ChainError("period_closed", f"period {p} was due at {closes(cp, p)}: no claim "
+                                          "for it now")
     gen = generator(st, gid)
     if gen["tech"] not in GC.RENEWABLE:
         raise ChainError("not_renewable", f"generator {gid} is {gen['tech']}: CCER is for "
@@ -190,7 +218,9 @@ def claim_ccer(st: Staged, cp: dict[str, int], sender: bytes, gid: str, p: int,
         raise ChainError("not_owner", f"generator {gid} belongs to {gen['owner'].hex()}")
     if st.get(T_CCER, gkey(gid, p)) is not None:
         raise ChainError("ccer_claimed", f"{gid} has a CCER claim for period {p} already")
-    st.put(T_CCER, gkey(gid, p), {"owner": sender, "claimed": claimed, "wh": 0, "g": 0})
+    # the displacement factor in force when claimed stays the claim's
+    st.put(T_CCER, gkey(gid, p), {"owner": sender, "claimed": claimed, "wh": 0, "g": 0,
+                                  "factor": cp["ccer_factor"]})
     recompute_ccer(st, cp, gid, p)
 
 
@@ -205,20 +235,26 @@ def recompute_ccer(st: Staged, cp: dict[str, int], gid: str, p: int) -> None:
     out = st.get(T_OUTPUT, k)
     verified = out["wh"] if out is not None else 0
     wh = max(0, min(claim["claimed"], verified - (st.get(T_GCWH, k) or 0)))
-    g = wh * cp["ccer_factor"] // GC.MWH
+    g = wh * claim["factor"] // GC.MWH
     if (wh, g) != (claim["wh"], claim["g"]):
         book(st, claim["owner"], p, ccer=g - claim["g"])
         st.put(T_CCER, k, {**claim, "wh": wh, "g": g})
 
 
 def certified(st: Staged, cp: dict[str, int], values: dict[str, Any]) -> None:
-    """A notarized GC issuance: its Wh per compliance period, held against CCER claims."""
+    """A notarized GC issuance: its Wh per compliance period (the notaries computed them
+    with this chain's start and period_s, which never change once set), held against CCER
+    claims."""
     gid, parts = values.get("gen"), values.get("periods")
-    if not (isinstance(gid, str) and isinstance(parts, list) and 0 < len(parts) <= CB.PARTS_MAX
+    if not (isinstance(gid, str) and CB.GENERATOR_ID.fullmatch(gid) and isinstance(parts, list)
+            and 0 < len(parts) <= CB.PARTS_MAX
             and all(isinstance(x, list) and len(x) == 2 and all(
-                isinstance(v, int) and 0 <= v <= GC.WH_MAX for v in x) for x in parts)):
+                isinstance(v, int) and 0 <= v <= GC.WH_MAX for v in x) for x in parts)
+            and all(a[0] < b[0] for a, b in pairwise(parts))
+            and parts[-1][0] <= CB.PERIOD_MAX):
         raise ChainError("bad_record", "an issue record's values are gen (a generator id) and "
-                                       f"periods (1-{CB.PARTS_MAX} [period, Wh] pairs)")
+                                       f"periods (1-{CB.PARTS_MAX} [period, Wh] pairs, "
+                                       "ascending by period)")
     # a generator not (yet) registered here is booked all the same: its claims, when it
     # is, find the energy certified before
     for p, wh in parts:

@@ -86,6 +86,18 @@ class Writes(Effect):
             w.put_record(table, key, value)
 
 
+def _int64(v: Any) -> bool:
+    if isinstance(v, bool) or v is None or isinstance(v, (bytes, str)):
+        return True
+    if isinstance(v, int):
+        return -(2**63) <= v < 2**63
+    if isinstance(v, dict):
+        return all(_int64(k) and _int64(x) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return all(_int64(x) for x in v)
+    return True
+
+
 class Staged:
     """Reads through the chain state with this transaction's own writes on top, and the
     writes in order: what a kind's check builds its Writes effect from."""
@@ -100,6 +112,9 @@ class Staged:
         return self._mine[k] if k in self._mine else self.state.record(table, key)
 
     def put(self, table: str, key: bytes, value: Any) -> None:
+        if not _int64(value):  # the stores keep int64; a rule's product may not fit
+            raise ChainError("out_of_range", f"a {table} record would hold an integer beyond "
+                                             "int64; the transaction is refused")
         self._mine[(table, key)] = value
         self.writes.append((table, key, value))
 
@@ -108,14 +123,21 @@ class Staged:
 
 
 # --- parameters ----------------------------------------------------------------------------------
+# parameters a later version may not change: the periods records are keyed by
+FROZEN = {"carbon": ("start", "period_s")}
+
+
+def effective(app: str, values: dict[str, int]) -> dict[str, int]:
+    """`values` with the defaults of the parameters they do not name."""
+    out = {k: d for k, (_, _, d) in PARAMETERS.get(app, {}).items()}
+    out.update(values)
+    return out
+
+
 def params(st: Staged, app: str) -> dict[str, int] | None:
     """The application's parameters (defaults filled in), None while it is not enabled."""
     rec = st.get(T_PARAMS, app.encode())
-    if rec is None:
-        return None
-    out = {k: d for k, (_, _, d) in PARAMETERS.get(app, {}).items()}
-    out.update(rec["values"])
-    return out
+    return None if rec is None else effective(app, rec["values"])
 
 
 def enabled(st: Staged, app: str, kind: str) -> dict[str, int]:
@@ -163,9 +185,8 @@ def credit(st: Staged, owner: bytes, **wh: int) -> None:
 # --- the cross-chain outbox (section 26) ------------------------------------------------------
 def emit(st: Staged, subj: str, tx: bytes, values: dict[str, Any]) -> None:
     """An event the notaries relay to the peer chain (an issuance, a lock, a conversion's
-    outcome), numbered in chain order; only on a chain with the notaries application."""
-    if params(st, "notaries") is None:
-        return
+    outcome), numbered in chain order: every issuance, so notaries enabled later still
+    find the certificates issued before."""
     seq = st.get(T_SEQ, b"") or 0
     st.put(T_OUT, u64(seq), {"subject": subj, "tx": tx, "values": values})
     st.put(T_SEQ, b"", seq + 1)

@@ -20,7 +20,7 @@ from meterledger.infra import http as H
 from meterledger.wire import carbon as CB
 from meterledger.wire.names import to_json
 
-EVENTS = (100, 1000)  # outbox events per answer (default, most)
+EVENTS = (50, 100)  # outbox events per answer (default, most): each looks its block up
 PERIODS = 1000  # an owner's or generator's periods in one answer, at most
 
 

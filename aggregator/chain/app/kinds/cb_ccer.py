@@ -16,5 +16,6 @@ ROLE: str | None = None  # the generator's owner
 def check(tx: Tx, state: State) -> Effect:
     st = G.Staged(state)
     cp = G.enabled(st, "carbon", KIND)
-    K.claim_ccer(st, cp, tx.sender.id, tx.body[1], tx.body[2], tx.body[3])
+    K.claim_ccer(st, cp, tx.sender.id, tx.body[1], tx.body[2], tx.body[3],
+                  state.chain_time())
     return st.effect(tx.effect())

@@ -28,5 +28,11 @@ def check(tx: Tx, state: State) -> Effect:
     if version != expected:
         raise ChainError("params_version", f"the next version of the {app} parameters is "
                                            f"{expected}, not {version}")
+    if before is not None:
+        old, new = G.effective(app, before["values"]), G.effective(app, checked)
+        for name in G.FROZEN.get(app, ()):
+            if old[name] != new[name]:
+                raise ChainError("params_frozen", f"{app} parameter {name} is {old[name]} "
+                                                  "for good: records are keyed by it")
     st.put(G.T_PARAMS, app.encode(), {"version": version, "values": checked})
     return st.effect(tx.effect())
