@@ -141,11 +141,14 @@ class VirtualMeter:
 
 
 def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: dict[str, Any],
-               transport: Any = None, bus: Any = None, meter_line: Any = None) -> VirtualMeter:
+               transport: Any = None, bus: Any = None, meter_line: Any = None,
+               source: Any = None) -> VirtualMeter:
     """One meter: its board, its app, and its transport: config "transport" "mqtt" is the
     firmware's MQTT transport over the paho-backed umqtt API, "rs485" its Modbus slave on
     `bus` (a port object: a SharedLine tap, or the board's serial port `rs485_port`).
-    Config "source" "modbus" reads an SDM meter on `meter_line` (or `meter_port`)."""
+    Config "source" "modbus" reads an SDM meter on `meter_line` (or `meter_port`); `source`,
+    an object with a firmware source's calls (core/sources.py: name, read, state, restore),
+    replaces the config's (the demo's generator meters: a PV plant, a coal unit)."""
     host = module("hal.host")
     app_mod = module("app")
     cfg = dict(config)
@@ -169,8 +172,7 @@ def make_meter(index: int, data_dir: pathlib.Path, clock: VirtualClock, config: 
         transport = module("transport_rs485").Rs485Slave(
             bus if bus is not None else board.uart_rs485("bus"), int(cfg["rs485_address"]),
             int(cfg.get("rs485_baud", 19200)))
-    source = None
-    if cfg.get("source") == "modbus" and meter_line is not None:
+    if source is None and cfg.get("source") == "modbus" and meter_line is not None:
         source = module("core.sdm").SdmSource(
             meter_line, int(cfg.get("modbus_address", 1)), int(cfg.get("modbus_timeout_ms", 200)),
             baud=int(cfg.get("meter_baud", 9600)),

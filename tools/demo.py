@@ -13,6 +13,14 @@ verifies it offline, leaves demo-out/bundle.json and demo-out/dispatch.pub (hex)
 to re-check with `python -m tools.audit verify`, stops everything cleanly and exits 0.
 Each run starts from an empty --out directory.
 
+On the embedded chain the last two of the meters are generators, a PV plant and a coal unit
+(tools/demo_green.py, with 3 meters or more): the dispatch chain issues green certificates
+for the plant's measured export, a second chain service (--out/carbon) charges the coal
+unit's emissions, and two notaries relay records between the two (docs/PROTOCOL.md sections
+25 and 26). The demo also waits for a certificate, the emissions and the notaries' record,
+then prints them, transfers a certificate to a buyer who retires it, and verifies it offline
+to its meter readings (demo-out/certificate.json, `python -m tools.audit certificate`).
+
 With --consortium (`make demo-consortium`) the chain is a four-validator CometBFT network
 instead of one aggregator (tools/demo_consortium.py): the demo writes it (`meterledger chain
 testnet`) into --out/net (or a short folder under /tmp when that path is too long for a Unix
@@ -23,8 +31,8 @@ committed the anchor's block, and stops CometBFT before the validators' applicat
 
 The fog's readings, devices and metrics and the chain's metrics are their APIs' auditor
 tier: the demo reads them with the auditor.token of each data dir, which `init` makes, or
-with the token of --token-file (or --token), which it writes into both data dirs before the
-services start, so that one token opens both while the demo runs.
+with the token of --token-file (or --token), which it writes into every data dir before the
+services start, so that one token opens them all while the demo runs.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from fog_node.broker_access import BrokerAccess, hash_password
 from fog_node.config import FogConfig
@@ -52,6 +61,9 @@ from meterledger.clients.fog import FogClient
 from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
 from tools import audit
+
+if TYPE_CHECKING:
+    from tools.demo_green import Green
 
 _ROOT = Path(__file__).resolve().parent.parent
 COMPRESS = 300.0  # a 15-minute interval every 3 s of real time
@@ -225,6 +237,7 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
     out.mkdir(parents=True)
     children: list[Child] = []
     meters: list[VirtualMeter] = []
+    green: Green | None = None
     broker: Mosquitto | EmbeddedBroker = {
         "auto": any_broker, "mosquitto": Mosquitto, "amqtt": EmbeddedBroker}[broker_kind](
             out / "broker")
@@ -258,11 +271,20 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         stack.register(fog_pub)
         if rules is not None:  # the dispatcher's rule set: suggestions to approve
             stack.rules(rules)
+        if isinstance(stack, Embedded) and n_meters >= 3:  # its last two meters: generators
+            from tools import demo_green
+
+            green = demo_green.Green(out, stack.dir, chain_url, fog_hex, fog_pub, n_meters - 2)
+            green.start(token, children)
+        elif isinstance(stack, Embedded):
+            print("green       no generator meters with fewer than 3 meters: no green "
+                  "certificates or carbon allowances")
 
         epoch = time.time() + 1.0  # the shared simulated clock reads START then
         http_port = free_port()
         (out / "fog.toml").write_text("\n".join([
             "[fog]", f'data_dir = "{fog_dir}"', *(f"{k} = {v}" for k, v in security.items()),
+            *(f"{k} = {v}" for k, v in (green.fog_settings() if green else {}).items()),
             f"http_port = {http_port}", f'chain_url = "{chain_url}"', "seal_period_s = 5.0",
             "interval_s = 900",
             # a real second of grace: 20 meters signing in pure-Python P-256 take about that
@@ -280,7 +302,8 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         if secure:  # as flashing pins it on a board
             config["mqtt_ca"] = (fog_dir / "broker" / "ca.crt").read_text()
         meters = [make_meter(i, out / "meters" / f"meter-{i:03d}", clock, config)
-                  for i in range(n_meters)]
+                  for i in range(n_meters - 2 if green else n_meters)]
+        meters += green.meters(clock, config) if green else []
         provisioning = out / "provisioning.json"
         # what flashing hands the fog: each meter's key, and its broker password's hash
         provisioning.write_text(json.dumps({"meters": [
@@ -290,12 +313,14 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         run_module(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
 
         fog_url = f"http://127.0.0.1:{http_port}"
-        print(f"fog node    {fog_url} (id {fog_hex}), {n_meters} virtual meters, "
+        kinds = f" ({n_meters - 2} households, a PV plant, a coal unit)" if green else ""
+        print(f"fog node    {fog_url} (id {fog_hex}), {n_meters} virtual meters{kinds}, "
               f"time x{COMPRESS:.0f}")
         print(f"dashboards  {fog_url}/ui/ (the fog), {chain_url}/ui/ (the chain)")
 
         chain = ChainClient(chain_url)
-        seen, closed = run_meters(meters, chain, fog_hex, intervals, timeout_s, out)
+        seen, closed = run_meters(meters, chain, fog_hex, intervals, timeout_s, out,
+                                  green.pending if green else None)
 
         fog_api = FogClient(fog_url, token=fog_token)
         m = parse_metrics(fog_api_text(fog_url, fog_token))
@@ -323,8 +348,12 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         for line in more:
             print(line)
         print(f"re-check:   python -m tools.audit verify {out}/bundle.json {stack.recheck()}")
+        hints = stack.hints()
+        if green:
+            green.report(fog_url, fog_dir / "auditor.token")
+            hints = green.hints(hints)
         if keep_running:
-            live(meters, fog_url, fog_dir, stack.hints())
+            live(meters, fog_url, fog_dir, hints)
     finally:
         # stopping is not interrupted: a second Ctrl-C would leave processes behind
         on_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -346,23 +375,30 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
 
 
 def run_meters(meters: list[VirtualMeter], chain: ChainClient, fog_hex: str, intervals: int,
-               timeout_s: float, out: Path) -> tuple[dict[str, list[int]], set[int]]:
+               timeout_s: float, out: Path, pending: Callable[[], str | None] | None = None,
+               ) -> tuple[dict[str, list[int]], set[int]]:
     """Step the meters until `intervals` interval closes holding readings are anchored and
-    every meter has made that many readings; the anchors seen (digest -> interval ends) and
-    those closes."""
+    every meter has made that many readings, and `pending` (what else the demo waits for)
+    says None; the anchors seen (digest -> interval ends) and those closes."""
     seen: dict[str, list[int]] = {}
     deadline = time.monotonic() + timeout_s
     next_check = 0.0
     closed: set[int] = set()
-    while len(closed) < intervals or any(len(vm.readings) < intervals for vm in meters):
+    waiting: str | None = "the first check"
+    while len(closed) < intervals or any(len(vm.readings) < intervals for vm in meters) \
+            or waiting is not None:
         if time.monotonic() > deadline:
-            raise DemoError(f"only {len(closed)} of {intervals} interval closes anchored "
-                            f"within {timeout_s:.0f} s; see {out}/*.log")
+            if waiting is None or len(closed) < intervals:
+                raise DemoError(f"only {len(closed)} of {intervals} interval closes anchored "
+                                f"within {timeout_s:.0f} s; see {out}/*.log")
+            raise DemoError(f"still waiting for {waiting} after {timeout_s:.0f} s; see "
+                            f"{out}/*.log")
         for vm in meters:
             vm.app.step()
         if time.monotonic() >= next_check:
             next_check = time.monotonic() + 0.5
             closed = closes(meters, chain, fog_hex, seen)
+            waiting = pending() if pending is not None and len(closed) >= intervals else None
         time.sleep(0.01)
     return seen, closed
 
