@@ -16,15 +16,14 @@ import pytest
 from aggregator.chain.app import carbon as K
 from aggregator.chain.app import green as G
 from aggregator.chain.app import notary as N
-from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
-from aggregator.chain.ledger import ChainError
-from aggregator.chain.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
+from aggregator.chain.store import BlockStore
 from aggregator.chain.verify import check_derived, store_blocks, verify_blocks
 from meterledger import wire as P
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
-from tests.kit.chainkit import T0, FogSide
+from tests.kit.appchain import AppChain, open_store
+from tests.kit.chainkit import T0
 
 OPERATOR = P.SigningKey.from_int(0xC0)
 REGISTRY, REGULATOR = P.SigningKey.from_int(0x4E6), P.SigningKey.from_int(0x7E6)
@@ -38,21 +37,18 @@ PEER = b"\x99" * 8  # the GC chain these records come from
 TX = b"\x55" * 32
 
 
-class Carbon:
+class Carbon(AppChain):
     """A carbon chain: the operator, a registry, a regulator, a PV plant's owner, a coal
     company, a buyer, three notaries, and a fog stating its generators' energy; its clock
     (the block times) moves only when a test says."""
 
     def __init__(self, store: BlockStore, tmp_path: Path) -> None:
-        self.store = store
         self.now = START - 10
-        create_genesis(store, OPERATOR, T0)
-        self.ledger = EmbeddedLedger(store, OPERATOR, lambda: float(self.now))
-        self.fog = FogSide(tmp_path)
+        super().__init__(store, tmp_path, OPERATOR, lambda: float(self.now))
         for role, key in (("registry", REGISTRY), ("regulator", REGULATOR), ("plant", PLANT),
-                          ("plant", COAL_CO), ("holder", BUYER), ("fog", self.fog.key),
+                          ("plant", COAL_CO), ("holder", BUYER),
                           *(("notary", n) for n in NOTARIES)):
-            self.send(OPERATOR, C.REGISTER, C.register_body(role, key.public_key.raw, role))
+            self.register(role, key)
         self.send(REGULATOR, GC.PARAMS, GC.params_body("carbon", 1, {
             "start": START, "period_s": 3600, "grace_s": 600}))
         self.send(OPERATOR, GC.PARAMS, GC.params_body("notaries", 1, {
@@ -63,18 +59,6 @@ class Carbon:
             self.send(REGISTRY, GC.GENERATOR, GC.generator_body(
                 gid, tech, 50_000_000, T0 - 86_400, self.fog.key.id, meter, "subsidy",
                 owner.id))
-
-    def send(self, key: P.SigningKey, kind: str, body: dict[int, Any],
-             check: bool = True) -> None:
-        p = self.ledger.participant(key.id)
-        nonce = (p.nonce if p is not None else 0) + 1
-        self.ledger.submit(P.sign1(key, C.tx(key.id, nonce, kind, body, T0, OPERATOR.id),
-                                   check=check))
-
-    def refused(self, key: P.SigningKey, kind: str, body: dict[int, Any]) -> str:
-        with pytest.raises(ChainError) as e:
-            self.send(key, kind, body, check=False)
-        return e.value.reason
 
     def at(self, t: int) -> None:
         """Move the chain's time to t: a block at t (what the next rules read)."""
@@ -104,17 +88,9 @@ class Carbon:
                tx: bytes = TX, chain: bytes = PEER) -> None:
         self.send(notary, CB.ATTEST, CB.attest_body(chain, 7, tx, subj, values))
 
-    def close(self) -> None:
-        self.ledger.close()
-        self.fog.close()
-        self.store.close()
-
-
 @pytest.fixture(params=["memory", "sqlite"])
 def cb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Carbon]:
-    store: BlockStore = MemoryBlockStore() if request.param == "memory" else \
-        SQLiteBlockStore(tmp_path / "chain.db")
-    c = Carbon(store, tmp_path)
+    c = Carbon(open_store(request.param, tmp_path), tmp_path)
     yield c
     c.close()
 

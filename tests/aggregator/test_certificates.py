@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 from aggregator.chain.app import green as G
-from aggregator.chain.backends.embedded import EmbeddedLedger, create_genesis
-from aggregator.chain.ledger import ChainError
-from aggregator.chain.store import BlockStore, MemoryBlockStore, SQLiteBlockStore
+from aggregator.chain.store import BlockStore
 from aggregator.chain.verify import check_derived, store_blocks, verify_blocks
 from meterledger import wire as P
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
+from tests.kit.appchain import AppChain, open_store
 from tests.kit.chainkit import T0, FogSide
 
 OPERATOR = P.SigningKey.from_int(0x0BE)
@@ -29,31 +28,14 @@ PV_METER, COAL_METER, HYDRO_METER = b"\x01" * 8, b"\x02" * 8, b"\x03" * 8
 IVL = T0 - T0 % 900 + 900
 
 
-class Registry:
+class Registry(AppChain):
     """A chain with the certificates application: the operator, the registry, a plant that
     owns generators, a buyer, and a fog whose log states its generators' energy."""
 
     def __init__(self, store: BlockStore, tmp_path: Path) -> None:
-        self.store = store
-        create_genesis(store, OPERATOR, T0)
-        self.ledger = EmbeddedLedger(store, OPERATOR, lambda: float(T0 + 5))
-        self.fog = FogSide(tmp_path)
-        for role, key in (("registry", REGISTRY), ("plant", PLANT), ("holder", BUYER),
-                          ("fog", self.fog.key)):
-            self.send(OPERATOR, C.REGISTER, C.register_body(role, key.public_key.raw, role))
-
-    def send(self, key: P.SigningKey, kind: str, body: dict[int, Any],
-             check: bool = True) -> None:
-        p = self.ledger.participant(key.id)
-        nonce = (p.nonce if p is not None else 0) + 1
-        self.ledger.submit(P.sign1(key, C.tx(key.id, nonce, kind, body, T0, OPERATOR.id),
-                                   check=check))
-
-    def refused(self, key: P.SigningKey, kind: str, body: dict[int, Any]) -> str:
-        """The chain's reason for refusing it (signed without the signer's own checks)."""
-        with pytest.raises(ChainError) as e:
-            self.send(key, kind, body, check=False)
-        return e.value.reason
+        super().__init__(store, tmp_path, OPERATOR, lambda: float(T0 + 5))
+        for role, key in (("registry", REGISTRY), ("plant", PLANT), ("holder", BUYER)):
+            self.register(role, key)
 
     def enable(self, **values: int) -> None:
         self.send(REGISTRY, GC.PARAMS, GC.params_body("certificates", 1, values))
@@ -84,17 +66,9 @@ class Registry:
     def balance(self, key: P.SigningKey) -> dict[str, int]:
         return dict(self.store.record(G.T_BALANCE, key.id) or {"active": 0, "retired": 0})
 
-    def close(self) -> None:
-        self.ledger.close()
-        self.fog.close()
-        self.store.close()
-
-
 @pytest.fixture(params=["memory", "sqlite"])
 def reg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
-    store: BlockStore = MemoryBlockStore() if request.param == "memory" else \
-        SQLiteBlockStore(tmp_path / "chain.db")
-    r = Registry(store, tmp_path)
+    r = Registry(open_store(request.param, tmp_path), tmp_path)
     yield r
     r.close()
 
