@@ -168,6 +168,11 @@ def test_a_conversion_survives_notaries_killed_mid_way_without_loss_or_double_cl
     p.notary(1).step()
     assert p.account()["relief"] == 581_000
     assert ChainClient(p.gc.url).balance(p.plant.id.hex())["converted"] == 1_000_000
+    lock_tx = p.cert("pv-1/0-1000000")["lock"]["tx"]
+    status, rec = p.carbon.get(f"/v1/notary/records/lock/pv-1/0-1000000?tx={lock_tx.upper()}")
+    assert status == 200 and rec["applied"] and len(rec["signers"]) == 2
+    status, doc = p.carbon.get("/v1/notary/records/lock/pv-1/0-1000000")  # which lock?
+    assert status == 400 and "source transaction" in doc["detail"]
     assert p.refused(p.gc, p.plant, GC.GC_TRANSFER, GC.transfer_body(
         "pv-1/0-1000000", p.registry.id)) == "certificate_converted"
 

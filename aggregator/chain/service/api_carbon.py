@@ -113,12 +113,15 @@ class CarbonReads:
         """Whether a notarized record of this subject took effect here, and by whom."""
         subj = req.params["subject"]
         try:
-            CB.parse_subject(subj)
+            what, _ = CB.parse_subject(subj)
         except ProtocolError as e:
             raise bad(str(e)) from None
-        tx = req.query.get("tx")
-        if tx is not None and not (len(tx) == 64 and all(c in "0123456789abcdef" for c in tx)):
-            raise bad(f"tx must be 64 hex characters, not {H.show(tx)}")
+        tx = (req.query.get("tx") or "").lower()
+        if what == CB.ISSUE and tx:
+            raise bad("an issue record is one per certificate: give no tx")
+        if what != CB.ISSUE and not (len(tx) == 64 and all(c in "0123456789abcdef" for c in tx)):
+            raise bad(f"a {what} record is named by its source transaction: tx must be 64 "
+                      f"hex characters, not {H.show(tx)}")
         key = subj.encode() + (b"@" + bytes.fromhex(tx) if tx else b"")
         done = self.ledger.app_record(N.T_DONE, key)
         if done is None:
