@@ -102,10 +102,11 @@ base = st.sampled_from(BASES)
 
 
 # types the fog defines that no meter handles (docs/VEE.md: 10 estimate; docs/PROTOCOL.md
-# section 15: 12 transaction, 13 block header): a flip can turn a command's type 4 into 12,
-# which the firmware calls unknown_type and the fog checks further (e.g. kid_mismatch); both
-# must reject it
-FOG_ONLY_TYPES = {10, 11, 12, 13}
+# section 15: 11 aggregate, 12 transaction, 13 block header; section 25: 14 energy
+# statement): a flip can turn a command's type 4 into 12 (or a checkpoint's 6 into 14),
+# which the firmware calls unknown_type and the fog checks further (e.g. kid_mismatch,
+# bad_signature); both must reject it
+FOG_ONLY_TYPES = {10, 11, 12, 13, 14}
 
 
 def _payload_type(raw: bytes) -> Any:
