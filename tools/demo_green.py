@@ -113,8 +113,8 @@ class Chain:
     def send(self, key: P.SigningKey, kind: str, body: dict[int, Any]) -> Receipt:
         """Sign a transaction with `key` (its next nonce) and submit it; ChainRefused if the
         chain refuses it."""
-        me = [p for p in self.client.participants() if p["id"] == key.id_hex]
-        nonce = (int(me[0]["nonce"]) if me else 0) + 1
+        me = self.client.participant(key.id_hex)
+        nonce = (int(me["nonce"]) if me else 0) + 1
         return self.client.submit(P.sign1(key, C.tx(key.id, nonce, kind, body,
                                                      int(time.time()), self.chain_id)))
 
@@ -131,10 +131,6 @@ def provision(flash: Path, fog_hex: str, fog_pub: str) -> str:
     config = {"dur": 900, "fog": fog_hex, "fog_pub": fog_pub, "data_dir": str(flash)}
     _, mid = module("provision").provision(config, module("hal.host").Board(config))
     return str(mid)
-
-
-def _owner(key: P.SigningKey) -> str:
-    return key.id_hex
 
 
 class Green:
@@ -235,11 +231,11 @@ class Green:
         print(f"carbon      {carbon.url}: carbon allowances, period 0 is 2027; {NOTARIES} "
               f"notaries relay records between the two chains (docs/PROTOCOL.md section 26)")
         print(f"generators  {PV}: PV plant, {PV_WP // 1000} kWp, meter {self.meter_ids[PV]}, "
-              f"owner {_owner(k['pv-owner'])}; {COAL}: coal unit, {COAL_W // 1000} kW, meter "
-              f"{self.meter_ids[COAL]}, owner {_owner(k['coal-owner'])}; the fog states their "
+              f"owner {k['pv-owner'].id_hex}; {COAL}: coal unit, {COAL_W // 1000} kW, meter "
+              f"{self.meter_ids[COAL]}, owner {k['coal-owner'].id_hex}; the fog states their "
               "energy to both chains")
-        print(f"parties     registry {_owner(k['registry'])}, regulator "
-              f"{_owner(k['regulator'])}, buyer {_owner(k['buyer'])}")
+        print(f"parties     registry {k['registry'].id_hex}, regulator "
+              f"{k['regulator'].id_hex}, buyer {k['buyer'].id_hex}")
 
     def fog_settings(self) -> dict[str, str]:
         """The fog's settings (TOML values): its generator meters, the carbon chain."""
@@ -287,8 +283,8 @@ class Green:
         cid: str = ids[0]
         year = time.gmtime(certs[0]["first_ivl"]).tm_year
         r = gc.send(k["pv-owner"], GC.GC_TRANSFER, GC.transfer_body(cid, k["buyer"].id))
-        print(f"transfer    {cid} from {PV}'s owner {_owner(k['pv-owner'])} to the buyer "
-              f"{_owner(k['buyer'])} (block {r.height})")
+        print(f"transfer    {cid} from {PV}'s owner {k['pv-owner'].id_hex} to the buyer "
+              f"{k['buyer'].id_hex} (block {r.height})")
         r = gc.send(k["buyer"], GC.GC_RETIRE, GC.retire_body(cid, BENEFICIARY, PURPOSE, year))
         cert = gc.client.certificate(cid)["certificate"]
         bal = gc.client.balance(k["buyer"].id_hex)

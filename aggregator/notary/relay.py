@@ -59,8 +59,7 @@ def periods_of(statements: list[dict[str, Any]], lo: int, hi: int,
         wh = min(hi, int(s["hi"])) - max(lo, int(s["lo"]))
         if wh <= 0:
             continue
-        t = int(s["ivl"]) - 1 - carbon["start"]
-        p = -1 if t < 0 else t // carbon["period_s"]
+        p = CB.period_of(carbon["start"], carbon["period_s"], int(s["ivl"]))
         if p >= 0:
             per[p] = per.get(p, 0) + wh
     return [[p, per[p]] for p in sorted(per)]
@@ -90,6 +89,7 @@ class Notary:
         self.db = connect(db_path)
         self.db.executescript(_SCHEMA)
         self._said: dict[str, str] = {}  # the last problem logged per direction
+        self._periods: dict[str, int] | None = None  # the carbon chain's start, period_s
 
     def close(self) -> None:
         self.db.close()
@@ -165,11 +165,11 @@ class Notary:
         if not values:
             return 0  # nothing of it falls in a compliance period: nothing to relay
         body = CB.attest_body(source.chain_id, height, tx, subj, values)
-        me = [p for p in target.client.participants() if p["id"] == self.key.id_hex]
-        if not me:
+        me = target.client.participant(self.key.id_hex)
+        if me is None:
             raise RelayError(f"this notary ({self.key.id_hex}) is not registered on the "
                              f"{target.name} chain")
-        nonce = int(me[0]["nonce"]) + 1
+        nonce = int(me["nonce"]) + 1
         raw = P.sign1(self.key, C.tx(self.key.id, nonce, CB.ATTEST, body, int(self.clock()),
                                      target.chain_id))
         try:
@@ -186,12 +186,14 @@ class Notary:
         cert = source.client.certificate(cid)
         if cert["truncated"]:
             raise RelayError(f"certificate {cid} has more statements than one answer holds")
-        carbon = target.client.params().get("carbon")
-        if carbon is None:
-            raise RelayError(f"the {target.name} chain has not enabled the carbon application")
+        if self._periods is None:  # start and period_s never change once set: read once
+            carbon = target.client.params().get("carbon")
+            if carbon is None:
+                raise RelayError(f"the {target.name} chain has not enabled the carbon "
+                                 "application")
+            self._periods = {k: int(carbon["effective"][k]) for k in ("start", "period_s")}
         c = cert["certificate"]
-        parts = periods_of(cert["statements"], int(c["lo"]), int(c["hi"]),
-                           carbon["effective"])
+        parts = periods_of(cert["statements"], int(c["lo"]), int(c["hi"]), self._periods)
         if not parts:
             return {}  # all of it before the carbon chain's first period
         if len(parts) > CB.PARTS_MAX:

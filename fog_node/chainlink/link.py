@@ -257,8 +257,8 @@ class ChainLink:
         """First contact: learn this fog's nonce and last anchored checkpoint from the chain,
         so a fog registered with history (or restored from a backup) continues it."""
         me = self.node.key.id.hex()
-        part = [p for p in self.client.participants() if p.get("id") == me]
-        if not part or part[0].get("role") != "fog":
+        part = self.client.participant(me)
+        if part is None or part.get("role") != "fog":
             self.counters["unregistered"] += 1
             raise ChainUnavailable(f"fog {me} is not registered with role fog on the chain yet")
         anchors = self.client.anchors(me)
@@ -273,7 +273,7 @@ class ChainLink:
         chain = self.client.head()["chain"]
         with self._atomic():
             self._set_meta("chain", chain)
-            self._set_meta("base_nonce", int(part[0]["nonce"]))
+            self._set_meta("base_nonce", int(part["nonce"]))
             self._set_meta("base_height", height)
             self._set_meta("synced", int(self.clock()))
 

@@ -135,6 +135,11 @@ class ChainClient:
         out: list[dict[str, Any]] = self.get("/v1/participants")["participants"]
         return out
 
+    def participant(self, id_hex: str) -> dict[str, Any] | None:
+        """The registered participant `id_hex` (its role, key, name and last nonce), None if
+        the chain does not know it."""
+        return next((p for p in self.participants() if p.get("id") == id_hex), None)
+
     def anchors(self, fog_hex: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self.get("/v1/anchors", fog=fog_hex)["anchors"]
         return out

@@ -11,7 +11,6 @@ by distinct notaries of the chain's committee.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -59,11 +58,18 @@ BODY_NAMES: dict[str, dict[int, str]] = {
     ATTEST: {1: "source_chain", 2: "height", 3: "tx", 4: "subject", 5: "values"},
 }
 
-GENERATOR_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 
 
 def _bad(kind: str, msg: str) -> ProtocolError:
     return ProtocolError("bad_fields", f"{kind} body: {msg}")
+
+
+def period_of(start: int, period_s: int, ivl: int) -> int:
+    """The compliance period of the interval ending at `ivl` (its last second, ivl - 1, is
+    in [start + p period_s, start + (p + 1) period_s)); -1 before the first. The carbon
+    chain books energy by it and the notaries split a certificate by it, alike."""
+    t = ivl - 1 - start
+    return -1 if t < 0 else t // period_s
 
 
 def subject(what: str, cid: str) -> str:
@@ -90,7 +96,7 @@ def record_digest(chain: bytes, height: int, tx: bytes, subj: str,
 
 def _id_rule(kind: str) -> Callable[[dict[int, Any]], None]:
     def rule(body: dict[int, Any]) -> None:
-        if not GENERATOR_ID.fullmatch(body[1]):
+        if not GC.GENERATOR_ID.fullmatch(body[1]):
             raise _bad(kind, "generator must be 1-32 of a-z 0-9 . _ - starting with a letter "
                              "or digit")
     return rule

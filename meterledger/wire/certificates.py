@@ -55,7 +55,7 @@ BODY_NAMES: dict[str, dict[int, str]] = {
     GC_RETIRE: {1: "certificate", 2: "beneficiary", 3: "purpose", 4: "year"},
 }
 
-_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+GENERATOR_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 _CERT = re.compile(r"([a-z0-9][a-z0-9._-]{0,31})/(0|[1-9][0-9]{0,18})-([1-9][0-9]{0,18})")
 
 
@@ -84,7 +84,7 @@ def _params_rules(body: dict[int, Any]) -> None:
 
 
 def _generator_rules(body: dict[int, Any]) -> None:
-    if not _ID.fullmatch(body[1]):
+    if not GENERATOR_ID.fullmatch(body[1]):
         raise _bad(GENERATOR, "id must be 1-32 of a-z 0-9 . _ - starting with a letter or "
                               "digit")
     if body[2] not in TECHNOLOGIES:

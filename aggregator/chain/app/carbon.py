@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from itertools import pairwise
 from typing import Any
 
-from aggregator.chain.app.green import T_GEN, T_METER, Staged, emit, params, u64
+from aggregator.chain.app.green import T_GEN, T_METER, Staged, emit, implausible, params, u64
 from aggregator.chain.ledger import ChainError
 from meterledger import wire as P
 from meterledger.wire import carbon as CB
@@ -42,12 +42,6 @@ ACCOUNT = ("allocated", "received", "sent", "emitted", "relief", "ccer", "fined_
 
 def gkey(gid: str, period: int) -> bytes:
     return gid.encode() + b"/" + u64(period)
-
-
-def period_of(cp: dict[str, int], ivl: int) -> int:
-    """The compliance period of the interval ending at `ivl`; -1 before the first."""
-    t = ivl - 1 - cp["start"]
-    return -1 if t < 0 else t // cp["period_s"]
 
 
 def period_start(cp: dict[str, int], p: int) -> int:
@@ -89,22 +83,20 @@ def generator(st: Staged, gid: str) -> dict[str, Any]:
 def record_output(st: Staged, cp: dict[str, int], gid: str, f: dict[int, Any]) -> None:
     """Book one statement of generator `gid` (fields `f`): its export into the period's
     output; a fossil generator's emissions, charged to its owner; a CCER claim recomputed."""
-    p = period_of(cp, f[2])
+    p = CB.period_of(cp["start"], cp["period_s"], f[2])
     if p < 0 or f[5] == 0:
         return
     gen = generator(st, gid)
     k = gkey(gid, p)
     out = dict(st.get(T_OUTPUT, k) or {"wh": 0, "est": 0, "refused": 0, "g": 0})
-    first = st.get(T_GENDUR, gid.encode())
-    # the GC chain's plausibility rules (green._certify): beyond the registered capacity,
-    # or of another interval length than the first (overlapping intervals), or before
-    # commissioning, a statement is counted as refused: neither verified nor charged
-    most = -(-gen["capacity_w"] * f[3] // 3600)
-    if f[5] > most or first not in (None, f[3]) or f[2] - f[3] < gen["commissioned"]:
+    first = st.get(T_GENDUR, gid.encode()) or 0
+    # the GC chain's plausibility rule, and before commissioning: counted as refused,
+    # neither verified nor charged
+    if implausible(gen, f, first) or f[2] - f[3] < gen["commissioned"]:
         out["refused"] += f[5]
         st.put(T_OUTPUT, k, out)
         return
-    if first is None:
+    if not first:
         st.put(T_GENDUR, gid.encode(), f[3])
     out["est" if f[6] else "wh"] += f[5]
     if gen["tech"] in GC.FOSSIL:
@@ -246,7 +238,7 @@ def certified(st: Staged, cp: dict[str, int], values: dict[str, Any]) -> None:
     with this chain's start and period_s, which never change once set), held against CCER
     claims."""
     gid, parts = values.get("gen"), values.get("periods")
-    if not (isinstance(gid, str) and CB.GENERATOR_ID.fullmatch(gid) and isinstance(parts, list)
+    if not (isinstance(gid, str) and GC.GENERATOR_ID.fullmatch(gid) and isinstance(parts, list)
             and 0 < len(parts) <= CB.PARTS_MAX
             and all(isinstance(x, list) and len(x) == 2 and all(
                 isinstance(v, int) and 0 <= v <= GC.WH_MAX for v in x) for x in parts)

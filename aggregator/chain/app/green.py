@@ -228,6 +228,15 @@ def record_statements(st: Staged, fog: bytes, anchor: bytes,
         _certify(st, gc, gid_raw.decode(), anchor, s)
 
 
+def implausible(gen: dict[str, Any], f: dict[int, Any], first_dur: int) -> bool:
+    """A statement (fields `f`) of generator `gen` that no chain counts: more export than
+    its registered capacity can give in the interval (rounded up; certifying it would also
+    let one statement issue unboundedly many certificates), or of another interval length
+    than its first counted one (`first_dur`, 0 for none yet: a fog whose interval_s changed
+    could overlap intervals already counted)."""
+    return f[5] > -(-gen["capacity_w"] * f[3] // 3600) or first_dur not in (0, f[3])
+
+
 def _certify(st: Staged, gc: dict[str, int], gid: str, anchor: bytes,
              s: P.Message) -> None:
     f = s.fields
@@ -236,17 +245,11 @@ def _certify(st: Staged, gc: dict[str, int], gid: str, anchor: bytes,
     acct["statements"] += 1
     eligible = (gen["tech"] in GC.CERTIFIABLE and gen["support"] == "certificates"
                 and f[2] - f[3] >= gen["commissioned"])
-    # most a generator can export in the interval at its registered capacity (rounded up):
-    # beyond it a statement is implausible, and certifying it would also let one statement
-    # issue an unbounded number of certificates in one transaction
-    most = -(-gen["capacity_w"] * f[3] // 3600)
     if not eligible or f[5] == 0:
         pass
     elif f[6]:  # estimated: counted, never certified (docs/PROTOCOL.md section 25)
         acct["estimated"] += f[5]
-    elif f[5] > most or acct["dur"] not in (0, f[3]):
-        # an interval length other than the first one's could overlap intervals already
-        # certified (a fog whose interval_s changed): counted, never certified
+    elif implausible(gen, f, acct["dur"]):  # counted, never certified
         acct["refused"] += f[5]
     else:
         _segment(st, gc, gid, gen, acct, anchor, s)

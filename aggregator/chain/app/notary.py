@@ -55,15 +55,15 @@ def attest(st: Staged, state: State, sender: bytes, tx: bytes,
     if len(signers) < np["threshold"]:
         st.put(T_SHARE, digest, {"subject": subj, "signers": signers})
         return False
-    apply_record(st, state, subj, values, tx, source_tx)
+    apply_record(st, state, what, subj, values, tx, source_tx)
     st.put(T_SHARE, digest, None)
     st.put(T_DONE, done_key, {"record": digest, "signers": signers})
     return True
 
 
-def apply_record(st: Staged, state: State, subj: str, values: dict[str, Any],
+def apply_record(st: Staged, state: State, what: str, subj: str, values: dict[str, Any],
                  tx: bytes, source_tx: bytes) -> None:
-    what, cid = CB.parse_subject(subj)
+    cid = subj.partition("/")[2]  # parsed by attest
     now = state.chain_time()
     if what == CB.OUTCOME:
         settle_lock(st, cid, values)

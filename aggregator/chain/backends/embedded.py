@@ -42,6 +42,7 @@ from aggregator.chain.ledger import (
     UnavailableError,
 )
 from aggregator.chain.store import BlockStore
+from aggregator.chain.store.base import header_time
 from aggregator.chain.verify import replay_state_roots
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
@@ -124,10 +125,7 @@ class EmbeddedLedger(StoreReads):
         b = self._store.block(self._store.height())
         if b is None:
             raise StorageError("the chain's newest block cannot be read")
-        try:
-            t: int = P.parse(b.header, schema=False).fields[6]
-        except (ProtocolError, KeyError) as e:
-            raise StorageError(f"block {b.height}'s header cannot be read: {e}") from None
+        t = header_time(b.header)
         root = self._store.state_root(b.height)
         if root is None:  # a chain written before state roots: compute them once by replay
             roots = replay_state_roots(self._store)

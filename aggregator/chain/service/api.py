@@ -45,7 +45,7 @@ from aggregator.chain.ledger import (
 )
 from aggregator.chain.service.api_carbon import CarbonReads
 from aggregator.chain.service.api_green import GreenReads
-from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded
+from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded, tx_digest
 from aggregator.chain.service.metrics import registry
 from aggregator.dispatch.suggestions import PAGE as SUGGESTIONS
 from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
@@ -63,7 +63,6 @@ JSON = H.JSON
 MAX_BODY = 64 * 1024  # read and refuse (too_large) up to this; beyond, refuse unread
 _DIGITS = re.compile(r"[0-9]{1,30}")
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _SID = re.compile(r"[0-9a-f]{64}")
 _ACTIONS = ("approve", "dismiss")
 _POSTS = "POST goes to /v1/tx or /v1/suggestions/{id}/approve|dismiss"
@@ -358,10 +357,7 @@ class AggregatorAPI:
 
         `decoded` is the transaction by name (kind, from, nonce, body, t, chain).
         """
-        text = req.params["digest"]
-        if not _HEX64.fullmatch(text):
-            raise _bad(f"a transaction digest is 64 hex characters, not {_show(text)}")
-        t = self.ledger.tx(bytes.fromhex(text))
+        t = self.ledger.tx(tx_digest(req.params["digest"], "a transaction digest"))
         doc = {"digest": t.digest.hex(), "height": t.height, "index": t.index,
                "tx": t.tx.hex(), "path": [p.hex() for p in t.path], "header": t.header.hex(),
                "decoded": decoded(t.tx)}

@@ -12,8 +12,8 @@ from aggregator.chain.app import carbon as K
 from aggregator.chain.app import green as G
 from aggregator.chain.app import notary as N
 from aggregator.chain.ledger import Ledger, NotFoundError
-from aggregator.chain.service.api_green import _GEN, _cid
-from aggregator.chain.service.api_reads import bad, bounded, party_id
+from aggregator.chain.service.api_green import cert_id, generator_id
+from aggregator.chain.service.api_reads import bad, bounded, party_id, tx_digest
 from meterledger import wire as P
 from meterledger.errors import ProtocolError
 from meterledger.infra import http as H
@@ -64,9 +64,7 @@ class CarbonReads:
     def generator(self, req: H.Request) -> dict[str, Any]:
         """A generator's verified output, emissions charged, allocations, CCER claims and
         GC-certified Wh, per compliance period."""
-        gid = req.params["gid"]
-        if not _GEN.fullmatch(gid):
-            raise bad(f"gid must be a generator id (a-z 0-9 . _ -, 1-32), not {H.show(gid)}")
+        gid = generator_id(req.params["gid"], "gid")
         prefix = gid.encode() + b"/"
         return {"generator": gid, **{
             name: _period_rows(self.ledger.app_records(table, prefix, None, PERIODS))
@@ -81,7 +79,7 @@ class CarbonReads:
 
     def conversion(self, req: H.Request) -> dict[str, Any]:
         """The carbon chain's outcome of a certificate locked for conversion."""
-        gid, lo, hi = _cid(req.params["cid"])
+        gid, lo, hi = cert_id(req.params["cid"])
         cid = f"{gid}/{lo}-{hi}"
         conv = self.ledger.app_record(K.T_CONV, cid.encode())
         if conv is None:
@@ -116,13 +114,14 @@ class CarbonReads:
             what, _ = CB.parse_subject(subj)
         except ProtocolError as e:
             raise bad(str(e)) from None
-        tx = (req.query.get("tx") or "").lower()
-        if what == CB.ISSUE and tx:
-            raise bad("an issue record is one per certificate: give no tx")
-        if what != CB.ISSUE and not (len(tx) == 64 and all(c in "0123456789abcdef" for c in tx)):
-            raise bad(f"a {what} record is named by its source transaction: tx must be 64 "
-                      f"hex characters, not {H.show(tx)}")
-        key = subj.encode() + (b"@" + bytes.fromhex(tx) if tx else b"")
+        tx = req.query.get("tx")
+        if what == CB.ISSUE:
+            if tx is not None:
+                raise bad("an issue record is one per certificate: give no tx")
+            key = subj.encode()
+        else:
+            key = subj.encode() + b"@" + tx_digest(tx or "", f"a {what} record is named by its "
+                                                             "source transaction: tx")
         done = self.ledger.app_record(N.T_DONE, key)
         if done is None:
             return {"subject": subj, "applied": False}

@@ -5,7 +5,6 @@ list bounded and paged by key; bytes as hex."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aggregator.chain.app import green as G
@@ -19,18 +18,20 @@ from meterledger.wire.names import to_json
 CERTS = (100, 1000)  # certificates per answer (default, most)
 GENERATORS = (100, 1000)
 STATEMENTS = 20_000  # a certificate's statements in one answer, at most
-_GEN = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+def generator_id(text: str, name: str) -> str:
+    """A generator's id (a path part or query value called `name`); 400 otherwise."""
+    if not GC.GENERATOR_ID.fullmatch(text):
+        raise bad(f"{name} must be a generator id (a-z 0-9 . _ -, 1-32), not {H.show(text)}")
+    return text
 
 
 def _generator(q: H.Query) -> str | None:
     text = q.get("generator")
-    if text is not None and not _GEN.fullmatch(text):
-        raise bad(f"generator must be a generator id (a-z 0-9 . _ -, 1-32), not "
-                  f"{H.show(text)}")
-    return text
+    return None if text is None else generator_id(text, "generator")
 
 
-def _cid(text: str) -> tuple[str, int, int]:
+def cert_id(text: str) -> tuple[str, int, int]:
+    """(generator, lo, hi) of a certificate id; 400 otherwise."""
     try:
         return GC.parse_certificate_id(text)
     except ProtocolError as e:
@@ -99,7 +100,7 @@ class GreenReads:
         if owner is not None and gen is not None:
             raise bad("give owner or generator, not both")
         start = q.get("after")
-        after_key = G.cert_key(*_cid(start)) if start else None
+        after_key = G.cert_key(*cert_id(start)) if start else None
         if owner is not None:
             keys = self.ledger.app_records(G.T_OWNED, owner,
                                            owner + after_key if after_key else None, limit)
@@ -119,7 +120,7 @@ class GreenReads:
         """One certificate with the energy statements it was issued from: each statement's
         digest, interval, the Wh of the generator's count it holds and the anchor that
         carried it (the certificate's Wh are those of its range within them)."""
-        gid, lo, hi = _cid(req.params["cid"])
+        gid, lo, hi = cert_id(req.params["cid"])
         cert = self.ledger.app_record(G.T_CERT, G.cert_key(gid, lo, hi))
         if cert is None:
             raise H.HTTPError(404, "not_found", f"no certificate {gid}/{lo}-{hi}")

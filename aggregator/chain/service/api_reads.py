@@ -37,6 +37,7 @@ LATENCIES = (1024, 1024)  # kept by the ledger: its ring's size
 _KEPT = 65_536  # block summaries and times kept in memory
 _DIGITS = re.compile(r"[0-9]{1,30}")
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _show = H.show
 
 K = TypeVar("K")
@@ -71,6 +72,13 @@ def party_id(text: str, name: str, what: str = "") -> bytes:
     """A participant's (fog's, owner's) id given as 16 hex characters; 400 otherwise."""
     if not _HEX16.fullmatch(text):
         raise bad(f"{name} must be {what}16 hex characters, not {_show(text)}")
+    return bytes.fromhex(text)
+
+
+def tx_digest(text: str, what: str) -> bytes:
+    """A transaction's digest given as 64 hex characters (`what` names it in the 400)."""
+    if not _HEX64.fullmatch(text):
+        raise bad(f"{what} is 64 hex characters, not {_show(text)}")
     return bytes.fromhex(text)
 
 
