@@ -21,7 +21,10 @@ GC_TRANSFER, GC_SPLIT, GC_RETIRE = "gc_transfer", "gc_split", "gc_retire"
 KINDS = (PARAMS, GENERATOR, GC_TRANSFER, GC_SPLIT, GC_RETIRE)
 
 # applications a chain enables with a `params` transaction, and who sets each
-APPLICATIONS = {"certificates": "registry", "carbon": "regulator", "notaries": "dispatch"}
+APPLICATIONS = {"certificates": "registry", "carbon": "regulator", "notaries": "dispatch",
+                # grid access and the P2P market (section 27): the regulator's admission
+                # rules, the grid operator's market
+                "access": "regulator", "market": "dispatch"}
 TECHNOLOGIES = ("pv", "wind", "biomass", "hydro", "coal", "gas", "nuclear")
 RENEWABLE = ("pv", "wind", "biomass", "hydro")
 CERTIFIABLE = ("pv", "wind", "biomass")  # 003 s3.2.4(1): non-hydro renewable energy

@@ -19,6 +19,7 @@ from typing import Any
 from meterledger.errors import ProtocolError
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
+from meterledger.wire import market as MK
 from meterledger.wire import merkle
 from meterledger.wire.keys import PublicKey
 from meterledger.wire.meter import ZERO32, command_args_error
@@ -40,7 +41,7 @@ TX, BLOCK = 12, 13
 ROLES = ("dispatch", "fog", "regulator", "plant", "market", "registry", "notary", "holder")
 REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
 RULES = "rules"
-KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS, *CB.KINDS)
+KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS, *CB.KINDS, *MK.KINDS)
 
 # body schemas per kind, in the schema language of protocol.SCHEMAS
 BODIES: dict[str, dict[int, str]] = {
@@ -53,6 +54,7 @@ BODIES: dict[str, dict[int, str]] = {
     RULES: {1: "t", 2: "u", 3: "t", 4: "b32"},                  # name, version, text, digest
     **GC.BODIES,                                                # section 25
     **CB.BODIES,                                                # section 26
+    **MK.BODIES,                                                # section 27
 }
 
 
@@ -70,6 +72,7 @@ BODY_RANGES: dict[str, dict[int, Range]] = {
     RULES: {1: (1, 64), 2: (1, COUNT_MAX), 3: (0, TEXT_MAX)},
     **GC.BODY_RANGES,
     **CB.BODY_RANGES,
+    **MK.BODY_RANGES,
 }
 for _kind, _schema in BODIES.items():
     check_ranges(_schema, BODY_RANGES[_kind], f"{_kind} body")
@@ -157,6 +160,7 @@ BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
     RULES: _rules_rules, REPORT: _entries_rules(REPORT), FAULT: _entries_rules(FAULT),
     **GC.BODY_RULES,
     **CB.BODY_RULES,
+    **MK.BODY_RULES,
 }
 
 

@@ -17,6 +17,7 @@ from meterledger.errors import ProtocolError
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
+from meterledger.wire import market as MK
 from meterledger.wire.cose import digest, parse
 from meterledger.wire.names import TYPE_NAMES, to_json
 from meterledger.wire.types import NAMES
@@ -35,6 +36,7 @@ BODY_NAMES: dict[str, dict[int, str]] = {
     C.RULES: {1: "name", 2: "version", 3: "text", 4: "digest"},
     **GC.BODY_NAMES,
     **CB.BODY_NAMES,
+    **MK.BODY_NAMES,
 }
 _CARRIED = {1: "checkpoints", 3: "aggregates", 4: "statements"}  # an anchor's messages, decoded in place
 

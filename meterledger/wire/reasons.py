@@ -46,6 +46,14 @@ APPLICATIONS = (
     "not_renewable", "ccer_claimed", "bad_record", "unknown_source", "record_applied",
     "attest_repeated", "not_locked", "certificate_locked", "certificate_converted",
     "out_of_range", "params_frozen",
+    # grid access and the P2P market (section 27)
+    "not_enrolled", "already_enrolled", "unknown_line", "network_version", "not_admitted",
+    "insufficient_points", "market_mode", "bad_cycle", "gate_closed", "gate_open",
+    "reveal_closed", "cycle_closed", "cycle_open", "bid_below_floor", "quotes_exhausted",
+    "requote_not_monotonic", "no_order", "already_committed", "no_commitment",
+    "already_revealed", "reveal_mismatch", "unknown_contract", "not_party", "contract_closed",
+    "signing_closed", "already_signed", "delivery_pending", "not_delivered",
+    "already_reviewed",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

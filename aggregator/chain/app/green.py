@@ -35,6 +35,7 @@ from aggregator.chain.ledger import ChainError, Receipt
 from meterledger import wire as P
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
+from meterledger.wire import market as MK
 
 T_PARAMS, T_GEN, T_METER, T_STATED = "app.params", "gc.generator", "gc.meter", "st.stated"
 T_ACCOUNT, T_SEGMENT, T_CERT = "gc.account", "gc.segment", "gc.cert"
@@ -63,6 +64,7 @@ PARAMETERS: dict[str, dict[str, tuple[int, int, int]]] = {
     # peer_chain: the chain id whose records are taken, as a signed 64-bit integer (CBOR
     # integers here are int64), 0 for any
     "notaries": {"threshold": (1, 64, 2), "peer_chain": (-(2**63), 2**63 - 1, 0)},
+    **MK.PARAMETERS,  # grid access and the market (section 27)
 }
 
 
@@ -118,13 +120,29 @@ class Staged:
         self._mine[(table, key)] = value
         self.writes.append((table, key, value))
 
+    def scan(self, table: str, prefix: bytes) -> list[tuple[bytes, Any]]:
+        """Every record of `table` whose key starts with `prefix`, in key order, this
+        transaction's own writes included (and its deletions, None, left out)."""
+        found: dict[bytes, Any] = {}
+        after = prefix
+        while True:
+            nxt = self.state.next_record(table, after)
+            if nxt is None or not nxt[0].startswith(prefix):
+                break
+            found[nxt[0]] = nxt[1]
+            after = nxt[0]
+        for (t, k), v in self._mine.items():
+            if t == table and k.startswith(prefix):
+                found[k] = v
+        return [(k, found[k]) for k in sorted(found) if found[k] is not None]
+
     def effect(self, e: Effect) -> Writes:
         return Writes(*e.common(), tuple(self.writes))
 
 
 # --- parameters ----------------------------------------------------------------------------------
 # parameters a later version may not change: the periods records are keyed by
-FROZEN = {"carbon": ("start", "period_s")}
+FROZEN = {"carbon": ("start", "period_s"), **MK.FROZEN}
 
 
 def effective(app: str, values: dict[str, int]) -> dict[str, int]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aggregator.chain.app import carbon as K
 from aggregator.chain.app import green as G
+from aggregator.chain.app import market_cycle as MC
 from aggregator.chain.app.kinds.base import Tx
 from aggregator.chain.app.state import INT64_MAX, Effect, State, StateWriter
 from aggregator.chain.ledger import FOG, CarriedAggregate, ChainError, Receipt, refuse
@@ -62,5 +63,6 @@ def check(tx: Tx, state: State) -> Effect:
     st = G.Staged(state)
     G.record_statements(st, fog, tx.digest, checked.statements)
     K.record_outputs(st, fog, checked.statements)
+    MC.record_deliveries(st, fog, checked.statements)
     return Anchors(*tx.effect().common(), tuple(st.writes), cps[0].fields[2], head,
                    tuple(CarriedAggregate.of(a) for a in checked.aggregates))

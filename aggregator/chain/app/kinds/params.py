@@ -5,6 +5,7 @@ versions go up by one; a version replaces the previous one's values whole."""
 from __future__ import annotations
 
 from aggregator.chain.app import green as G
+from aggregator.chain.app import market as M
 from aggregator.chain.app.kinds.base import Tx
 from aggregator.chain.app.state import Effect, State
 from aggregator.chain.ledger import ChainError
@@ -35,4 +36,6 @@ def check(tx: Tx, state: State) -> Effect:
                 raise ChainError("params_frozen", f"{app} parameter {name} is {old[name]} "
                                                   "for good: records are keyed by it")
     st.put(G.T_PARAMS, app.encode(), {"version": version, "values": checked})
+    if app == "market":  # its sender is the grid operator: it enrols, publishes, signs
+        st.put(M.T_OPERATOR, b"", tx.sender.id)
     return st.effect(tx.effect())

@@ -1,0 +1,266 @@
+"""A market cycle's life on the chain (docs/PROTOCOL.md section 27): matches become
+contracts holding the buyer's escrow, three signatures make them effective, the cycle
+closes at its gate (a sealed call auction clears then), and after the delivery interval
+the fog-signed delivery statements of the parties' meters settle it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aggregator.chain.app import auction as AU
+from aggregator.chain.app import green as G
+from aggregator.chain.app import market as M
+from aggregator.chain.ledger import ChainError
+from meterledger import wire as P
+from meterledger.wire import market as MK
+
+MATCHED, EFFECTIVE, LAPSED = "matched", "effective", "lapsed"
+BUYER, SELLER, GRID = 1, 2, 4  # the signature bits of a contract
+ALL_SIGNED = BUYER | SELLER | GRID
+u64 = G.u64
+
+
+def contract_key(cycle: int, n: int) -> bytes:
+    return u64(cycle) + n.to_bytes(4, "big")
+
+
+def contract(st: G.Staged, cycle: int, n: int) -> dict[str, Any]:
+    c = st.get(M.T_CONTRACT, contract_key(cycle, n))
+    if c is None:
+        raise ChainError("unknown_contract", f"cycle {cycle} has no contract {n}")
+    return dict(c)
+
+
+def contracts(st: G.Staged, cycle: int) -> list[tuple[bytes, dict[str, Any]]]:
+    return [(k, dict(v)) for k, v in st.scan(M.T_CONTRACT, u64(cycle))]
+
+
+def _take(st: G.Staged, cycle: int, q: AU.Quote, wh: int) -> dict[str, Any]:
+    """`wh` of an order matched: less left, and a bid's hold for it released (returned)."""
+    key = M.order_key(cycle, q.side, q.who)
+    rec = dict(st.get(M.T_ORDER, key))
+    rec["left"] -= wh
+    release = rec["unit"] * wh
+    rec["held"] -= release
+    st.put(M.T_ORDER, key, rec)
+    if release:
+        M.unhold(st, q.who, release)
+    return rec
+
+
+def make_contracts(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, Any],
+                   matches: Sequence[AU.Match], congested: Iterable[str], tx: bytes) -> None:
+    """Each match becomes a contract of the cycle awaiting its three signatures, the buyer's
+    P_F x Wh held in escrow (never more than its bid held); matches beyond contracts_max are
+    dropped (the cap bounds what one mk_settle does)."""
+    for lid in sorted(congested):
+        key = u64(cycle) + lid.encode()
+        if st.get(M.T_CONGESTED, key) is None:
+            st.put(M.T_CONGESTED, key, M.network(st)[lid].redispatch)
+    for m in matches:
+        n = cyc["contracts"]
+        if n >= mp["contracts_max"]:
+            break
+        bid = _take(st, cycle, m.buyer, m.wh)
+        _take(st, cycle, m.seller, m.wh)
+        pf = AU.final_price(m.buyer.price, m.seller.price, bid["pt"], m.fee)
+        M.hold(st, m.buyer.who, pf * m.wh, f"the escrow of contract {n}")
+        for lid in m.path:
+            key = u64(cycle) + lid.encode()
+            st.put(M.T_FLOW, key, (st.get(M.T_FLOW, key) or 0) + m.wh)
+        st.put(M.T_CONTRACT, contract_key(cycle, n), {
+            "buyer": m.buyer.who, "seller": m.seller.who, "wh": m.wh, "bid": m.buyer.price,
+            "ask": m.seller.price, "mid": AU.midpoint(m.buyer.price, m.seller.price),
+            "pt": bid["pt"], "fee": m.fee, "pf": pf, "escrow": pf * m.wh,
+            "path": list(m.path), "signed": 0, "state": MATCHED, "tx": tx,
+            "orders": [bid["tx"], st.get(M.T_ORDER, M.order_key(cycle, MK.SELL,
+                                                                 m.seller.who))["tx"]]})
+        M.count(st, m.buyer.who, bid=1)
+        M.count(st, m.seller.who, bid=1)
+        cyc["contracts"] = n + 1
+
+
+def match(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, Any],
+          takers: Iterable[bytes] | None, tx: bytes) -> None:
+    """Match the cycle's book (all bids of a call, or the incoming order's participant of a
+    continuous market) on the published network and make the contracts."""
+    quotes = M.book(st, cycle)
+    net = M.network(st)
+    line_of = {q.who: M.enrolled(st, q.who, "a match")["line"] for q in quotes}
+    left = M.line_left(st, mp, cycle, net)
+    congested = {k[8:].decode() for k, _ in st.scan(M.T_CONGESTED, u64(cycle))}
+    bids = [q for q in quotes if q.side == MK.BUY]
+    asks = [q for q in quotes if q.side == MK.SELL]
+    found = AU.match_book(bids, asks, takers, line_of, net, left, congested)
+    make_contracts(st, mp, cycle, cyc, found, congested, tx)
+
+
+def sign(st: G.Staged, cycle: int, n: int, who: bytes, now: int) -> dict[str, Any]:
+    """One of the three signatures (001 s3.3: buyer, seller, grid operator), before the
+    delivery interval starts; the third makes the contract effective."""
+    c = contract(st, cycle, n)
+    bit = (BUYER if who == c["buyer"] else SELLER if who == c["seller"]
+           else GRID if who == M.operator(st) else 0)
+    if not bit:
+        raise ChainError("not_party", f"{who.hex()} is neither the buyer, the seller nor the "
+                                      f"grid operator of contract {cycle}/{n}")
+    if c["state"] != MATCHED:
+        raise ChainError("contract_closed", f"contract {cycle}/{n} is {c['state']}")
+    if now >= cycle:
+        raise ChainError("signing_closed", f"contract {cycle}/{n} had to be signed before its "
+                                           f"delivery started at {cycle} (chain time {now})")
+    if c["signed"] & bit:
+        raise ChainError("already_signed", f"{who.hex()} signed contract {cycle}/{n} already")
+    c["signed"] |= bit
+    if c["signed"] == ALL_SIGNED:
+        c["state"] = EFFECTIVE
+    st.put(M.T_CONTRACT, contract_key(cycle, n), c)
+    return c
+
+
+# --- the gate: close the cycle ---------------------------------------------------------------
+def close(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) -> dict[str, Any]:
+    """mk_clear: after the gate (and the reveal window of a sealed market) clear a sealed
+    book, release what bids still hold, take reputation from every participant left
+    unmatched (an unrevealed commitment too: 001 s3.1), publish the cycle's CEP (s3.2) and
+    its lowest clearing price, the next bids' floor."""
+    cyc = M.open_cycle(st, cycle, MK.MK_CLEAR)
+    ready = M.gate(mp, cycle) + (mp["reveal_s"] if mp["mode"] == MK.SEALED else 0)
+    if cycle % mp["cycle_s"] or now < ready:
+        raise ChainError("gate_open", f"cycle {cycle} clears from {ready} (chain time {now})")
+    if mp["mode"] == MK.SEALED:
+        match(st, mp, cycle, cyc, None, tx)
+    made = contracts(st, cycle)
+    parties = {c[x] for _, c in made for x in ("buyer", "seller")}
+    quoted: set[bytes] = set()
+    for key, rec in st.scan(M.T_ORDER, u64(cycle)):
+        quoted.add(key[9:])
+        if rec["held"]:
+            M.unhold(st, key[9:], rec["held"])
+            st.put(M.T_ORDER, key, {**rec, "held": 0})
+    quoted.update(k[8:] for k, _ in st.scan(M.T_COMMIT, u64(cycle)))
+    for pid in sorted(quoted - parties):
+        M.count(st, pid, bid=1, penalty=mp["penalty_ppm"])
+    prices = [c["mid"] for _, c in made]
+    low = min(prices) if prices else None
+    last = st.get(M.T_LAST, b"")
+    if low is not None and (last is None or cycle > last["cycle"]):
+        st.put(M.T_LAST, b"", {"cycle": cycle, "floor": low})
+    cep = AU.equilibrium_price(prices, mp["beta_milli"], mp["cep_n"])
+    cyc.update(state=M.CLOSED, unmatched=len(quoted - parties), closed=now, tx=tx)
+    if low is not None and cep is not None:  # records hold no null: a cycle without trades
+        cyc.update(cep=cep, low=low)         # has neither
+
+    st.put(M.T_CYCLE, u64(cycle), cyc)
+    return cyc
+
+
+# --- delivery, measured: the fog's statements of enrolled meters ------------------------------
+def record_deliveries(st: G.Staged, fog: bytes, statements: Iterable[P.Message]) -> None:
+    """The energy statements of meters enrolled in the market, summed per participant and
+    cycle (anchor kind; a repeat was refused by app.green). A statement not inside one
+    cycle (its fog's interval does not divide cycle_s) is not counted."""
+    mp = G.params(st, "market")
+    if mp is None:
+        return
+    for s in statements:
+        f = s.fields
+        pid = st.get(M.T_MMETER, fog + f[1])
+        if pid is None:
+            continue
+        start = f[2] - f[3]
+        cycle = start - start % mp["cycle_s"]
+        if f[2] > cycle + mp["cycle_s"]:
+            continue
+        key = pid + u64(cycle)
+        rec = dict(st.get(M.T_DELIVERY, key) or {"exp": 0, "imp": 0, "dur": 0, "est": 0,
+                                                 "statements": []})
+        rec.update(exp=rec["exp"] + f[5], imp=rec["imp"] + f[4], dur=rec["dur"] + f[3],
+                   est=rec["est"] | f[6], statements=[*rec["statements"], s.digest])
+        st.put(M.T_DELIVERY, key, rec)
+
+
+def delivered(st: G.Staged, mp: dict[str, int], pid: bytes, cycle: int) -> int | None:
+    """What the participant's meter exported over the cycle, None until statements cover
+    the whole cycle (estimated ones count: they are the fog's validated substitutes)."""
+    rec = st.get(M.T_DELIVERY, pid + u64(cycle))
+    return None if rec is None or rec["dur"] < mp["cycle_s"] else int(rec["exp"])
+
+
+def settle(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) -> dict[str, Any]:
+    """mk_settle: after the delivery interval, each effective contract from the seller's
+    measured export (shared by its contracts in contract order): the seller is paid the
+    midpoint for what it delivered, the grid operator P_T and the congestion fee; a shortfall
+    refunds the buyer and costs the seller the imbalance price, paid to the grid operator
+    (what it cannot pay it owes). Waits for the statements until settle_s after the
+    interval; then a seller without them delivered nothing. Unsigned contracts lapse."""
+    cyc = st.get(M.T_CYCLE, u64(cycle))
+    if cyc is None or cyc["state"] == M.OPEN:
+        raise ChainError("cycle_open", f"cycle {cycle} is not closed yet (mk_clear first)")
+    if cyc["state"] == M.SETTLED:
+        raise ChainError("already_settled", f"cycle {cycle} was settled already")
+    end = cycle + mp["cycle_s"]
+    if now < end:
+        raise ChainError("delivery_pending", f"cycle {cycle} delivers until {end} "
+                                             f"(chain time {now})")
+    late = now >= end + mp["settle_s"]
+    op = M.operator(st)
+    used: dict[bytes, int] = {}
+    for key, c in contracts(st, cycle):
+        if c["state"] != EFFECTIVE:
+            M.unhold(st, c["buyer"], c["escrow"])
+            st.put(M.T_CONTRACT, key, {**c, "state": LAPSED, "settled": tx})
+            continue
+        seller = c["seller"]
+        exp = delivered(st, mp, seller, cycle)
+        if exp is None and not late:
+            raise ChainError("delivery_pending", f"the statements of {seller.hex()}'s meter "
+                                                 f"for cycle {cycle} have not all arrived; "
+                                                 f"from {end + mp['settle_s']} it settles "
+                                                 "as undelivered")
+        d = max(0, min(c["wh"], (exp or 0) - used.get(seller, 0)))
+        used[seller] = used.get(seller, 0) + d
+        _pay(st, mp, c, d, op)
+        if d:
+            M.count(st, c["buyer"], done=1)
+            M.count(st, seller, done=1)
+        st.put(M.T_CONTRACT, key, {**c, "state": M.SETTLED, "delivered": d,
+                                   "measured": int(exp is not None), "settled": tx})
+    cyc = {**cyc, "state": M.SETTLED, "settled": now}
+    st.put(M.T_CYCLE, u64(cycle), cyc)
+    return dict(cyc)
+
+
+def _pay(st: G.Staged, mp: dict[str, int], c: dict[str, Any], d: int, op: bytes) -> None:
+    buyer, seller, short = c["buyer"], c["seller"], c["wh"] - d
+    M.unhold(st, buyer, c["mid"] * d, to=seller)
+    M.unhold(st, buyer, (c["pt"] + c["fee"]) * d, to=op)
+    M.unhold(st, buyer, c["pf"] * short)  # escrow = pf x wh: all of it is accounted for
+    due = mp["imbalance"] * short
+    if due:
+        acct = M.account(st, seller)
+        paid = min(acct["balance"], due)
+        acct["balance"] -= paid
+        acct["owed"] += due - paid
+        st.put(M.T_ACCOUNT, seller, acct)
+        M.credit(st, op, paid)
+
+
+def review(st: G.Staged, cycle: int, n: int, who: bytes, good: int) -> None:
+    """A review of a settled, delivered contract by its buyer or seller, once each, of the
+    other party (001 eq. 4's positive reviews)."""
+    c = contract(st, cycle, n)
+    if who not in (c["buyer"], c["seller"]):
+        raise ChainError("not_party", f"only the buyer or the seller of contract {cycle}/{n} "
+                                      "reviews it")
+    if c["state"] != M.SETTLED or not c["delivered"]:
+        raise ChainError("not_delivered", f"contract {cycle}/{n} is {c['state']} with nothing "
+                                          "delivered: there is no trade to review")
+    key = contract_key(cycle, n) + who
+    if st.get(M.T_REVIEW, key) is not None:
+        raise ChainError("already_reviewed", f"{who.hex()} reviewed contract {cycle}/{n} "
+                                             "already")
+    st.put(M.T_REVIEW, key, good)
+    if good:
+        M.count(st, c["seller"] if who == c["buyer"] else c["buyer"], good=1)
