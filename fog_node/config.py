@@ -133,6 +133,12 @@ class FogConfig(HTTPSettings):
                                          "statements for the chain; none: no statement",
                                     parse=lambda v: parse_generators(v), default_factory=list,
                                     metavar="LIST")
+    market_meters: list[str] = setting(help="meters (16-hex ids) whose owners consented to "
+                                            "the P2P market: their energy per interval "
+                                            "leaves the fog as type-14 statements that "
+                                            "settle their trades; none: no household's "
+                                            "does", parse=lambda v: parse_generators(v),
+                                       default_factory=list, metavar="LIST")
     on_tamper: str = setting("report", help="report, or relay_off: open the relay of a meter "
                                             "reporting TAMPER", choices=("report", "relay_off"))
     # simulation only (demo, labs, tests): the clock meters share (meterledger/infra/simclock.py)

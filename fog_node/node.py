@@ -112,6 +112,13 @@ class BusView(Protocol):
     counters: Counter[str]
 
 
+def stated_meters(config: FogConfig) -> tuple[bytes, ...]:
+    """The meters the fog signs type-14 statements of: its generators, then the households
+    whose owners consented to the market (docs/PROTOCOL.md section 27), each once."""
+    ids = dict.fromkeys([*config.generators, *config.market_meters])
+    return tuple(bytes.fromhex(g) for g in ids)
+
+
 class FogNode:
     def __init__(self, config: FogConfig, clock: Callable[[], float]) -> None:
         self.config = config
@@ -139,8 +146,7 @@ class FogNode:
                             voltage_high_dv=config.voltage_high_dv)
         self.cooker = Cooker(self.key, self.log, self.registry, d / "cooked.db",
                              CookConfig(config.interval_s, tuple(config.feeders), rules,
-                                        generators=tuple(bytes.fromhex(g)
-                                                         for g in config.generators)))
+                                        generators=stated_meters(config)))
         self.lock = threading.RLock()
         self.storage = StorageHealth()  # a storage fault now, failures by kind (fog_node.storage)
         self.chain: ChainView | None = None  # set when the node anchors to a dispatch chain

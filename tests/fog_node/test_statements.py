@@ -16,7 +16,7 @@ from fog_node.chainlink.link import build_anchor
 from fog_node.config import FogConfig, load_config, parse_generators
 from fog_node.cooking import statements as S
 from fog_node.log.checkpoints import Checkpoint
-from fog_node.node import FogNode, init_data_dir
+from fog_node.node import FogNode, init_data_dir, stated_meters
 from meterledger import wire as P
 from meterledger.errors import ConfigError
 from meterledger.wire import anchor as A
@@ -349,3 +349,26 @@ def test_energy_that_is_not_the_register_difference_is_not_stated(fog: Fog):
     fog.all_read(T0 + IVL)
     assert fog.close(T0 + IVL).statements == []
     assert cooker.counters["statements_skipped_registers"] == 2
+
+
+def test_a_household_that_consented_to_the_market_gets_statements_and_no_other(
+        tmp_path: Path) -> None:
+    """`market_meters` (docs/PROTOCOL.md section 27): a consenting household's energy leaves
+    the fog as statements, like a generator's; the households that did not consent, never."""
+    path = tmp_path / "fog.toml"
+    fog = Fog(tmp_path, 4, 1)
+    market = fog.meters[2].dev.hex()
+    path.write_text(f'[fog]\ngenerators = ["{fog.gens[0].hex()}"]\n'
+                    f'market_meters = ["{market}", "{fog.gens[0].hex()}"]\n')
+    config = load_config(path, {})
+    assert stated_meters(config) == (fog.gens[0], fog.meters[2].dev)
+    fog.node.close()
+    fog.gens = list(stated_meters(config))
+    fog.node = fog.open()
+    fog.all_read(T0)
+    fog.all_read(T0 + IVL)
+    fog.close(T0 + IVL)
+    assert sorted(f[1] for _, f in fog.statements()) == sorted(fog.gens)
+    assert [(f[4], f[5]) for _, f in fog.statements() if f[1] == fog.meters[2].dev] == \
+        [(120, 100)]
+    fog.node.close()
