@@ -69,7 +69,7 @@ PARAMETERS: dict[str, dict[str, tuple[int, int, int]]] = {
                "voltage_max_v": (1, VOLTAGE_CAP_V, VOLTAGE_CAP_V),
                "valid_s": (3_600, 10 * 366 * _DAY, 365 * _DAY)},
     "market": {"mode": (CONTINUOUS, SEALED, SEALED),
-               "cycle_s": (300, _DAY, 900), "gate_s": (0, _DAY, 300),
+               "cycle_s": (60, _DAY, 900), "gate_s": (0, _DAY, 300),
                "reveal_s": (1, _DAY, 120), "horizon_s": (0, 31 * _DAY, _DAY),
                "quotes_max": (1, 100, 10),
                "c1": (0, PRICE_MAX, 50), "c2": (0, PRICE_MAX, 10), "c3": (0, PRICE_MAX, 10),

@@ -14,6 +14,8 @@ Application records (integers in keys 8-byte big-endian, a side one byte b or s)
     mk.order      cycle || side || participant -> {"wh", "left", "price", "fee_max",
                                                    "quotes", "seq", "held", "unit", "pt",
                                                    "tx"}
+    mk.live       the same key as mk.order -> 1 while something of the order is left (the
+                                            book scans these, not every order of the cycle)
     mk.commit     cycle || participant     -> {"digest", "seq", "revealed"}
     mk.seq        ""                       -> the next order's time priority
     mk.flow       cycle || line            -> Wh the cycle's contracts carry over it
@@ -39,7 +41,7 @@ T_OPERATOR, T_ENROLLED, T_MMETER, T_ACCESS = "mk.operator", "mk.enrolled", "mk.m
 T_ACCOUNT, T_NETWORK, T_REP, T_ORDER = "mk.account", "mk.network", "mk.rep", "mk.order"
 T_COMMIT, T_SEQ, T_FLOW, T_CONGESTED = "mk.commit", "mk.seq", "mk.flow", "mk.congested"
 T_CYCLE, T_CONTRACT, T_LAST = "mk.cycle", "mk.contract", "mk.last"
-T_DELIVERY, T_REVIEW = "mk.delivery", "mk.review"
+T_DELIVERY, T_REVIEW, T_LIVE = "mk.delivery", "mk.review", "mk.live"
 
 OPEN, CLOSED, SETTLED = "open", "closed", "settled"
 u64 = G.u64
@@ -280,13 +282,22 @@ def put_order(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: byte
            "quotes": 1 if prev is None else prev["quotes"] + 1, "seq": seq, "held": held,
            "unit": unit, "pt": transmission(mp), "tx": tx}
     st.put(T_ORDER, order_key(cycle, side, pid), rec)
+    st.put(T_LIVE, order_key(cycle, side, pid), 1)
     return rec
+
+
+def put_left(st: G.Staged, key: bytes, rec: dict[str, Any]) -> None:
+    """Write an order whose `left` changed; off the book once nothing is left."""
+    st.put(T_ORDER, key, rec)
+    if rec["left"] == 0:
+        st.put(T_LIVE, key, None)
 
 
 def book(st: G.Staged, cycle: int) -> list[AU.Quote]:
     """The cycle's live orders (anything left), both sides, as quotes with reputations."""
     out: list[AU.Quote] = []
-    for key, rec in st.scan(T_ORDER, u64(cycle)):
+    for key, _ in st.scan(T_LIVE, u64(cycle)):
+        rec = st.get(T_ORDER, key)
         if rec["left"] > 0:
             side = MK.BUY if key[8:9] == b"b" else MK.SELL
             pid = key[9:]

@@ -43,7 +43,7 @@ def _take(st: G.Staged, cycle: int, q: AU.Quote, wh: int) -> dict[str, Any]:
     rec["left"] -= wh
     release = rec["unit"] * wh
     rec["held"] -= release
-    st.put(M.T_ORDER, key, rec)
+    M.put_left(st, key, rec)
     if release:
         M.unhold(st, q.who, release)
     return rec
@@ -134,6 +134,8 @@ def close(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) -> 
     made = contracts(st, cycle)
     parties = {c[x] for _, c in made for x in ("buyer", "seller")}
     quoted: set[bytes] = set()
+    for key, _ in st.scan(M.T_LIVE, u64(cycle)):  # the book is closed
+        st.put(M.T_LIVE, key, None)
     for key, rec in st.scan(M.T_ORDER, u64(cycle)):
         quoted.add(key[9:])
         if rec["held"]:

@@ -25,6 +25,6 @@ def check(tx: Tx, state: State) -> Effect:
                                      f"side of cycle {cycle}")
     if rec["held"]:
         M.unhold(st, tx.sender.id, rec["held"])
-    st.put(M.T_ORDER, M.order_key(cycle, side, tx.sender.id),
-           {**rec, "left": 0, "held": 0, "cancelled": tx.digest})
+    M.put_left(st, M.order_key(cycle, side, tx.sender.id),
+               {**rec, "left": 0, "held": 0, "cancelled": tx.digest})
     return st.effect(tx.effect())
