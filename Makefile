@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint bench demo demo-live demo-consortium mpy clean flash fuzz screenshots
+.PHONY: setup test lint bench demo demo-live demo-consortium demo-market mpy clean flash fuzz screenshots
 
 setup: $(VENV)/.installed node_modules/.installed .cometbft/.built meterledger/ui/static/build/.built
 
@@ -61,6 +61,7 @@ bench: setup
 	$(PY) -m tools.bench_api
 	$(PY) -m tools.bench_acks
 	$(PY) -m tools.bench_consortium
+	$(PY) -m tools.bench_market
 	$(PY) -m tools.bench_ui
 
 # every fuzz target (tools/fuzz) in turn for FUZZ_SECONDS each; findings are written under
@@ -75,6 +76,11 @@ demo: setup
 # the same stack, left running until Ctrl-C to explore its APIs and logs
 demo-live: setup
 	$(PY) -m tools.demo --meters 20 --intervals 3 --out demo-out --keep-running
+
+# the P2P market: prosumers and consumers trading on the chain for three cycles, settled
+# from the fog's statements of their meters, one feeder congested
+demo-market: setup
+	$(PY) -m tools.demo_market --out demo-out/market
 
 # the same demo with the dispatch chain on a four-validator CometBFT network (the consortium);
 # the bundle is verified against the validators of demo-out/genesis.json

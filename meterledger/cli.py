@@ -7,6 +7,7 @@
     meterledger meter sign|verify|decode ...               python -m tools.reading
     meterledger audit bundle|verify|certificate-bundle|certificate ...  python -m tools.audit
     meterledger notary init|run ...                        python -m aggregator.notary
+    meterledger market apply|order|commit|reveal|book|...  python -m meterledger.market_cli
     meterledger flash ...                                  python -m tools.flash
     meterledger ota keygen|build|sign|inspect|push|status  python -m tools.ota
     meterledger demo ...                                   python -m tools.demo
@@ -66,6 +67,9 @@ COMMANDS: tuple[Command, ...] = (
             "aggregator.__main__"),
     Command("notary", "a notary between the certificate and carbon chains: init, run",
             "aggregator.notary.__main__"),
+    Command("market", "a participant of the P2P market and grid access: apply, order, "
+                      "commit, reveal, sign, ...; reads: book, contracts, cycle, account",
+            "meterledger.market_cli"),
     Command("meter", "virtual meters and signed readings: sim, sign, verify, decode", children=(
         Command("sim", "run virtual meters on the firmware app (hardware.virtual_meter)",
                 "hardware.virtual_meter"),

@@ -215,3 +215,54 @@ class ChainClient:
     def balance(self, owner_hex: str) -> dict[str, Any]:
         """GET /v1/balances/{owner}: certified Wh held (`active`) and `retired`."""
         return self.get(f"/v1/balances/{owner_hex}")
+
+    # -- the market and grid access (docs/PROTOCOL.md section 27) --------------------------------
+    def market_access(self, pid_hex: str) -> dict[str, Any]:
+        """GET /v1/market/access/{pid}: {"decision" (null: never applied), "enrolled"}."""
+        return self.get(f"/v1/market/access/{pid_hex}")
+
+    def market_account(self, pid_hex: str) -> dict[str, Any]:
+        """GET /v1/market/accounts/{pid}: balance, held, owed (upt) and `reputation`."""
+        return self.get(f"/v1/market/accounts/{pid_hex}")
+
+    def market_enrolment(self, pid_hex: str) -> dict[str, Any] | None:
+        """GET /v1/market/enrolments/{pid}: its fog, meter and line; None if not enrolled."""
+        out: dict[str, Any] | None = self.get(f"/v1/market/enrolments/{pid_hex}")["enrolment"]
+        return out
+
+    def market_delivery(self, pid_hex: str, cycle: int) -> dict[str, Any]:
+        """GET /v1/market/deliveries/PID/CYCLE: the participant's metered energy over a
+        cycle (`delivery`: exp, imp, dur, est, statements), null before any statement."""
+        return self.get(f"/v1/market/deliveries/{pid_hex}/{cycle}")
+
+    def market_network(self) -> dict[str, Any]:
+        """GET /v1/market/network: {"network" (version, lines), "operator"}."""
+        return self.get("/v1/market/network")
+
+    def market_floor(self) -> dict[str, Any]:
+        """GET /v1/market/floor: {"cycle", "floor"} of the latest closed cycle."""
+        return self.get("/v1/market/floor")
+
+    def market_cycle(self, cycle: int) -> dict[str, Any]:
+        """GET /v1/market/cycles/{cycle}: state, contracts, cep, low, gate, ..."""
+        return self.get(f"/v1/market/cycles/{cycle}")
+
+    def market_contracts(self, cycle: int, after: int | None = None,
+                         limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/market/cycles/{cycle}/contracts: {"contracts", "next"} in number order."""
+        return self._query(f"/v1/market/cycles/{cycle}/contracts", after=after, limit=limit)
+
+    def market_contract(self, cycle: int, n: int) -> dict[str, Any]:
+        """GET /v1/market/cycles/{cycle}/contracts/{n}: the contract and its reviews."""
+        return self.get(f"/v1/market/cycles/{cycle}/contracts/{n}")
+
+    def market_book(self, cycle: int, side: str | None = None, after: str | None = None,
+                    limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/market/cycles/{cycle}/book: {"mode", "orders", "next"}."""
+        return self._query(f"/v1/market/cycles/{cycle}/book", side=side, after=after,
+                           limit=limit)
+
+    def market_commitments(self, cycle: int, after: str | None = None,
+                           limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/market/cycles/{cycle}/commitments: {"commitments" (no digests), "next"}."""
+        return self._query(f"/v1/market/cycles/{cycle}/commitments", after=after, limit=limit)

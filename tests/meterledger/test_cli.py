@@ -78,6 +78,8 @@ HELP_CASES: list[tuple[list[str], str, list[str]]] = [
     (["bus"], "meterledger bus", ["--endpoints", "--baud", "--noise"]),
     (["sdm"], "meterledger sdm", ["--pty", "--port", "--profile"]),
     (["vm"], "meterledger vm", ["script", "--firmware", "--heap"]),
+    (["market"], "meterledger market", ["apply", "order", "commit", "reveal", "sign", "settle",
+                                        "book", "account", "agent"]),
     # one subcommand per group that has them
     (["fog", "run"], "meterledger fog run", ["--config", "--data-dir", "--http-port",
                                              "--rs485-port", "--mqtt-host"]),

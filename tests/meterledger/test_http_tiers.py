@@ -174,7 +174,8 @@ def test_tokens_are_compared_whole_and_every_tier_is_compared() -> None:
 # -- every endpoint of both real APIs -------------------------------------------------------------
 SAMPLES = {"index": "0", "height": "0", "digest": "00" * 32, "id": "ab" * 32,
            "action": "dismiss", "cid": "pv-1/0-1000000", "owner": "00" * 8,
-           "gid": "pv-1", "subject": "issue/pv-1/0-1000000"}
+           "gid": "pv-1", "subject": "issue/pv-1/0-1000000", "pid": "00" * 8, "cycle": "900",
+           "n": "0"}
 
 
 def concrete(template: str) -> str:
@@ -277,6 +278,17 @@ def test_every_chain_endpoint_answers_its_tier(tmp_path: Path) -> None:
         f"GET /v1/carbon/conversions/{SAMPLES['cid']}": "public",
         "GET /v1/notary/outbox": "public",
         f"GET /v1/notary/records/{SAMPLES['subject']}": "public",
+        # the market (section 27): derived from the public blocks like the rest
+        f"GET /v1/market/access/{SAMPLES['pid']}": "public",
+        f"GET /v1/market/accounts/{SAMPLES['pid']}": "public",
+        f"GET /v1/market/enrolments/{SAMPLES['pid']}": "public",
+        f"GET /v1/market/deliveries/{SAMPLES['pid']}/{SAMPLES['cycle']}": "public",
+        "GET /v1/market/network": "public", "GET /v1/market/floor": "public",
+        f"GET /v1/market/cycles/{SAMPLES['cycle']}": "public",
+        f"GET /v1/market/cycles/{SAMPLES['cycle']}/contracts": "public",
+        f"GET /v1/market/cycles/{SAMPLES['cycle']}/contracts/{SAMPLES['n']}": "public",
+        f"GET /v1/market/cycles/{SAMPLES['cycle']}/book": "public",
+        f"GET /v1/market/cycles/{SAMPLES['cycle']}/commitments": "public",
         f"GET /v1/blocks/{SAMPLES['height']}": "public",
         f"GET /v1/tx/{SAMPLES['digest']}": "public", "GET /metrics": "auditor",
         "POST /v1/tx": "public", f"POST /v1/suggestions/{SAMPLES['id']}/dismiss": "operator",

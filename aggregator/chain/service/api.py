@@ -45,6 +45,7 @@ from aggregator.chain.ledger import (
 )
 from aggregator.chain.service.api_carbon import CarbonReads
 from aggregator.chain.service.api_green import GreenReads
+from aggregator.chain.service.api_market import MarketReads
 from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded, tx_digest
 from aggregator.chain.service.metrics import registry
 from aggregator.dispatch.suggestions import PAGE as SUGGESTIONS
@@ -216,6 +217,7 @@ class AggregatorAPI:
             *self.reads.routes(),  # blocks, fogs, dispatch, validators, latency
             *GreenReads(ledger).routes(),  # params, generators, certificates, balances
             *CarbonReads(ledger).routes(),  # allowances, conversions, notaries' outbox
+            *MarketReads(ledger).routes(),  # access, accounts, network, cycles, contracts, book
             R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
             R("/v1/tx/{digest:path}", self._tx, tier=PUBLIC),
             R("/metrics", self._metrics, content_type=PROMETHEUS, tier=AUDITOR),
