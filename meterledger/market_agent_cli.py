@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meterledger.clients.chain import ChainClient
+from meterledger.clients.chain import ChainClient, ChainRefused
 from meterledger.clients.market_agent import (
     GridOperator,
     Sender,
@@ -91,7 +91,12 @@ def run(client: ChainClient, sender: Sender, args: argparse.Namespace) -> int:
             client, sender.key.id_hex, args.side, mp["cycle_s"], args.default_wh),
             args.price, args.fee_max)
     while True:
-        for line in agent.step(int(clock()), mp):
+        try:
+            mp = market_params(client)  # the grid operator may have set a new version
+            lines = agent.step(int(clock()), mp)
+        except ChainRefused as e:  # this step's; the next one looks again
+            lines = [f"refused: {e.reason}: {e.detail}"]
+        for line in lines:
             print(line, flush=True)
         if args.cycles and isinstance(agent, Trader) and len(agent.ordered) >= args.cycles:
             return 0

@@ -63,6 +63,16 @@ def contracts(client: ChainClient, cycle: int) -> list[dict[str, Any]]:
             return out
 
 
+def _try(sender: Sender, kind: str, body: dict[int, Any], now: int, done: str) -> str:
+    """Send; `done` when the chain took it, else what it said (another agent may have closed
+    the cycle first, or the local clock runs ahead of the chain's)."""
+    try:
+        sender.send(kind, body, now)
+    except ChainRefused as e:
+        return f"{kind} {body} refused: {e.reason}"
+    return done
+
+
 @dataclass
 class Trader:
     """A participant trading its meter's forecast: a seller asks `price` for what its PV
@@ -118,8 +128,8 @@ class Trader:
                 continue
             bit = 1 if c["buyer"] == self.me else 2
             if c["state"] == "matched" and not int(c["signed"]) & bit and now < cycle:
-                self.sender.send(MK.MK_SIGN, MK.sign_body(cycle, int(c["n"])), now)
-                said.append(f"{self.me} signs contract {cycle}/{c['n']}")
+                said.append(_try(self.sender, MK.MK_SIGN, MK.sign_body(cycle, int(c["n"])),
+                                 now, f"{self.me} signs contract {cycle}/{c['n']}"))
             key = (cycle, int(c["n"]))
             if c["state"] == "settled" and int(c.get("delivered", 0)) and \
                     key not in self.reviewed:
@@ -155,14 +165,15 @@ class GridOperator:
         if now < cycle:
             for c in contracts(self.sender.client, cycle):
                 if c["state"] == "matched" and not int(c["signed"]) & 4:
-                    self.sender.send(MK.MK_SIGN, MK.sign_body(cycle, int(c["n"])), now)
-                    said.append(f"grid operator signs contract {cycle}/{c['n']}")
+                    said.append(_try(self.sender, MK.MK_SIGN, MK.sign_body(
+                        cycle, int(c["n"])), now, f"grid operator signs contract {cycle}/"
+                                                  f"{c['n']}"))
         ready = rec["gate"] + (mp["reveal_s"] if rec["mode"] == "sealed" else 0)
         if rec["state"] == "open" and now >= ready:
-            self.sender.send(MK.MK_CLEAR, MK.cycle_body(cycle), now)
+            line = _try(self.sender, MK.MK_CLEAR, MK.cycle_body(cycle), now, "")
             rec = self.sender.client.get(f"/v1/market/cycles/{cycle}")
-            said.append(f"cycle {cycle} closed: {rec['contracts']} contracts, CEP "
-                        f"{rec.get('cep', '-')}")
+            said.append(line or f"cycle {cycle} closed: {rec['contracts']} contracts, CEP "
+                                f"{rec.get('cep', '-')}")
         if rec["state"] == "closed" and now >= rec["delivery_end"]:
             try:
                 self.sender.send(MK.MK_SETTLE, MK.cycle_body(cycle), now)

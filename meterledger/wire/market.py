@@ -79,7 +79,8 @@ PARAMETERS: dict[str, dict[str, tuple[int, int, int]]] = {
                # the points an enrolled participant is granted once (001 s2.3 (1))
                "grant_upt": (0, 10**15, 100 * PPM)},
 }
-FROZEN = {"market": ("cycle_s",)}  # cycles and contracts are keyed by it
+# cycles and contracts are keyed by cycle_s; an order of a cycle is what its mode made it
+FROZEN = {"market": ("cycle_s", "mode")}
 
 BODIES: dict[str, dict[int, str]] = {
     MK_ENROLL: {1: "b8", 2: "b8", 3: "b8", 4: "t"},         # participant, fog, meter, line

@@ -35,7 +35,8 @@ def clear(bids: list[AU.Quote], asks: list[AU.Quote],
           net: dict[str, AU.Line] | None = None, line_of: dict[bytes, str] | None = None,
           left: dict[str, int] | None = None) -> tuple[list[AU.Match], set[str]]:
     congested: set[str] = set()
-    found = AU.match_book(bids, asks, None, line_of or {}, net or {}, left or {}, congested)
+    found = AU.match_book(bids, asks, None, line_of or {}, net or {}, left or {}, congested,
+                          1_000)
     return found, congested
 
 
@@ -119,6 +120,19 @@ def test_curtailment_gives_the_highest_fee_payer_its_quantity_first() -> None:
     line_of = {b"B1______": "f1", b"B2______": "f1", b"S1______": "f2"}
     found, _ = clear(bids, asks, NET, line_of, {"root": 10**9, "f1": 10**9, "f2": 4000})
     assert [(who(m), m.fee) for m in found] == [(("B1", "S1", 1000), 30), (("B2", "S1", 3000), 30)]
+
+
+def test_a_participant_on_both_sides_is_ranked_on_each_side_apart() -> None:
+    # X bids and asks; it is the last of three sellers but there are only two bids: its
+    # rank among the sellers never stands for its rank among the buyers
+    bids = [q("X", BUY, 100, 900_000, seq=0), q("Y", BUY, 90, 100_000, seq=1)]
+    asks = [q("A", SELL, 80, 800_000, seq=2), q("B", SELL, 85, 700_000, seq=3),
+            q("X", SELL, 120, 100_000, seq=4)]
+    found, _ = clear(bids, asks)  # (its ask's rank 3 as a bid's rank: out of 1..2, a crash)
+    # Y (2nd of 2 bids: range 2) reaches B, but B (2nd of 3 asks: range 1) only X
+    assert [who(m) for m in found] == [("X", "A", 1000)]
+    congested: set[str] = set()
+    assert AU.match_book(bids, asks, None, {}, {}, {}, congested, 0) == []  # no room left
 
 
 def test_path_runs_up_to_the_common_line_only() -> None:

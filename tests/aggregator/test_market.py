@@ -192,6 +192,14 @@ def test_continuous_orders_match_in_price_time_priority_with_the_papers_rules(
     assert mk.refused(KEYS["U3"], MK.MK_ORDER, MK.order_body(
         CYCLE + 900, MK.BUY, 10, 405, 0)) == "bid_below_floor"
     mk.order("U3", MK.BUY, 10, 406, cycle=CYCLE + 900)
+    # that cycle closes without a trade: it has no clearing price, the floor lapses (a floor
+    # above every bid would otherwise shut the market for good)
+    mk.at(CYCLE + 600)
+    mk.send(KEYS["U3"], MK.MK_CLEAR, MK.cycle_body(CYCLE + 900))
+    mk.order("U3", MK.BUY, 10, 1, cycle=CYCLE + 1800)
+    # the mode an order of a cycle was placed under never changes
+    assert mk.refused(GRID, GC.PARAMS, GC.params_body("market", 2, {"mode": MK.SEALED})) == \
+        "params_frozen"
 
 
 def test_three_signatures_make_a_contract_and_delivery_settles_it(mk: Market) -> None:
@@ -208,6 +216,14 @@ def test_three_signatures_make_a_contract_and_delivery_settles_it(mk: Market) ->
     assert mk.refused(KEYS["U1"], MK.MK_SETTLE, MK.cycle_body(CYCLE)) == "delivery_pending"
     # D1 delivered 1,600 Wh of 2,000 over three 5-minute statements
     mk.deliver("D1", CYCLE, 1_600, parts=3)
+    # a statement of another length inside the cycle could overlap what was counted: not
+    # counted; one of the interval ending at 0 is no cycle's (and no crash)
+    mk.fog.state(METERS["D1"], CYCLE + 120, 10_000, dur=60)
+    mk.fog.state(METERS["D1"], 0, 10_000, dur=60)
+    mk.fog.checkpoints.seal(T0, force=True)
+    mk.send(mk.fog.key, C.ANCHOR, mk.fog.anchor())
+    rec = mk.store.record(M.T_DELIVERY, KEYS["D1"].id + M.u64(CYCLE))
+    assert (rec["exp"], rec["dur"], rec["step"], rec["other"]) == (1_599, 900, 300, 1)
     before = {n: mk.acct(n) for n in ("U1", "U2", "D1")}
     assert mk.store.record(M.T_ACCOUNT, GRID.id) is None  # the grid operator had none
     mk.at(CYCLE + 900)
@@ -246,7 +262,10 @@ def test_unsigned_contracts_lapse_and_missing_statements_settle_undelivered(
     mk.send(KEYS["U1"], MK.MK_CLEAR, MK.cycle_body(CYCLE))
     mk.at(CYCLE + 900 + 3_599)
     assert mk.refused(KEYS["U1"], MK.MK_SETTLE, MK.cycle_body(CYCLE)) == "delivery_pending"
-    mk.send(KEYS["D2"], MK.MK_TRANSFER, MK.transfer_body(KEYS["U2"].id, GRANT - 100_000))
+    later = CYCLE + 7200
+    mk.order("D2", MK.BUY, 100, 500, cycle=later)  # D2 also buys: it holds (500 + 70) x 100
+    mk.send(KEYS["D2"], MK.MK_TRANSFER, MK.transfer_body(KEYS["U2"].id,
+                                                         GRANT - 100_000 - 57_000))
     mk.at(CYCLE + 900 + 3_600)
     mk.send(KEYS["U1"], MK.MK_SETTLE, MK.cycle_body(CYCLE))
     assert mk.contract(CYCLE, 1)["state"] == MC.LAPSED
@@ -256,11 +275,16 @@ def test_unsigned_contracts_lapse_and_missing_statements_settle_undelivered(
     assert mk.acct("U3") == {"balance": GRANT, "held": 0, "owed": 0}
     # D2's imbalance of 1,000 Wh at 600 is more than it has: it owes the rest, paid first
     # from what it receives next
-    assert mk.acct("D2") == {"balance": 0, "held": 0, "owed": 500_000}
+    assert mk.acct("D2") == {"balance": 0, "held": 57_000, "owed": 500_000}
     assert mk.store.record(M.T_ACCOUNT, GRID.id)["balance"] == 100_000
     mk.send(KEYS["U2"], MK.MK_TRANSFER, MK.transfer_body(KEYS["D2"].id, 200_000))
-    assert mk.acct("D2") == {"balance": 0, "held": 0, "owed": 300_000}
+    assert mk.acct("D2") == {"balance": 0, "held": 57_000, "owed": 300_000}
     assert mk.store.record(M.T_ACCOUNT, GRID.id)["balance"] == 300_000
+    # its bid still matches: the escrow (P_T 70 + midpoint 450) x 100 stays held, only the
+    # rest of the hold is freed, and pays its debt first
+    mk.order("D1", MK.SELL, 100, 400, cycle=later)
+    assert mk.contracts(later) == [("D2", "D1", 100)]
+    assert mk.acct("D2") == {"balance": 0, "held": 52_000, "owed": 295_000}
     assert mk.refused(KEYS["U3"], MK.MK_REVIEW, MK.review_body(CYCLE, 0, False)) == \
         "not_delivered"
     assert mk.refused(KEYS["U1"], MK.MK_SETTLE, MK.cycle_body(CYCLE)) == "already_settled"
@@ -269,6 +293,9 @@ def test_unsigned_contracts_lapse_and_missing_statements_settle_undelivered(
 def test_a_congested_feeder_pays_its_fee_and_curtails(tmp_path: Path) -> None:
     m = Market(open_store("memory", tmp_path), tmp_path, MK.CONTINUOUS)
     try:
+        # a version may not drop a line a participant is enrolled on
+        assert m.refused(GRID, MK.MK_NETWORK, MK.network_body(2, NETWORK[:2])) == \
+            "line_in_use"
         # f-west carries 4 kW: 1,000 Wh in a 15-minute cycle
         m.send(GRID, MK.MK_NETWORK, MK.network_body(2, [
             ("root", "", 10**8, 0), ("f-east", "root", 10**8, 20),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from meterledger.wire.market import BUY, PPM
+from meterledger.wire.market import BUY, PPM, SELL
 
 NEW_REPUTATION = PPM // 2  # 001 eq. 4 has no value for a participant without trades
 
@@ -122,29 +122,34 @@ def path(network: Mapping[str, Line], a: str, b: str) -> tuple[str, ...]:
 
 def match_book(bids: Sequence[Quote], asks: Sequence[Quote], takers: Iterable[bytes] | None,
                line_of: Mapping[bytes, str], network: Mapping[str, Line],
-               left: dict[str, int], congested: set[str]) -> list[Match]:
+               left: dict[str, int], congested: set[str], room: int) -> list[Match]:
     """Match a book: each taker's order (every bid of a call auction, the incoming order of a
     continuous market) against the opposite side in price priority, only within both
-    parties' matchable ranges (positions in the price-sorted lists, eq. 5) and only where
-    ask <= bid; then the security check (`secure`). `left` (Wh each line may still carry
-    this cycle) and `congested` are updated in place."""
+    parties' matchable ranges (positions in the price-sorted lists, eq. 5; a participant's
+    rank is on each side apart) and only where ask <= bid; at most `room` matches (what the
+    cycle may still hold); then the security check (`secure`). `left` (Wh each line may
+    still carry this cycle) and `congested` are updated in place."""
     bids, asks = price_sorted(bids), price_sorted(asks)
-    ranks = {**ranked(bids), **ranked(asks)}
-    lam = {q.who + q.side.encode(): matchable(len(asks if q.side == BUY else bids),
-                                              ranks[q.who], len(bids if q.side == BUY else asks))
+    rank = {BUY: ranked(bids), SELL: ranked(asks)}
+
+    def tag(q: Quote) -> bytes:
+        return q.who + q.side.encode()
+
+    lam = {tag(q): matchable(len(asks if q.side == BUY else bids), rank[q.side][q.who],
+                             len(bids if q.side == BUY else asks))
            for q in (*bids, *asks)}
-    pos = {q.who + q.side.encode(): i for lst in (bids, asks) for i, q in enumerate(lst)}
-    rest = {q.who + q.side.encode(): q.wh for q in (*bids, *asks)}
+    pos = {tag(q): i for lst in (bids, asks) for i, q in enumerate(lst)}
+    rest = {tag(q): q.wh for q in (*bids, *asks)}
     wanted = None if takers is None else set(takers)
     found: list[Match] = []
     for taker in (bids if wanted is None else (*bids, *asks)):
         if wanted is not None and taker.who not in wanted:
             continue
         others = asks if taker.side == BUY else bids
-        tk = taker.who + taker.side.encode()
+        tk = tag(taker)
         for other in others[:lam[tk]]:
-            ok = other.who + other.side.encode()
-            if rest[tk] == 0:
+            ok = tag(other)
+            if rest[tk] == 0 or len(found) >= room:
                 break
             b, s = (taker, other) if taker.side == BUY else (other, taker)
             if rest[ok] == 0 or pos[tk] >= lam[ok] or s.price > b.price or b.who == s.who:

@@ -248,7 +248,7 @@ def check_quote(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: by
         admitted(st, pid, now)
     else:
         last = st.get(T_LAST, b"")
-        if last is not None and price <= last["floor"]:
+        if last is not None and last["floor"] and price <= last["floor"]:
             raise ChainError("bid_below_floor", f"a bid must be above {last['floor']} mpt/kWh, "
                                                 f"the lowest clearing price of cycle "
                                                 f"{last['cycle']}, not {price}")
@@ -293,14 +293,18 @@ def put_left(st: G.Staged, key: bytes, rec: dict[str, Any]) -> None:
         st.put(T_LIVE, key, None)
 
 
-def book(st: G.Staged, cycle: int) -> list[AU.Quote]:
-    """The cycle's live orders (anything left), both sides, as quotes with reputations."""
+def book(st: G.Staged, cycle: int, now: int) -> list[AU.Quote]:
+    """The cycle's live orders (anything left), both sides, as quotes with reputations; an
+    ask whose seller's access expired or was refused since is not in it."""
     out: list[AU.Quote] = []
     for key, _ in st.scan(T_LIVE, u64(cycle)):
         rec = st.get(T_ORDER, key)
+        side = MK.BUY if key[8:9] == b"b" else MK.SELL
+        pid = key[9:]
+        dec = st.get(T_ACCESS, pid) if side == MK.SELL else None
+        if side == MK.SELL and (dec is None or not dec["granted"] or dec["until"] <= now):
+            continue
         if rec["left"] > 0:
-            side = MK.BUY if key[8:9] == b"b" else MK.SELL
-            pid = key[9:]
             out.append(AU.Quote(pid, side, rec["left"], rec["price"], rec["fee_max"],
                                 rec["seq"], reputation(st, pid)))
     return out

@@ -36,36 +36,36 @@ def contracts(st: G.Staged, cycle: int) -> list[tuple[bytes, dict[str, Any]]]:
     return [(k, dict(v)) for k, v in st.scan(M.T_CONTRACT, u64(cycle))]
 
 
-def _take(st: G.Staged, cycle: int, q: AU.Quote, wh: int) -> dict[str, Any]:
-    """`wh` of an order matched: less left, and a bid's hold for it released (returned)."""
+def _take(st: G.Staged, cycle: int, q: AU.Quote, wh: int, escrow: int = 0) -> dict[str, Any]:
+    """`wh` of an order matched: less left; of what a bid held for it, `escrow` stays held
+    (now the contract's) and the rest returns to the balance. The escrow never passes
+    through the balance: a participant that owes the grid operator would see it taken."""
     key = M.order_key(cycle, q.side, q.who)
     rec = dict(st.get(M.T_ORDER, key))
     rec["left"] -= wh
     release = rec["unit"] * wh
     rec["held"] -= release
     M.put_left(st, key, rec)
-    if release:
-        M.unhold(st, q.who, release)
+    if release > escrow:
+        M.unhold(st, q.who, release - escrow)
     return rec
 
 
 def make_contracts(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, Any],
                    matches: Sequence[AU.Match], congested: Iterable[str], tx: bytes) -> None:
     """Each match becomes a contract of the cycle awaiting its three signatures, the buyer's
-    P_F x Wh held in escrow (never more than its bid held); matches beyond contracts_max are
-    dropped (the cap bounds what one mk_settle does)."""
+    P_F x Wh held in escrow (never more than its bid held); the book made no more matches
+    than contracts_max allows (the cap bounds what one mk_settle does)."""
     for lid in sorted(congested):
         key = u64(cycle) + lid.encode()
         if st.get(M.T_CONGESTED, key) is None:
             st.put(M.T_CONGESTED, key, M.network(st)[lid].redispatch)
     for m in matches:
         n = cyc["contracts"]
-        if n >= mp["contracts_max"]:
-            break
-        bid = _take(st, cycle, m.buyer, m.wh)
+        pt = st.get(M.T_ORDER, M.order_key(cycle, MK.BUY, m.buyer.who))["pt"]
+        pf = AU.final_price(m.buyer.price, m.seller.price, pt, m.fee)  # <= the bid's unit
+        bid = _take(st, cycle, m.buyer, m.wh, pf * m.wh)
         _take(st, cycle, m.seller, m.wh)
-        pf = AU.final_price(m.buyer.price, m.seller.price, bid["pt"], m.fee)
-        M.hold(st, m.buyer.who, pf * m.wh, f"the escrow of contract {n}")
         for lid in m.path:
             key = u64(cycle) + lid.encode()
             st.put(M.T_FLOW, key, (st.get(M.T_FLOW, key) or 0) + m.wh)
@@ -82,17 +82,18 @@ def make_contracts(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, 
 
 
 def match(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, Any],
-          takers: Iterable[bytes] | None, tx: bytes) -> None:
+          takers: Iterable[bytes] | None, tx: bytes, now: int) -> None:
     """Match the cycle's book (all bids of a call, or the incoming order's participant of a
     continuous market) on the published network and make the contracts."""
-    quotes = M.book(st, cycle)
+    quotes = M.book(st, cycle, now)
     net = M.network(st)
     line_of = {q.who: M.enrolled(st, q.who, "a match")["line"] for q in quotes}
     left = M.line_left(st, mp, cycle, net)
     congested = {k[8:].decode() for k, _ in st.scan(M.T_CONGESTED, u64(cycle))}
     bids = [q for q in quotes if q.side == MK.BUY]
     asks = [q for q in quotes if q.side == MK.SELL]
-    found = AU.match_book(bids, asks, takers, line_of, net, left, congested)
+    found = AU.match_book(bids, asks, takers, line_of, net, left, congested,
+                          mp["contracts_max"] - cyc["contracts"])
     make_contracts(st, mp, cycle, cyc, found, congested, tx)
 
 
@@ -130,7 +131,7 @@ def close(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) -> 
     if cycle % mp["cycle_s"] or now < ready:
         raise ChainError("gate_open", f"cycle {cycle} clears from {ready} (chain time {now})")
     if mp["mode"] == MK.SEALED:
-        match(st, mp, cycle, cyc, None, tx)
+        match(st, mp, cycle, cyc, None, tx, now)
     made = contracts(st, cycle)
     parties = {c[x] for _, c in made for x in ("buyer", "seller")}
     quoted: set[bytes] = set()
@@ -147,8 +148,10 @@ def close(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) -> 
     prices = [c["mid"] for _, c in made]
     low = min(prices) if prices else None
     last = st.get(M.T_LAST, b"")
-    if low is not None and (last is None or cycle > last["cycle"]):
-        st.put(M.T_LAST, b"", {"cycle": cycle, "floor": low})
+    if last is None or cycle > last["cycle"]:
+        # the previous cycle's lowest clearing price; a cycle without trades has none, so
+        # a floor above every bid lapses with the cycle it froze (no market stays shut)
+        st.put(M.T_LAST, b"", {"cycle": cycle, "floor": low if low is not None else 0})
     cep = AU.equilibrium_price(prices, mp["beta_milli"], mp["cep_n"])
     cyc.update(state=M.CLOSED, unmatched=len(quoted - parties), closed=now, tx=tx)
     if low is not None and cep is not None:  # records hold no null: a cycle without trades
@@ -162,7 +165,8 @@ def close(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) -> 
 def record_deliveries(st: G.Staged, fog: bytes, statements: Iterable[P.Message]) -> None:
     """The energy statements of meters enrolled in the market, summed per participant and
     cycle (anchor kind; a repeat was refused by app.green). A statement not inside one
-    cycle (its fog's interval does not divide cycle_s) is not counted."""
+    cycle (its fog's interval does not divide cycle_s), or of another length than the
+    cycle's first one (it could overlap it: counted in `other`), is not counted."""
     mp = G.params(st, "market")
     if mp is None:
         return
@@ -173,11 +177,15 @@ def record_deliveries(st: G.Staged, fog: bytes, statements: Iterable[P.Message])
             continue
         start = f[2] - f[3]
         cycle = start - start % mp["cycle_s"]
-        if f[2] > cycle + mp["cycle_s"]:
+        if start < 0 or f[2] > cycle + mp["cycle_s"]:
             continue
         key = pid + u64(cycle)
         rec = dict(st.get(M.T_DELIVERY, key) or {"exp": 0, "imp": 0, "dur": 0, "est": 0,
-                                                 "statements": []})
+                                                 "step": f[3], "statements": []})
+        if f[3] != rec["step"]:  # another interval length could overlap what was counted
+            rec["other"] = rec.get("other", 0) + 1
+            st.put(M.T_DELIVERY, key, rec)
+            continue
         rec.update(exp=rec["exp"] + f[5], imp=rec["imp"] + f[4], dur=rec["dur"] + f[3],
                    est=rec["est"] | f[6], statements=[*rec["statements"], s.digest])
         st.put(M.T_DELIVERY, key, rec)
@@ -244,7 +252,7 @@ def _pay(st: G.Staged, mp: dict[str, int], c: dict[str, Any], d: int, op: bytes)
         acct = M.account(st, seller)
         paid = min(acct["balance"], due)
         acct["balance"] -= paid
-        acct["owed"] += due - paid
+        acct["owed"] = min(acct["owed"] + due - paid, MK.UPT_MAX)  # a debt, not a crash
         st.put(M.T_ACCOUNT, seller, acct)
         M.credit(st, op, paid)
 

@@ -28,6 +28,6 @@ def check(tx: Tx, state: State) -> Effect:
     cyc = M.open_cycle(st, cycle, KIND)
     prev = M.check_quote(st, mp, cycle, side, tx.sender.id, tx.body[4], now, KIND)
     M.put_order(st, mp, cycle, side, tx.sender.id, tx.body, prev, tx.digest)
-    MC.match(st, mp, cycle, cyc, [tx.sender.id], tx.digest)
+    MC.match(st, mp, cycle, cyc, [tx.sender.id], tx.digest, now)
     st.put(M.T_CYCLE, G.u64(cycle), cyc)
     return st.effect(tx.effect())
