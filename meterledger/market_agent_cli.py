@@ -23,10 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meterledger.clients.chain import ChainClient, ChainRefused
+from meterledger.clients.chain import ChainClient, ChainRefused, Sender
 from meterledger.clients.market_agent import (
     GridOperator,
-    Sender,
     Trader,
     market_params,
 )

@@ -48,16 +48,19 @@ from typing import Any
 
 from meterledger import errors, market_agent_cli
 from meterledger import wire as P
-from meterledger.clients.chain import ChainClient, ChainClientError, ChainRefused, Receipt
-from meterledger.clients.market_agent import Sender
+from meterledger.clients.chain import (
+    ChainClient,
+    ChainClientError,
+    ChainRefused,
+    Receipt,
+    Sender,
+)
 from meterledger.errors import ConfigError, ProtocolError
 from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
 from meterledger.market_show import READS, pid_arg, show_access
-from meterledger.wire import chain as C
 from meterledger.wire import market as MK
 
-RETRIES = 5  # fresh nonces to try when a concurrent transaction took ours
 _R = MK.BODY_RANGES
 
 
@@ -245,26 +248,9 @@ class Session:
         return self.key
 
     def send(self, kind: str, body: dict[int, Any]) -> Receipt:
-        """Sign `kind` with the key under its next nonce and submit it; ChainRefused when
-        the chain refuses it (after RETRIES nonces taken by concurrent transactions)."""
-        key = self.signer()
+        """Sign `kind` with the key under its next nonce and submit it (Sender)."""
         chain = bytes.fromhex(self.client.head()["chain"])
-        for _ in range(RETRIES):
-            me = self.client.participant(key.id_hex)
-            if me is None:
-                raise ConfigError(f"the key {key.id_hex} is no participant of the chain at "
-                                  f"{self.client.base_url}: its operator registers it "
-                                  f"(`meterledger chain register --role market --pub "
-                                  f"{key.public_key.raw.hex()}`)")
-            raw = P.sign1(key, C.tx(key.id, int(me["nonce"]) + 1, kind, body, int(time.time()),
-                                    chain))
-            try:
-                return self.client.submit(raw)
-            except ChainRefused as e:
-                if e.reason != "nonce_reused":
-                    raise
-        raise ChainRefused("nonce_reused", f"other transactions kept taking the next nonce of "
-                                           f"{key.id_hex} ({RETRIES} tries)")
+        return Sender(self.client, self.signer(), chain).send(kind, body, int(time.time()))
 
     def done(self, kind: str, r: Receipt, extra: dict[str, Any] | None = None) -> None:
         if self.json:

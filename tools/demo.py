@@ -140,6 +140,18 @@ def broker_security(out: Path, fog_dir: Path, fog_hex: str) -> dict[str, str]:
     return settings
 
 
+def fog_broker(broker: Mosquitto | EmbeddedBroker, out: Path, fog_dir: Path, fog_hex: str
+               ) -> tuple[Mosquitto | EmbeddedBroker, dict[str, str]]:
+    """The broker the fog uses and the fog's settings (TOML values) for it: a mosquitto runs
+    as in production (TLS, the fog's passwords and ACL, its files written first), the
+    embedded amqtt broker in lab mode."""
+    if not isinstance(broker, Mosquitto):
+        return broker, {"mqtt_security": '"lab"', "mqtt_port": str(broker.port)}
+    security = broker_security(out, fog_dir, fog_hex)
+    return Mosquitto(out / "broker", port=int(security["mqtt_tls_port"]),
+                     include_dir=fog_dir / "broker"), security
+
+
 def auditor_token(data_dir: Path, token: str | None) -> str:
     """The data dir's auditor token: `token` written there first (0600) when given."""
     path = data_dir / "auditor.token"
@@ -148,6 +160,28 @@ def auditor_token(data_dir: Path, token: str | None) -> str:
         datadir.ensure_secret(path, "auditor token")  # a new file, mode 0600 ...
         path.write_text(token + "\n")  # ... then the given token in it
     return datadir.read_secret(path, "auditor token")
+
+
+def meter_config(fog_dir: Path, fog_hex: str, fog_pub: str, port: int,
+                 secure: bool) -> dict[str, Any]:
+    """A virtual meter's firmware config for the fog on the broker at `port` (with the fog's
+    broker CA pinned, as flashing does on a board, when the broker runs secure)."""
+    config: dict[str, Any] = {"dur": 900, "source": "sim", "fog": fog_hex, "fog_pub": fog_pub,
+                              "transport": "mqtt", "mqtt_host": "127.0.0.1", "mqtt_port": port}
+    if secure:
+        config["mqtt_ca"] = (fog_dir / "broker" / "ca.crt").read_text()
+    return config
+
+
+def enroll_meters(out: Path, fog_dir: Path, meters: list[VirtualMeter], secure: bool) -> None:
+    """Enroll the meters in the fog from what flashing hands it: each meter's key, and its
+    broker password's hash when the broker runs secure."""
+    provisioning = out / "provisioning.json"
+    provisioning.write_text(json.dumps({"meters": [
+        {"pub": bytes(vm.app.meter.key.pub).hex()}
+        | ({"mqtt_hash": hash_password(vm.mqtt_secret)} if secure else {})
+        for vm in meters]}))
+    run_module(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
 
 
 def register_fog(data_dir: Path, url: str, fog_pub: str) -> None:
@@ -256,11 +290,7 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         fog_out = run_module(["fog_node", "init", "--data-dir", str(fog_dir)])  # with the broker's CA
         fog_hex = re.search(r"fog id ([0-9a-f]{16})", fog_out).group(1)  # type: ignore[union-attr]
         fog_pub = re.search(r"fog pub ([0-9a-f]{130})", fog_out).group(1)  # type: ignore[union-attr]
-        security = broker_security(out, fog_dir, fog_hex) if secure else {
-            "mqtt_security": '"lab"', "mqtt_port": str(broker.port)}
-        if secure:
-            broker = Mosquitto(out / "broker", port=int(security["mqtt_tls_port"]),
-                               include_dir=fog_dir / "broker")
+        broker, security = fog_broker(broker, out, fog_dir, fog_hex)
         broker.start()
         kind = "mosquitto (TLS, passwords, ACL)" if secure else "amqtt (embedded), lab mode"
         print(f"broker      {kind} on 127.0.0.1:{broker.port}")
@@ -296,21 +326,11 @@ def demo(out: Path, n_meters: int, intervals: int, timeout_s: float,
         children.append(fog)
         fog.wait_for(r"running: mqtt")
         clock = VirtualClock(START, COMPRESS, time.time, t0=epoch)
-        config: dict[str, Any] = {"dur": 900, "source": "sim", "fog": fog_hex,
-                                  "fog_pub": fog_pub, "transport": "mqtt",
-                                  "mqtt_host": "127.0.0.1", "mqtt_port": broker.port}
-        if secure:  # as flashing pins it on a board
-            config["mqtt_ca"] = (fog_dir / "broker" / "ca.crt").read_text()
+        config = meter_config(fog_dir, fog_hex, fog_pub, broker.port, secure)
         meters = [make_meter(i, out / "meters" / f"meter-{i:03d}", clock, config)
                   for i in range(n_meters - 2 if green else n_meters)]
         meters += green.meters(clock, config) if green else []
-        provisioning = out / "provisioning.json"
-        # what flashing hands the fog: each meter's key, and its broker password's hash
-        provisioning.write_text(json.dumps({"meters": [
-            {"pub": bytes(vm.app.meter.key.pub).hex()}
-            | ({"mqtt_hash": hash_password(vm.mqtt_secret)} if secure else {})
-            for vm in meters]}))
-        run_module(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
+        enroll_meters(out, fog_dir, meters, secure)
 
         fog_url = f"http://127.0.0.1:{http_port}"
         kinds = f" ({n_meters - 2} households, a PV plant, a coal unit)" if green else ""

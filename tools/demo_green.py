@@ -39,7 +39,7 @@ from aggregator.chain.service.node import load_key
 from hardware.firmware import module
 from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
 from meterledger import wire as P
-from meterledger.clients.chain import ChainClient, Receipt
+from meterledger.clients.chain import ChainClient, Receipt, Sender
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
@@ -113,10 +113,7 @@ class Chain:
     def send(self, key: P.SigningKey, kind: str, body: dict[int, Any]) -> Receipt:
         """Sign a transaction with `key` (its next nonce) and submit it; ChainRefused if the
         chain refuses it."""
-        me = self.client.participant(key.id_hex)
-        nonce = (int(me["nonce"]) if me else 0) + 1
-        return self.client.submit(P.sign1(key, C.tx(key.id, nonce, kind, body,
-                                                     int(time.time()), self.chain_id)))
+        return Sender(self.client, key, self.chain_id).send(kind, body, int(time.time()))
 
     def register(self, role: str, pub: bytes, name: str) -> None:
         self.send(self.operator, C.REGISTER, C.register_body(role, pub, name))

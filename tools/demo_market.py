@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.chain.service.node import load_key
-from hardware.broker import EmbeddedBroker, Mosquitto, any_broker, free_port
+from hardware.broker import Mosquitto, any_broker, free_port
 from hardware.virtual_meter import VirtualClock, VirtualMeter, make_meter
 from meterledger import wire as P
-from meterledger.clients.chain import ChainClient
-from meterledger.clients.market_agent import GridOperator, Sender, Trader, market_params
+from meterledger.clients.chain import ChainClient, Sender
+from meterledger.clients.market_agent import GridOperator, Trader, market_params
 from meterledger.infra.simclock import SimClock
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
@@ -47,7 +47,9 @@ from tools.demo import (
     Child,
     DemoError,
     auditor_token,
-    broker_security,
+    enroll_meters,
+    fog_broker,
+    meter_config,
     register_fog,
     run_module,
 )
@@ -146,18 +148,6 @@ def _decision(client: ChainClient, key: P.SigningKey) -> str:
             else "refused: " + ", ".join(d["reasons"]))
 
 
-def _broker(out: Path, fog_dir: Path, fog_hex: str) -> tuple[Mosquitto | EmbeddedBroker,
-                                                             dict[str, str]]:
-    """mosquitto as in production (TLS, the fog's passwords and ACL) when installed, else
-    the embedded amqtt broker in lab mode; and the fog's broker settings for it."""
-    broker = any_broker(out / "broker")
-    if not isinstance(broker, Mosquitto):
-        return broker, {"mqtt_security": '"lab"', "mqtt_port": str(broker.port)}
-    security = broker_security(out, fog_dir, fog_hex)
-    return Mosquitto(out / "broker", port=int(security["mqtt_tls_port"]),
-                     include_dir=fog_dir / "broker"), security
-
-
 # long: the demo's steps in the order a user sees them printed
 def demo(out: Path, prosumers: int, consumers: int, cycles: int, compress: float,
          timeout_s: float, verbose: bool = False) -> int:
@@ -170,7 +160,7 @@ def demo(out: Path, prosumers: int, consumers: int, cycles: int, compress: float
     fog_out = run_module(["fog_node", "init", "--data-dir", str(fog_dir)])
     fog_hex = fog_out.split("fog id ")[1][:16]
     fog_pub = fog_out.split("fog pub ")[1][:130]
-    broker, security = _broker(out, fog_dir, fog_hex)
+    broker, security = fog_broker(any_broker(out / "broker"), out, fog_dir, fog_hex)
     epoch = time.time() + 2.0
     clock_file = SimClock(compress, START, epoch).write(out)
     try:
@@ -197,13 +187,10 @@ def demo(out: Path, prosumers: int, consumers: int, cycles: int, compress: float
         children.append(fog)
         fog.wait_for(r"running: mqtt")
         clock = VirtualClock(START, compress, time.time, t0=epoch)
-        config: dict[str, Any] = {"dur": 900, "source": "sim", "fog": fog_hex,
-                                  "fog_pub": fog_pub, "transport": "mqtt",
-                                  "mqtt_host": "127.0.0.1", "mqtt_port": broker.port}
-        if isinstance(broker, Mosquitto):
-            config["mqtt_ca"] = (fog_dir / "broker" / "ca.crt").read_text()
-        meters = community.meters(clock, config)
-        _enroll_meters(out, fog_dir, meters, isinstance(broker, Mosquitto))
+        secure = isinstance(broker, Mosquitto)
+        meters = community.meters(clock, meter_config(fog_dir, fog_hex, fog_pub, broker.port,
+                                                      secure))
+        enroll_meters(out, fog_dir, meters, secure)
         client = ChainClient(url)
         chain_id = bytes.fromhex(client.head()["chain"])
         grid = Sender(client, load_key(chain_dir), chain_id)
@@ -226,17 +213,6 @@ def demo(out: Path, prosumers: int, consumers: int, cycles: int, compress: float
         raise DemoError(f"not stopped cleanly: {unclean}")
     print("stopped cleanly")
     return 0
-
-
-def _enroll_meters(out: Path, fog_dir: Path, meters: list[VirtualMeter], secure: bool) -> None:
-    from fog_node.broker_access import hash_password
-
-    provisioning = out / "provisioning.json"
-    provisioning.write_text(json.dumps({"meters": [
-        {"pub": bytes(vm.app.meter.key.pub).hex()}
-        | ({"mqtt_hash": hash_password(vm.mqtt_secret)} if secure else {})
-        for vm in meters]}))
-    run_module(["fog_node", "enroll", "--data-dir", str(fog_dir), "--file", str(provisioning)])
 
 
 def _trade(client: ChainClient, community: Community, grid: Sender,

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from meterledger import wire as P
-from meterledger.clients.chain import ChainClient, ChainClientError, ChainRefused
+from meterledger.clients.chain import ChainClient, ChainClientError, ChainRefused, Sender
+from meterledger.errors import ConfigError
 from meterledger.infra.sqlite import connect
 from meterledger.wire import carbon as CB
-from meterledger.wire import chain as C
 
 log = logging.getLogger("meterledger.notary")
 
@@ -165,15 +165,12 @@ class Notary:
         if not values:
             return 0  # nothing of it falls in a compliance period: nothing to relay
         body = CB.attest_body(source.chain_id, height, tx, subj, values)
-        me = target.client.participant(self.key.id_hex)
-        if me is None:
-            raise RelayError(f"this notary ({self.key.id_hex}) is not registered on the "
-                             f"{target.name} chain")
-        nonce = int(me["nonce"]) + 1
-        raw = P.sign1(self.key, C.tx(self.key.id, nonce, CB.ATTEST, body, int(self.clock()),
-                                     target.chain_id))
         try:
-            target.client.submit(raw)
+            Sender(target.client, self.key, target.chain_id).send(CB.ATTEST, body,
+                                                                  int(self.clock()))
+        except ConfigError:
+            raise RelayError(f"this notary ({self.key.id_hex}) is not registered on the "
+                             f"{target.name} chain") from None
         except ChainRefused as e:
             if e.reason in DONE:
                 return 0

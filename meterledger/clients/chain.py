@@ -22,6 +22,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from meterledger import errors
+from meterledger import wire as P
+from meterledger.errors import ConfigError
+from meterledger.wire import chain as C
 
 
 class ChainClientError(errors.MeterLedgerError, RuntimeError):
@@ -266,3 +269,36 @@ class ChainClient:
                            limit: int | None = None) -> dict[str, Any]:
         """GET /v1/market/cycles/{cycle}/commitments: {"commitments" (no digests), "next"}."""
         return self._query(f"/v1/market/cycles/{cycle}/commitments", after=after, limit=limit)
+
+
+RETRIES = 5  # fresh nonces to try when a concurrent transaction took ours
+
+
+@dataclass
+class Sender:
+    """Signs with one key and submits: its nonce the chain's last one plus one, tried again
+    when a concurrent transaction of the same key took it."""
+
+    client: ChainClient
+    key: P.SigningKey
+    chain_id: bytes
+
+    def send(self, kind: str, body: dict[int, Any], t: int) -> Receipt:
+        """The receipt; ChainRefused when the chain refuses it, ConfigError when the key is
+        no participant of the chain."""
+        for _ in range(RETRIES):
+            me = self.client.participant(self.key.id_hex)
+            if me is None:
+                raise ConfigError(f"the key {self.key.id_hex} is no participant of the chain "
+                                  f"at {self.client.base_url}: its operator registers it "
+                                  f"(`meterledger chain register --role ROLE --pub "
+                                  f"{self.key.public_key.raw.hex()}`)")
+            raw = P.sign1(self.key, C.tx(self.key.id, int(me["nonce"]) + 1, kind, body, t,
+                                         self.chain_id))
+            try:
+                return self.client.submit(raw)
+            except ChainRefused as e:
+                if e.reason != "nonce_reused":
+                    raise
+        raise ChainRefused("nonce_reused", f"other transactions kept taking the next nonce of "
+                                           f"{self.key.id_hex} ({RETRIES} tries)")

@@ -14,9 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meterledger import wire as P
-from meterledger.clients.chain import ChainClient, ChainRefused
-from meterledger.wire import chain as C
+from meterledger.clients.chain import ChainClient, ChainRefused, Sender
 from meterledger.wire import market as MK
 
 Forecast = Callable[[int], int]  # a cycle's start -> the Wh the meter will export / import
@@ -27,21 +25,6 @@ def next_cycle(now: int, mp: dict[str, int]) -> int:
     """The first cycle whose gate is still ahead of the chain time `now`."""
     c = (now + mp["gate_s"]) // mp["cycle_s"] * mp["cycle_s"] + mp["cycle_s"]
     return c if c - mp["gate_s"] > now else c + mp["cycle_s"]
-
-
-@dataclass
-class Sender:
-    """Signs with one key and submits, its nonce the chain's last one plus one."""
-
-    client: ChainClient
-    key: P.SigningKey
-    chain_id: bytes
-
-    def send(self, kind: str, body: dict[int, Any], t: int) -> None:
-        me = self.client.participant(self.key.id_hex)
-        nonce = (int(me["nonce"]) if me else 0) + 1
-        self.client.submit(P.sign1(self.key, C.tx(self.key.id, nonce, kind, body, t,
-                                                  self.chain_id)))
 
 
 def market_params(client: ChainClient) -> dict[str, int]:

@@ -142,16 +142,21 @@ def decide_access(ap: dict[str, int], body: dict[int, Any], qualified: bool) -> 
     return reasons
 
 
+def may_sell(dec: dict[str, Any] | None, now: int) -> bool:
+    """An access decision granted and not expired at `now`."""
+    return dec is not None and bool(dec["granted"]) and dec["until"] > now
+
+
 def admitted(st: G.Staged, pid: bytes, now: int) -> dict[str, Any]:
     """The seller's granted, unexpired access, or the ChainError saying why it may not sell."""
     dec = st.get(T_ACCESS, pid)
+    if may_sell(dec, now):
+        return dict(dec)
     if dec is None or not dec["granted"]:
         why = "never applied" if dec is None else f"was refused: {', '.join(dec['reasons'])}"
         raise ChainError("not_admitted", f"{pid.hex()} {why}; only admitted sellers sell")
-    if dec["until"] <= now:
-        raise ChainError("not_admitted", f"the access of {pid.hex()} expired at "
-                                         f"{dec['until']} (chain time {now}); apply again")
-    return dict(dec)
+    raise ChainError("not_admitted", f"the access of {pid.hex()} expired at "
+                                     f"{dec['until']} (chain time {now}); apply again")
 
 
 # --- the network (001 s3.3) -----------------------------------------------------------------
@@ -266,9 +271,11 @@ def check_quote(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: by
 
 
 def put_order(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: bytes,
-              body: dict[int, Any], prev: dict[str, Any] | None, tx: bytes) -> dict[str, Any]:
+              body: dict[int, Any], prev: dict[str, Any] | None, tx: bytes,
+              seq: int | None = None) -> dict[str, Any]:
     """Place (or re-quote) an order: a re-quote replaces what is left of the previous one;
-    a bid holds its most (`order_hold`)."""
+    a bid holds its most (`unit_hold`). Its time priority is the next one, or `seq` (a
+    revealed order keeps its commitment's)."""
     wh, price, fee_max = body[3], body[4], body[5]
     if prev is not None and prev["held"]:
         unhold(st, pid, prev["held"])
@@ -276,8 +283,9 @@ def put_order(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: byte
     held = unit * wh
     if held:
         hold(st, pid, held, f"a bid of {wh} Wh at {price} mpt/kWh")
-    seq = st.get(T_SEQ, b"") or 0
-    st.put(T_SEQ, b"", seq + 1)
+    if seq is None:
+        seq = st.get(T_SEQ, b"") or 0
+        st.put(T_SEQ, b"", seq + 1)
     rec = {"wh": wh, "left": wh, "price": price, "fee_max": fee_max,
            "quotes": 1 if prev is None else prev["quotes"] + 1, "seq": seq, "held": held,
            "unit": unit, "pt": transmission(mp), "tx": tx}
@@ -301,8 +309,7 @@ def book(st: G.Staged, cycle: int, now: int) -> list[AU.Quote]:
         rec = st.get(T_ORDER, key)
         side = MK.BUY if key[8:9] == b"b" else MK.SELL
         pid = key[9:]
-        dec = st.get(T_ACCESS, pid) if side == MK.SELL else None
-        if side == MK.SELL and (dec is None or not dec["granted"] or dec["until"] <= now):
+        if side == MK.SELL and not may_sell(st.get(T_ACCESS, pid), now):
             continue
         if rec["left"] > 0:
             out.append(AU.Quote(pid, side, rec["left"], rec["price"], rec["fee_max"],

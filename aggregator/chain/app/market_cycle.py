@@ -65,17 +65,16 @@ def make_contracts(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, 
         pt = st.get(M.T_ORDER, M.order_key(cycle, MK.BUY, m.buyer.who))["pt"]
         pf = AU.final_price(m.buyer.price, m.seller.price, pt, m.fee)  # <= the bid's unit
         bid = _take(st, cycle, m.buyer, m.wh, pf * m.wh)
-        _take(st, cycle, m.seller, m.wh)
+        ask = _take(st, cycle, m.seller, m.wh)
         for lid in m.path:
             key = u64(cycle) + lid.encode()
             st.put(M.T_FLOW, key, (st.get(M.T_FLOW, key) or 0) + m.wh)
         st.put(M.T_CONTRACT, contract_key(cycle, n), {
             "buyer": m.buyer.who, "seller": m.seller.who, "wh": m.wh, "bid": m.buyer.price,
             "ask": m.seller.price, "mid": AU.midpoint(m.buyer.price, m.seller.price),
-            "pt": bid["pt"], "fee": m.fee, "pf": pf, "escrow": pf * m.wh,
+            "pt": pt, "fee": m.fee, "pf": pf, "escrow": pf * m.wh,
             "path": list(m.path), "signed": 0, "state": MATCHED, "tx": tx,
-            "orders": [bid["tx"], st.get(M.T_ORDER, M.order_key(cycle, MK.SELL,
-                                                                 m.seller.who))["tx"]]})
+            "orders": [bid["tx"], ask["tx"]]})
         M.count(st, m.buyer.who, bid=1)
         M.count(st, m.seller.who, bid=1)
         cyc["contracts"] = n + 1

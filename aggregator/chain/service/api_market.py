@@ -13,7 +13,6 @@ a revealed order is in the book).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aggregator.chain.app import auction as AU
@@ -21,7 +20,7 @@ from aggregator.chain.app import green as G
 from aggregator.chain.app import market as M
 from aggregator.chain.app import market_cycle as MC
 from aggregator.chain.ledger import Ledger
-from aggregator.chain.service.api_reads import bad, bounded, party_id
+from aggregator.chain.service.api_reads import bad, bounded, number, party_id
 from meterledger.infra import http as H
 from meterledger.wire import market as MK
 from meterledger.wire.names import to_json
@@ -32,16 +31,9 @@ ORDERS = (100, 1000)  # a book's orders per answer
 COMMITS = (100, 1000)  # a sealed cycle's commitments per answer
 REVIEWS = 2  # a contract's reviews: its buyer's and its seller's
 CONTRACT_MAX = 10_000  # a contract number (wire.market's range of mk_sign)
-_DIGITS = re.compile(r"[0-9]{1,20}")
 _SIDE_OF = {b"b": MK.BUY, b"s": MK.SELL}
 _NO_ACCOUNT = {"balance": 0, "held": 0, "owed": 0}
 _NO_REP = {"bid": 0, "done": 0, "good": 0, "penalty": 0}
-
-
-def _number(text: str, name: str, top: int) -> int:
-    if not _DIGITS.fullmatch(text) or int(text) > top:
-        raise bad(f"{name} must be an integer from 0 to {top}, not {H.show(text)}")
-    return int(text)
 
 
 def _pid(req: H.Request) -> bytes:
@@ -149,7 +141,7 @@ class MarketReads:
 
     def _cycle(self, req: H.Request) -> tuple[int, dict[str, int]]:
         mp = self._params()
-        cycle = _number(req.params["cycle"], "cycle", TIME_MAX)
+        cycle = number(req.params["cycle"], "cycle", 0, TIME_MAX)
         if cycle % mp["cycle_s"]:
             raise bad(f"cycle {cycle} is not a cycle start: a multiple of cycle_s "
                       f"{mp['cycle_s']}")
@@ -178,7 +170,7 @@ class MarketReads:
         start = req.query.get("after")
         prefix = G.u64(cycle)
         after = (None if start is None
-                 else MC.contract_key(cycle, _number(start, "after", CONTRACT_MAX)))
+                 else MC.contract_key(cycle, number(start, "after", 0, CONTRACT_MAX)))
         rows = self.ledger.app_records(M.T_CONTRACT, prefix, after, limit)
         out = [{"n": int.from_bytes(k[8:], "big"), **to_json(c)} for k, c in rows]
         return {"cycle": cycle, "contracts": out,
@@ -187,7 +179,7 @@ class MarketReads:
     def contract(self, req: H.Request) -> dict[str, Any]:
         """One contract of a cycle, with the reviews of its parties (reviewer -> good)."""
         cycle, _ = self._cycle(req)
-        n = _number(req.params["n"], "n", CONTRACT_MAX)
+        n = number(req.params["n"], "n", 0, CONTRACT_MAX)
         key = MC.contract_key(cycle, n)
         c = self.ledger.app_record(M.T_CONTRACT, key)
         if c is None:

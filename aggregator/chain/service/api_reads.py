@@ -48,14 +48,18 @@ def bad(detail: str) -> H.HTTPError:
     return H.HTTPError(400, "bad_request", detail)
 
 
+def number(text: str, name: str, low: int, high: int) -> int:
+    """A decimal integer in low..high given as `text` (a path or query parameter); 400
+    otherwise."""
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise bad(f"{name} must be an integer from {low} to {high}, not {_show(text)}")
+    return int(text)
+
+
 def bounded(q: H.Query, name: str, limits: tuple[int, int], low: int = 1) -> int:
     """The query's `name` as an integer in low..limits[1], limits[0] when absent."""
     text = q.get(name)
-    if text is None:
-        return limits[0]
-    if not _DIGITS.fullmatch(text) or not low <= int(text) <= limits[1]:
-        raise bad(f"{name} must be an integer from {low} to {limits[1]}, not {_show(text)}")
-    return int(text)
+    return limits[0] if text is None else number(text, name, low, limits[1])
 
 
 def before(q: H.Query) -> int | None:
