@@ -5,7 +5,7 @@
                       testnet|up|status ...                python -m aggregator
     meterledger meter sim ...                              python -m hardware.virtual_meter
     meterledger meter sign|verify|decode ...               python -m tools.reading
-    meterledger audit bundle|verify|certificate-bundle|certificate ...  python -m tools.audit
+    meterledger audit bundle|verify|certificate-bundle|certificate|trade-bundle|trade ...  python -m tools.audit
     meterledger notary init|run ...                        python -m aggregator.notary
     meterledger market apply|order|commit|reveal|book|...  python -m meterledger.market_cli
     meterledger flash ...                                  python -m tools.flash
@@ -80,8 +80,9 @@ COMMANDS: tuple[Command, ...] = (
         Command("decode", "decode a hex message (stdin) without a key (tools.reading)",
                 "tools.reading", forward_name=True),
     )),
-    Command("audit", "proof bundles of a reading (bundle, verify) and of a certificate "
-                     "(certificate-bundle, certificate)", "tools.audit"),
+    Command("audit", "proof bundles of a reading (bundle, verify), a certificate "
+                     "(certificate-bundle, certificate) and a trade (trade-bundle, trade)",
+            "tools.audit"),
     Command("flash", "put the firmware on a board or into an image dir, and enroll it",
             "tools.flash"),
     Command("ota", "signed firmware updates: keygen, build, sign, inspect, push, status",

@@ -111,7 +111,8 @@ class CertificateVerified:
 # --- format ---------------------------------------------------------------------------------
 def _read(doc: Any, shape: dict[str, Any], at: str = "") -> dict[str, Any]:
     """audit.read_fields, where a shape value (inner, most) is a list of 1 to `most` objects
-    of shape `inner`: the list of their fields, each read under at + key[i]."""
+    of shape `inner` ((inner, least, most): `least` to `most`): the list of their fields,
+    each read under at + key[i]."""
     lists = {k: s for k, s in shape.items() if isinstance(s, tuple)}
     plain = {k: s for k, s in shape.items() if k not in lists}
     if not isinstance(doc, dict):
@@ -122,11 +123,12 @@ def _read(doc: Any, shape: dict[str, Any], at: str = "") -> dict[str, Any]:
                                     f"{at.rstrip('.') or 'the bundle'} (it has "
                                     f"{', '.join(shape)})")
     out = audit.read_fields({k: v for k, v in doc.items() if k not in lists}, plain, at)
-    for key, (inner, most) in lists.items():
+    for key, (inner, *sizes) in lists.items():
+        least, most = (1, *sizes) if len(sizes) == 1 else sizes
         items = doc.get(key)
-        if not isinstance(items, list) or not 1 <= len(items) <= most:
-            raise BundleFormatError(f"{at}{key} must be a list of 1 to {most} objects, not "
-                                    f"{audit._show(items)}")
+        if not isinstance(items, list) or not least <= len(items) <= most:
+            raise BundleFormatError(f"{at}{key} must be a list of {least} to {most} objects, "
+                                    f"not {audit._show(items)}")
         out[at + key] = [_read(x, inner, f"{at}{key}[{i}].") for i, x in enumerate(items)]
     return out
 

@@ -19,7 +19,8 @@ and one diesel genset at 220 kV is refused with its reasons. Then agents
 (meterledger.clients.market_agent) trade: each prosumer asks for its PV forecast, each
 consumer bids for its household's, the grid operator signs every contract, closes each cycle
 at its gate and settles it from the statements. The demo prints each cycle's contracts, CEP
-and congestion, the settlements and the accounts.
+and congestion, the settlements and the accounts, then fetches the proof bundle of the last
+cycle's first delivered trade (`trade.json`) and verifies it offline.
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ def demo(out: Path, prosumers: int, consumers: int, cycles: int, compress: float
               f"time x{compress:.0f}; f-west carries 2 kW")
         settled = _trade(client, community, grid, meters, clock, cycles, timeout_s, verbose)
         _report(client, community, settled)
+        _audit(out, url, f"http://127.0.0.1:{http_port}", client, settled[-1])
     finally:
         on_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -273,6 +275,26 @@ def _report(client: ChainClient, community: Community, settled: list[int]) -> No
               f"{c['wh']} Wh of {who.get(c['seller'], c['seller'])} at P_F {c['pf']} mpt/kWh "
               f"(P_T {c['pt']} + midpoint {c['mid']} + congestion {c['fee']}); "
               f"delivered {c.get('delivered')} Wh")
+
+
+def _audit(out: Path, url: str, fog_url: str, client: ChainClient, cycle: int) -> None:
+    """The proof bundle of the cycle's first delivered contract, fetched and verified offline
+    from the orders to the settlement, back to the seller's meter readings."""
+    cs = client.get(f"/v1/market/cycles/{cycle}/contracts")["contracts"]
+    n = next((c["n"] for c in cs if c.get("delivered")), None)
+    if n is None:
+        print(f"trade       cycle {cycle} delivered nothing: no trade bundle")
+        return
+    path = out / "trade.json"
+    run_module(["tools.audit", "trade-bundle", "--fog", fog_url, "--chain", url, "--cycle",
+                str(cycle), "--contract", str(n), "-o", str(path), "--token-file",
+                str(out / "fog" / "auditor.token")])
+    pub = (out / "chain" / "dispatch.pub").read_text().strip()
+    said = run_module(["tools.audit", "trade", str(path), "--trust", pub]).splitlines()
+    print(f"trade       {path} ({path.stat().st_size:,} bytes), `python -m tools.audit trade` "
+          f"(exit 0):")
+    for line in said:
+        print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,19 +38,21 @@ class NotSupported(ChainClientError):
     """A certificate whose proof this builder cannot assemble yet (a consortium chain's)."""
 
 
-def _embedded_anchor(tx: dict[str, Any]) -> dict[str, Any]:
-    """The anchor section of the chain API's GET /v1/tx answer, for an embedded chain."""
+def embedded_tx(tx: dict[str, Any]) -> dict[str, Any]:
+    """A transaction's section (as a reading bundle's anchor: its sealed block header, its
+    place in the block) from the chain API's GET /v1/tx answer, for an embedded chain."""
     if "finality" in tx:
         raise NotSupported(
-            f"anchor {tx['digest']} is in a consortium (CometBFT) block: certificate "
-            "bundles of a consortium chain are not supported yet (a reading's bundle is)")
+            f"transaction {tx['digest']} is in a consortium (CometBFT) block: certificate "
+            "and trade bundles of a consortium chain are not supported yet (a reading's "
+            "bundle is)")
     signature = P.parse(bytes.fromhex(tx["header"]), schema=False).signature
     return dict(block_height=int(tx["height"]), block_header=tx["header"],
                 sealer_signature=signature.hex(), transaction=tx["tx"],
                 tx_index=int(tx["index"]), tx_path=tx["path"])
 
 
-def _carried(anchor: dict[str, Any], digest: str) -> bytes:
+def carried(anchor: dict[str, Any], digest: str) -> bytes:
     """The statement of `digest` among those the anchor transaction carries (body key 4)."""
     body = P.parse(bytes.fromhex(anchor["transaction"])).fields[4]
     for raw in body.get(4, []):
@@ -81,15 +83,30 @@ def _readings(fog: FogClient, st: P.Fields, size: int) -> list[dict[str, Any]]:
     return out
 
 
-def _segment(fog: FogClient, seg: dict[str, Any], statement: bytes,
-             size: int) -> dict[str, Any]:
+def statement_proof(fog: FogClient, statement: bytes, anchor: str,
+                    size: int) -> dict[str, Any]:
+    """A statement with what proves it against its anchor's newest checkpoint (of `size`
+    entries): its readings (none for an estimated one: its entries are the fog's type-10
+    estimates, which only the fog's signature stands for) and its meter's enrollment."""
     st = P.parse(statement).fields
     enrollment = fog.enrollment_proof(st[1], size, min(st[7]))
-    return {"lo": int(seg["lo"]), "hi": int(seg["hi"]), "statement": statement.hex(),
-            "anchor": seg["anchor"], "readings": _readings(fog, st, size),
+    return {"statement": statement.hex(), "anchor": anchor,
+            "readings": [] if st[6] else _readings(fog, st, size),
             "enrollment": {"entry": enrollment["entry"],
                            "leaf_index": int(enrollment["leaf_index"]),
                            "inclusion_path": enrollment["path"]}}
+
+
+def anchor_size(anchor: dict[str, Any]) -> int:
+    """The tree size of the newest checkpoint an anchor section's transaction carries."""
+    head = P.parse(bytes.fromhex(anchor["transaction"])).fields[4][1][-1]
+    return int(P.parse(head).fields[3])
+
+
+def _segment(fog: FogClient, seg: dict[str, Any], statement: bytes,
+             size: int) -> dict[str, Any]:
+    return {"lo": int(seg["lo"]), "hi": int(seg["hi"]),
+            **statement_proof(fog, statement, seg["anchor"], size)}
 
 
 def build_certificate_bundle(fog: FogClient, chain: ChainClient, cid: str) -> dict[str, Any]:
@@ -125,10 +142,9 @@ def _build(fog: FogClient, chain: ChainClient, cid: str) -> dict[str, Any]:
     for seg in answer["statements"]:
         d = seg["anchor"]
         if d not in anchors:
-            anchors[d] = _embedded_anchor(chain.tx(d))
-            head = P.parse(bytes.fromhex(anchors[d]["transaction"])).fields[4][1][-1]
-            sizes[d] = P.parse(head).fields[3]
-        segments.append(_segment(fog, seg, _carried(anchors[d], seg["digest"]), sizes[d]))
+            anchors[d] = embedded_tx(chain.tx(d))
+            sizes[d] = anchor_size(anchors[d])
+        segments.append(_segment(fog, seg, carried(anchors[d], seg["digest"]), sizes[d]))
     keys = {dev["dev"]: dev["pub"] for dev in fog.devices()}
     if gen["meter"] not in keys:
         raise ChainClientError(f"the fog lists no key of meter {gen['meter']}")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from aggregator.chain.app import auction as AU
+from aggregator.chain.app import green as G
 from aggregator.chain.app import market as M
 from aggregator.chain.app import market_cycle as MC
 from aggregator.chain.store import BlockStore
@@ -342,6 +343,16 @@ def test_a_sealed_call_clears_the_papers_table_2(tmp_path: Path) -> None:
         assert [m.contract(CYCLE, i)["pf"] for i in (0, 1)] == [95 + 7, 97 + 7]
         assert m.rep("U3")["penalty"] == m.rep("D1")["penalty"] == 20_000
         assert m.rep("U2")["penalty"] == 0
+        # a contract names every transaction it came from: a trade's proof starts there
+        c = m.contract(CYCLE, 0)
+        com = m.store.record(M.T_COMMIT, G.u64(CYCLE) + KEYS["U2"].id)
+        assert c["commits"][0] == com["tx"] and len(c["commits"]) == 2
+        assert c["tx"] == m.store.record(M.T_CYCLE, G.u64(CYCLE))["tx"]  # the clearing
+        # a sealed market's reveal window must end before the cycle starts (its contracts
+        # are signed before then)
+        assert m.refused(GRID, GC.PARAMS, GC.params_body("market", 2, {
+            "mode": MK.SEALED, "c1": 5, "c2": 1, "c3": 1, "gate_s": 120,
+            "reveal_s": 120})) == "bad_params"
     finally:
         m.close()
 

@@ -33,5 +33,8 @@ def test_the_market_demo_trades_and_settles_from_metered_delivery(tmp_path: Path
     # delivery is measured: what the fog stated of the PV meters, never more than contracted
     assert all(0 < int(r[3]) <= int(r[2]) for r in rows), rows
     assert any("closed:" in x for x in lines) and "stopped cleanly" in run.stdout
+    # a trade proven offline, from its orders to its settlement
+    assert "`python -m tools.audit trade` (exit 0):" in run.stdout
+    assert any(x.startswith("  verified: contract ") for x in lines), run.stdout[-3000:]
     for log in ("fog.log", "aggregator.log"):
         assert "Traceback" not in (out / log).read_text()

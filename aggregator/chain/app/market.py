@@ -5,7 +5,7 @@ and settlement are `app.market_cycle`, the clearing arithmetic `app.auction`.
 Application records (integers in keys 8-byte big-endian, a side one byte b or s):
 
     mk.operator   ""                       -> the grid operator: who set the market params
-    mk.enrolled   participant              -> {"fog", "meter", "line", "t"}
+    mk.enrolled   participant              -> {"fog", "meter", "line", "t", "tx"}
     mk.meter      fog || meter             -> participant
     mk.access     participant              -> the latest access decision (`decide_access`)
     mk.account    participant              -> {"balance", "held", "owed"} (upt)
@@ -13,18 +13,21 @@ Application records (integers in keys 8-byte big-endian, a side one byte b or s)
     mk.rep        participant              -> {"bid", "done", "good", "penalty"}
     mk.order      cycle || side || participant -> {"wh", "left", "price", "fee_max",
                                                    "quotes", "seq", "held", "unit", "pt",
-                                                   "tx"}
+                                                   "tx", "params": the params tx in force,
+                                                   a revealed one's "commit": its commit tx}
     mk.live       the same key as mk.order -> 1 while something of the order is left (the
                                             book scans these, not every order of the cycle)
-    mk.commit     cycle || participant     -> {"digest", "seq", "revealed"}
+    mk.commit     cycle || participant     -> {"digest", "seq", "revealed", "tx"}
     mk.seq        ""                       -> the next order's time priority
     mk.flow       cycle || line            -> Wh the cycle's contracts carry over it
     mk.congested  cycle || line            -> the fee, mpt/kWh, once it congested
     mk.cycle      cycle                    -> {"state", "contracts", "unmatched", "closed",
                                                "tx", and with trades "cep", "low"}
-    mk.contract   cycle || n (4 bytes)     -> the contract (`market_cycle.new_contract`)
+    mk.contract   cycle || n (4 bytes)     -> the contract (`market_cycle.make_contracts`;
+                                            every transaction it came from by digest)
     mk.last       ""                       -> {"cycle", "floor"}: the latest closed cycle
-    mk.delivery   participant || cycle     -> {"exp", "imp", "dur", "est", "statements"}
+    mk.delivery   participant || cycle     -> {"exp", "imp", "dur", "est", "step",
+                                               "statements", "anchors" (each one's carrier)}
     mk.review     cycle || n || reviewer   -> good (1) or not (0)
 """
 
@@ -195,6 +198,12 @@ def count(st: G.Staged, pid: bytes, **delta: int) -> None:
 
 
 # --- the cycle's timeline -------------------------------------------------------------------
+def params_tx(st: G.Staged) -> bytes:
+    """The transaction that set the market parameters in force (an order's P_T, a
+    settlement's imbalance price and deadline come from it: a trade's proof names it)."""
+    return bytes(st.get(G.T_PARAMS, b"market")["tx"])
+
+
 def transmission(mp: dict[str, int]) -> int:
     """001 s3.3: P_T = C1 + C2 + C3 (operation, market and congestion management,
     ancillary services), mpt/kWh."""
@@ -272,10 +281,10 @@ def check_quote(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: by
 
 def put_order(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: bytes,
               body: dict[int, Any], prev: dict[str, Any] | None, tx: bytes,
-              seq: int | None = None) -> dict[str, Any]:
+              commit: dict[str, Any] | None = None) -> dict[str, Any]:
     """Place (or re-quote) an order: a re-quote replaces what is left of the previous one;
-    a bid holds its most (`unit_hold`). Its time priority is the next one, or `seq` (a
-    revealed order keeps its commitment's)."""
+    a bid holds its most (`unit_hold`). Its time priority is the next one, or a revealed
+    order's `commit`ment's (whose transaction it names)."""
     wh, price, fee_max = body[3], body[4], body[5]
     if prev is not None and prev["held"]:
         unhold(st, pid, prev["held"])
@@ -283,12 +292,16 @@ def put_order(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: byte
     held = unit * wh
     if held:
         hold(st, pid, held, f"a bid of {wh} Wh at {price} mpt/kWh")
-    if seq is None:
+    if commit is None:
         seq = st.get(T_SEQ, b"") or 0
         st.put(T_SEQ, b"", seq + 1)
+    else:
+        seq = commit["seq"]
     rec = {"wh": wh, "left": wh, "price": price, "fee_max": fee_max,
            "quotes": 1 if prev is None else prev["quotes"] + 1, "seq": seq, "held": held,
-           "unit": unit, "pt": transmission(mp), "tx": tx}
+           "unit": unit, "pt": transmission(mp), "tx": tx, "params": params_tx(st)}
+    if commit is not None:
+        rec["commit"] = commit["tx"]
     st.put(T_ORDER, order_key(cycle, side, pid), rec)
     st.put(T_LIVE, order_key(cycle, side, pid), 1)
     return rec

@@ -73,8 +73,9 @@ def make_contracts(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, 
             "buyer": m.buyer.who, "seller": m.seller.who, "wh": m.wh, "bid": m.buyer.price,
             "ask": m.seller.price, "mid": AU.midpoint(m.buyer.price, m.seller.price),
             "pt": pt, "fee": m.fee, "pf": pf, "escrow": pf * m.wh,
-            "path": list(m.path), "signed": 0, "state": MATCHED, "tx": tx,
-            "orders": [bid["tx"], ask["tx"]]})
+            "path": list(m.path), "signed": 0, "signs": [], "state": MATCHED, "tx": tx,
+            "orders": [bid["tx"], ask["tx"]], "params": bid["params"],
+            **({"commits": [bid["commit"], ask["commit"]]} if "commit" in bid else {})})
         M.count(st, m.buyer.who, bid=1)
         M.count(st, m.seller.who, bid=1)
         cyc["contracts"] = n + 1
@@ -96,7 +97,8 @@ def match(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, Any],
     make_contracts(st, mp, cycle, cyc, found, congested, tx)
 
 
-def sign(st: G.Staged, cycle: int, n: int, who: bytes, now: int) -> dict[str, Any]:
+def sign(st: G.Staged, cycle: int, n: int, who: bytes, now: int,
+         tx: bytes) -> dict[str, Any]:
     """One of the three signatures (001 s3.3: buyer, seller, grid operator), before the
     delivery interval starts; the third makes the contract effective."""
     c = contract(st, cycle, n)
@@ -113,6 +115,7 @@ def sign(st: G.Staged, cycle: int, n: int, who: bytes, now: int) -> dict[str, An
     if c["signed"] & bit:
         raise ChainError("already_signed", f"{who.hex()} signed contract {cycle}/{n} already")
     c["signed"] |= bit
+    c["signs"] = [*c["signs"], tx]
     if c["signed"] == ALL_SIGNED:
         c["state"] = EFFECTIVE
     st.put(M.T_CONTRACT, contract_key(cycle, n), c)
@@ -161,7 +164,8 @@ def close(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) -> 
 
 
 # --- delivery, measured: the fog's statements of enrolled meters ------------------------------
-def record_deliveries(st: G.Staged, fog: bytes, statements: Iterable[P.Message]) -> None:
+def record_deliveries(st: G.Staged, fog: bytes, anchor: bytes,
+                      statements: Iterable[P.Message]) -> None:
     """The energy statements of meters enrolled in the market, summed per participant and
     cycle (anchor kind; a repeat was refused by app.green). A statement not inside one
     cycle (its fog's interval does not divide cycle_s), or of another length than the
@@ -180,13 +184,15 @@ def record_deliveries(st: G.Staged, fog: bytes, statements: Iterable[P.Message])
             continue
         key = pid + u64(cycle)
         rec = dict(st.get(M.T_DELIVERY, key) or {"exp": 0, "imp": 0, "dur": 0, "est": 0,
-                                                 "step": f[3], "statements": []})
+                                                 "step": f[3], "statements": [],
+                                                 "anchors": []})
         if f[3] != rec["step"]:  # another interval length could overlap what was counted
             rec["other"] = rec.get("other", 0) + 1
             st.put(M.T_DELIVERY, key, rec)
             continue
         rec.update(exp=rec["exp"] + f[5], imp=rec["imp"] + f[4], dur=rec["dur"] + f[3],
-                   est=rec["est"] | f[6], statements=[*rec["statements"], s.digest])
+                   est=rec["est"] | f[6], statements=[*rec["statements"], s.digest],
+                   anchors=[*rec["anchors"], anchor])
         st.put(M.T_DELIVERY, key, rec)
 
 
@@ -214,7 +220,7 @@ def settle(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) ->
         raise ChainError("delivery_pending", f"cycle {cycle} delivers until {end} "
                                              f"(chain time {now})")
     late = now >= end + mp["settle_s"]
-    op = M.operator(st)
+    op, params = M.operator(st), M.params_tx(st)
     used: dict[bytes, int] = {}
     for key, c in contracts(st, cycle):
         if c["state"] != EFFECTIVE:
@@ -235,7 +241,8 @@ def settle(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) ->
             M.count(st, c["buyer"], done=1)
             M.count(st, seller, done=1)
         st.put(M.T_CONTRACT, key, {**c, "state": M.SETTLED, "delivered": d,
-                                   "measured": int(exp is not None), "settled": tx})
+                                   "measured": int(exp is not None), "settled": tx,
+                                   "settle_params": params})
     cyc = {**cyc, "state": M.SETTLED, "settled": now}
     st.put(M.T_CYCLE, u64(cycle), cyc)
     return dict(cyc)

@@ -63,6 +63,6 @@ def check(tx: Tx, state: State) -> Effect:
     st = G.Staged(state)
     G.record_statements(st, fog, tx.digest, checked.statements)
     K.record_outputs(st, fog, checked.statements)
-    MC.record_deliveries(st, fog, checked.statements)
+    MC.record_deliveries(st, fog, tx.digest, checked.statements)
     return Anchors(*tx.effect().common(), tuple(st.writes), cps[0].fields[2], head,
                    tuple(CarriedAggregate.of(a) for a in checked.aggregates))

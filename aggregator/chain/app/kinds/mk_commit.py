@@ -29,5 +29,6 @@ def check(tx: Tx, state: State) -> Effect:
                                               f"cycle {cycle} already")
     seq = st.get(M.T_SEQ, b"") or 0
     st.put(M.T_SEQ, b"", seq + 1)
-    st.put(M.T_COMMIT, key, {"digest": tx.body[2], "seq": seq, "revealed": 0})
+    st.put(M.T_COMMIT, key, {"digest": tx.body[2], "seq": seq, "revealed": 0,
+                             "tx": tx.digest})
     return st.effect(tx.effect())

@@ -38,7 +38,7 @@ def check(tx: Tx, state: State) -> Effect:
     if line not in M.network(st):
         raise ChainError("unknown_line", f"line {line!r} is not in the published network")
     st.put(M.T_ENROLLED, pid, {"fog": fog, "meter": meter, "line": line,
-                               "t": state.chain_time()})
+                               "t": state.chain_time(), "tx": tx.digest})
     st.put(M.T_MMETER, fog + meter, pid)
     M.credit(st, pid, mp["grant_upt"])
     return st.effect(tx.effect())

@@ -40,6 +40,6 @@ def check(tx: Tx, state: State) -> Effect:
         raise ChainError("reveal_mismatch", "the revealed order and salt do not hash to the "
                                             "committed digest")
     M.check_quote(st, mp, cycle, side, tx.sender.id, price, now, KIND)
-    M.put_order(st, mp, cycle, side, tx.sender.id, tx.body, None, tx.digest, com["seq"])
+    M.put_order(st, mp, cycle, side, tx.sender.id, tx.body, None, tx.digest, com)
     st.put(M.T_COMMIT, key, {**com, "revealed": 1})
     return st.effect(tx.effect())

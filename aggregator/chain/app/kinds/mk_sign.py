@@ -16,5 +16,5 @@ ROLE: str | None = None  # the contract's parties and the grid operator
 def check(tx: Tx, state: State) -> Effect:
     st = G.Staged(state)
     G.enabled(st, "market", KIND)
-    MC.sign(st, tx.body[1], tx.body[2], tx.sender.id, state.chain_time())
+    MC.sign(st, tx.body[1], tx.body[2], tx.sender.id, state.chain_time(), tx.digest)
     return st.effect(tx.effect())

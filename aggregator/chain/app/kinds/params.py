@@ -10,6 +10,7 @@ from aggregator.chain.app.kinds.base import Tx
 from aggregator.chain.app.state import Effect, State
 from aggregator.chain.ledger import ChainError
 from meterledger.wire import certificates as GC
+from meterledger.wire import market as MK
 
 KIND = GC.PARAMS
 ROLE: str | None = None  # the application's own role
@@ -23,6 +24,8 @@ def check(tx: Tx, state: State) -> Effect:
                                           f"participant; {tx.sender.id.hex()} is a "
                                           f"{tx.sender.role}")
     checked = G.check_values(app, values)
+    if app == "market":
+        _check_market(G.effective(app, checked))
     st = G.Staged(state)
     before = st.get(G.T_PARAMS, app.encode())
     expected = 1 if before is None else before["version"] + 1
@@ -35,7 +38,17 @@ def check(tx: Tx, state: State) -> Effect:
             if old[name] != new[name]:
                 raise ChainError("params_frozen", f"{app} parameter {name} is {old[name]} "
                                                   "for good: records are keyed by it")
-    st.put(G.T_PARAMS, app.encode(), {"version": version, "values": checked})
+    st.put(G.T_PARAMS, app.encode(), {"version": version, "values": checked,
+                                        "tx": tx.digest})
     if app == "market":  # its sender is the grid operator: it enrols, publishes, signs
         st.put(M.T_OPERATOR, b"", tx.sender.id)
     return st.effect(tx.effect())
+
+
+def _check_market(mp: dict[str, int]) -> None:
+    """A sealed call clears when its reveal window ends, and its contracts are signed before
+    the cycle starts: the window must end before then."""
+    if mp["mode"] == MK.SEALED and mp["reveal_s"] >= mp["gate_s"]:
+        raise ChainError("bad_params", f"a sealed market's reveal window (reveal_s "
+                                       f"{mp['reveal_s']}) must end before its cycle starts, "
+                                       f"so below gate_s {mp['gate_s']}")
