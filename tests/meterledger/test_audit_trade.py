@@ -12,7 +12,7 @@ import copy
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,24 +79,45 @@ class World:
         assert all(o.status == "logged" for o in outcomes), outcomes
 
 
-def _trade(w: World, link: ChainLink) -> None:
+ORDERS = ((SELLER, MK.SELL, 600, 300, 0), (FIRST, MK.BUY, 300, 520, 0),
+          (BUYER, MK.BUY, 300, 501, 5))
+SALT = b"\x5a" * 32
+
+
+def _sealed(w: World) -> None:
+    """The same orders committed before the gate, revealed in the window, cleared after."""
+    for i, (key, side, wh, price, fee_max) in enumerate(ORDERS):
+        digest = MK.commit_digest(key.id, CYCLE, side, wh, price, fee_max, SALT)
+        w.send(key, MK.MK_COMMIT, MK.commit_body(CYCLE, digest), T0 + 60 * (i + 1))
+    w.at(CYCLE - 300)
+    for key, side, wh, price, fee_max in ORDERS:
+        w.send(key, MK.MK_REVEAL, MK.reveal_body(CYCLE, side, wh, price, fee_max, SALT))
+    w.at(CYCLE - 180)
+    w.send(GRID, MK.MK_CLEAR, MK.cycle_body(CYCLE))
+
+
+def _trade(w: World, link: ChainLink, mode: int) -> None:
     """Two contracts of one cycle with the same seller: 300 Wh to FIRST (contract 0), then
     300 Wh to BUYER (contract 1); the meter exports 450 Wh, so contract 1 gets 150."""
     w.at(T0)
-    w.send(GRID, GC.PARAMS, GC.params_body("market", 1, {"mode": MK.CONTINUOUS}))
+    w.send(GRID, GC.PARAMS, GC.params_body("market", 1, {"mode": mode}))
     w.send(GRID, MK.MK_NETWORK, MK.network_body(1, NETWORK))
     fog = w.node.key.id
     for key, meter in ((SELLER, PV_METER.id), (BUYER, HOME.id), (FIRST, b"\x77" * 8)):
         w.send(GRID, MK.MK_ENROLL, MK.enroll_body(key.id, fog, meter, "f-east"))
     w.send(SELLER, MK.MK_ACCESS, PV)
-    w.send(SELLER, MK.MK_ORDER, MK.order_body(CYCLE, MK.SELL, 600, 300), T0 + 60)
-    w.send(FIRST, MK.MK_ORDER, MK.order_body(CYCLE, MK.BUY, 300, 520), T0 + 120)
-    w.send(BUYER, MK.MK_ORDER, MK.order_body(CYCLE, MK.BUY, 300, 501, 5), T0 + 180)
+    if mode == MK.SEALED:
+        _sealed(w)
+    else:
+        for i, (key, side, wh, price, fee_max) in enumerate(ORDERS):
+            w.send(key, MK.MK_ORDER, MK.order_body(CYCLE, side, wh, price, fee_max),
+                   T0 + 60 * (i + 1))
     for n, buyer in ((0, FIRST), (1, BUYER)):
         for key in (buyer, SELLER, GRID):
-            w.send(key, MK.MK_SIGN, MK.sign_body(CYCLE, n), T0 + 600)
-    w.at(CYCLE - 200)
-    w.send(GRID, MK.MK_CLEAR, MK.cycle_body(CYCLE))
+            w.send(key, MK.MK_SIGN, MK.sign_body(CYCLE, n), CYCLE - 150)
+    if mode == MK.CONTINUOUS:
+        w.at(CYCLE - 120)
+        w.send(GRID, MK.MK_CLEAR, MK.cycle_body(CYCLE))
     w.read(CYCLE, 0, 0)
     w.read(CYCLE + 900, 450, 300)
     w.clock.t = CYCLE + 960
@@ -110,8 +131,16 @@ def _trade(w: World, link: ChainLink) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    tmp = tmp_path_factory.mktemp("trade")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    yield from _world(tmp_path_factory.mktemp("trade"), MK.CONTINUOUS)
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    yield from _world(tmp_path_factory.mktemp("sealed"), MK.SEALED)
+
+
+def _world(tmp: Path, mode: int) -> Iterator[dict[str, Any]]:
     clock = Clock(T0)
     with running_chain(tmp, clock) as chain:
         init_data_dir(tmp / "fog")
@@ -126,7 +155,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
             node.ingest.decide(key.public_key.raw, "active", "test")
         w = World(chain, node, clock)
         link = ChainLink(node, ChainClient(chain.url), clock)
-        _trade(w, link)
+        _trade(w, link, mode)
         api = FogAPI(node, clock)
         fog_url = f"http://127.0.0.1:{api.start()}"
         token_file = node.config.data_dir / "auditor.token"
@@ -158,6 +187,23 @@ def test_a_trade_bundle_verifies_offline_and_recomputes_the_settlement(world: An
     assert c.market_contract(CYCLE, 1)["delivered"] == 150
     buyer = c.market_account(BUYER.id.hex())
     assert (buyer["held"], buyer["balance"]) == (0, 100 * 10**6 - 471 * 150)
+
+
+def test_a_sealed_calls_trade_is_proven_from_its_commitments(sealed: Any) -> None:
+    b = sealed["bundle"]
+    r = AT.verify_trade_bundle(b, [sealed["trust"]])
+    assert (r.contract, r.buyer, r.delivered) == (f"{CYCLE}/1", BUYER.id.hex(), 150)
+    assert len(b["contract"]["commits"]) == 2
+    kinds = {P.parse(bytes.fromhex(t["transaction"])).fields[3]
+             for t in b["transactions"].values()}
+    assert {MK.MK_COMMIT, MK.MK_REVEAL, MK.MK_CLEAR} <= kinds
+    for tamper in (lambda x: x["contract"]["commits"].reverse(),  # each other's commitment
+                   lambda x: x["contract"].update(tx=x["contract"]["orders"][0])):
+        broken = copy.deepcopy(b)
+        tamper(broken)
+        with pytest.raises(audit.BundleError) as e:
+            AT.verify_trade_bundle(broken, [sealed["trust"]])
+        assert e.value.check == "auction", str(e.value)
 
 
 def test_cli_fetches_and_verifies_through_the_http_apis(world: Any, tmp_path: Path) -> None:
