@@ -5,10 +5,10 @@
     meterledger market apply   --chain URL --key FILE [--source S] [--nature N] [--supply-w W]
                                [--price P] [--safety K] [--voltage-v V]
     meterledger market order   --chain URL --key FILE --cycle C --side buy|sell --wh WH
-                               --price P [--fee-max F]
+                               --price P [--fee-max F] [--green]
     meterledger market cancel  --chain URL --key FILE --cycle C --side buy|sell
     meterledger market commit  --chain URL --key FILE --cycle C --side ... --wh ... --price ...
-                               [--fee-max F] [--sealed FILE]
+                               [--fee-max F] [--green] [--sealed FILE]
     meterledger market reveal  --chain URL --key FILE --cycle C [--sealed FILE]
     meterledger market clear|settle CYCLE --chain URL --key FILE
     meterledger market sign CYCLE N --chain URL --key FILE
@@ -114,6 +114,10 @@ def _order_flags(p: argparse.ArgumentParser, sealed: bool) -> None:
                    help="the bid's highest or the ask's lowest price, mpt/kWh")
     p.add_argument("--fee-max", type=_uint(*o[5]), default=0,
                    help="the congestion fee accepted on top, mpt/kWh (default 0)")
+    p.add_argument("--green", action="store_true",
+                   help="with its green certificates: a green bid takes only green asks, a "
+                        "green ask needs as many Wh of the seller's active certificates, and "
+                        "the delivered Wh's certificates move to the buyer at settlement")
     if sealed:
         _sealed_flag(p)
 
@@ -308,10 +312,10 @@ def commit(s: Session, args: argparse.Namespace) -> int:
     key, path = s.signer(), sealed_path(args)
     salt = secrets.token_bytes(32)
     digest = MK.commit_digest(key.id, args.cycle, args.side, args.wh, args.price,
-                              args.fee_max, salt)
+                              args.fee_max, salt, int(args.green))
     kept = {"participant": key.id_hex, "cycle": args.cycle, "side": args.side, "wh": args.wh,
             "price": args.price, "fee_max": args.fee_max, "salt": salt.hex(),
-            "digest": digest.hex()}
+            "green": int(args.green), "digest": digest.hex()}
     _write_new(path, json.dumps(kept, indent=1) + "\n")  # first: a landed commit keeps it
     try:
         r = s.send(MK.MK_COMMIT, MK.commit_body(args.cycle, digest))
@@ -330,7 +334,8 @@ def _load_sealed(path: Path, key: P.SigningKey, cycle: int) -> dict[str, Any]:
         kept = json.loads(path.read_text())
         salt = bytes.fromhex(kept["salt"])
         order = (kept["side"], int(kept["wh"]), int(kept["price"]), int(kept["fee_max"]))
-        digest = MK.commit_digest(key.id, cycle, *order, salt)
+        green = int(kept.get("green", 0))
+        digest = MK.commit_digest(key.id, cycle, *order, salt, green)
         ok = (kept["participant"] == key.id_hex and kept["cycle"] == cycle
               and digest.hex() == kept["digest"])
     except FileNotFoundError:
@@ -340,13 +345,13 @@ def _load_sealed(path: Path, key: P.SigningKey, cycle: int) -> dict[str, Any]:
     if not ok:
         raise ConfigError(f"{path} holds no sealed order of {key.id_hex} for cycle {cycle}")
     return {"side": order[0], "wh": order[1], "price": order[2], "fee_max": order[3],
-            "salt": salt}
+            "salt": salt, "green": green}
 
 
 def reveal(s: Session, args: argparse.Namespace) -> int:
     o = _load_sealed(sealed_path(args), s.signer(), args.cycle)
     r = s.send(MK.MK_REVEAL, MK.reveal_body(args.cycle, o["side"], o["wh"], o["price"],
-                                            o["fee_max"], o["salt"]))
+                                            o["fee_max"], o["salt"], bool(o["green"])))
     s.done(MK.MK_REVEAL, r)
     return 0
 
@@ -362,7 +367,7 @@ Handler = Callable[[Session, argparse.Namespace], int]
 TXS: dict[str, Handler] = {
     "apply": apply, "commit": commit, "reveal": reveal,
     "order": _simple(MK.MK_ORDER, lambda a: MK.order_body(a.cycle, a.side, a.wh, a.price,
-                                                          a.fee_max)),
+                                                          a.fee_max, a.green)),
     "cancel": _simple(MK.MK_CANCEL, lambda a: MK.cancel_body(a.cycle, a.side)),
     "clear": _simple(MK.MK_CLEAR, lambda a: MK.cycle_body(a.cycle)),
     "settle": _simple(MK.MK_SETTLE, lambda a: MK.cycle_body(a.cycle)),

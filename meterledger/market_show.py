@@ -144,9 +144,10 @@ def book(client: ChainClient, key: P.SigningKey | None, args: argparse.Namespace
     if args.json:
         return _json(doc if commits is None else {**doc, "commitments": commits})
     print(f"cycle {args.cycle} ({doc['mode']} market): {len(doc['orders'])} orders")
-    _table(("side", "participant", "left_wh", "wh", "price", "fee_max", "seq", "quotes"),
+    _table(("side", "participant", "left_wh", "wh", "price", "fee_max", "seq", "quotes",
+            "green"),
            [(o["side"], o["participant"], o["left"], o["wh"], o["price"], o["fee_max"],
-             o["seq"], o["quotes"]) for o in doc["orders"]])
+             o["seq"], o["quotes"], "yes" if o.get("green") else "-") for o in doc["orders"]])
     _next(doc)
     if commits is not None:
         listed = commits["commitments"]

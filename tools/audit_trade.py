@@ -104,6 +104,7 @@ def _contract(doc: Any) -> tuple[dict[str, Any], list[bytes]]:
         AC._sized(f"contract.{name}", c[name], 32)
     commits = [] if "commits" not in doc else audit._value("contract.commits", "path",
                                                             doc["commits"])
+    c["green"] = audit._value("contract.green", "uint", doc.get("green", 0))
     return c, commits
 
 

@@ -36,8 +36,9 @@ CHECKS = (
     ("enrolment", "the grid operator's mk_enroll bound the seller to fog_pub's fog and the "
                   "meter `devices` gives, before the seller's order"),
     ("orders", "the bid is the buyer's buy order and the ask the seller's sell order for the "
-               "cycle, at the contract's prices, each for at least its Wh; ask <= bid, and "
-               "the congestion fee within the bid's fee_max"),
+               "cycle, at the contract's prices, each for at least its Wh; ask <= bid, the "
+               "congestion fee within the bid's fee_max, and the contract green as its bid "
+               "(a green bid's ask green too)"),
     ("auction", "continuous: both orders before the gate, the match is the later of them; "
                 "sealed: each order revealed in the window from a commitment made before "
                 "the gate that it hashes to, the match the cycle's mk_clear after the window"),
@@ -211,6 +212,11 @@ def _orders(t: Trade) -> tuple[dict[int, Any], dict[int, Any]]:
                                              f"contract for {c['wh']}")
         bodies.append(body)
     _check("orders", c["ask"] <= c["bid"], f"the ask {c['ask']} is above the bid {c['bid']}")
+    green = bodies[0].get(7, 0)
+    _check("orders", c["green"] == green and bodies[1].get(7, 0) >= green,
+           f"the contract is {'green' if c['green'] else 'plain'}, its bid "
+           f"{'green' if green else 'plain'} and its ask "
+           f"{'green' if bodies[1].get(7, 0) else 'plain'}: a green bid takes green asks")
     _check("orders", c["fee"] <= bodies[0][5], f"the congestion fee {c['fee']} is above the "
                                                f"bid's fee_max {bodies[0][5]}")
     return bodies[0], bodies[1]

@@ -88,17 +88,18 @@ BODIES: dict[str, dict[int, str]] = {
                                                             # supply W, price, safety, voltage V
     MK_TRANSFER: {1: "b8", 2: "u"},                         # to, upt
     MK_NETWORK: {1: "u", 2: "a"},                           # version, lines
-    MK_ORDER: {1: "u", 2: "t", 3: "u", 4: "u", 5: "u"},     # cycle, side, Wh, price, fee_max
+    MK_ORDER: {1: "u", 2: "t", 3: "u", 4: "u", 5: "u", 7: "u?"},  # cycle, side, Wh, price,
+                                                            # fee_max, green
     MK_CANCEL: {1: "u", 2: "t"},                            # cycle, side
     MK_COMMIT: {1: "u", 2: "b32"},                          # cycle, sealed-order digest
-    MK_REVEAL: {1: "u", 2: "t", 3: "u", 4: "u", 5: "u", 6: "b32"},  # ... and salt
+    MK_REVEAL: {1: "u", 2: "t", 3: "u", 4: "u", 5: "u", 6: "b32", 7: "u?"},  # ... salt, green
     MK_CLEAR: {1: "u"},                                     # cycle
     MK_SIGN: {1: "u", 2: "u"},                              # cycle, contract number
     MK_SETTLE: {1: "u"},                                    # cycle
     MK_REVIEW: {1: "u", 2: "u", 3: "u"},                    # cycle, contract, good (1) or not
 }
 _ORDER_RANGES: dict[int, Range] = {1: (0, TIME_MAX), 2: (3, 4), 3: (1, WH_MAX),
-                                   4: (0, PRICE_MAX), 5: (0, PRICE_MAX)}
+                                   4: (0, PRICE_MAX), 5: (0, PRICE_MAX), 7: (0, 1)}
 BODY_RANGES: dict[str, dict[int, Range]] = {
     MK_ENROLL: {4: (1, 16)},
     MK_ACCESS: {1: (1, 16), 2: (1, 16), 3: (0, 10**12), 4: (0, PRICE_MAX),
@@ -120,10 +121,11 @@ BODY_NAMES: dict[str, dict[int, str]] = {
                 6: "voltage_v"},
     MK_TRANSFER: {1: "to", 2: "upt"},
     MK_NETWORK: {1: "version", 2: "lines"},
-    MK_ORDER: {1: "cycle", 2: "side", 3: "wh", 4: "price", 5: "fee_max"},
+    MK_ORDER: {1: "cycle", 2: "side", 3: "wh", 4: "price", 5: "fee_max", 7: "green"},
     MK_CANCEL: {1: "cycle", 2: "side"},
     MK_COMMIT: {1: "cycle", 2: "digest"},
-    MK_REVEAL: {1: "cycle", 2: "side", 3: "wh", 4: "price", 5: "fee_max", 6: "salt"},
+    MK_REVEAL: {1: "cycle", 2: "side", 3: "wh", 4: "price", 5: "fee_max", 6: "salt",
+                7: "green"},
     MK_CLEAR: {1: "cycle"},
     MK_SIGN: {1: "cycle", 2: "contract"},
     MK_SETTLE: {1: "cycle"},
@@ -136,12 +138,12 @@ def _bad(kind: str, msg: str) -> ProtocolError:
 
 
 def commit_digest(sender: bytes, cycle: int, side: str, wh: int, price: int, fee_max: int,
-                  salt: bytes) -> bytes:
+                  salt: bytes, green: int = 0) -> bytes:
     """What a sealed order commits to: SHA-256 over a tag and the deterministic CBOR of
     [sender, cycle, side, Wh, price, fee_max, salt] (the sender in it: no one can reveal
-    another's commitment as their own)."""
+    another's commitment as their own), and a green order's 1 after the salt."""
     return hashlib.sha256(_COMMIT_TAG + encode([sender, cycle, side, wh, price, fee_max,
-                                                salt])).digest()
+                                                salt, *([1] if green else [])])).digest()
 
 
 def parse_line(item: Any) -> tuple[str, str, int, int]:
@@ -222,8 +224,11 @@ def network_body(version: int, lines: list[tuple[str, str, int, int]]) -> dict[i
     return {1: version, 2: [list(x) for x in lines]}
 
 
-def order_body(cycle: int, side: str, wh: int, price: int, fee_max: int = 0) -> dict[int, Any]:
-    return {1: cycle, 2: side, 3: wh, 4: price, 5: fee_max}
+def order_body(cycle: int, side: str, wh: int, price: int, fee_max: int = 0,
+               green: bool = False) -> dict[int, Any]:
+    """An order; `green`: its energy comes with its green certificates (a green bid only
+    matches green asks; key 7 is left out when not, so a plain order's bytes never change)."""
+    return {1: cycle, 2: side, 3: wh, 4: price, 5: fee_max, **({7: 1} if green else {})}
 
 
 def cancel_body(cycle: int, side: str) -> dict[int, Any]:
@@ -235,8 +240,8 @@ def commit_body(cycle: int, digest: bytes) -> dict[int, Any]:
 
 
 def reveal_body(cycle: int, side: str, wh: int, price: int, fee_max: int,
-                salt: bytes) -> dict[int, Any]:
-    return {1: cycle, 2: side, 3: wh, 4: price, 5: fee_max, 6: salt}
+                salt: bytes, green: bool = False) -> dict[int, Any]:
+    return {1: cycle, 2: side, 3: wh, 4: price, 5: fee_max, 6: salt, **({7: 1} if green else {})}
 
 
 def cycle_body(cycle: int) -> dict[int, Any]:

@@ -53,7 +53,7 @@ APPLICATIONS = (
     "requote_not_monotonic", "no_order", "already_committed", "no_commitment",
     "already_revealed", "reveal_mismatch", "unknown_contract", "not_party", "contract_closed",
     "signing_closed", "already_signed", "delivery_pending", "not_delivered",
-    "already_reviewed", "line_in_use",
+    "already_reviewed", "line_in_use", "green_uncovered",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

@@ -139,3 +139,22 @@ def test_path_runs_up_to_the_common_line_only() -> None:
     assert AU.path(NET, "f1", "f2") == ("f1", "f2")
     assert AU.path(NET, "f1", "f1") == ()
     assert AU.path(NET, "f1", "nowhere") == ("f1", "root")
+
+
+def test_a_green_bid_matches_only_green_asks() -> None:
+    plain = AU.Quote(b"s" * 8, SELL, 1_000, 80, 0, 0, 500_000)
+    green = AU.Quote(b"g" * 8, SELL, 1_000, 90, 0, 1, 500_000, green=1)
+    bid = AU.Quote(b"b" * 8, BUY, 500, 100, 0, 2, 500_000, green=1)
+    net = {"root": AU.Line("", 10**9, 0)}
+    lines = {q.who: "root" for q in (plain, green, bid)}
+
+    def book(asks: list[AU.Quote]) -> list[tuple[bytes, int]]:
+        found = AU.match_book([bid], asks, None, lines, net, {"root": 10**9}, set(), 10)
+        return [(m.seller.who, m.wh) for m in found]
+
+    assert book([plain]) == []
+    assert book([plain, green]) == [(b"g" * 8, 500)]
+    # a plain bid takes the cheaper ask, green or not
+    plain_bid = AU.Quote(b"b" * 8, BUY, 500, 100, 0, 2, 500_000)
+    assert [m.seller.who for m in AU.match_book([plain_bid], [green, plain], None, lines, net,
+                                                {"root": 10**9}, set(), 10)] == [b"s" * 8]

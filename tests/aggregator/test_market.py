@@ -368,3 +368,43 @@ def test_an_unrevealed_commitment_is_unmatched(tmp_path: Path) -> None:
         assert m.rep("U1") == {"bid": 1, "done": 0, "good": 0, "penalty": 20_000}
     finally:
         m.close()
+
+
+def test_a_green_bid_takes_green_asks_and_their_certificates_move_at_settlement(
+        mk: Market) -> None:
+    """D1's meter is also generator pv-d1, owned by D1: its certificates go with its green
+    asks' delivered Wh, the last one split; a plain bid may still take a green ask (no
+    certificate moves), a green bid never a plain ask."""
+    registry = P.SigningKey.from_int(0x4E6)
+    mk.register("registry", registry)
+    mk.send(registry, GC.PARAMS, GC.params_body("certificates", 1, {"certificate_wh": 1_000}))
+    mk.send(registry, GC.GENERATOR, GC.generator_body(
+        "pv-d1", "pv", 10_000_000, T0 - 86_400, mk.fog.key.id, METERS["D1"], "certificates",
+        KEYS["D1"].id))
+    mk.deliver("D1", CYCLE - 1800, 2_500)  # pv-d1/0-1000 and 1000-2000, 500 Wh carried
+    assert mk.refused(KEYS["D2"], MK.MK_ORDER, MK.order_body(
+        CYCLE, MK.SELL, 500, 90, green=True)) == "green_uncovered"
+    mk.send(KEYS["D1"], MK.MK_ORDER, MK.order_body(CYCLE, MK.SELL, 1_500, 90, green=True))
+    mk.send(KEYS["U1"], MK.MK_ORDER, MK.order_body(CYCLE, MK.BUY, 700, 100, green=True))
+    mk.order("U3", MK.BUY, 300, 100)
+    mk.order("D2", MK.SELL, 1_000, 80)  # cheaper, but plain: U2's green bid passes it over
+    mk.send(KEYS["U2"], MK.MK_ORDER, MK.order_body(CYCLE, MK.BUY, 500, 100, green=True))
+    assert mk.contracts(CYCLE) == [("U1", "D1", 700), ("U3", "D1", 300), ("U2", "D1", 500)]
+    assert [mk.contract(CYCLE, i).get("green") for i in range(3)] == [1, None, 1]
+    mk.sign_all(CYCLE)
+    mk.at(CYCLE - 300)
+    mk.send(KEYS["U1"], MK.MK_CLEAR, MK.cycle_body(CYCLE))
+    mk.deliver("D1", CYCLE, 1_200)  # contract 0 gets 700, 1 gets 300, 2 gets 200
+    mk.at(CYCLE + 900)
+    mk.send(KEYS["U3"], MK.MK_SETTLE, MK.cycle_body(CYCLE))
+    first, plain, last = (mk.contract(CYCLE, i) for i in range(3))
+    assert (first["green_moved"], first["green_short"]) == (["pv-d1/0-700"], 0)
+    assert "green_moved" not in plain
+    assert (last["delivered"], last["green_moved"], last["green_short"]) == (
+        200, ["pv-d1/700-900"], 0)
+    owned = {k[8:]: v for k, v in mk.store.records(G.T_OWNED, KEYS["D1"].id)}
+    assert G.cert_key("pv-d1", 900, 1_000) in owned  # the rest of the split one stays
+    for n, wh in (("U1", 700), ("U2", 200), ("D1", 3_000 - 900)):  # 2000-3000 issued since
+        assert mk.store.record(G.T_BALANCE, KEYS[n].id)["active"] == wh, n
+    replay = verify_blocks(store_blocks(mk.store))
+    check_derived(mk.store, replay)

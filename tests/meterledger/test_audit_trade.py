@@ -411,6 +411,7 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
      "enrolment"),
     ("the bid's price", lambda b, w: b["contract"].update(bid=502), "orders"),
     ("ask above bid", lambda b, w: b["contract"].update(ask=600), "orders"),
+    ("a plain trade said green", lambda b, w: b["contract"].update(green=1), "orders"),
     ("the bid from a stranger", _tx(_c("orders", 0), key=FIRST), "orders"),
     ("order after the gate", _tx(_c("tx"), prev_t=CYCLE - 300), "auction"),
     ("match is the earlier order", lambda b, w: b["contract"].update(

@@ -146,6 +146,10 @@ def test_access_orders_and_the_book_of_a_continuous_market(
                                "--price", "60", key=seller)
         assert code == 1 and "not_admitted" in err  # its last request was refused
         assert m.cli("apply", *FULL, key=seller)[0] == 0
+        # a green ask needs the seller's certificates: it has none
+        code, _, err = m.cli("order", "--cycle", str(CYCLE), "--side", "sell", "--wh", "400",
+                             "--price", "60", "--green", key=seller)
+        assert code == 1 and "green_uncovered" in err and err.count("\n") == 1, err
         code, _, err = m.cli("order", "--cycle", str(CYCLE), "--side", "sell", "--wh", "400",
                              "--price", "60", key=seller)
         assert code == 0, err

@@ -27,6 +27,7 @@ class Quote:
     fee_max: int  # the congestion fee per kWh it accepts on top of the price
     seq: int  # time priority: the chain's order of the orders
     reputation: int  # ppm
+    green: int = 0  # 1: the energy with its green certificates (a green bid takes green asks)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ def match_book(bids: Sequence[Quote], asks: Sequence[Quote], takers: Iterable[by
     """Match a book: each taker's order (every bid of a call auction, the incoming order of a
     continuous market) against the opposite side in price priority, only within both
     parties' matchable ranges (positions in the price-sorted lists, eq. 5; a participant's
-    rank is on each side apart) and only where ask <= bid; at most `room` matches (what the
+    rank is on each side apart) and only where ask <= bid (and a green bid only with a
+    green ask); at most `room` matches (what the
     cycle may still hold); then the security check (`secure`). `left` (Wh each line may
     still carry this cycle) and `congested` are updated in place."""
     bids, asks = price_sorted(bids), price_sorted(asks)
@@ -152,7 +154,8 @@ def match_book(bids: Sequence[Quote], asks: Sequence[Quote], takers: Iterable[by
             if rest[tk] == 0 or len(found) >= room:
                 break
             b, s = (taker, other) if taker.side == BUY else (other, taker)
-            if rest[ok] == 0 or pos[tk] >= lam[ok] or s.price > b.price or b.who == s.who:
+            if rest[ok] == 0 or pos[tk] >= lam[ok] or s.price > b.price or b.who == s.who \
+                    or b.green > s.green:
                 continue
             q = min(rest[tk], rest[ok])
             rest[tk] -= q

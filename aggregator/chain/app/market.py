@@ -251,15 +251,29 @@ def unit_hold(mp: dict[str, int], side: str, price: int, fee_max: int) -> int:
     return price + transmission(mp) + fee_max if side == MK.BUY else 0
 
 
+def covered(st: G.Staged, pid: bytes, wh: int) -> None:
+    """A green ask's Wh are covered by the seller's active green certificates (it could give
+    them away before settlement: then the contract records the shortfall)."""
+    active = (st.get(G.T_BALANCE, pid) or {}).get("active", 0)
+    if active < wh:
+        raise ChainError("green_uncovered", f"a green ask of {wh} Wh needs as many Wh of "
+                                            f"active green certificates; {pid.hex()} holds "
+                                            f"{active}")
+
+
 def check_quote(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: bytes,
-                price: int, now: int, kind: str) -> dict[str, Any] | None:
+                body: dict[int, Any], now: int, kind: str) -> dict[str, Any] | None:
     """Who may quote and at what price: an enrolled buyer above the latest closed cycle's
-    lowest clearing price (001 s3.1 (b)); an admitted seller; a re-quote never raising an
-    ask nor lowering a bid (eqs. 2, 3), at most quotes_max per side and cycle. Returns the
-    participant's previous quote on this side, if any."""
+    lowest clearing price (001 s3.1 (b)); an admitted seller (a green ask covered by its
+    certificates); a re-quote never raising an ask nor lowering a bid (eqs. 2, 3), at most
+    quotes_max per side and cycle. Returns the participant's previous quote on this side,
+    if any."""
+    price, wh, green = body[4], body[3], body.get(7, 0)
     enrolled(st, pid, kind)
     if side == MK.SELL:
         admitted(st, pid, now)
+        if green:
+            covered(st, pid, wh)
     else:
         last = st.get(T_LAST, b"")
         if last is not None and last["floor"] and price <= last["floor"]:
@@ -302,6 +316,8 @@ def put_order(st: G.Staged, mp: dict[str, int], cycle: int, side: str, pid: byte
            "unit": unit, "pt": transmission(mp), "tx": tx, "params": params_tx(st)}
     if commit is not None:
         rec["commit"] = commit["tx"]
+    if body.get(7):
+        rec["green"] = 1
     st.put(T_ORDER, order_key(cycle, side, pid), rec)
     st.put(T_LIVE, order_key(cycle, side, pid), 1)
     return rec
@@ -326,5 +342,5 @@ def book(st: G.Staged, cycle: int, now: int) -> list[AU.Quote]:
             continue
         if rec["left"] > 0:
             out.append(AU.Quote(pid, side, rec["left"], rec["price"], rec["fee_max"],
-                                rec["seq"], reputation(st, pid)))
+                                rec["seq"], reputation(st, pid), rec.get("green", 0)))
     return out

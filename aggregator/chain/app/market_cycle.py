@@ -75,7 +75,8 @@ def make_contracts(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, 
             "pt": pt, "fee": m.fee, "pf": pf, "escrow": pf * m.wh,
             "path": list(m.path), "signed": 0, "signs": [], "state": MATCHED, "tx": tx,
             "orders": [bid["tx"], ask["tx"]], "params": bid["params"],
-            **({"commits": [bid["commit"], ask["commit"]]} if "commit" in bid else {})})
+            **({"commits": [bid["commit"], ask["commit"]]} if "commit" in bid else {}),
+            **({"green": 1} if m.buyer.green else {})})
         M.count(st, m.buyer.who, bid=1)
         M.count(st, m.seller.who, bid=1)
         cyc["contracts"] = n + 1
@@ -237,15 +238,40 @@ def settle(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) ->
         d = max(0, min(c["wh"], (exp or 0) - used.get(seller, 0)))
         used[seller] = used.get(seller, 0) + d
         _pay(st, mp, c, d, op)
+        green = give_certificates(st, seller, c["buyer"], d) if c.get("green") else {}
         if d:
             M.count(st, c["buyer"], done=1)
             M.count(st, seller, done=1)
         st.put(M.T_CONTRACT, key, {**c, "state": M.SETTLED, "delivered": d,
                                    "measured": int(exp is not None), "settled": tx,
-                                   "settle_params": params})
+                                   "settle_params": params, **green})
     cyc = {**cyc, "state": M.SETTLED, "settled": now}
     st.put(M.T_CYCLE, u64(cycle), cyc)
     return dict(cyc)
+
+
+GREEN_MOVES_MAX = 64  # certificates one green contract moves (the rest is its shortfall)
+
+
+def give_certificates(st: G.Staged, seller: bytes, buyer: bytes, wh: int) -> dict[str, Any]:
+    """A green contract's certificates: `wh` Wh of the seller's active certificates, in key
+    order (by generator, then its oldest Wh), the last one split, move to the buyer; what
+    the seller no longer holds is the contract's `green_short` (it could give them away
+    after its ask)."""
+    moved: list[str] = []
+    need = wh
+    for key, _ in st.scan(G.T_OWNED, seller):
+        if need == 0 or len(moved) == GREEN_MOVES_MAX:
+            break
+        cert = dict(st.get(G.T_CERT, key[len(seller):]))
+        if cert["state"] != G.ACTIVE:
+            continue
+        if cert["hi"] - cert["lo"] > need:
+            cert, _ = G.split(st, cert, need)
+        G.move(st, cert, buyer)
+        moved.append(cert["id"])
+        need -= cert["hi"] - cert["lo"]
+    return {"green_moved": moved, "green_short": need}
 
 
 def _pay(st: G.Staged, mp: dict[str, int], c: dict[str, Any], d: int, op: bytes) -> None:

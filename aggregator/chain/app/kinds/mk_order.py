@@ -26,7 +26,7 @@ def check(tx: Tx, state: State) -> Effect:
     cycle, side, now = tx.body[1], tx.body[2], state.chain_time()
     M.check_cycle(mp, cycle, now, KIND)
     cyc = M.open_cycle(st, cycle, KIND)
-    prev = M.check_quote(st, mp, cycle, side, tx.sender.id, tx.body[4], now, KIND)
+    prev = M.check_quote(st, mp, cycle, side, tx.sender.id, tx.body, now, KIND)
     M.put_order(st, mp, cycle, side, tx.sender.id, tx.body, prev, tx.digest)
     MC.match(st, mp, cycle, cyc, [tx.sender.id], tx.digest, now)
     st.put(M.T_CYCLE, G.u64(cycle), cyc)

@@ -36,10 +36,12 @@ def check(tx: Tx, state: State) -> Effect:
                                           f"{cycle}")
     if com["revealed"]:
         raise ChainError("already_revealed", f"the order for cycle {cycle} was revealed")
-    if MK.commit_digest(tx.sender.id, cycle, side, wh, price, fee_max, salt) != com["digest"]:
+    green = tx.body.get(7, 0)
+    if MK.commit_digest(tx.sender.id, cycle, side, wh, price, fee_max, salt,
+                        green) != com["digest"]:
         raise ChainError("reveal_mismatch", "the revealed order and salt do not hash to the "
                                             "committed digest")
-    M.check_quote(st, mp, cycle, side, tx.sender.id, price, now, KIND)
+    M.check_quote(st, mp, cycle, side, tx.sender.id, tx.body, now, KIND)
     M.put_order(st, mp, cycle, side, tx.sender.id, tx.body, None, tx.digest, com)
     st.put(M.T_COMMIT, key, {**com, "revealed": 1})
     return st.effect(tx.effect())
