@@ -356,6 +356,15 @@ def reveal(s: Session, args: argparse.Namespace) -> int:
     return 0
 
 
+def sign(s: Session, args: argparse.Namespace) -> int:
+    """Sign a contract's terms as the chain holds them (the signature names them, so a
+    trade's proof shows what was agreed)."""
+    c = s.client.market_contract(args.cycle, args.n)
+    terms = MK.contract_terms(args.cycle, args.n, c)
+    s.done(MK.MK_SIGN, s.send(MK.MK_SIGN, MK.sign_body(args.cycle, args.n, terms)))
+    return 0
+
+
 def _simple(kind: str, body: Callable[[argparse.Namespace], dict[int, Any]]) -> Handler:
     def run(s: Session, args: argparse.Namespace) -> int:
         s.done(kind, s.send(kind, body(args)))
@@ -371,7 +380,7 @@ TXS: dict[str, Handler] = {
     "cancel": _simple(MK.MK_CANCEL, lambda a: MK.cancel_body(a.cycle, a.side)),
     "clear": _simple(MK.MK_CLEAR, lambda a: MK.cycle_body(a.cycle)),
     "settle": _simple(MK.MK_SETTLE, lambda a: MK.cycle_body(a.cycle)),
-    "sign": _simple(MK.MK_SIGN, lambda a: MK.sign_body(a.cycle, a.n)),
+    "sign": sign,
     "review": _simple(MK.MK_REVIEW, lambda a: MK.review_body(a.cycle, a.n, a.good)),
     "transfer": _simple(MK.MK_TRANSFER, lambda a: MK.transfer_body(bytes.fromhex(a.to),
                                                                    a.upt)),

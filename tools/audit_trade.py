@@ -105,6 +105,9 @@ def _contract(doc: Any) -> tuple[dict[str, Any], list[bytes]]:
     commits = [] if "commits" not in doc else audit._value("contract.commits", "path",
                                                             doc["commits"])
     c["green"] = audit._value("contract.green", "uint", doc.get("green", 0))
+    if len(c["orders"]) != 2 or len(commits) not in (0, 2):
+        raise BundleFormatError("contract.orders must name 2 orders and contract.commits "
+                                "none or 2 commitments")
     return c, commits
 
 
@@ -133,6 +136,11 @@ def read_bundle(doc: Any) -> Trade:
     meter = next(iter(devices))
     delivery = AC.Bundle({}, fog_pub.id, meter, fog_pub, devices, anchors, segments)
     earlier = [{k.rsplit(".", 1)[1]: x for k, x in e.items()} for e in v["earlier"]]
+    numbers = [e["n"] for e in earlier]
+    if len(set(numbers)) != len(numbers) or any(
+            e["n"] >= c["n"] or e["delivered"] > e["wh"] for e in earlier):
+        raise BundleFormatError("earlier must list distinct contracts numbered below the "
+                                "contract's, none delivered more than its Wh")
     return Trade(c, commits, AC._sized("enrolment", v["enrolment"], 32), _keys(v["keys"]),
                  _sections(v["transactions"], TX_SECTION, "transactions"), earlier,
                  delivery)

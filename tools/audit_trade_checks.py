@@ -29,23 +29,26 @@ CHECKS = (
                      "for its sender, with the digest it is named by"),
     ("anchor_signature", "every anchor is a type-12 anchor transaction signed by fog_pub, "
                          "with the digest it is named by"),
-    ("chain_id", "every transaction names the chain of its block"),
+    ("chain_id", "every block is of one chain, and every transaction names it"),
     ("tx_inclusion", "every transaction is transaction tx_index of its sealed block"),
     ("params", "the contract's market parameters (in force at the bid and at settlement) "
-               "are `params` transactions of the market, both from the grid operator"),
+               "are `params` transactions of the market, both from the grid operator, each "
+               "before the transaction that used them"),
     ("enrolment", "the grid operator's mk_enroll bound the seller to fog_pub's fog and the "
                   "meter `devices` gives, before the seller's order"),
     ("orders", "the bid is the buyer's buy order and the ask the seller's sell order for the "
                "cycle, at the contract's prices, each for at least its Wh; ask <= bid, the "
                "congestion fee within the bid's fee_max, and the contract green as its bid "
                "(a green bid's ask green too)"),
-    ("auction", "continuous: both orders before the gate, the match is the later of them; "
+    ("auction", "continuous: both orders before the gate, the match an order of either party "
+                "for the cycle after both, before the gate; "
                 "sealed: each order revealed in the window from a commitment made before "
                 "the gate that it hashes to, the match the cycle's mk_clear after the window"),
     ("price", "midpoint = (bid + ask) / 2 rounded half up, P_T = c1 + c2 + c3 of the bid's "
               "parameters, P_F = P_T + midpoint + fee, escrow = P_F x Wh"),
-    ("signatures", "three mk_sign transactions of the contract, by the buyer, the seller and "
-                   "the grid operator, after the match and before the cycle starts"),
+    ("signatures", "three mk_sign transactions of the contract's terms (parties, Wh, bid, ask, "
+                   "P_T, fee, orders, match, green), by the buyer, the seller and the grid "
+                   "operator, after the match and before the cycle starts"),
     ("statement_anchored", "each statement is byte-equal to an item its anchor carries"),
     ("statement_signature", "each statement is a type-14 message signed by fog_pub, of the "
                             "seller's meter"),
@@ -150,6 +153,9 @@ def _blocks(t: Trade, trusted: list[P.PublicKey]) -> dict[bytes, P.Fields]:
     anchors = AC._anchors(t.delivery, trusted)
     t.sealers.update(s for _, s in anchors)
     t.heights.update(hf[2] for hf, _ in anchors)
+    chains = {hf[7] for hf in headers.values()} | {hf[7] for hf, _ in anchors}
+    _check("chain_id", len(chains) == 1, f"the blocks are of {len(chains)} chains: "
+                                         f"{', '.join(sorted(x.hex() for x in chains))}")
     for d, (at, v) in sorted(t.txs.items()):
         with AC._within(f"transaction {d.hex()}"):
             audit.verify_in_block(v, at, v[at + "transaction"], t.tf[d][6], headers[d])
@@ -165,10 +171,14 @@ def _anchor_place(t: Trade) -> dict[bytes, tuple[int, int]]:
 
 # --- the market's transactions ------------------------------------------------------------------
 def _params(t: Trade) -> tuple[bytes, dict[str, int], dict[str, int]]:
-    """The grid operator and the parameters in force at the bid and at settlement."""
+    """The grid operator and the parameters in force at the bid and at settlement (set
+    before each: that they were the latest is the replay's to prove)."""
     out = []
-    for d in (t.c["params"], t.c["settle_params"]):
+    for d, used in ((t.c["params"], t.c["orders"][0]), (t.c["settle_params"], t.c["settled"])):
         tf = _tx(t, d, "params")
+        _tx(t, used, "params")
+        _check("params", t.place[d][:2] < t.place[used][:2],
+               f"parameters {d.hex()} came after the transaction that used them")
         body = _kind("params", tf, GC.PARAMS, d)
         _check("params", body[1] == "market", f"transaction {d.hex()} sets the {body[1]} "
                                               "parameters, not the market's")
@@ -229,9 +239,14 @@ def _auction(t: Trade, mp: dict[str, int]) -> None:
         for d in orders:
             _check("auction", t.place[d][2] < gate, f"order {d.hex()} came at chain time "
                                                     f"{t.place[d][2]}, after the gate {gate}")
-        later = max(orders, key=lambda d: t.place[d][:2])
-        _check("auction", match == later, f"the match {match.hex()} is not the later order "
-                                          f"{later.hex()}")
+        # the match is the order that landed last: one of the two, or another order of
+        # either party (a participant's new order makes its resting ones takers again)
+        mf = _tx(t, match, "auction")
+        _check("auction", mf[3] == MK.MK_ORDER and mf[4][1] == c["cycle"]
+               and mf[1] in (c["buyer"], c["seller"]) and t.place[match][2] < gate
+               and all(t.place[match][:2] >= t.place[d][:2] for d in orders),
+               f"the match {match.hex()} is no order of either party for the cycle, after "
+               "both orders and before the gate")
         return
     _check("auction", len(t.commits) == 2, "a sealed call's contract names its two "
                                            "commitments")
@@ -240,7 +255,8 @@ def _auction(t: Trade, mp: dict[str, int]) -> None:
         body = _kind("auction", cf, MK.MK_COMMIT, com)
         r = rf[4]
         _check("auction", rf[3] == MK.MK_REVEAL and cf[1] == rf[1] and body[1] == c["cycle"]
-               and MK.commit_digest(rf[1], r[1], r[2], r[3], r[4], r[5], r[6]) == body[2],
+               and MK.commit_digest(rf[1], r[1], r[2], r[3], r[4], r[5], r[6],
+                                    r.get(7, 0)) == body[2],
                f"order {d.hex()} does not reveal commitment {com.hex()}")
         _check("auction", t.place[com][2] < gate <= t.place[d][2] < gate + mp["reveal_s"],
                f"committed at chain time {t.place[com][2]} and revealed at {t.place[d][2]}: "
@@ -272,6 +288,9 @@ def _signatures(t: Trade, op: bytes) -> None:
         body = _kind("signatures", tf, MK.MK_SIGN, d)
         _check("signatures", (body[1], body[2]) == (c["cycle"], c["n"]),
                f"{d.hex()} signs contract {body[1]}/{body[2]}")
+        _check("signatures", body[3] == MK.contract_terms(c["cycle"], c["n"], c),
+               f"{d.hex()} signs other terms than the contract's (parties, Wh, prices, "
+               "orders, match)")
         _check("signatures", t.place[c["tx"]][:2] < t.place[d][:2] and
                t.place[d][2] < c["cycle"], f"{d.hex()} came at chain time {t.place[d][2]}, "
                                            "not between the match and the cycle's start")

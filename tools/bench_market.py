@@ -175,11 +175,12 @@ def in_process(root: Path, n: int, cycle: int) -> dict[str, float]:
         parties = {k.id: k for k in (*chain.c.sellers, *chain.c.buyers)}
         for i in range(int(out["contracts"])):
             c = chain.store.record(M.T_CONTRACT, M.u64(cycle) + i.to_bytes(4, "big"))
+            terms = MK.contract_terms(cycle, i, c)
             for pid in (c["buyer"], c["seller"]):
                 signs.append(chain.c.tx(parties[pid], nonce[pid], MK.MK_SIGN,
-                                        MK.sign_body(cycle, i)))
+                                        MK.sign_body(cycle, i, terms)))
                 nonce[pid] += 1
-            signs.append(chain.c.by_grid(MK.MK_SIGN, MK.sign_body(cycle, i)))
+            signs.append(chain.c.by_grid(MK.MK_SIGN, MK.sign_body(cycle, i, terms)))
         chain.submit_all(signs)
         chain.at(cycle - 300)
         chain.submit_all([chain.c.by_grid(MK.MK_CLEAR, MK.cycle_body(cycle))])

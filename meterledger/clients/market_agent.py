@@ -111,8 +111,10 @@ class Trader:
                 continue
             bit = 1 if c["buyer"] == self.me else 2
             if c["state"] == "matched" and not int(c["signed"]) & bit and now < cycle:
-                said.append(_try(self.sender, MK.MK_SIGN, MK.sign_body(cycle, int(c["n"])),
-                                 now, f"{self.me} signs contract {cycle}/{c['n']}"))
+                n = int(c["n"])
+                said.append(_try(self.sender, MK.MK_SIGN, MK.sign_body(
+                    cycle, n, MK.contract_terms(cycle, n, c)), now,
+                    f"{self.me} signs contract {cycle}/{n}"))
             key = (cycle, int(c["n"]))
             if c["state"] == "settled" and int(c.get("delivered", 0)) and \
                     key not in self.reviewed:
@@ -149,7 +151,7 @@ class GridOperator:
             for c in contracts(self.sender.client, cycle):
                 if c["state"] == "matched" and not int(c["signed"]) & 4:
                     said.append(_try(self.sender, MK.MK_SIGN, MK.sign_body(
-                        cycle, int(c["n"])), now, f"grid operator signs contract {cycle}/"
+                        cycle, int(c["n"]), MK.contract_terms(cycle, int(c["n"]), c)), now, f"grid operator signs contract {cycle}/"
                                                   f"{c['n']}"))
         ready = rec["gate"] + (mp["reveal_s"] if rec["mode"] == "sealed" else 0)
         if rec["state"] == "open" and now >= ready:

@@ -54,6 +54,7 @@ LINES_MAX = 96  # lines in a published network (it travels in one 4096-byte mess
 LINE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,15}")
 PPM = 1_000_000
 _COMMIT_TAG = b"meterledger/market-commit/v1"
+_TERMS_TAG = b"meterledger/market-terms/v1"
 
 _DAY = 86_400
 # parameters (name -> (lowest, highest, default)); `access` is the regulator's, `market` the
@@ -94,7 +95,7 @@ BODIES: dict[str, dict[int, str]] = {
     MK_COMMIT: {1: "u", 2: "b32"},                          # cycle, sealed-order digest
     MK_REVEAL: {1: "u", 2: "t", 3: "u", 4: "u", 5: "u", 6: "b32", 7: "u?"},  # ... salt, green
     MK_CLEAR: {1: "u"},                                     # cycle
-    MK_SIGN: {1: "u", 2: "u"},                              # cycle, contract number
+    MK_SIGN: {1: "u", 2: "u", 3: "b32"},                    # cycle, contract number, terms
     MK_SETTLE: {1: "u"},                                    # cycle
     MK_REVIEW: {1: "u", 2: "u", 3: "u"},                    # cycle, contract, good (1) or not
 }
@@ -127,7 +128,7 @@ BODY_NAMES: dict[str, dict[int, str]] = {
     MK_REVEAL: {1: "cycle", 2: "side", 3: "wh", 4: "price", 5: "fee_max", 6: "salt",
                 7: "green"},
     MK_CLEAR: {1: "cycle"},
-    MK_SIGN: {1: "cycle", 2: "contract"},
+    MK_SIGN: {1: "cycle", 2: "contract", 3: "terms"},
     MK_SETTLE: {1: "cycle"},
     MK_REVIEW: {1: "cycle", 2: "contract", 3: "good"},
 }
@@ -249,8 +250,24 @@ def cycle_body(cycle: int) -> dict[int, Any]:
     return {1: cycle}
 
 
-def sign_body(cycle: int, n: int) -> dict[int, Any]:
-    return {1: cycle, 2: n}
+def sign_body(cycle: int, n: int, terms: bytes) -> dict[int, Any]:
+    """A signature of contract n of the cycle, on its `terms` (`contract_terms`)."""
+    return {1: cycle, 2: n, 3: terms}
+
+
+def _raw(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else bytes.fromhex(v)
+
+
+def contract_terms(cycle: int, n: int, c: dict[str, Any]) -> bytes:
+    """What the three parties sign of a contract (its record, bytes or the API's hex):
+    SHA-256 over a tag and the deterministic CBOR of [cycle, n, buyer, seller, Wh, bid, ask,
+    P_T, fee, [bid order, ask order], the match transaction, green]; the midpoint, P_F and
+    the escrow follow from them. A trade's proof recomputes it from the record."""
+    return hashlib.sha256(_TERMS_TAG + encode([
+        cycle, n, _raw(c["buyer"]), _raw(c["seller"]), int(c["wh"]), int(c["bid"]),
+        int(c["ask"]), int(c["pt"]), int(c["fee"]), [_raw(d) for d in c["orders"]],
+        _raw(c["tx"]), int(c.get("green") or 0)])).digest()
 
 
 def review_body(cycle: int, n: int, good: bool) -> dict[int, Any]:

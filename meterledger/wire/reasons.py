@@ -54,6 +54,7 @@ APPLICATIONS = (
     "already_revealed", "reveal_mismatch", "unknown_contract", "not_party", "contract_closed",
     "signing_closed", "already_signed", "delivery_pending", "not_delivered",
     "already_reviewed", "line_in_use", "green_uncovered",
+    "terms_mismatch",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aggregator.chain.app import green as G
+from aggregator.chain.app.state import MemoryState
 from aggregator.chain.store import BlockStore
 from aggregator.chain.verify import check_derived, store_blocks, verify_blocks
 from meterledger import wire as P
@@ -288,3 +291,27 @@ def test_the_api_answers_ownership_balances_and_a_certificate_s_statements(
         with pytest.raises(ChainClientError, match="404"):
             client.certificate("wind-7/5-6")
         fog.close()
+
+
+@given(stored=st.dictionaries(st.binary(min_size=1, max_size=3), st.integers(0, 9),
+                              max_size=12),
+       mine=st.dictionaries(st.binary(min_size=1, max_size=3),
+                            st.one_of(st.none(), st.integers(10, 19)), max_size=12),
+       prefix=st.binary(max_size=1))
+def test_walk_reads_what_scan_reads_lazily(stored: dict[bytes, int],
+                                           mine: dict[bytes, int | None],
+                                           prefix: bytes) -> None:
+    """Staged.walk (a green settlement's lazy read of a seller's certificates) yields what
+    Staged.scan lists: stored records under this transaction's own writes and deletions,
+    in key order."""
+    state = MemoryState()
+    for k, v in stored.items():
+        state.put_record("t", k, v)
+        state.put_record("other", k, v)
+    staged = G.Staged(state)
+    for k, w in mine.items():
+        staged.put("t", k, w)
+    assert list(staged.walk("t", prefix)) == staged.scan("t", prefix)
+    walk = staged.walk("t", prefix)
+    if staged.scan("t", prefix):
+        assert next(walk) == staged.scan("t", prefix)[0]

@@ -145,7 +145,8 @@ def trade(m: Market, cycle: int) -> None:
     m.send(m.seller, MK.MK_ORDER, MK.order_body(cycle, MK.SELL, ASKED, ASK))
     m.send(m.buyer, MK.MK_ORDER, MK.order_body(cycle, MK.BUY, WANTED, BID, FEE_MAX))
     for key in (m.buyer, m.seller, m.grid):
-        m.send(key, MK.MK_SIGN, MK.sign_body(cycle, 0))
+        c = m.client.market_contract(cycle, 0)
+        m.send(key, MK.MK_SIGN, MK.sign_body(cycle, 0, MK.contract_terms(cycle, 0, c)))
 
 
 def open_trade(m: Market) -> tuple[int, list[int]]:

@@ -95,8 +95,11 @@ class Market(AppChain):
             c = self.contract(cycle, i)
             for pid in (c["buyer"], c["seller"]):
                 self.send(next(k for k in KEYS.values() if k.id == pid), MK.MK_SIGN,
-                          MK.sign_body(cycle, i))
-            self.send(GRID, MK.MK_SIGN, MK.sign_body(cycle, i))
+                          self.sign_body(cycle, i))
+            self.send(GRID, MK.MK_SIGN, self.sign_body(cycle, i))
+
+    def sign_body(self, cycle: int, i: int) -> dict[int, Any]:
+        return MK.sign_body(cycle, i, MK.contract_terms(cycle, i, self.contract(cycle, i)))
 
     def deliver(self, n: str, cycle: int, exp: int, parts: int = 1) -> None:
         """The fog states the meter's export over the cycle (in `parts` intervals) and
@@ -208,10 +211,14 @@ def test_three_signatures_make_a_contract_and_delivery_settles_it(mk: Market) ->
     mk.order("U1", MK.BUY, 1_000, 400)
     mk.order("U2", MK.BUY, 1_000, 410)
     assert mk.contracts(CYCLE) == [("U1", "D1", 1_000), ("U2", "D1", 1_000)]
-    assert mk.refused(KEYS["U3"], MK.MK_SIGN, MK.sign_body(CYCLE, 0)) == "not_party"
+    assert mk.refused(KEYS["U3"], MK.MK_SIGN, mk.sign_body(CYCLE, 0)) == "not_party"
+    # the terms signed are the record's: another price is refused
+    other = {**mk.contract(CYCLE, 0), "bid": 401}
+    assert mk.refused(KEYS["U1"], MK.MK_SIGN, MK.sign_body(
+        CYCLE, 0, MK.contract_terms(CYCLE, 0, other))) == "terms_mismatch"
     mk.sign_all(CYCLE)
     assert mk.contract(CYCLE, 0)["state"] == MC.EFFECTIVE
-    assert mk.refused(GRID, MK.MK_SIGN, MK.sign_body(CYCLE, 0)) == "contract_closed"
+    assert mk.refused(GRID, MK.MK_SIGN, mk.sign_body(CYCLE, 0)) == "contract_closed"
     mk.at(CYCLE - 300)
     mk.send(KEYS["U1"], MK.MK_CLEAR, MK.cycle_body(CYCLE))
     assert mk.refused(KEYS["U1"], MK.MK_SETTLE, MK.cycle_body(CYCLE)) == "delivery_pending"
@@ -256,10 +263,10 @@ def test_unsigned_contracts_lapse_and_missing_statements_settle_undelivered(
     mk.order("D1", MK.SELL, 1_000, 400)
     mk.order("U1", MK.BUY, 1_000, 400)
     for i, n in ((0, "U3"), (0, "D2")):
-        mk.send(KEYS[n], MK.MK_SIGN, MK.sign_body(CYCLE, i))
-    mk.send(GRID, MK.MK_SIGN, MK.sign_body(CYCLE, 0))  # contract 1 is never signed
+        mk.send(KEYS[n], MK.MK_SIGN, mk.sign_body(CYCLE, i))
+    mk.send(GRID, MK.MK_SIGN, mk.sign_body(CYCLE, 0))  # contract 1 is never signed
     mk.at(CYCLE)
-    assert mk.refused(KEYS["U1"], MK.MK_SIGN, MK.sign_body(CYCLE, 1)) == "signing_closed"
+    assert mk.refused(KEYS["U1"], MK.MK_SIGN, mk.sign_body(CYCLE, 1)) == "signing_closed"
     mk.send(KEYS["U1"], MK.MK_CLEAR, MK.cycle_body(CYCLE))
     mk.at(CYCLE + 900 + 3_599)
     assert mk.refused(KEYS["U1"], MK.MK_SETTLE, MK.cycle_body(CYCLE)) == "delivery_pending"

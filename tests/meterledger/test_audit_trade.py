@@ -24,6 +24,7 @@ from fog_node.config import FogConfig
 from fog_node.node import FogNode, init_data_dir
 from meterledger import wire as P
 from meterledger.cli import main as meterledger_main
+from meterledger.clients.certificate_bundle import embedded_tx
 from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.clients.fog import FogClient
 from meterledger.clients.trade_bundle import build_trade_bundle
@@ -84,21 +85,48 @@ ORDERS = ((SELLER, MK.SELL, 600, 300, 0), (FIRST, MK.BUY, 300, 520, 0),
 SALT = b"\x5a" * 32
 
 
+def _certified(w: World, link: ChainLink) -> None:
+    """The seller's PV meter is also generator pv-s, the seller's: 1,000 Wh exported in
+    the interval ending T0 - 900 become its certificate pv-s/0-1000."""
+    registry = w.chain.register("registry")
+    w.send(registry, GC.PARAMS, GC.params_body("certificates", 1, {"certificate_wh": 1_000}))
+    w.send(registry, GC.GENERATOR, GC.generator_body(
+        "pv-s", "pv", 10_000, T0 - 86_400, w.node.key.id, PV_METER.id, "certificates",
+        SELLER.id))
+    w.read(T0 - 1800, 0, 0)
+    w.read(T0 - 900, 1_000, 0)
+    _close(w, T0 - 900)
+    link.step()
+
+
+def _close(w: World, ivl: int) -> None:
+    w.clock.t = ivl + 60
+    now = int(w.clock.t)
+    closed = w.node.cooker.close(ivl, now, lambda: w.node.checkpoints.seal(now, force=True))
+    assert len(closed.statements) == 1  # the consenting prosumer's, not the household's
+    w.node.checkpoints.seal(now, ivl=ivl, agg=closed.agg)
+
+
 def _sealed(w: World) -> None:
-    """The same orders committed before the gate, revealed in the window, cleared after."""
+    """The same orders, green (with the seller's certificates), committed before the gate,
+    revealed in the window, cleared after."""
     for i, (key, side, wh, price, fee_max) in enumerate(ORDERS):
-        digest = MK.commit_digest(key.id, CYCLE, side, wh, price, fee_max, SALT)
+        digest = MK.commit_digest(key.id, CYCLE, side, wh, price, fee_max, SALT, 1)
         w.send(key, MK.MK_COMMIT, MK.commit_body(CYCLE, digest), T0 + 60 * (i + 1))
     w.at(CYCLE - 300)
     for key, side, wh, price, fee_max in ORDERS:
-        w.send(key, MK.MK_REVEAL, MK.reveal_body(CYCLE, side, wh, price, fee_max, SALT))
+        w.send(key, MK.MK_REVEAL, MK.reveal_body(CYCLE, side, wh, price, fee_max, SALT,
+                                                 green=True))
     w.at(CYCLE - 180)
     w.send(GRID, MK.MK_CLEAR, MK.cycle_body(CYCLE))
 
 
 def _trade(w: World, link: ChainLink, mode: int) -> None:
     """Two contracts of one cycle with the same seller: 300 Wh to FIRST (contract 0), then
-    300 Wh to BUYER (contract 1); the meter exports 450 Wh, so contract 1 gets 150."""
+    300 Wh to BUYER (contract 1); the meter exports 450 Wh, so contract 1 gets 150. The
+    sealed call's are green."""
+    if mode == MK.SEALED:
+        _certified(w, link)
     w.at(T0)
     w.send(GRID, GC.PARAMS, GC.params_body("market", 1, {"mode": mode}))
     w.send(GRID, MK.MK_NETWORK, MK.network_body(1, NETWORK))
@@ -114,18 +142,16 @@ def _trade(w: World, link: ChainLink, mode: int) -> None:
                    T0 + 60 * (i + 1))
     for n, buyer in ((0, FIRST), (1, BUYER)):
         for key in (buyer, SELLER, GRID):
-            w.send(key, MK.MK_SIGN, MK.sign_body(CYCLE, n), CYCLE - 150)
+            c = ChainClient(w.chain.url).market_contract(CYCLE, n)
+            w.send(key, MK.MK_SIGN, MK.sign_body(CYCLE, n, MK.contract_terms(CYCLE, n, c)),
+                   CYCLE - 150)
     if mode == MK.CONTINUOUS:
         w.at(CYCLE - 120)
         w.send(GRID, MK.MK_CLEAR, MK.cycle_body(CYCLE))
-    w.read(CYCLE, 0, 0)
-    w.read(CYCLE + 900, 450, 300)
-    w.clock.t = CYCLE + 960
-    now = int(w.clock.t)
-    closed = w.node.cooker.close(CYCLE + 900, now, lambda: w.node.checkpoints.seal(
-        now, force=True))
-    assert len(closed.statements) == 1  # the consenting prosumer's, not the household's
-    w.node.checkpoints.seal(now, ivl=CYCLE + 900, agg=closed.agg)
+    base = 1_000 if mode == MK.SEALED else 0  # the export register so far
+    w.read(CYCLE, base, 0)
+    w.read(CYCLE + 900, base + 450, 300)
+    _close(w, CYCLE + 900)
     link.step()
     w.send(BUYER, MK.MK_SETTLE, MK.cycle_body(CYCLE), CYCLE + 1000)
 
@@ -141,7 +167,7 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 def _world(tmp: Path, mode: int) -> Iterator[dict[str, Any]]:
-    clock = Clock(T0)
+    clock = Clock(T0 - 3600)
     with running_chain(tmp, clock) as chain:
         init_data_dir(tmp / "fog")
         node = FogNode(FogConfig(data_dir=tmp / "fog", skew_s=10**9,
@@ -160,9 +186,16 @@ def _world(tmp: Path, mode: int) -> Iterator[dict[str, Any]]:
         fog_url = f"http://127.0.0.1:{api.start()}"
         token_file = node.config.data_dir / "auditor.token"
         fog = FogClient(fog_url, token=token_file.read_text().strip())
-        bundle = build_trade_bundle(fog, ChainClient(chain.url), CYCLE, 1)
+        client = ChainClient(chain.url)
+        bundle = build_trade_bundle(fog, client, CYCLE, 1)
+        # market parameters set after the trade, for a proof that names them instead
+        late = w.send(GRID, GC.PARAMS, GC.params_body("market", 2, {"mode": mode, "c1": 0}),
+                      CYCLE + 1100)["digest"]
+        section = embedded_tx(client.tx(late))
+        section["prev_header"] = client.block(section["block_height"] - 1)["header"]
         yield {"bundle": bundle, "trust": chain.key.public_key, "chain": chain, "node": node,
-               "fog": fog, "fog_url": fog_url, "token_file": token_file}
+               "fog": fog, "fog_url": fog_url, "token_file": token_file,
+               "late_params": (late, section)}
         api.stop()
         link.close()
         node.close()
@@ -193,7 +226,12 @@ def test_a_sealed_calls_trade_is_proven_from_its_commitments(sealed: Any) -> Non
     b = sealed["bundle"]
     r = AT.verify_trade_bundle(b, [sealed["trust"]])
     assert (r.contract, r.buyer, r.delivered) == (f"{CYCLE}/1", BUYER.id.hex(), 150)
-    assert len(b["contract"]["commits"]) == 2
+    assert len(b["contract"]["commits"]) == 2 and b["contract"]["green"] == 1
+    # the seller's certificate followed its energy: 300 Wh, then 150 of the next part
+    assert (b["contract"]["green_moved"], b["contract"]["green_short"]) == (
+        ["pv-s/300-450"], 0)
+    first = ChainClient(sealed["chain"].url).market_contract(CYCLE, 0)
+    assert first["green_moved"] == ["pv-s/0-300"]
     kinds = {P.parse(bytes.fromhex(t["transaction"])).fields[3]
              for t in b["transactions"].values()}
     assert {MK.MK_COMMIT, MK.MK_REVEAL, MK.MK_CLEAR} <= kinds
@@ -389,6 +427,12 @@ def _household_reading(b: dict[str, Any], w: Any) -> None:
     s["readings"][1] = {"entry": proof["entry"], "inclusion_path": proof["path"]}
 
 
+def _late_params(b: dict[str, Any], w: Any) -> None:
+    digest, section = w["late_params"]
+    b["transactions"][digest] = section
+    b["contract"]["params"] = digest
+
+
 OTHER = P.SigningKey.from_int(4242).public_key.raw.hex()
 TAMPERS: list[tuple[str, Tamper, str]] = [
     ("version 2", lambda b, w: b.update(version=2), "format"),
@@ -407,6 +451,7 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
     ("tx_index", lambda b, w: _sec(b).update(tx_index=_sec(b)["tx_index"] + 1),
      "tx_inclusion"),
     ("params of another application", _tx(_c("params"), body={1: "access"}), "params"),
+    ("params set after the bid", _late_params, "params"),
     ("enrolled to another meter", _tx(lambda b: b["enrolment"], body={3: HOME.id}),
      "enrolment"),
     ("the bid's price", lambda b, w: b["contract"].update(bid=502), "orders"),
@@ -419,6 +464,8 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
     ("midpoint", lambda b, w: b["contract"].update(mid=400), "price"),
     ("P_F", lambda b, w: b["contract"].update(pf=470, escrow=470 * 300), "price"),
     ("escrow", lambda b, w: b["contract"].update(escrow=1), "price"),
+    ("a shortfall hidden: Wh said 150", lambda b, w: b["contract"].update(
+        wh=150, escrow=471 * 150), "signatures"),
     ("a signature missing", lambda b, w: b["contract"]["signs"].pop(), "signatures"),
     ("the grid's signature by the buyer", _second_signature_by_buyer, "signatures"),
     ("signed after delivery started", _tx(_c("signs", 2), prev_t=CYCLE), "signatures"),

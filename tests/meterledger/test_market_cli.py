@@ -202,7 +202,8 @@ def test_a_sealed_call_from_commit_to_settlement(tmp_path: Path,
         assert "CEP 80 mpt/kWh" in out and "bid floor 80 mpt/kWh" in out
         for key in (buyer, seller):
             assert m.cli("sign", str(CYCLE), "0", key=key)[0] == 0
-        m.ok(m.chain.key, MK.MK_SIGN, MK.sign_body(CYCLE, 0))
+        c0 = m.read("contracts", str(CYCLE))["contracts"][0]
+        m.ok(m.chain.key, MK.MK_SIGN, MK.sign_body(CYCLE, 0, MK.contract_terms(CYCLE, 0, c0)))
         c = m.read("contracts", str(CYCLE))["contracts"][0]
         assert (c["state"], c["signed"], c["pf"]) == ("effective", 7, 150)
         assert "buyer+seller+grid" in m.cli("contracts", str(CYCLE))[1]

@@ -26,7 +26,7 @@ generator is in at most one certificate, by construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,7 @@ class Staged:
     def __init__(self, state: State) -> None:
         self.state = state
         self._mine: dict[tuple[str, bytes], Any] = {}
+        self._tables: dict[str, dict[bytes, Any]] = {}  # the same writes, by table
         self.writes: list[tuple[str, bytes, Any]] = []
 
     def get(self, table: str, key: bytes) -> Any:
@@ -118,6 +119,7 @@ class Staged:
             raise ChainError("out_of_range", f"a {table} record would hold an integer beyond "
                                              "int64; the transaction is refused")
         self._mine[(table, key)] = value
+        self._tables.setdefault(table, {})[key] = value
         self.writes.append((table, key, value))
 
     def scan(self, table: str, prefix: bytes) -> list[tuple[bytes, Any]]:
@@ -131,10 +133,32 @@ class Staged:
                 break
             found[nxt[0]] = nxt[1]
             after = nxt[0]
-        for (t, k), v in self._mine.items():
-            if t == table and k.startswith(prefix):
+        for k, v in self._tables.get(table, {}).items():
+            if k.startswith(prefix):
                 found[k] = v
         return [(k, found[k]) for k in sorted(found) if found[k] is not None]
+
+    def walk(self, table: str, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
+        """`scan`, lazily: the records are read one by one as the caller asks for them (a
+        caller that stops early reads no more)."""
+        mine = sorted((k, v) for k, v in self._tables.get(table, {}).items()
+                      if k.startswith(prefix))
+        i, after = 0, prefix
+        nxt = self.state.next_record(table, after)
+        while True:
+            stored = nxt if nxt is not None and nxt[0].startswith(prefix) else None
+            if stored is None and i == len(mine):
+                return
+            if stored is None or (i < len(mine) and mine[i][0] <= stored[0]):
+                key, value = mine[i]
+                i += 1
+                if stored is not None and stored[0] == key:  # ours replaces the stored one
+                    nxt = self.state.next_record(table, key)
+            else:
+                key, value = stored
+                nxt = self.state.next_record(table, key)
+            if value is not None:
+                yield key, value
 
     def effect(self, e: Effect) -> Writes:
         return Writes(*e.common(), tuple(self.writes))

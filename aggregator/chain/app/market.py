@@ -38,6 +38,7 @@ from typing import Any
 from aggregator.chain.app import auction as AU
 from aggregator.chain.app import green as G
 from aggregator.chain.ledger import ChainError
+from meterledger import wire as P
 from meterledger.wire import market as MK
 
 T_OPERATOR, T_ENROLLED, T_MMETER, T_ACCESS = "mk.operator", "mk.enrolled", "mk.meter", "mk.access"
@@ -201,7 +202,8 @@ def count(st: G.Staged, pid: bytes, **delta: int) -> None:
 def params_tx(st: G.Staged) -> bytes:
     """The transaction that set the market parameters in force (an order's P_T, a
     settlement's imbalance price and deadline come from it: a trade's proof names it)."""
-    return bytes(st.get(G.T_PARAMS, b"market")["tx"])
+    # a record written before parameters named their transaction: no proof names it
+    return bytes(st.get(G.T_PARAMS, b"market").get("tx", P.ZERO32))
 
 
 def transmission(mp: dict[str, int]) -> int:

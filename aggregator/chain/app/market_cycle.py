@@ -74,7 +74,7 @@ def make_contracts(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, 
             "ask": m.seller.price, "mid": AU.midpoint(m.buyer.price, m.seller.price),
             "pt": pt, "fee": m.fee, "pf": pf, "escrow": pf * m.wh,
             "path": list(m.path), "signed": 0, "signs": [], "state": MATCHED, "tx": tx,
-            "orders": [bid["tx"], ask["tx"]], "params": bid["params"],
+            "orders": [bid["tx"], ask["tx"]], "params": bid.get("params", P.ZERO32),
             **({"commits": [bid["commit"], ask["commit"]]} if "commit" in bid else {}),
             **({"green": 1} if m.buyer.green else {})})
         M.count(st, m.buyer.who, bid=1)
@@ -98,10 +98,11 @@ def match(st: G.Staged, mp: dict[str, int], cycle: int, cyc: dict[str, Any],
     make_contracts(st, mp, cycle, cyc, found, congested, tx)
 
 
-def sign(st: G.Staged, cycle: int, n: int, who: bytes, now: int,
-         tx: bytes) -> dict[str, Any]:
-    """One of the three signatures (001 s3.3: buyer, seller, grid operator), before the
-    delivery interval starts; the third makes the contract effective."""
+def sign(st: G.Staged, cycle: int, n: int, who: bytes, now: int, tx: bytes,
+         terms: bytes) -> dict[str, Any]:
+    """One of the three signatures (001 s3.3: buyer, seller, grid operator) on the
+    contract's terms (`MK.contract_terms`: what was agreed, so a proof of the trade shows
+    it), before the delivery interval starts; the third makes the contract effective."""
     c = contract(st, cycle, n)
     bit = (BUYER if who == c["buyer"] else SELLER if who == c["seller"]
            else GRID if who == M.operator(st) else 0)
@@ -115,6 +116,9 @@ def sign(st: G.Staged, cycle: int, n: int, who: bytes, now: int,
                                            f"delivery started at {cycle} (chain time {now})")
     if c["signed"] & bit:
         raise ChainError("already_signed", f"{who.hex()} signed contract {cycle}/{n} already")
+    if terms != MK.contract_terms(cycle, n, c):
+        raise ChainError("terms_mismatch", f"the terms signed are not those of contract "
+                                           f"{cycle}/{n} (MK.contract_terms of its record)")
     c["signed"] |= bit
     c["signs"] = [*c["signs"], tx]
     if c["signed"] == ALL_SIGNED:
@@ -251,17 +255,19 @@ def settle(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) ->
 
 
 GREEN_MOVES_MAX = 64  # certificates one green contract moves (the rest is its shortfall)
+GREEN_SCAN_MAX = 1_000  # of the seller's certificates (retired ones too) one contract reads
 
 
 def give_certificates(st: G.Staged, seller: bytes, buyer: bytes, wh: int) -> dict[str, Any]:
     """A green contract's certificates: `wh` Wh of the seller's active certificates, in key
-    order (by generator, then its oldest Wh), the last one split, move to the buyer; what
-    the seller no longer holds is the contract's `green_short` (it could give them away
-    after its ask)."""
+    order (by generator, then its oldest Wh), the last one split, move to the buyer. What
+    does not move is the contract's `green_short`: certificates the seller no longer holds
+    (it could give them away after its ask) or beyond the bounds on the work of one
+    settlement (GREEN_MOVES_MAX moved, GREEN_SCAN_MAX read)."""
     moved: list[str] = []
     need = wh
-    for key, _ in st.scan(G.T_OWNED, seller):
-        if need == 0 or len(moved) == GREEN_MOVES_MAX:
+    for read, (key, _) in enumerate(st.walk(G.T_OWNED, seller)):
+        if need == 0 or len(moved) == GREEN_MOVES_MAX or read == GREEN_SCAN_MAX:
             break
         cert = dict(st.get(G.T_CERT, key[len(seller):]))
         if cert["state"] != G.ACTIVE:
