@@ -22,8 +22,6 @@ which is the chain API's answer.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -455,13 +453,7 @@ def add_parsers(sub: Any) -> None:
                    help="the certificate's id, <generator>/<lo>-<hi>")
     b.add_argument("-o", "--output", required=True, type=Path, help="the bundle file to write")
     audit._token_flags(b)
-    v = sub.add_parser("certificate", help="check a certificate bundle offline")
-    v.add_argument("file", type=Path, help="the bundle (JSON) that `certificate-bundle` wrote")
-    v.add_argument("--trust", action="append", required=True,
-                   help="a trusted dispatch-chain public key (hex, 65 bytes); repeatable")
-    v.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text: one line; json: the verdict as an object for scripts "
-                        "(default: text)")
+    audit.add_offline_parser(sub, "certificate", "certificate", "certificate-bundle", "one line")
 
 
 def _summary(r: CertificateVerified) -> str:
@@ -485,16 +477,4 @@ def run(args: argparse.Namespace) -> int:
             return 2
         return audit.fetch(args, lambda fog, chain: build_certificate_bundle(
             fog, chain, args.certificate), f"bundle of certificate {args.certificate}")
-    trusted = audit.trusted_keys(args.trust)
-    if trusted is None:
-        return 2
-    r = audit.verdict(args.file, args.format,
-                      lambda doc: verify_certificate_bundle(doc, trusted), MAX_BUNDLE)
-    if isinstance(r, int):
-        return r
-    if args.format == "json":
-        print(json.dumps({"verified": True, **dataclasses.asdict(r),
-                          "checks": [name for name, _ in CHECKS]}))
-    else:
-        print(_summary(r))
-    return 0
+    return audit.check_offline(args, verify_certificate_bundle, MAX_BUNDLE, CHECKS, _summary)

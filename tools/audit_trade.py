@@ -24,8 +24,6 @@ congestion fee came from (it is the record's, within the buyer's fee_max).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -170,13 +168,7 @@ def add_parsers(sub: Any) -> None:
                    help="the contract's number within the cycle")
     b.add_argument("-o", "--output", required=True, type=Path, help="the bundle file to write")
     audit._token_flags(b)
-    v = sub.add_parser("trade", help="check a trade bundle offline")
-    v.add_argument("file", type=Path, help="the bundle (JSON) that `trade-bundle` wrote")
-    v.add_argument("--trust", action="append", required=True,
-                   help="a trusted dispatch-chain public key (hex, 65 bytes); repeatable")
-    v.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text: a few lines; json: the verdict as an object for scripts "
-                        "(default: text)")
+    audit.add_offline_parser(sub, "trade", "trade", "trade-bundle", "a few lines")
 
 
 def summary(r: TradeVerified) -> str:
@@ -207,16 +199,4 @@ def run(args: argparse.Namespace) -> int:
         return audit.fetch(args, lambda fog, chain: build_trade_bundle(
             fog, chain, args.cycle, args.contract),
             f"bundle of contract {args.cycle}/{args.contract}")
-    trusted = audit.trusted_keys(args.trust)
-    if trusted is None:
-        return 2
-    r = audit.verdict(args.file, args.format, lambda doc: verify_trade_bundle(doc, trusted),
-                      MAX_BUNDLE)
-    if isinstance(r, int):
-        return r
-    if args.format == "json":
-        print(json.dumps({"verified": True, **dataclasses.asdict(r),
-                          "checks": [name for name, _ in CHECKS]}))
-    else:
-        print(summary(r))
-    return 0
+    return audit.check_offline(args, verify_trade_bundle, MAX_BUNDLE, CHECKS, summary)

@@ -32,6 +32,7 @@ from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
 from meterledger.wire import market as MK
 from tests.fog_node.test_anchor import Clock
+from tests.kit.bundles import assert_input_error
 from tests.kit.chainkit import Chain, running_chain
 from tools import audit
 from tools import audit_trade as AT
@@ -539,10 +540,5 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
 def test_cli_exits_2_with_one_line_for_input_that_is_no_trade_bundle(
         world: Any, tmp_path: Path, make: Callable[[dict[str, Any]], Any],
         message: str) -> None:
-    f = tmp_path / "in.json"
-    f.write_text(json.dumps(make(copy.deepcopy(world["bundle"]))))
-    r = subprocess.run([sys.executable, "-m", "tools.audit", "trade", str(f), "--trust",
-                        world["trust"].raw.hex()], cwd=ROOT, capture_output=True, text=True)
-    assert (r.returncode, r.stdout) == (2, ""), r.stdout + r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.startswith(f"error: {f}: ") and message in r.stderr, r.stderr
+    assert_input_error("trade", tmp_path / "in.json", make(copy.deepcopy(world["bundle"])),
+                       world["trust"].raw.hex(), message)

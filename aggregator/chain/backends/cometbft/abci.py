@@ -82,16 +82,18 @@ class ABCIServer:
         sock.bind(os.fspath(self.path))
         sock.listen(8)
         self._sock = sock
-        self._thread = threading.Thread(target=self._accept, name="abci-accept", daemon=True)
+        # the thread keeps its own reference: stop() clears self._sock while it may still
+        # be about to accept
+        self._thread = threading.Thread(target=self._accept, args=(sock,), name="abci-accept",
+                                        daemon=True)
         self._thread.start()
         log.info("ABCI application listening on unix://%s", self.path)
 
-    def _accept(self) -> None:
-        assert self._sock is not None
+    def _accept(self, sock: socket.socket) -> None:
         n = 0
         while True:
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return  # stop() shut the listening socket down
             n += 1
