@@ -36,7 +36,7 @@ from meterledger.clients.certificate_bundle import build_certificate_bundle
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
 from meterledger.wire import merkle
-from tools import audit
+from tools import audit, audit_offline
 from tools.audit import BundleError, BundleFormatError, _check, _parsed, _proof, _signed
 
 COMMANDS = ("certificate-bundle", "certificate")
@@ -453,7 +453,7 @@ def add_parsers(sub: Any) -> None:
                    help="the certificate's id, <generator>/<lo>-<hi>")
     b.add_argument("-o", "--output", required=True, type=Path, help="the bundle file to write")
     audit._token_flags(b)
-    audit.add_offline_parser(sub, "certificate", "certificate", "certificate-bundle", "one line")
+    audit_offline.add_offline_parser(sub, "certificate", "certificate", "certificate-bundle", "one line")
 
 
 def _summary(r: CertificateVerified) -> str:
@@ -477,4 +477,4 @@ def run(args: argparse.Namespace) -> int:
             return 2
         return audit.fetch(args, lambda fog, chain: build_certificate_bundle(
             fog, chain, args.certificate), f"bundle of certificate {args.certificate}")
-    return audit.check_offline(args, verify_certificate_bundle, MAX_BUNDLE, CHECKS, _summary)
+    return audit_offline.check_offline(args, verify_certificate_bundle, MAX_BUNDLE, CHECKS, _summary)

@@ -32,7 +32,7 @@ from meterledger import wire as P
 from meterledger.clients.trade_bundle import TRADE_BUNDLE_VERSION as VERSION
 from meterledger.clients.trade_bundle import build_trade_bundle
 from meterledger.wire.schema import TIME_MAX
-from tools import audit
+from tools import audit, audit_offline
 from tools import audit_certificate as AC
 from tools import audit_trade_checks as K
 from tools.audit import BundleFormatError
@@ -168,7 +168,7 @@ def add_parsers(sub: Any) -> None:
                    help="the contract's number within the cycle")
     b.add_argument("-o", "--output", required=True, type=Path, help="the bundle file to write")
     audit._token_flags(b)
-    audit.add_offline_parser(sub, "trade", "trade", "trade-bundle", "a few lines")
+    audit_offline.add_offline_parser(sub, "trade", "trade", "trade-bundle", "a few lines")
 
 
 def summary(r: TradeVerified) -> str:
@@ -199,4 +199,4 @@ def run(args: argparse.Namespace) -> int:
         return audit.fetch(args, lambda fog, chain: build_trade_bundle(
             fog, chain, args.cycle, args.contract),
             f"bundle of contract {args.cycle}/{args.contract}")
-    return audit.check_offline(args, verify_trade_bundle, MAX_BUNDLE, CHECKS, summary)
+    return audit_offline.check_offline(args, verify_trade_bundle, MAX_BUNDLE, CHECKS, summary)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire import billing as BL
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import market as MK
@@ -37,11 +38,14 @@ from meterledger.wire.schema import (
 
 TX, BLOCK = 12, 13
 # registry: the green-certificate registry authority; notary: a cross-chain notary (section
-# 25); holder: anyone else holding certificates or allowances (a retailer, a consumer)
-ROLES = ("dispatch", "fog", "regulator", "plant", "market", "registry", "notary", "holder")
+# 25); holder: anyone else holding certificates or allowances (a retailer, a consumer);
+# utility: the company that bills customers under approved tariffs (section 28)
+ROLES = ("dispatch", "fog", "regulator", "plant", "market", "registry", "notary", "holder",
+         "utility")
 REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
 RULES = "rules"
-KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS, *CB.KINDS, *MK.KINDS)
+KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS, *CB.KINDS, *MK.KINDS,
+         *BL.KINDS)
 
 # body schemas per kind, in the schema language of protocol.SCHEMAS
 BODIES: dict[str, dict[int, str]] = {
@@ -55,6 +59,7 @@ BODIES: dict[str, dict[int, str]] = {
     **GC.BODIES,                                                # section 25
     **CB.BODIES,                                                # section 26
     **MK.BODIES,                                                # section 27
+    **BL.BODIES,                                                # section 28
 }
 
 
@@ -73,6 +78,7 @@ BODY_RANGES: dict[str, dict[int, Range]] = {
     **GC.BODY_RANGES,
     **CB.BODY_RANGES,
     **MK.BODY_RANGES,
+    **BL.BODY_RANGES,
 }
 for _kind, _schema in BODIES.items():
     check_ranges(_schema, BODY_RANGES[_kind], f"{_kind} body")
@@ -161,6 +167,7 @@ BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
     **GC.BODY_RULES,
     **CB.BODY_RULES,
     **MK.BODY_RULES,
+    **BL.BODY_RULES,
 }
 
 

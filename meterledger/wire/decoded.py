@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire import billing as BL
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
@@ -37,6 +38,7 @@ BODY_NAMES: dict[str, dict[int, str]] = {
     **GC.BODY_NAMES,
     **CB.BODY_NAMES,
     **MK.BODY_NAMES,
+    **BL.BODY_NAMES,
 }
 _CARRIED = {1: "checkpoints", 3: "aggregates", 4: "statements"}  # an anchor's messages, decoded in place
 

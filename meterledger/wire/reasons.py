@@ -55,6 +55,9 @@ APPLICATIONS = (
     "signing_closed", "already_signed", "delivery_pending", "not_delivered",
     "already_reviewed", "line_in_use", "green_uncovered",
     "terms_mismatch",
+    # tariffs and bills (section 28)
+    "tariff_version", "tariff_retroactive", "unknown_tariff", "tariff_mismatch",
+    "already_approved", "tariff_started",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

@@ -10,6 +10,8 @@ from __future__ import annotations
 from aggregator.chain.app.kinds import (
     anchor,
     attest,
+    bl_approve,
+    bl_tariff,
     cb_allocate,
     cb_ccer,
     cb_settle,
@@ -48,4 +50,5 @@ KINDS: dict[str, KindRule] = {m.KIND: m for m in (register, anchor, instruction,
                                                       mk_access, mk_transfer, mk_network,
                                                       mk_order, mk_cancel, mk_commit,
                                                       mk_reveal, mk_clear, mk_sign,
-                                                      mk_settle, mk_review)}
+                                                      mk_settle, mk_review, bl_tariff,
+                                                      bl_approve)}

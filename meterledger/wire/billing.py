@@ -1,0 +1,186 @@
+"""Tariffs and bills (docs/PROTOCOL.md section 28): the `bl_*` kinds of the type-12
+transaction (body schemas, ranges and rules, merged into `meterledger.wire.chain`'s tables)
+and the bill arithmetic a utility runs and a customer reruns offline. Pure.
+
+Units: energy in Wh, demand in W, rates in milli-cents (mc: 1/1000 of a cent) per kWh or
+per kW, a fixed charge in mc; a bill's lines are exact products (rate x quantity) rounded
+once, half up, to cents, and its total is the sum of its lines' cents (SOURCES 4.2 gives no
+rounding rule: one rounding per line keeps every line checkable by hand).
+
+A tariff's time-of-use periods are [from_minute, rate] pairs over the local day (local =
+UTC + tz_min minutes), the first from minute 0, each starting on a quarter hour, so a
+metering interval of 15 minutes or less never spans two periods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meterledger.errors import ProtocolError
+from meterledger.wire.schema import TIME_MAX, Range
+
+BL_TARIFF, BL_APPROVE = "bl_tariff", "bl_approve"
+KINDS = (BL_TARIFF, BL_APPROVE)
+RATE_MAX = 10**9  # mc per kWh or kW: 10,000 currency units, beyond any tariff
+PERIODS_MAX = 48  # a period per half hour at most
+HOLD, BILL = 0, 1  # a tariff's treatment of estimated intervals
+NAME_MAX = 32
+
+BODIES: dict[str, dict[int, str]] = {
+    # name, version, start, periods [[from_minute, rate]], demand rate, fixed charge,
+    # estimated (0 hold, 1 bill), grace_s, compensation rate, compensation cap, tz_min
+    BL_TARIFF: {1: "t", 2: "u", 3: "u", 4: "a", 5: "u", 6: "u", 7: "u", 8: "u", 9: "u",
+                10: "u", 11: "i"},
+    BL_APPROVE: {1: "t", 2: "u", 3: "b32"},  # name, version, the tariff transaction's digest
+}
+BODY_RANGES: dict[str, dict[int, Range]] = {
+    BL_TARIFF: {1: (1, NAME_MAX), 2: (1, 10**6), 3: (0, TIME_MAX), 4: (1, PERIODS_MAX),
+                5: (0, RATE_MAX), 6: (0, RATE_MAX), 7: (HOLD, BILL), 8: (0, 7 * 86_400),
+                9: (0, RATE_MAX), 10: (0, RATE_MAX), 11: (-720, 840)},
+    BL_APPROVE: {1: (1, NAME_MAX), 2: (1, 10**6)},
+}
+BODY_NAMES: dict[str, dict[int, str]] = {
+    BL_TARIFF: {1: "name", 2: "version", 3: "start", 4: "periods", 5: "demand_rate",
+                6: "fixed", 7: "estimated", 8: "grace_s", 9: "compensation_rate",
+                10: "compensation_cap", 11: "tz_min"},
+    BL_APPROVE: {1: "name", 2: "version", 3: "tariff"},
+}
+
+
+def _bad(kind: str, msg: str) -> ProtocolError:
+    return ProtocolError("bad_fields", f"{kind} body: {msg}")
+
+
+def parse_periods(items: Any) -> list[tuple[int, int]]:
+    """A tariff's periods as (from_minute, rate mc/kWh), checked: ascending from minute 0,
+    each on a quarter hour within the day; ValueError saying what is wrong."""
+    out: list[tuple[int, int]] = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, list) and len(item) == 2
+                and all(x.__class__ is int for x in item)):
+            raise ValueError(f"period {i} must be [from_minute, rate]")
+        start, rate = item
+        if not 0 <= start < 1440 or start % 15:
+            raise ValueError(f"period {i} starts at minute {start}: a quarter hour of the "
+                             "day (0, 15, ..., 1425)")
+        if not 0 <= rate <= RATE_MAX:
+            raise ValueError(f"period {i}: rate must be in [0, {RATE_MAX}] mc/kWh")
+        if (i == 0) != (start == 0) or (out and start <= out[-1][0]):
+            raise ValueError("periods must start at minute 0 and ascend")
+        out.append((start, rate))
+    return out
+
+
+def _tariff_rule(body: dict[int, Any]) -> None:
+    if not body[1].isprintable() or body[1].strip() != body[1]:
+        raise _bad(BL_TARIFF, "name must be printable, without surrounding spaces")
+    try:
+        parse_periods(body[4])
+    except ValueError as e:
+        raise _bad(BL_TARIFF, str(e)) from None
+
+
+def _no_rule(body: dict[int, Any]) -> None:
+    """The schema and ranges say it all."""
+
+
+BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
+    BL_TARIFF: _tariff_rule, BL_APPROVE: _no_rule}
+
+
+# --- builders -------------------------------------------------------------------------------------
+def tariff_body(name: str, version: int, start: int, periods: Sequence[tuple[int, int]],
+                demand_rate: int = 0, fixed: int = 0, estimated: int = BILL,
+                grace_s: int = 3_600, compensation_rate: int = 0, compensation_cap: int = 0,
+                tz_min: int = 0) -> dict[int, Any]:
+    return {1: name, 2: version, 3: start, 4: [list(p) for p in periods], 5: demand_rate,
+            6: fixed, 7: estimated, 8: grace_s, 9: compensation_rate, 10: compensation_cap,
+            11: tz_min}
+
+
+def approve_body(name: str, version: int, tariff: bytes) -> dict[int, Any]:
+    return {1: name, 2: version, 3: tariff}
+
+
+# --- the arithmetic ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tariff:
+    name: str
+    version: int
+    start: int
+    periods: tuple[tuple[int, int], ...]
+    demand_rate: int  # mc per kW of the period's highest interval demand
+    fixed: int  # mc per bill
+    estimated: int  # HOLD or BILL
+    grace_s: int
+    compensation_rate: int  # mc per kWh not served
+    compensation_cap: int  # mc per outage
+    tz_min: int
+
+    @classmethod
+    def of(cls, body: dict[int, Any]) -> Tariff:
+        return cls(body[1], body[2], body[3], tuple(parse_periods(body[4])), body[5], body[6],
+                   body[7], body[8], body[9], body[10], body[11])
+
+    def period_of(self, start: int) -> int:
+        """The index of the period an interval starting at `start` (unix s) is billed in."""
+        minute = (start + self.tz_min * 60) % 86_400 // 60
+        return max(i for i, (m, _) in enumerate(self.periods) if m <= minute)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One metering interval of a customer: its end, length, import (Wh), estimated."""
+
+    ivl: int
+    dur: int
+    imp: int
+    est: int = 0
+
+
+@dataclass(frozen=True)
+class Line:
+    what: str  # "energy P<i>", "demand", "fixed", "compensation", "points"
+    quantity: int  # Wh, W, 1, Wh not served, upt
+    rate: int  # mc per kWh or kW, mc per bill, or 0 for a credit given in cents
+    cents: int
+
+
+@dataclass(frozen=True)
+class Bill:
+    lines: tuple[Line, ...]
+    total: int  # cents: the sum of the lines'
+    held_wh: int  # estimated Wh the tariff holds back until measured
+    estimated: int  # estimated intervals billed
+
+
+def cents(exact: int) -> int:
+    """A rate in mc per kWh (or kW) times Wh (or W), in cents, rounded half up: 1 cent is
+    1,000 mc and 1 kWh 1,000 Wh. A credit is computed positive and then negated."""
+    return (exact + 500_000) // 1_000_000
+
+
+def compute_bill(t: Tariff, usage: Iterable[Usage], credits: Sequence[tuple[str, int]] = ()
+                 ) -> Bill:
+    """A bill of `usage` (the period's intervals, each once) under tariff `t`: per time-of-
+    use period its Wh x rate, the highest interval demand (W = Wh x 3600 / dur) x
+    demand_rate, the fixed charge, then `credits` (what, cents), each subtracted."""
+    wh = [0] * len(t.periods)
+    peak, held, est = 0, 0, 0
+    for u in usage:
+        if u.est and t.estimated == HOLD:
+            held += u.imp
+            continue
+        est += u.est
+        wh[t.period_of(u.ivl - u.dur)] += u.imp
+        peak = max(peak, u.imp * 3600 // u.dur)
+    lines = [Line(f"energy P{i}", wh[i], rate, cents(rate * wh[i]))
+             for i, (_, rate) in enumerate(t.periods) if wh[i]]
+    if t.demand_rate:
+        lines.append(Line("demand", peak, t.demand_rate, cents(t.demand_rate * peak)))
+    if t.fixed:
+        lines.append(Line("fixed", 1, t.fixed, cents(t.fixed * 1000)))
+    lines += [Line(what, 0, 0, -c) for what, c in credits]
+    return Bill(tuple(lines), sum(x.cents for x in lines), held, est)

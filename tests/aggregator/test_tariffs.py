@@ -1,0 +1,105 @@
+"""Tariffs on the chain (docs/PROTOCOL.md section 28): a utility's proposal and a
+regulator's approval of exactly it, before it starts; the version in force at a time; a
+reason for every refusal; replayed alike by verify-chain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.chain.app import green as G
+from aggregator.chain.app import tariffs as TF
+from aggregator.chain.store import BlockStore
+from aggregator.chain.verify import check_derived, store_blocks, verify_blocks
+from meterledger import wire as P
+from meterledger.wire import billing as BL
+from tests.kit.appchain import AppChain, open_store
+from tests.kit.chainkit import T0
+
+OPERATOR = P.SigningKey.from_int(0xB11)
+UTILITY, OTHER = P.SigningKey.from_int(0x0717), P.SigningKey.from_int(0x0718)
+REGULATOR = P.SigningKey.from_int(0x7E6)
+START = T0 + 86_400
+PERIODS = [(0, 10_000), (480, 25_000)]
+
+
+class Tariffs(AppChain):
+    def __init__(self, store: BlockStore, tmp_path: Path) -> None:
+        self.now = T0 + 60
+        super().__init__(store, tmp_path, OPERATOR, lambda: float(self.now))
+        self.register("utility", UTILITY)
+        self.register("utility", OTHER)
+        self.register("regulator", REGULATOR)
+
+    def propose(self, version: int, start: int = START, key: P.SigningKey = UTILITY,
+                **kw: int) -> bytes:
+        self.send(key, BL.BL_TARIFF, BL.tariff_body("residential", version, start, PERIODS,
+                                                    **kw))
+        return bytes(self.record(version)["tx"])
+
+    def record(self, version: int) -> dict[str, Any]:
+        return dict(self.store.record(TF.T_TARIFF, TF.tariff_key("residential", version)))
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def tf(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tariffs]:
+    t = Tariffs(open_store(request.param, tmp_path), tmp_path)
+    yield t
+    t.close()
+
+
+def test_a_tariff_takes_the_utilitys_and_the_regulators_signatures(tf: Tariffs) -> None:
+    digest = tf.propose(1, demand_rate=2_000_000, fixed=150_000)
+    rec = tf.record(1)
+    assert rec["utility"] == UTILITY.id and "approval" not in rec
+    assert BL.Tariff.of(rec["body"]).periods == tuple(PERIODS)
+    # only a regulator approves, only exactly what was proposed, once
+    assert tf.refused(UTILITY, BL.BL_APPROVE, BL.approve_body("residential", 1, digest)) == \
+        "not_permitted"
+    assert tf.refused(REGULATOR, BL.BL_APPROVE, BL.approve_body(
+        "residential", 1, b"\x00" * 32)) == "tariff_mismatch"
+    assert tf.refused(REGULATOR, BL.BL_APPROVE, BL.approve_body(
+        "residential", 2, digest)) == "unknown_tariff"
+    tf.send(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 1, digest))
+    assert tf.record(1)["regulator"] == REGULATOR.id
+    assert tf.refused(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 1, digest)) == \
+        "already_approved"
+    replay = verify_blocks(store_blocks(tf.store))
+    check_derived(tf.store, replay)
+
+
+def test_versions_go_up_by_one_never_backwards_in_time_nor_across_utilities(
+        tf: Tariffs) -> None:
+    assert tf.refused(UTILITY, BL.BL_TARIFF, BL.tariff_body(
+        "residential", 2, START, PERIODS)) == "tariff_version"
+    assert tf.refused(UTILITY, BL.BL_TARIFF, BL.tariff_body(
+        "residential", 1, T0, PERIODS)) == "tariff_retroactive"
+    assert tf.refused(REGULATOR, BL.BL_TARIFF, BL.tariff_body(
+        "residential", 1, START, PERIODS)) == "not_permitted"  # a utility's kind
+    tf.propose(1)
+    assert tf.refused(UTILITY, BL.BL_TARIFF, BL.tariff_body(
+        "residential", 1, START, PERIODS)) == "tariff_version"
+    assert tf.refused(OTHER, BL.BL_TARIFF, BL.tariff_body(
+        "residential", 2, START, PERIODS)) == "not_permitted"
+
+
+def test_an_unapproved_tariff_never_applies_and_the_latest_start_wins(tf: Tariffs) -> None:
+    first = tf.propose(1)
+    second = tf.propose(2, start=START + 30 * 86_400)
+    st = G.Staged(tf.store)
+    assert TF.in_force(st, "residential", START) is None  # proposed, not approved
+    tf.send(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 1, first))
+    tf.send(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 2, second))
+    st = G.Staged(tf.store)
+    assert TF.in_force(st, "residential", START - 1) is None
+    versions = [TF.in_force(st, "residential", t) for t in (START, START + 30 * 86_400)]
+    assert [None if v is None else v["body"][2] for v in versions] == [1, 2]
+    # a version left unapproved until it starts can never be approved
+    late = tf.propose(3, start=START + 60 * 86_400)
+    tf.now = START + 60 * 86_400
+    tf.propose(4, start=START + 90 * 86_400)  # a block at the new time
+    assert tf.refused(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 3, late)) == \
+        "tariff_started"
