@@ -14,19 +14,24 @@ metering interval of 15 minutes or less never spans two periods.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from meterledger.errors import ProtocolError
+from meterledger.wire.cbor import encode
 from meterledger.wire.schema import TIME_MAX, Range
 
-BL_TARIFF, BL_APPROVE = "bl_tariff", "bl_approve"
-KINDS = (BL_TARIFF, BL_APPROVE)
+BL_TARIFF, BL_APPROVE, BL_RECEIPT = "bl_tariff", "bl_approve", "bl_receipt"
+KINDS = (BL_TARIFF, BL_APPROVE, BL_RECEIPT)
 RATE_MAX = 10**9  # mc per kWh or kW: 10,000 currency units, beyond any tariff
 PERIODS_MAX = 48  # a period per half hour at most
 HOLD, BILL = 0, 1  # a tariff's treatment of estimated intervals
 NAME_MAX = 32
+PERIOD_MAX_S = 92 * 86_400  # a bill covers at most a quarter
+CENTS_MAX = 10**12
+_BILL_TAG = b"meterledger/bill/v1"
 
 BODIES: dict[str, dict[int, str]] = {
     # name, version, start, periods [[from_minute, rate]], demand rate, fixed charge,
@@ -34,18 +39,24 @@ BODIES: dict[str, dict[int, str]] = {
     BL_TARIFF: {1: "t", 2: "u", 3: "u", 4: "a", 5: "u", 6: "u", 7: "u", 8: "u", 9: "u",
                 10: "u", 11: "i"},
     BL_APPROVE: {1: "t", 2: "u", 3: "b32"},  # name, version, the tariff transaction's digest
+    # account, start, end, tariff name, version, the bill's digest, total cents, replaces
+    BL_RECEIPT: {1: "b8", 2: "u", 3: "u", 4: "t", 5: "u", 6: "b32", 7: "i", 8: "b32?"},
 }
 BODY_RANGES: dict[str, dict[int, Range]] = {
     BL_TARIFF: {1: (1, NAME_MAX), 2: (1, 10**6), 3: (0, TIME_MAX), 4: (1, PERIODS_MAX),
                 5: (0, RATE_MAX), 6: (0, RATE_MAX), 7: (HOLD, BILL), 8: (0, 7 * 86_400),
                 9: (0, RATE_MAX), 10: (0, RATE_MAX), 11: (-720, 840)},
     BL_APPROVE: {1: (1, NAME_MAX), 2: (1, 10**6)},
+    BL_RECEIPT: {2: (0, TIME_MAX), 3: (0, TIME_MAX), 4: (1, NAME_MAX), 5: (1, 10**6),
+                 7: (-CENTS_MAX, CENTS_MAX)},
 }
 BODY_NAMES: dict[str, dict[int, str]] = {
     BL_TARIFF: {1: "name", 2: "version", 3: "start", 4: "periods", 5: "demand_rate",
                 6: "fixed", 7: "estimated", 8: "grace_s", 9: "compensation_rate",
                 10: "compensation_cap", 11: "tz_min"},
     BL_APPROVE: {1: "name", 2: "version", 3: "tariff"},
+    BL_RECEIPT: {1: "account", 2: "start", 3: "end", 4: "tariff", 5: "version", 6: "bill",
+                 7: "total", 8: "replaces"},
 }
 
 
@@ -86,8 +97,14 @@ def _no_rule(body: dict[int, Any]) -> None:
     """The schema and ranges say it all."""
 
 
+def _receipt_rule(body: dict[int, Any]) -> None:
+    if not 0 < body[3] - body[2] <= PERIOD_MAX_S:
+        raise _bad(BL_RECEIPT, f"a billing period ends after it starts, within "
+                               f"{PERIOD_MAX_S // 86_400} days")
+
+
 BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
-    BL_TARIFF: _tariff_rule, BL_APPROVE: _no_rule}
+    BL_TARIFF: _tariff_rule, BL_APPROVE: _no_rule, BL_RECEIPT: _receipt_rule}
 
 
 # --- builders -------------------------------------------------------------------------------------
@@ -102,6 +119,14 @@ def tariff_body(name: str, version: int, start: int, periods: Sequence[tuple[int
 
 def approve_body(name: str, version: int, tariff: bytes) -> dict[int, Any]:
     return {1: name, 2: version, 3: tariff}
+
+
+def receipt_body(account: bytes, start: int, end: int, name: str, version: int, bill: bytes,
+                 total: int, replaces: bytes | None = None) -> dict[int, Any]:
+    body = {1: account, 2: start, 3: end, 4: name, 5: version, 6: bill, 7: total}
+    if replaces is not None:
+        body[8] = replaces
+    return body
 
 
 # --- the arithmetic ---------------------------------------------------------------------------------
@@ -184,3 +209,25 @@ def compute_bill(t: Tariff, usage: Iterable[Usage], credits: Sequence[tuple[str,
         lines.append(Line("fixed", 1, t.fixed, cents(t.fixed * 1000)))
     lines += [Line(what, 0, 0, -c) for what, c in credits]
     return Bill(tuple(lines), sum(x.cents for x in lines), held, est)
+
+
+# --- the bill document --------------------------------------------------------------------------
+def bill_document(account: bytes, meter: bytes, start: int, end: int, t: Tariff,
+                  bill: Bill, intervals: int) -> dict[str, Any]:
+    """The bill the customer gets (JSON), whose `bill_digest` the utility's receipt on the
+    chain names: its signature over the bill."""
+    return {"version": 1, "account": account.hex(), "meter": meter.hex(), "start": start,
+            "end": end, "tariff": t.name, "tariff_version": t.version,
+            "lines": [[x.what, x.quantity, x.rate, x.cents] for x in bill.lines],
+            "total": bill.total, "held_wh": bill.held_wh, "estimated": bill.estimated,
+            "intervals": intervals}
+
+
+def bill_digest(doc: dict[str, Any]) -> bytes:
+    """SHA-256 over a tag and the deterministic CBOR of the bill's fields in a fixed order
+    (its JSON's key order and spacing change nothing)."""
+    return hashlib.sha256(_BILL_TAG + encode([
+        doc["version"], bytes.fromhex(doc["account"]), bytes.fromhex(doc["meter"]),
+        doc["start"], doc["end"], doc["tariff"], doc["tariff_version"],
+        [list(x) for x in doc["lines"]], doc["total"], doc["held_wh"], doc["estimated"],
+        doc["intervals"]])).digest()

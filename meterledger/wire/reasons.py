@@ -57,7 +57,8 @@ APPLICATIONS = (
     "terms_mismatch",
     # tariffs and bills (section 28)
     "tariff_version", "tariff_retroactive", "unknown_tariff", "tariff_mismatch",
-    "already_approved", "tariff_started",
+    "already_approved", "tariff_started", "tariff_not_in_force", "period_open",
+    "receipt_repeated", "unknown_receipt",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

@@ -1,9 +1,11 @@
-"""Tariffs on the chain (docs/PROTOCOL.md section 28): a utility's proposal and a
-regulator's approval of exactly it, before it starts; the version in force at a time; a
-reason for every refusal; replayed alike by verify-chain."""
+"""Tariffs and bill receipts on the chain (docs/PROTOCOL.md section 28): a utility's
+proposal and a regulator's approval of exactly it, before it starts; the version in force at
+a time; a bill's receipt under it, once per period, and its correction by name; a reason for
+every refusal; replayed alike by verify-chain."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,3 +105,54 @@ def test_an_unapproved_tariff_never_applies_and_the_latest_start_wins(tf: Tariff
     tf.propose(4, start=START + 90 * 86_400)  # a block at the new time
     assert tf.refused(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 3, late)) == \
         "tariff_started"
+
+
+def _usage() -> list[BL.Usage]:
+    """A day of 15-minute intervals from START: 100 Wh each, the last four estimated."""
+    return [BL.Usage(START + 900 * (i + 1), 900, 100, int(i >= 92)) for i in range(96)]
+
+
+def test_a_bill_is_received_once_under_the_tariff_in_force_and_corrected_by_name(
+        tf: Tariffs) -> None:
+    digest = tf.propose(1, fixed=150_000, estimated=BL.BILL)
+    tf.send(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 1, digest))
+    t = BL.Tariff.of(tf.record(1)["body"])
+    account, meter, end = b"\xac" * 8, b"\x11" * 8, START + 86_400
+    bill = BL.compute_bill(t, _usage())
+    # 32 night intervals at 10 c/kWh, 64 day ones at 25 c/kWh, 100 Wh each; 1.50 fixed
+    assert [x.cents for x in bill.lines] == [32, 160, 150] and bill.estimated == 4
+    doc = BL.bill_document(account, meter, START, end, t, bill, 96)
+    body = BL.receipt_body(account, START, end, "residential", 1, BL.bill_digest(doc),
+                           bill.total)
+    assert tf.refused(UTILITY, BL.BL_RECEIPT, body) == "period_open"
+    tf.now = end + 60
+    tf.propose(2, start=end + 86_400)  # a block at the new time (unapproved: no effect)
+    assert tf.refused(OTHER, BL.BL_RECEIPT, body) == "not_permitted"
+    assert tf.refused(UTILITY, BL.BL_RECEIPT, {**body, 5: 2}) == "unknown_tariff"
+    assert tf.refused(UTILITY, BL.BL_RECEIPT, {**body, 2: START - 900}) == \
+        "tariff_not_in_force"
+    tf.send(UTILITY, BL.BL_RECEIPT, body)
+    key = account + G.u64(START)
+    first = dict(tf.store.record(TF.T_RECEIPT, key))
+    assert (first["total"], first["bill"], first["n"]) == (342, BL.bill_digest(doc), 1)
+    assert tf.refused(UTILITY, BL.BL_RECEIPT, body) == "receipt_repeated"
+    assert tf.refused(UTILITY, BL.BL_RECEIPT, {**body, 8: b"\x00" * 32}) == "unknown_receipt"
+    # a dispute: re-run without the estimated hour, the correction names the receipt
+    fixed = BL.compute_bill(t, _usage()[:92])
+    doc2 = BL.bill_document(account, meter, START, end, t, fixed, 92)
+    tf.send(UTILITY, BL.BL_RECEIPT, BL.receipt_body(
+        account, START, end, "residential", 1, BL.bill_digest(doc2), fixed.total,
+        replaces=first["tx"]))
+    second = dict(tf.store.record(TF.T_RECEIPT, key))
+    assert (second["replaces"], second["n"], second["total"]) == (first["tx"], 2, 338)
+    replay = verify_blocks(store_blocks(tf.store))
+    check_derived(tf.store, replay)
+
+
+def test_a_bills_digest_is_its_content_not_its_json() -> None:
+    t = BL.Tariff.of(BL.tariff_body("residential", 1, START, PERIODS))
+    doc = BL.bill_document(b"\xac" * 8, b"\x11" * 8, START, START + 86_400, t,
+                           BL.compute_bill(t, _usage()), 96)
+    same = json.loads(json.dumps(dict(reversed(list(doc.items())))))
+    assert BL.bill_digest(same) == BL.bill_digest(doc)
+    assert BL.bill_digest({**doc, "total": doc["total"] + 1}) != BL.bill_digest(doc)

@@ -1,11 +1,15 @@
-"""Tariffs on the chain (docs/PROTOCOL.md section 28): a utility proposes a version, a
-regulator approves it (both signatures), and from its start it is the tariff in force;
-bills are computed off the chain under it (`meterledger.wire.billing`).
+"""Tariffs and bill receipts on the chain (docs/PROTOCOL.md section 28): a utility proposes
+a tariff version, a regulator approves it (both signatures), and from its start it is the
+tariff in force; bills are computed off the chain under it (`meterledger.wire.billing`) and
+the chain keeps a receipt of each: the bill's digest and total, never its intervals.
 
 Application records:
 
-    bl.tariff   name || version (8 bytes) -> {"utility", "tx", "start", "body", and once
-                                              approved "regulator", "approval"}
+    bl.tariff   name || 0x00 || version (8 bytes) -> {"utility", "tx", "start", "body", and
+                                                      once approved "regulator", "approval"}
+    bl.receipt  account || start (8 bytes)        -> {"utility", "tx", "end", "tariff",
+                                                      "version", "bill", "total", "n", and a
+                                                      correction's "replaces"}
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 from aggregator.chain.app import green as G
 from aggregator.chain.ledger import ChainError
 
-T_TARIFF = "bl.tariff"
+T_TARIFF, T_RECEIPT = "bl.tariff", "bl.receipt"
 
 
 def tariff_key(name: str, version: int) -> bytes:
@@ -78,3 +82,41 @@ def approve(st: G.Staged, regulator: bytes, body: dict[int, Any], tx: bytes, now
     st.put(T_TARIFF, tariff_key(name, version), {**rec, "regulator": regulator,
                                                   "approval": tx})
 
+
+
+def receive(st: G.Staged, utility: bytes, body: dict[int, Any], tx: bytes, now: int) -> None:
+    """A bill's receipt: by the utility of its tariff, after its period, under the approved
+    version in force over the whole period; once per account and period start, unless it
+    names the receipt it corrects (a disputed bill re-run)."""
+    account, start, end, name, version = body[1], body[2], body[3], body[4], body[5]
+    rec = tariff(st, name, version)
+    if rec is None or "approval" not in rec:
+        raise ChainError("unknown_tariff", f"tariff {name!r} version {version} is not an "
+                                           "approved tariff")
+    if rec["utility"] != utility:
+        raise ChainError("not_permitted", f"tariff {name!r} is {rec['utility'].hex()}'s: "
+                                          f"{utility.hex()} does not bill under it")
+    for t in (start, end - 1):
+        force = in_force(st, name, t)
+        if force is None or force["body"][2] != version:
+            raise ChainError("tariff_not_in_force", f"tariff {name!r} version {version} is "
+                                                    f"not the one in force at {t}: a bill's "
+                                                    "period lies under one version")
+    if end > now:
+        raise ChainError("period_open", f"the period ends at {end}, after the chain time "
+                                        f"{now}: bill it once it has ended")
+    key = account + G.u64(start)
+    prev = st.get(T_RECEIPT, key)
+    replaces = body.get(8)
+    if prev is not None and replaces is None:
+        raise ChainError("receipt_repeated", f"account {account.hex()} has a receipt for the "
+                                             f"period from {start}: a correction names it "
+                                             "(replaces)")
+    if replaces is not None and (prev is None or prev["tx"] != replaces):
+        raise ChainError("unknown_receipt", f"{replaces.hex()} is not the latest receipt of "
+                                            f"account {account.hex()} from {start}")
+    rec_out = {"utility": utility, "tx": tx, "end": end, "tariff": name, "version": version,
+               "bill": body[6], "total": body[7], "n": 1 if prev is None else prev["n"] + 1}
+    if replaces is not None:
+        rec_out["replaces"] = replaces
+    st.put(T_RECEIPT, key, rec_out)

@@ -11,6 +11,7 @@ from aggregator.chain.app.kinds import (
     anchor,
     attest,
     bl_approve,
+    bl_receipt,
     bl_tariff,
     cb_allocate,
     cb_ccer,
@@ -51,4 +52,4 @@ KINDS: dict[str, KindRule] = {m.KIND: m for m in (register, anchor, instruction,
                                                       mk_order, mk_cancel, mk_commit,
                                                       mk_reveal, mk_clear, mk_sign,
                                                       mk_settle, mk_review, bl_tariff,
-                                                      bl_approve)}
+                                                      bl_approve, bl_receipt)}
