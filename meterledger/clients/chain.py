@@ -265,6 +265,16 @@ class ChainClient:
         return self._query(f"/v1/market/cycles/{cycle}/book", side=side, after=after,
                            limit=limit)
 
+    def billing_tariff(self, name: str) -> dict[str, Any]:
+        """GET /v1/billing/tariffs/{name}: {"name", "versions"}, each with its body by name,
+        `tx` (the proposal) and `approved`."""
+        return self.get(f"/v1/billing/tariffs/{quote(name, safe='')}")
+
+    def billing_receipts(self, account_hex: str, after: int | None = None,
+                         limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/billing/receipts/{account}: {"receipts" (by period start), "next"}."""
+        return self._query(f"/v1/billing/receipts/{account_hex}", after=after, limit=limit)
+
     def market_commitments(self, cycle: int, after: str | None = None,
                            limit: int | None = None) -> dict[str, Any]:
         """GET /v1/market/cycles/{cycle}/commitments: {"commitments" (no digests), "next"}."""

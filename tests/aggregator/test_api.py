@@ -339,6 +339,8 @@ ROUTES = {  # path -> (methods, query parameters with required flags)
     "/v1/market/cycles/{cycle}/book": (["get"], [("side", False), ("after", False),
                                                  ("limit", False)]),
     "/v1/market/cycles/{cycle}/commitments": (["get"], [("after", False), ("limit", False)]),
+    "/v1/billing/tariffs/{name}": (["get"], []),
+    "/v1/billing/receipts/{account}": (["get"], [("after", False), ("limit", False)]),
     "/v1/blocks/{height}": (["get"], []),
     "/v1/tx/{digest}": (["get"], []),
     "/metrics": (["get"], []),

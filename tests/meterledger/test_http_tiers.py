@@ -175,7 +175,7 @@ def test_tokens_are_compared_whole_and_every_tier_is_compared() -> None:
 SAMPLES = {"index": "0", "height": "0", "digest": "00" * 32, "id": "ab" * 32,
            "action": "dismiss", "cid": "pv-1/0-1000000", "owner": "00" * 8,
            "gid": "pv-1", "subject": "issue/pv-1/0-1000000", "pid": "00" * 8, "cycle": "900",
-           "n": "0"}
+           "n": "0", "name": "residential", "account": "00" * 8}
 
 
 def concrete(template: str) -> str:
@@ -289,6 +289,9 @@ def test_every_chain_endpoint_answers_its_tier(tmp_path: Path) -> None:
         f"GET /v1/market/cycles/{SAMPLES['cycle']}/contracts/{SAMPLES['n']}": "public",
         f"GET /v1/market/cycles/{SAMPLES['cycle']}/book": "public",
         f"GET /v1/market/cycles/{SAMPLES['cycle']}/commitments": "public",
+        # tariffs and bill receipts (section 28): totals only, derived from the blocks
+        "GET /v1/billing/tariffs/residential": "public",
+        f"GET /v1/billing/receipts/{SAMPLES['account']}": "public",
         f"GET /v1/blocks/{SAMPLES['height']}": "public",
         f"GET /v1/tx/{SAMPLES['digest']}": "public", "GET /metrics": "auditor",
         "POST /v1/tx": "public", f"POST /v1/suggestions/{SAMPLES['id']}/dismiss": "operator",

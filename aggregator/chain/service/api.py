@@ -43,6 +43,7 @@ from aggregator.chain.ledger import (
     StorageError,
     UnavailableError,
 )
+from aggregator.chain.service.api_billing import BillingReads
 from aggregator.chain.service.api_carbon import CarbonReads
 from aggregator.chain.service.api_green import GreenReads
 from aggregator.chain.service.api_market import MarketReads
@@ -218,6 +219,7 @@ class AggregatorAPI:
             *GreenReads(ledger).routes(),  # params, generators, certificates, balances
             *CarbonReads(ledger).routes(),  # allowances, conversions, notaries' outbox
             *MarketReads(ledger).routes(),  # access, accounts, network, cycles, contracts, book
+            *BillingReads(ledger).routes(),  # tariffs, bill receipts
             R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
             R("/v1/tx/{digest:path}", self._tx, tier=PUBLIC),
             R("/metrics", self._metrics, content_type=PROMETHEUS, tier=AUDITOR),
