@@ -8,6 +8,7 @@
     meterledger audit bundle|verify|certificate-bundle|certificate|trade-bundle|trade ...  python -m tools.audit
     meterledger notary init|run ...                        python -m aggregator.notary
     meterledger market apply|order|commit|reveal|book|...  python -m meterledger.market_cli
+    meterledger bill propose|approve|run|tariff|receipts   python -m meterledger.bill_cli
     meterledger flash ...                                  python -m tools.flash
     meterledger ota keygen|build|sign|inspect|push|status  python -m tools.ota
     meterledger demo ...                                   python -m tools.demo
@@ -70,6 +71,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("market", "a participant of the P2P market and grid access: apply, order, "
                       "commit, reveal, sign, ...; reads: book, contracts, cycle, account",
             "meterledger.market_cli"),
+    Command("bill", "tariffs and bills: propose, approve, run; reads: tariff, receipts",
+            "meterledger.bill_cli"),
     Command("meter", "virtual meters and signed readings: sim, sign, verify, decode", children=(
         Command("sim", "run virtual meters on the firmware app (hardware.virtual_meter)",
                 "hardware.virtual_meter"),

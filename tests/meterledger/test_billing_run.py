@@ -6,7 +6,9 @@ and total only; a customer recomputes the same total from the same intervals."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from fog_node.api import FogAPI
 from fog_node.config import FogConfig
 from fog_node.node import FogNode, init_data_dir
 from meterledger import wire as P
+from meterledger.bill_cli import main as bill_main
 from meterledger.clients import billing as B
 from meterledger.clients.chain import ChainClient, ChainClientError, Sender
 from meterledger.clients.fog import FogClient
@@ -108,3 +111,52 @@ def test_a_period_spanning_two_versions_or_none_is_refused(world: Any) -> None:
     versions = chain.billing_tariff("residential")["versions"]
     assert [v["approved"] for v in versions] == [True] and versions[0]["periods"] == [
         list(p) for p in PERIODS]
+
+
+def test_the_bill_cli_proposes_approves_runs_and_reads(world: Any, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    url, node = world["chain"].url, world["node"]
+    keys = {}
+    for name, key in (("utility", UTILITY), ("regulator", REGULATOR)):
+        keys[name] = tmp_path / f"{name}.key"
+        keys[name].write_text(key.private_bytes().hex() + "\n")
+        keys[name].chmod(0o600)
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        code = bill_main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    later = START + 30 * 86_400
+    code, out, err = cli("propose", "--chain", url, "--key", str(keys["utility"]), "--name",
+                         "residential", "--version", "2", "--start", str(later), "--period",
+                         "0:12000", "--period", "420:26000", "--fixed", "150000")
+    assert code == 0 and "bl_tariff accepted in block" in out, err
+    code, out, err = cli("tariff", "residential", "--chain", url, "--json")
+    proposal = json.loads(out)["versions"][1]
+    assert (proposal["version"], proposal["approved"]) == (2, False)
+    code, _, err = cli("approve", "--chain", url, "--key", str(keys["regulator"]), "--name",
+                       "residential", "--version", "2", "--tx", "00" * 32)
+    assert code == 1 and "tariff_mismatch" in err and err.count("\n") == 1, err
+    code, _, err = cli("approve", "--chain", url, "--key", str(keys["regulator"]), "--name",
+                       "residential", "--version", "2", "--tx", proposal["tx"])
+    assert code == 0, err
+    # a usage error: one line, exit 2
+    with pytest.raises(SystemExit) as e:
+        bill_main(["propose", "--chain", url, "--key", str(keys["utility"]), "--name", "r",
+                   "--version", "1", "--start", "1", "--period", "noon"])
+    assert e.value.code == 2 and "MINUTE:RATE" in capsys.readouterr().err
+    # the run: a second account of the same meter, its bill written, its receipt sent
+    people = tmp_path / "customers.csv"
+    people.write_text(f"# account,meter\n{'ad' * 8},{HOME.id.hex()}\n")
+    code, out, err = cli("run", "--chain", url, "--key", str(keys["utility"]), "--fog",
+                         world["fog"].base_url, "--fog-token-file",
+                         str(node.config.data_dir / "auditor.token"), "--tariff",
+                         "residential", "--start", str(START), "--end", str(START + 86_400),
+                         "--customers", str(people), "--out", str(tmp_path / "bills"))
+    assert code == 0 and out.startswith("adadadadadadadad: "), err
+    doc = json.loads((tmp_path / "bills" / f"{'ad' * 8}-{START}.json").read_text())
+    code, out, err = cli("receipts", "ad" * 8, "--chain", url, "--json")
+    [r] = json.loads(out)["receipts"]
+    assert (r["bill"], r["total"]) == (BL.bill_digest(doc).hex(), doc["total"])

@@ -80,6 +80,7 @@ HELP_CASES: list[tuple[list[str], str, list[str]]] = [
     (["vm"], "meterledger vm", ["script", "--firmware", "--heap"]),
     (["market"], "meterledger market", ["apply", "order", "commit", "reveal", "sign", "settle",
                                         "book", "account", "agent"]),
+    (["bill"], "meterledger bill", ["propose", "approve", "run", "tariff", "receipts"]),
     # one subcommand per group that has them
     (["fog", "run"], "meterledger fog run", ["--config", "--data-dir", "--http-port",
                                              "--rs485-port", "--mqtt-host"]),
