@@ -310,6 +310,12 @@ V1_TAMPERS: list[tuple[str, Tamper, str | None]] = [
     ("a transaction of an unknown kind", lambda b, w: _tx(b, w, "zzz", {}), "anchor_signature"),
     ("an anchor carrying nothing", lambda b, w: _tx(b, w, C.ANCHOR, {1: [], 2: []}),
      "anchor_signature"),
+    # an anchor of a fog with generators or market meters carries statements (body key 4):
+    # the browser reads it as Python does (this tx is in no block: tx_inclusion)
+    ("an anchor carrying a statement", lambda b, w: _tx(b, w, C.ANCHOR, {
+        **_fields(b["anchor"]["transaction"])[4], 4: [b"\x00" * 40]}), "tx_inclusion"),
+    ("an anchor carrying a statement of the wrong kind", lambda b, w: _tx(b, w, C.ANCHOR, {
+        **_fields(b["anchor"]["transaction"])[4], 4: [7]}), "anchor_signature"),
     ("an aggregate as the anchor", lambda b, w: b["anchor"].update(transaction=P.sign1(
         w["node"].key, aggregate_fields(w["node"].key.id, "feeder-1", T, 10)).hex()),
      "anchor_signature"),

@@ -12,13 +12,14 @@ import {
 export const TX = 12n;
 export const BLOCK = 13n;
 export const ANCHOR = 'anchor';
-const ROLES = ['dispatch', 'fog', 'regulator', 'plant', 'market'];
+const ROLES = ['dispatch', 'fog', 'regulator', 'plant', 'market', 'registry', 'notary', 'holder',
+  'utility'];
 const TEXT_MAX = 4096;
 
 // body schemas per kind: [key, kind] in the Python's order
 const BODIES = {
   register: [[1, 't'], [2, 'b65'], [3, 't']],
-  anchor: [[1, 'a'], [2, 'a'], [3, 'a?']],
+  anchor: [[1, 'a'], [2, 'a'], [3, 'a?'], [4, 'a?']],
   instruction: [[1, 'b8'], [2, 't'], [3, 'm'], [4, 'u'], [5, 'a'], [6, 't'], [7, 'b?']],
   report: [[1, 'b32'], [2, 'u'], [3, 'u'], [4, 'u'], [5, 'a'], [6, 't']],
   fault: [[1, 't'], [2, 't'], [3, 'u'], [4, 't'], [5, 'a']],
@@ -27,7 +28,7 @@ const BODIES = {
 const TEXT = range(0, TEXT_MAX);
 const BODY_RANGES = {
   register: { 1: range(1, 16), 3: range(0, 64) },
-  anchor: { 1: TEXT, 2: range(0, 128), 3: TEXT },
+  anchor: { 1: TEXT, 2: range(0, 128), 3: TEXT, 4: TEXT },
   instruction: { 2: range(1, 16), 3: range(0, 8), 4: range(0, TIME_MAX), 5: TEXT, 6: TEXT,
     7: range(0, 32) },
   report: { 2: range(0, COUNT_MAX), 3: range(0, COUNT_MAX), 4: range(0, COUNT_MAX), 5: TEXT,
@@ -77,7 +78,8 @@ function anchorRules(body) {
   for (const [name, items, ok] of [
     ['checkpoints', body.get(1n), isBytes],
     ['proof', body.get(2n), (x) => isBytes(x) && x.length === 32],
-    ['aggregates', body.get(3n) ?? [], isBytes]]) {
+    ['aggregates', body.get(3n) ?? [], isBytes],
+    ['statements', body.get(4n) ?? [], isBytes]]) {
     if (!items.every(ok)) throw bodyError(ANCHOR, `${name} has an item of the wrong kind`);
   }
 }
