@@ -62,6 +62,7 @@ bench: setup
 	$(PY) -m tools.bench_acks
 	$(PY) -m tools.bench_consortium
 	$(PY) -m tools.bench_market
+	$(PY) -m tools.bench_billing
 	$(PY) -m tools.bench_ui
 
 # every fuzz target (tools/fuzz) in turn for FUZZ_SECONDS each; findings are written under

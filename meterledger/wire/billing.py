@@ -154,6 +154,11 @@ class Tariff:
         minute = (start + self.tz_min * 60) % 86_400 // 60
         return max(i for i, (m, _) in enumerate(self.periods) if m <= minute)
 
+    def quarters(self) -> list[int]:
+        """The period of each quarter hour of the local day (periods start on one), so a
+        bill looks an interval's period up rather than searching for it."""
+        return [self.period_of(q * 900 - self.tz_min * 60) for q in range(96)]
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -194,13 +199,16 @@ def compute_bill(t: Tariff, usage: Iterable[Usage], credits: Sequence[tuple[str,
     demand_rate, the fixed charge, then `credits` (what, cents), each subtracted."""
     wh = [0] * len(t.periods)
     peak, held, est = 0, 0, 0
+    quarter, shift = t.quarters(), t.tz_min * 60
     for u in usage:
         if u.est and t.estimated == HOLD:
             held += u.imp
             continue
         est += u.est
-        wh[t.period_of(u.ivl - u.dur)] += u.imp
-        peak = max(peak, u.imp * 3600 // u.dur)
+        wh[quarter[(u.ivl - u.dur + shift) % 86_400 // 900]] += u.imp
+        power = u.imp * 3600 // u.dur
+        if power > peak:
+            peak = power
     lines = [Line(f"energy P{i}", wh[i], rate, cents(rate * wh[i]))
              for i, (_, rate) in enumerate(t.periods) if wh[i]]
     if t.demand_rate:

@@ -93,3 +93,9 @@ def test_a_tariff_with_bad_periods_is_refused_by_the_wire(
         P.sign1(key, C.tx(key.id, 1, BL.BL_TARIFF, body, DAY, key.id))
     P.sign1(key, C.tx(key.id, 1, BL.BL_TARIFF, BL.tariff_body("r", 1, DAY, PERIODS), DAY,
                       key.id))  # a good one passes
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(-720, 840))
+def test_the_quarter_table_is_the_periods_search(start: int, tz: int) -> None:
+    t = tariff(tz_min=tz)
+    assert t.quarters()[(start + tz * 60) % 86_400 // 900] == t.period_of(start)
