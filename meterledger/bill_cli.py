@@ -28,14 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from meterledger import errors
 from meterledger.clients import billing as B
-from meterledger.clients.chain import ChainClientError, ChainRefused, Sender
+from meterledger.clients.chain import Sender
 from meterledger.clients.fog import FogClient
-from meterledger.errors import ConfigError, ProtocolError
+from meterledger.errors import ConfigError
 from meterledger.infra import datadir
 from meterledger.infra.args import ArgumentParser
-from meterledger.market_cli import SIGNER, Session, _chain_flags, _one_line, _uint
+from meterledger.market_cli import SIGNER, Session, _chain_flags, _uint, exit_status
 from meterledger.wire import billing as BL
 
 _R = BL.BODY_RANGES[BL.BL_TARIFF]
@@ -172,41 +171,34 @@ def _show(s: Session, doc: dict[str, Any], lines: list[str]) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "meterledger bill") -> int:
     args = parser(prog).parse_args(argv)
-    me = f"{prog} {args.cmd}"
-    try:
-        s = Session.of(args)
-        if args.cmd == "propose":
-            body = BL.tariff_body(args.name, args.version, args.start, args.period,
-                                  args.demand_rate, args.fixed,
-                                  BL.HOLD if args.estimated == "hold" else BL.BILL,
-                                  args.grace_s, args.compensation_rate, args.compensation_cap,
-                                  args.tz_min)
-            s.done(BL.BL_TARIFF, s.send(BL.BL_TARIFF, body))
-        elif args.cmd == "approve":
-            s.done(BL.BL_APPROVE, s.send(BL.BL_APPROVE, BL.approve_body(
-                args.name, args.version, args.tx)))
-        elif args.cmd == "tariff":
-            doc = s.client.billing_tariff(args.name)
-            return _show(s, doc, [f"{args.name} v{v['version']}: from {v['start']}, "
-                                  f"{'approved' if v['approved'] else 'proposed'}, periods "
-                                  f"{v['periods']}, tx {v['tx']}" for v in doc["versions"]])
-        elif args.cmd == "receipts":
-            doc = s.client.billing_receipts(args.account.hex())
-            return _show(s, doc, [f"from {r['start']} to {r['end']}: {r['total'] / 100:.2f} "
-                                  f"(bill {r['bill']}, {args.account.hex()}, n {r['n']})"
-                                  for r in doc["receipts"]])
-        else:
-            return run(s, args)
-        return 0
-    except (ConfigError, ProtocolError, ValueError) as e:
-        print(f"error: {me}: {_one_line(str(e))}", file=sys.stderr)
-        return 2
-    except ChainRefused as e:
-        print(f"error: {me}: the chain refused it: {_one_line(str(e))}", file=sys.stderr)
-        return 1
-    except (ChainClientError, errors.UnavailableError) as e:
-        print(f"error: {me}: {_one_line(str(e))}", file=sys.stderr)
-        return 1
+    return exit_status(f"{prog} {args.cmd}", lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    s = Session.of(args)
+    if args.cmd == "propose":
+        body = BL.tariff_body(args.name, args.version, args.start, args.period,
+                              args.demand_rate, args.fixed,
+                              BL.HOLD if args.estimated == "hold" else BL.BILL,
+                              args.grace_s, args.compensation_rate, args.compensation_cap,
+                              args.tz_min)
+        s.done(BL.BL_TARIFF, s.send(BL.BL_TARIFF, body))
+    elif args.cmd == "approve":
+        s.done(BL.BL_APPROVE, s.send(BL.BL_APPROVE, BL.approve_body(
+            args.name, args.version, args.tx)))
+    elif args.cmd == "tariff":
+        doc = s.client.billing_tariff(args.name)
+        return _show(s, doc, [f"{args.name} v{v['version']}: from {v['start']}, "
+                              f"{'approved' if v['approved'] else 'proposed'}, periods "
+                              f"{v['periods']}, tx {v['tx']}" for v in doc["versions"]])
+    elif args.cmd == "receipts":
+        doc = s.client.billing_receipts(args.account.hex())
+        return _show(s, doc, [f"from {r['start']} to {r['end']}: {r['total'] / 100:.2f} "
+                              f"(bill {r['bill']}, {args.account.hex()}, n {r['n']})"
+                              for r in doc["receipts"]])
+    else:
+        return run(s, args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -393,7 +393,10 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None, prog: str = "python -m meterledger.market_cli") -> int:
     args = parser(prog).parse_args(argv)
-    me = f"{prog} {args.cmd}"
+    return exit_status(f"{prog} {args.cmd}", lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.cmd == "keygen":
             return keygen(args)
@@ -406,6 +409,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m meterledger.marke
         return READS[args.cmd](s.client, s.key, args)
     except KeyboardInterrupt:
         return 0  # an agent stopped by Ctrl-C
+
+
+def exit_status(me: str, command: Callable[[], int]) -> int:
+    """Run a chain client's command: its own status, or one line on stderr and 2 for what
+    the user gave, 1 when the chain refuses it or a service cannot be reached."""
+    try:
+        return command()
     except (ConfigError, ProtocolError, ValueError) as e:  # what the user gave
         print(f"error: {me}: {_one_line(str(e))}", file=sys.stderr)
         return 2
@@ -415,7 +425,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m meterledger.marke
     except (ChainClientError, errors.UnavailableError) as e:
         print(f"error: {me}: {_one_line(str(e))}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
