@@ -142,6 +142,9 @@ class FogAPI:
              R("/v1/proof/inclusion", self._inclusion, tier=AUDITOR,
                query=(Q("dev", True, _DEV_DOC), Q("seq", True, "the reading's seq (>= 1)"),
                       Q("size", False, "a sealed checkpoint's size (default: the latest)"))),
+             R("/v1/proof/entry", self._entry_proof, tier=AUDITOR,
+               query=(Q("index", True, "the entry's log index"),
+                      Q("size", True, "a sealed checkpoint's size, above index"))),
              R("/v1/proof/consistency", self._consistency, tier=PUBLIC,
                query=(Q("first", True, "the size of the earlier sealed checkpoint"),
                       Q("second", True, "the size of the later sealed checkpoint"))),
@@ -264,6 +267,22 @@ class FogAPI:
         return {"leaf_index": proof.leaf_index, "tree_size": proof.tree_size,
                 "path": [_hex(h) for h in proof.path], "entry": _hex(entry),
                 "checkpoint": _hex(cp.msg)}
+
+    def _entry_proof(self, req: H.Request) -> dict[str, Any]:
+        """Inclusion proof of any log entry by its index against a sealed checkpoint: what
+        proves a fog's own entries (a type-10 estimate a bill counted), which no meter's
+        (dev, seq) names."""
+        q = req.query
+        index, size = _query_uint(q, "index"), _query_uint(q, "size")
+        with self.reads.snapshot() as s:
+            cp = self._sealed(s, "size", size)
+            if index >= size:
+                raise _bad(f"entry {index} is not in a tree of size {size} (size must be >= "
+                           f"{index + 1})")
+            proof = s.log.inclusion_proof(index, cp.size)
+            entry = s.log.entry(index)
+        return {"leaf_index": index, "tree_size": cp.size, "path": [_hex(h) for h in proof.path],
+                "entry": _hex(entry), "checkpoint": _hex(cp.msg)}
 
     def _enrollment(self, req: H.Request) -> dict[str, Any]:
         """Inclusion proof of the meter's enrollment decision in force below `before`.

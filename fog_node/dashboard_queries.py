@@ -292,19 +292,19 @@ def curve(s: Snapshot, dev: bytes, after: int | None, limit: int) -> dict[str, A
         energy = vee.interval_energy(fa, fb)
         if energy is not None and vee.gap_ends(fa, fb) == [b[1]]:
             points[b[1]] = {"ivl": b[1], "start": a[1], "imp": energy[0], "exp": energy[1],
-                            "estimated": False, "method": "measured"}
+                            "estimated": False, "method": "measured", "seq": b[0]}
     low = floor if floor is not None else -1
     high = cap if cap is not None else 2**63 - 1
-    for start, method, ivls in db.execute(
-            "SELECT start, method, ivls FROM estimates WHERE dev = ? AND superseded = 0 AND "
-            "last_end > ? AND start < ?", (dev, low, high)):
+    for start, method, ivls, leaf in db.execute(
+            "SELECT start, method, ivls, leaf FROM estimates WHERE dev = ? AND superseded = 0 "
+            "AND last_end > ? AND start < ?", (dev, low, high)):
         known = method != vee.METHOD_NONE
         for item in json.loads(ivls):
             if item[0] not in points:
                 points[item[0]] = {"ivl": item[0], "start": start,
                                    "imp": item[1] if known else None,
                                    "exp": item[2] if known else None,
-                                   "estimated": True, "method": method}
+                                   "estimated": True, "method": method, "leaf": leaf}
             start = item[0]
     ordered = [p for ivl, p in sorted(points.items())
                if ivl > low and (cap is None or ivl <= cap)]

@@ -9,10 +9,14 @@
     python -m tools.audit certificate FILE --trust DISPATCH_PUBHEX [--trust ...]
     python -m tools.audit trade-bundle --fog URL --chain URL --cycle C --contract N -o FILE ...
     python -m tools.audit trade FILE --trust DISPATCH_PUBHEX [--trust ...]
+    python -m tools.audit bill-bundle --fog URL --chain URL --bill BILL.json -o FILE ...
+    python -m tools.audit bill FILE --trust DISPATCH_PUBHEX [--trust ...]
 
 `certificate-bundle` and `certificate` do the same for one green certificate, from its
 meter's readings to the chain (tools/audit_certificate.py); `trade-bundle` and `trade` for
-one settled market contract, from its orders to its settlement (tools/audit_trade.py).
+one settled market contract, from its orders to its settlement (tools/audit_trade.py);
+`bill-bundle` and `bill` for one bill, from its readings to its receipt, rerun to the cent
+(tools/audit_bill.py).
 
 `bundle` asks the fog for the reading's inclusion proof and the device list, which are its
 API's auditor tier: give it the fog's auditor token (--token-file, the fog data dir's
@@ -429,15 +433,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m tools.audit") -> 
     d.add_argument("file", type=Path, help="the bundle (JSON) that `bundle` wrote")
     d.add_argument("--format", choices=("json", "text"), default="text",
                    help="text for people, json for scripts (default: text)")
-    from tools import audit_certificate, audit_trade
+    from tools import audit_bill, audit_certificate, audit_trade
 
     audit_certificate.add_parsers(sub)
     audit_trade.add_parsers(sub)
+    audit_bill.add_parsers(sub)
     args = ap.parse_args(argv)
     if args.cmd in audit_certificate.COMMANDS:
         return audit_certificate.run(args)
     if args.cmd in audit_trade.COMMANDS:
         return audit_trade.run(args)
+    if args.cmd in audit_bill.COMMANDS:
+        return audit_bill.run(args)
     if args.cmd == "bundle":
         return _bundle(args)
     if args.cmd == "decode":

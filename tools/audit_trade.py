@@ -139,9 +139,10 @@ def read_bundle(doc: Any) -> Trade:
             e["n"] >= c["n"] or e["delivered"] > e["wh"] for e in earlier):
         raise BundleFormatError("earlier must list distinct contracts numbered below the "
                                 "contract's, none delivered more than its Wh")
-    return Trade(c, commits, AC._sized("enrolment", v["enrolment"], 32), _keys(v["keys"]),
-                 _sections(v["transactions"], TX_SECTION, "transactions"), earlier,
-                 delivery)
+    return Trade(c=c, commits=commits, enrolment=AC._sized("enrolment", v["enrolment"], 32),
+                 keys=_keys(v["keys"]),
+                 txs=_sections(v["transactions"], TX_SECTION, "transactions"),
+                 earlier=earlier, delivery=delivery)
 
 
 def verify_trade_bundle(doc: Any, trusted: list[P.PublicKey]) -> TradeVerified:

@@ -93,17 +93,14 @@ class TradeVerified:
     sealers: list[str]
 
 
-@dataclass
-class Trade:
-    """A bundle as read (tools.audit_trade.read_bundle), and what the checks found of it."""
+@dataclass(kw_only=True)
+class Sealed:
+    """Chain transactions, each with its sealed block and the block before, and the fog's
+    anchors of a bundle (a trade's, a bill's), and what the block checks found of them."""
 
-    c: dict[str, Any]
-    commits: list[bytes]
-    enrolment: bytes
     keys: dict[bytes, P.PublicKey]
     txs: dict[bytes, tuple[str, dict[str, Any]]]  # digest -> (its path, its fields)
-    earlier: list[dict[str, int]]
-    delivery: AC.Bundle  # the seller's fog, meter, anchors and statements
+    delivery: AC.Bundle  # the fog, the meter, the anchors (and a trade's statements)
     tf: dict[bytes, P.Fields] = field(default_factory=dict)  # digest -> the tx's fields
     # digest -> (block height, index in it, the rules' time: the block before's)
     place: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
@@ -111,7 +108,17 @@ class Trade:
     heights: set[int] = field(default_factory=set)
 
 
-def _tx(t: Trade, d: bytes, what: str) -> P.Fields:
+@dataclass(kw_only=True)
+class Trade(Sealed):
+    """A bundle as read (tools.audit_trade.read_bundle), and what the checks found of it."""
+
+    c: dict[str, Any]
+    commits: list[bytes]
+    enrolment: bytes
+    earlier: list[dict[str, int]]
+
+
+def _tx(t: Sealed, d: bytes, what: str) -> P.Fields:
     _check(what, d in t.tf, f"the bundle has no transaction {d.hex()}")
     return t.tf[d]
 
@@ -123,7 +130,7 @@ def _kind(check: str, tf: P.Fields, kind: str, d: bytes) -> dict[int, Any]:
 
 
 # --- the blocks -------------------------------------------------------------------------------
-def _blocks(t: Trade, trusted: list[P.PublicKey]) -> dict[bytes, P.Fields]:
+def blocks(t: Sealed, trusted: list[P.PublicKey]) -> dict[bytes, P.Fields]:
     """block_signature .. tx_inclusion over every transaction and anchor."""
     headers: dict[bytes, P.Fields] = {}
     for d, (at, v) in sorted(t.txs.items()):
@@ -350,7 +357,7 @@ def _settlement(t: Trade, mp: dict[str, int], places: dict[bytes, tuple[int, int
 
 def verify(t: Trade, trusted: list[P.PublicKey]) -> TradeVerified:
     """CHECKS after `format`, in order."""
-    _blocks(t, trusted)
+    blocks(t, trusted)
     places = _anchor_place(t)
     op, bid_mp, settle_mp = _params(t)
     _enrolment(t, op)

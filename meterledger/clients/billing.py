@@ -57,8 +57,9 @@ def period_usage(fog: FogClient, meter: bytes, start: int, end: int) -> list[BL.
             if p["ivl"] > end:
                 return out
             if p["start"] >= start and p["imp"] is not None:
+                est = int(p["estimated"])
                 out.append(BL.Usage(int(p["ivl"]), int(p["ivl"]) - int(p["start"]),
-                                    int(p["imp"]), int(p["estimated"])))
+                                    int(p["imp"]), est, int(p["leaf"] if est else p["seq"])))
         after = page["next_after"]
     return out
 
@@ -68,7 +69,7 @@ def bill(fog: FogClient, t: BL.Tariff, account: bytes, meter: bytes, start: int,
     """One customer's bill of the period, from the fog's intervals (`interval_s` long)."""
     usage = period_usage(fog, meter, start, end)
     computed = BL.compute_bill(t, usage)
-    doc = BL.bill_document(account, meter, start, end, t, computed, len(usage))
+    doc = BL.bill_document(account, meter, start, end, t, computed, usage)
     covered = sum(u.dur for u in usage)
     return Billed(account, meter, doc, max(0, (end - start - covered) // interval_s))
 

@@ -27,6 +27,11 @@ class FogClient(ChainClient):
             return self.get("/v1/proof/inclusion", dev=dev.hex(), seq=seq)
         return self.get("/v1/proof/inclusion", dev=dev.hex(), seq=seq, size=size)
 
+    def entry_proof(self, index: int, size: int) -> dict[str, Any]:
+        """GET /v1/proof/entry (auditor): log entry `index` with its inclusion proof against
+        the sealed checkpoint of `size` entries."""
+        return self.get("/v1/proof/entry", index=index, size=size)
+
     def enrollment_proof(self, dev: bytes, size: int, before: int) -> dict[str, Any]:
         return self.get("/v1/proof/enrollment", dev=dev.hex(), size=size, before=before)
 

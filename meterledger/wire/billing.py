@@ -162,12 +162,15 @@ class Tariff:
 
 @dataclass(frozen=True)
 class Usage:
-    """One metering interval of a customer: its end, length, import (Wh), estimated."""
+    """One metering interval of a customer: its end, length, import (Wh), estimated, and
+    where its energy comes from (`ref`): measured, the seq of the reading that closes it
+    (the one before is seq - 1); estimated, the log index of the fog's type-10 estimate."""
 
     ivl: int
     dur: int
     imp: int
     est: int = 0
+    ref: int = 0
 
 
 @dataclass(frozen=True)
@@ -221,14 +224,17 @@ def compute_bill(t: Tariff, usage: Iterable[Usage], credits: Sequence[tuple[str,
 
 # --- the bill document --------------------------------------------------------------------------
 def bill_document(account: bytes, meter: bytes, start: int, end: int, t: Tariff,
-                  bill: Bill, intervals: int) -> dict[str, Any]:
+                  bill: Bill, usage: Sequence[Usage]) -> dict[str, Any]:
     """The bill the customer gets (JSON), whose `bill_digest` the utility's receipt on the
-    chain names: its signature over the bill."""
+    chain names: its signature over the bill. It lists the intervals billed, each with
+    where its energy comes from, so that a bundle can prove every one (the household's own
+    data, on its own bill; the chain sees the digest only)."""
     return {"version": 1, "account": account.hex(), "meter": meter.hex(), "start": start,
             "end": end, "tariff": t.name, "tariff_version": t.version,
             "lines": [[x.what, x.quantity, x.rate, x.cents] for x in bill.lines],
             "total": bill.total, "held_wh": bill.held_wh, "estimated": bill.estimated,
-            "intervals": intervals}
+            "intervals": len(usage),
+            "usage": [[u.ivl, u.dur, u.imp, u.est, u.ref] for u in usage]}
 
 
 def bill_digest(doc: dict[str, Any]) -> bytes:
@@ -238,4 +244,4 @@ def bill_digest(doc: dict[str, Any]) -> bytes:
         doc["version"], bytes.fromhex(doc["account"]), bytes.fromhex(doc["meter"]),
         doc["start"], doc["end"], doc["tariff"], doc["tariff_version"],
         [list(x) for x in doc["lines"]], doc["total"], doc["held_wh"], doc["estimated"],
-        doc["intervals"]])).digest()
+        doc["intervals"], [list(u) for u in doc["usage"]]])).digest()

@@ -121,7 +121,7 @@ def test_a_bill_is_received_once_under_the_tariff_in_force_and_corrected_by_name
     bill = BL.compute_bill(t, _usage())
     # 32 night intervals at 10 c/kWh, 64 day ones at 25 c/kWh, 100 Wh each; 1.50 fixed
     assert [x.cents for x in bill.lines] == [32, 160, 150] and bill.estimated == 4
-    doc = BL.bill_document(account, meter, START, end, t, bill, 96)
+    doc = BL.bill_document(account, meter, START, end, t, bill, _usage())
     body = BL.receipt_body(account, START, end, "residential", 1, BL.bill_digest(doc),
                            bill.total)
     assert tf.refused(UTILITY, BL.BL_RECEIPT, body) == "period_open"
@@ -139,7 +139,7 @@ def test_a_bill_is_received_once_under_the_tariff_in_force_and_corrected_by_name
     assert tf.refused(UTILITY, BL.BL_RECEIPT, {**body, 8: b"\x00" * 32}) == "unknown_receipt"
     # a dispute: re-run without the estimated hour, the correction names the receipt
     fixed = BL.compute_bill(t, _usage()[:92])
-    doc2 = BL.bill_document(account, meter, START, end, t, fixed, 92)
+    doc2 = BL.bill_document(account, meter, START, end, t, fixed, _usage()[:92])
     tf.send(UTILITY, BL.BL_RECEIPT, BL.receipt_body(
         account, START, end, "residential", 1, BL.bill_digest(doc2), fixed.total,
         replaces=first["tx"]))
@@ -152,7 +152,10 @@ def test_a_bill_is_received_once_under_the_tariff_in_force_and_corrected_by_name
 def test_a_bills_digest_is_its_content_not_its_json() -> None:
     t = BL.Tariff.of(BL.tariff_body("residential", 1, START, PERIODS))
     doc = BL.bill_document(b"\xac" * 8, b"\x11" * 8, START, START + 86_400, t,
-                           BL.compute_bill(t, _usage()), 96)
+                           BL.compute_bill(t, _usage()), _usage())
     same = json.loads(json.dumps(dict(reversed(list(doc.items())))))
     assert BL.bill_digest(same) == BL.bill_digest(doc)
     assert BL.bill_digest({**doc, "total": doc["total"] + 1}) != BL.bill_digest(doc)
+    # the intervals billed are part of what the receipt names
+    moved = [[*doc["usage"][0][:4], doc["usage"][0][4] + 1], *doc["usage"][1:]]
+    assert BL.bill_digest({**doc, "usage": moved}) != BL.bill_digest(doc)

@@ -239,6 +239,23 @@ def test_inclusion_against_an_earlier_checkpoint_and_uppercase_dev(fog):
         assert R.verify_inclusion(R.leaf(fog.readings[seq - 1]), seq, 4, path, f[4])
 
 
+def test_any_entry_is_proven_by_its_index_against_a_sealed_checkpoint(fog):
+    for index, size in ((0, 7), (3, 7), (2, 4)):
+        body = ok(fog, f"/v1/proof/entry?index={index}&size={size}")
+        f = signed_checkpoint(fog, body["checkpoint"])
+        entry = bytes.fromhex(body["entry"])
+        assert entry == bytes.fromhex(ok(fog, f"/v1/entries/{index}")["entry"])
+        assert (body["leaf_index"], body["tree_size"], f[3]) == (index, size, size)
+        path = [bytes.fromhex(h) for h in body["path"]]
+        assert R.verify_inclusion(R.leaf(entry), index, size, path, f[4])
+        assert not R.verify_inclusion(R.leaf(entry + b"x"), index, size, path, f[4])
+    assert error(fog, "/v1/proof/entry?index=7&size=7", 400) == (
+        "entry 7 is not in a tree of size 7 (size must be >= 8)")
+    assert error(fog, "/v1/proof/entry?index=1&size=5", 400).startswith(
+        "size 5 is not the size of a sealed checkpoint")
+    assert error(fog, "/v1/proof/entry?index=1", 400) == "missing parameter size"
+
+
 def test_inclusion_errors_say_what_was_wrong(fog):
     q = "/v1/proof/inclusion?"
     assert error(fog, f"{q}dev={DEV}&seq=7", 404) == (

@@ -78,7 +78,7 @@ def fog(tmp_path: Path) -> Iterator[tuple[FogNode, FogAPI, int]]:
     node.close()
 
 
-FOG_PATHS = ["/v1/checkpoint", "/v1/proof/inclusion", "/v1/proof/consistency",
+FOG_PATHS = ["/v1/checkpoint", "/v1/proof/inclusion", "/v1/proof/entry", "/v1/proof/consistency",
              "/v1/proof/enrollment", "/v1/devices", "/healthz", "/v1/entries/{index}",
              "/metrics", "/v1/enroll", "/v1/revoke", "/v1/firmware",
              # the dashboard's reads (fog_node/dashboard.py)

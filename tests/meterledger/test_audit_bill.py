@@ -1,0 +1,380 @@
+"""Bill bundles (tools/audit_bill.py): on a real aggregator and a real fog node that anchors
+to it, a household's day is billed under a tariff a utility proposed and a regulator
+approved; one reading is lost on its way, so two intervals are the fog's estimate. The
+bill's bundle, fetched through both HTTP APIs, proves every interval back to the meter's
+signed readings or the fog's signed estimate in an anchored checkpoint, the tariff's two
+signatures and the receipt, and reruns the bill to the cent; every break is rejected naming
+its check, and input that is no bill bundle is one line and exit 2."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fog_node.api import FogAPI
+from fog_node.chainlink.link import ChainLink
+from fog_node.config import FogConfig
+from fog_node.node import FogNode, init_data_dir
+from meterledger import wire as P
+from meterledger.cli import main as meterledger_main
+from meterledger.clients import billing as B
+from meterledger.clients.bill_bundle import build_bill_bundle
+from meterledger.clients.bundle import NotAnchored
+from meterledger.clients.chain import ChainClient, ChainClientError, Receipt, Sender
+from meterledger.clients.fog import FogClient
+from meterledger.wire import billing as BL
+from meterledger.wire import chain as C
+from tests.fog_node.test_anchor import Clock
+from tests.kit.bundles import assert_input_error, assert_rejected
+from tests.kit.chainkit import running_chain
+from tools import audit
+from tools import audit_bill as AB
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_800_000_000 - 1_800_000_000 % 86_400  # a UTC midnight
+START, END = T0 + 86_400, T0 + 2 * 86_400
+UTILITY, REGULATOR = P.SigningKey.from_int(0x0717), P.SigningKey.from_int(0x7E6)
+HOME = P.SigningKey.from_int(0x6F1)
+OTHER = P.SigningKey.from_int(0x6F2).public_key.raw.hex()
+ACCOUNT = b"\xac" * 8
+# night 10 c/kWh until 07:00, day 25 c/kWh; 2 c per kW of the peak; 1.50 a bill
+PERIODS = [(0, 10_000), (420, 25_000)]
+KEYS = {k.id: k for k in (UTILITY, REGULATOR)}
+
+
+def _readings(node: FogNode, clock: Clock) -> None:
+    """Every 15 minutes from 06:00 to 08:00 of the billed day, 100 Wh more each time and
+    300 Wh in the last quarter hour; the reading at 07:30 is lost on its way."""
+    prev, register = P.ZERO32, 0
+    for i in range(9):
+        t = START + 6 * 3600 + 900 * i
+        register += (300 if i == 8 else 100) if i else 0
+        raw = P.sign1(HOME, P.reading(HOME.id, i + 1, t, 900, register, 0, 0, prev))
+        prev = P.digest(raw)
+        if i == 6:
+            continue
+        clock.t = t
+        outcomes, _ = node.ingest.process([raw])
+        assert outcomes[0].status == "logged", outcomes
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("bill")
+    clock = Clock(T0)
+    with running_chain(tmp, clock) as chain:
+        init_data_dir(tmp / "fog")
+        node = FogNode(FogConfig(data_dir=tmp / "fog", skew_s=10**9), clock)
+        chain.register("fog", key=node.key)
+        chain.register("utility", UTILITY)
+        chain.register("regulator", REGULATOR)
+        status, doc = chain.post(chain.sign(UTILITY, BL.BL_TARIFF, BL.tariff_body(
+            "residential", 1, START, PERIODS, demand_rate=2_000, fixed=150_000)))
+        assert status == 200, doc
+        status, doc = chain.post(chain.sign(REGULATOR, BL.BL_APPROVE, BL.approve_body(
+            "residential", 1, bytes.fromhex(doc["digest"]))))
+        assert status == 200, doc
+        node.ingest.decide(HOME.public_key.raw, "active", "test")
+        link = ChainLink(node, ChainClient(chain.url), clock)
+        _readings(node, clock)
+        clock.t = END + 3600
+        now = int(clock.t)
+        chain.register("holder")  # a block after the period: the chain's time moves on
+        node.cooker.close(START + 8 * 3600, now, lambda: node.checkpoints.seal(now, force=True))
+        node.checkpoints.seal(now, force=True)
+        api = FogAPI(node, clock)
+        fog = FogClient(f"http://127.0.0.1:{api.start()}",
+                        token=(node.config.data_dir / "auditor.token").read_text().strip())
+        client = ChainClient(chain.url)
+        t = B.tariff_in_force(client, "residential", START, END)
+        billed = B.bill(fog, t, ACCOUNT, HOME.id, START, END, 900)
+        B.receipt(Sender(client, UTILITY, bytes.fromhex(client.head()["chain"])), billed, now)
+        with pytest.raises(NotAnchored):  # the fog has not anchored yet
+            build_bill_bundle(fog, client, billed.doc)
+        link.step()
+        bundle = build_bill_bundle(fog, client, billed.doc)
+        yield {"bundle": bundle, "bill": billed.doc, "trust": chain.key.public_key,
+               "chain": chain, "node": node, "fog": fog, "clock": clock,
+               "token_file": node.config.data_dir / "auditor.token"}
+        api.stop()
+        link.close()
+        node.close()
+
+
+def test_a_bill_bundle_verifies_offline_and_reruns_the_bill_to_the_cent(world: Any) -> None:
+    r = AB.verify_bill_bundle(world["bundle"], [world["trust"]])
+    doc = world["bill"]
+    # 8 intervals: 06:00-07:00 at night (400 Wh), 07:00-08:00 by day (600 Wh), of which
+    # 07:15-07:45 are estimated from the readings at 07:15 and 07:45
+    assert (r.account, r.meter, r.tariff, r.version) == (ACCOUNT.hex(), HOME.id.hex(),
+                                                         "residential", 1)
+    assert (r.intervals, r.estimated, r.readings, r.held_wh) == (8, 2, 8, 0)
+    assert [u[3] for u in doc["usage"]] == [0, 0, 0, 0, 0, 1, 1, 0]
+    # the peak: 300 Wh in the last quarter hour is 1,200 W
+    assert r.lines == [["energy P0", 400, 10_000, 4], ["energy P1", 600, 25_000, 15],
+                       ["demand", 1_200, 2_000, 2], ["fixed", 1, 150_000, 150]]
+    assert r.total == 171 == doc["total"]
+    assert (r.utility, r.regulator, r.fog) == (UTILITY.id.hex(), REGULATOR.id.hex(),
+                                               world["node"].key.id.hex())
+    assert r.sealers == [world["trust"].id_hex]
+    # the chain holds the digest and the total, never the intervals
+    [receipt] = ChainClient(world["chain"].url).billing_receipts(ACCOUNT.hex())["receipts"]
+    assert (receipt["bill"], receipt["total"], receipt["tx"]) == (
+        BL.bill_digest(doc).hex(), 171, r.receipt)
+
+
+def test_a_corrected_bill_has_a_bundle_and_the_old_one_is_refused(world: Any) -> None:
+    """A dispute on a second account of the meter: its bill re-run without the estimated
+    intervals; the correction's receipt names the old one, and only the correction's bundle
+    can be built."""
+    client, account = ChainClient(world["chain"].url), b"\xad" * 8
+    t = B.tariff_in_force(client, "residential", START, END)
+    sender = Sender(client, UTILITY, bytes.fromhex(client.head()["chain"]))
+    docs: list[dict[str, Any]] = []
+    receipts: list[Receipt] = []
+    for usage in ([BL.Usage(*u) for u in world["bill"]["usage"]],
+                  [BL.Usage(*u) for u in world["bill"]["usage"] if not u[3]]):
+        bill = BL.compute_bill(t, usage)
+        docs.append(BL.bill_document(account, HOME.id, START, END, t, bill, usage))
+        receipts.append(sender.send(BL.BL_RECEIPT, BL.receipt_body(
+            account, START, END, "residential", 1, BL.bill_digest(docs[-1]), bill.total,
+            receipts[0].digest if receipts else None), int(world["clock"].t)))
+    r = AB.verify_bill_bundle(build_bill_bundle(world["fog"], client, docs[1]),
+                              [world["trust"]])
+    assert (r.intervals, r.estimated, r.total, r.receipt) == (
+        6, 0, docs[1]["total"], receipts[1].digest.hex())
+    assert docs[1]["total"] < world["bill"]["total"]
+    with pytest.raises(ChainClientError, match="a correction replaced it"):
+        build_bill_bundle(world["fog"], client, docs[0])
+
+
+def test_cli_fetches_and_verifies_through_the_http_apis(world: Any, tmp_path: Path) -> None:
+    bill, out = tmp_path / "bill.json", tmp_path / "bundle.json"
+    bill.write_text(json.dumps(world["bundle"]["bill"]))
+    trust = world["trust"].raw.hex()
+    fetch = [sys.executable, "-m", "tools.audit", "bill-bundle", "--fog",
+             world["fog"].base_url, "--chain", world["chain"].url, "--bill", str(bill), "-o",
+             str(out)]
+    r = subprocess.run([*fetch, "--token-file", str(world["token_file"])], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"bundle of the bill of {ACCOUNT.hex()} from {START} written to {out}\n"
+    ok = subprocess.run([sys.executable, "-m", "tools.audit", "bill", str(out), "--trust",
+                         trust], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith(f"verified: the bill of account {ACCOUNT.hex()} (meter "
+                                f"{HOME.id.hex()}) from {START} to {END} under tariff "
+                                "'residential' version 1")
+    assert "8 intervals from 8 signed readings of the meter and 2 estimated" in ok.stdout
+    assert meterledger_main(["audit", "bill", str(out), "--trust", trust]) == 0
+    # the fog's auditor tier: without its token, the fog's refusal in one line, exit 1
+    denied = subprocess.run(fetch, cwd=ROOT, capture_output=True, text=True)
+    assert (denied.returncode, denied.stderr.count("\n")) == (1, 1), denied.stderr
+    # a bill file that is no bill: one line, exit 2, before any request
+    bill.write_text('{"version": 1}')
+    bad = subprocess.run(fetch, cwd=ROOT, capture_output=True, text=True)
+    assert (bad.returncode, bad.stderr.count("\n")) == (2, 1), bad.stderr
+    assert "bill must be a bill document" in bad.stderr
+
+
+def test_json_verdict_names_every_check(world: Any, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "bill.json"
+    f.write_text(json.dumps(world["bundle"]))
+    assert audit.main(["bill", str(f), "--trust", world["trust"].raw.hex(), "--format",
+                       "json"]) == 0
+    yes = json.loads(capsys.readouterr().out)
+    assert yes["verified"] and yes["checks"] == [name for name, _ in AB.CHECKS]
+    assert yes["total"] == 171
+
+
+# --- breaks: each rejected for its own reason ---------------------------------------------------
+Tamper = Callable[[dict[str, Any], Any], None]
+
+
+def _flip(hexstr: str) -> str:
+    b = bytearray(bytes.fromhex(hexstr))
+    b[-1] ^= 0x01
+    return b.hex()
+
+
+def _forge_tx(b: dict[str, Any], w: Any, name: str, body: dict[int, Any] | None = None,
+              prev_t: int | None = None, key: P.SigningKey | None = None,
+              fields: dict[int, Any] | None = None) -> None:
+    """A colluding sealer: the bundle's transaction `name` (receipt, tariff, approval)
+    signed again by its sender (or `key`) with body keys `body` (and `fields`) changed, in
+    a block of its own the trusted sealer signs, after a block at `prev_t` if given."""
+    sealer = w["chain"].key
+    sec = b["transactions"].pop(b[name])
+    tf = P.parse(bytes.fromhex(sec["transaction"])).fields
+    signer = key or KEYS[tf[1]]
+    raw = P.sign1(signer, {**tf, 1: signer.id, 4: {**tf[4], **(body or {})}, **(fields or {})},
+                  check=False)
+    b["keys"][signer.id.hex()] = signer.public_key.raw.hex()
+    prev = bytes.fromhex(sec["prev_header"])
+    if prev_t is not None:
+        prev = P.sign1(sealer, {**P.parse(prev).fields, 6: prev_t})
+    header = P.sign1(sealer, {**P.parse(bytes.fromhex(sec["block_header"])).fields,
+                              3: P.digest(prev), 4: C.tx_root([raw]), 5: 1})
+    b[name] = P.digest(raw).hex()
+    b["transactions"][b[name]] = {
+        **sec, "transaction": raw.hex(), "block_header": header.hex(),
+        "sealer_signature": P.parse(header).signature.hex(), "tx_index": 0, "tx_path": [],
+        "prev_header": prev.hex()}
+
+
+def _tx(name: str, **kw: Any) -> Tamper:
+    return lambda b, w: _forge_tx(b, w, name, **kw)
+
+
+def _rebill(change: Callable[[dict[str, Any]], None]) -> Tamper:
+    """The utility's bill changed by `change` and receipted so (a new digest and total):
+    what only the rerun can catch."""
+    def tamper(b: dict[str, Any], w: Any) -> None:
+        change(b["bill"])
+        _forge_tx(b, w, "receipt", body={6: BL.bill_digest(b["bill"]), 7: b["bill"]["total"]})
+    return tamper
+
+
+def _sec(b: dict[str, Any], name: str = "receipt") -> dict[str, Any]:
+    s: dict[str, Any] = b["transactions"][b[name]]
+    return s
+
+
+def _anchor(b: dict[str, Any]) -> dict[str, Any]:
+    a: dict[str, Any] = next(iter(b["anchors"].values()))
+    return a
+
+
+def _rogue_prev(b: dict[str, Any], w: Any) -> None:
+    s, rogue = _sec(b), P.SigningKey.from_int(4243)
+    s["prev_header"] = P.sign1(rogue, {**P.parse(bytes.fromhex(s["prev_header"])).fields,
+                                       1: rogue.id}).hex()
+
+
+def _rogue_checkpoint(b: dict[str, Any], w: Any) -> None:
+    """A colluding sealer carries an anchor whose newest checkpoint the fog did not sign."""
+    d, a = next(iter(b["anchors"].items()))
+    tf = P.parse(bytes.fromhex(a["transaction"])).fields
+    cps, rogue = list(tf[4][1]), P.SigningKey.from_int(4244)
+    cps[-1] = P.sign1(rogue, {**P.parse(cps[-1]).fields, 17: rogue.id})
+    tx_raw = P.sign1(w["node"].key, {**tf, 4: {**tf[4], 1: cps}})
+    header = P.sign1(w["chain"].key, {**P.parse(bytes.fromhex(a["block_header"])).fields,
+                                      4: C.tx_root([tx_raw]), 5: 1})
+    del b["anchors"][d]
+    b["anchors"][P.digest(tx_raw).hex()] = {
+        **a, "transaction": tx_raw.hex(), "block_header": header.hex(),
+        "sealer_signature": P.parse(header).signature.hex(), "tx_index": 0, "tx_path": []}
+
+
+def _swap_paths(b: dict[str, Any], w: Any) -> None:
+    r = b["readings"]
+    r[0]["inclusion_path"], r[1]["inclusion_path"] = r[1]["inclusion_path"], r[0][
+        "inclusion_path"]
+
+
+def _usage_wh(b: dict[str, Any]) -> None:
+    b["usage"][0][2] += 10
+    b["lines"][0][1] += 10
+
+
+def _a_cent_more(b: dict[str, Any]) -> None:
+    b["lines"][1][3] += 1
+    b["total"] += 1
+
+
+def _measured_said_estimated(b: dict[str, Any]) -> None:
+    b["usage"][0][3] = 1
+
+
+TAMPERS: list[tuple[str, Tamper, str]] = [
+    ("bill without usage", lambda b, w: b["bill"].pop("usage"), "format"),
+    ("block before sealed by a stranger", _rogue_prev, "block_signature"),
+    ("block_height", lambda b, w: _sec(b).update(block_height=1), "block_height"),
+    ("receipt flipped", lambda b, w: _sec(b).update(transaction=_flip(
+        _sec(b)["transaction"])), "tx_signature"),
+    ("the utility's key withheld", lambda b, w: b["keys"].pop(UTILITY.id.hex()),
+     "tx_signature"),
+    ("anchor flipped", lambda b, w: _anchor(b).update(transaction=_flip(
+        _anchor(b)["transaction"])), "anchor_signature"),
+    ("receipt of another chain", _tx("receipt", fields={6: b"\x01" * 8}), "chain_id"),
+    ("tx_index", lambda b, w: _sec(b).update(tx_index=_sec(b)["tx_index"] + 1),
+     "tx_inclusion"),
+    ("approval of another proposal", _tx("approval", body={3: b"\x00" * 32}), "tariff"),
+    ("approved by its own utility", _tx("approval", key=UTILITY), "tariff"),
+    ("approved after it started", _tx("approval", prev_t=START), "tariff"),
+    ("another tariff version", _tx("tariff", body={2: 2}), "tariff"),
+    ("receipt of another total", _tx("receipt", body={7: 170}), "receipt"),
+    ("bill's total changed", lambda b, w: b["bill"].update(total=170), "receipt"),
+    ("receipted by the regulator", _tx("receipt", key=REGULATOR), "receipt"),
+    ("receipted before the period ended", _tx("receipt", prev_t=START + 86_000), "receipt"),
+    ("a checkpoint the fog did not sign", _rogue_checkpoint, "checkpoint_signature"),
+    ("the meter's key is another's", lambda b, w: b["devices"].update(
+        {HOME.id.hex(): OTHER}), "device_id"),
+    ("reading flipped", lambda b, w: b["readings"][1].update(
+        entry=_flip(b["readings"][1]["entry"])), "reading_signature"),
+    ("readings' paths swapped", _swap_paths, "reading_inclusion"),
+    ("estimate flipped", lambda b, w: b["estimates"][0].update(
+        entry=_flip(b["estimates"][0]["entry"])), "estimate_signature"),
+    ("estimate path", lambda b, w: b["estimates"][0]["inclusion_path"].pop(),
+     "estimate_inclusion"),
+    ("enrollment flipped", lambda b, w: b["enrollment"].update(
+        entry=_flip(b["enrollment"]["entry"])), "enrollment"),
+    ("enrollment after the readings", lambda b, w: b["enrollment"].update(
+        leaf_index=10**6), "enrollment_order"),
+    ("enrollment path", lambda b, w: b["enrollment"]["inclusion_path"].pop(),
+     "enrollment_inclusion"),
+    ("a reading withheld", lambda b, w: b["readings"].pop(3), "usage"),
+    ("an interval's Wh raised", _rebill(_usage_wh), "usage"),
+    ("a measured interval said estimated", _rebill(_measured_said_estimated), "usage"),
+    ("a cent more", _rebill(_a_cent_more), "bill"),
+]
+
+
+@pytest.mark.parametrize("name,tamper,check", TAMPERS, ids=[t[0] for t in TAMPERS])
+def test_a_broken_bundle_is_rejected_naming_the_check(world: Any, name: str, tamper: Tamper,
+                                                      check: str) -> None:
+    assert_rejected(lambda b: AB.verify_bill_bundle(b, [world["trust"]]), world["bundle"],
+                    tamper, world, check)
+
+
+def test_every_check_is_exercised_by_a_break() -> None:
+    assert {c for c, _ in AB.CHECKS} == {t[2] for t in TAMPERS}
+
+
+# --- input that is no bill bundle: exit 2, one line -----------------------------------------
+MALFORMED: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
+    ("a list", lambda b: [b], "not a version-1 bill bundle"),
+    ("a trade bundle", lambda b: {"version": 1, "contract": {}},
+     "not a version-1 bill bundle"),
+    ("an unknown key", lambda b: {**b, "extra": 1}, "'extra': unknown key in the bundle"),
+    ("two anchors", lambda b: {**b, "anchors": {**b["anchors"], "00" * 32: _anchor(b)}},
+     "anchors one anchor"),
+    ("a usage row short", lambda b: {**b, "bill": {**b["bill"], "usage": [[1, 2, 3]]}},
+     "bill.usage must be a list"),
+    ("a negative Wh", lambda b: {**b, "bill": {**b["bill"], "usage": [[1, 2, -3, 0, 1]]}},
+     "bill.usage[0][2] must be an integer"),
+    ("estimated 2", lambda b: {**b, "bill": {**b["bill"], "usage": [[1, 2, 3, 2, 1]]}},
+     "(estimated) must be 0 or 1"),
+    ("a line's cents a string", lambda b: {**b, "bill": {**b["bill"],
+                                                         "lines": [["fixed", 1, 1, "1"]]}},
+     "bill.lines[0][3] must be an integer"),
+    ("receipt missing from transactions", lambda b: {**b, "receipt": "00" * 32},
+     "transactions has no"),
+]
+
+
+@pytest.mark.parametrize("make,message", [m[1:] for m in MALFORMED],
+                         ids=[m[0] for m in MALFORMED])
+def test_cli_exits_2_with_one_line_for_input_that_is_no_bill_bundle(
+        world: Any, tmp_path: Path, make: Callable[[dict[str, Any]], Any],
+        message: str) -> None:
+    assert_input_error("bill", tmp_path / "in.json", make(copy.deepcopy(world["bundle"])),
+                       world["trust"].raw.hex(), message)
