@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint bench demo demo-live demo-consortium demo-market mpy clean flash fuzz screenshots
+.PHONY: setup test lint bench demo demo-live demo-consortium demo-market demo-billing mpy clean flash fuzz screenshots
 
 setup: $(VENV)/.installed node_modules/.installed .cometbft/.built meterledger/ui/static/build/.built
 
@@ -82,6 +82,11 @@ demo-live: setup
 # from the fog's statements of their meters, one feeder congested
 demo-market: setup
 	$(PY) -m tools.demo_market --out demo-out/market
+
+# bills: 20 households billed for a day with an outage on one feeder and a demand-response
+# event, every bill verified offline to the cent, the outage traced to its cause
+demo-billing: setup
+	$(PY) -m tools.demo_billing --out demo-out/billing
 
 # the same demo with the dispatch chain on a four-validator CometBFT network (the consortium);
 # the bundle is verified against the validators of demo-out/genesis.json

@@ -36,7 +36,9 @@ REMEDIES: dict[str, str] = {
     "checkpoints.db": _RESTORE,
     "chain.db": "restore {name} (the outbox of signed chain transactions) from the latest backup",
     "registry.db": _REBUILD.replace("{lost}", "quarantined readings and alerts are lost"),
-    "cooked.db": _REBUILD.replace("{lost}", "nothing is lost"),
+    "cooked.db": _REBUILD.replace("{lost}", "what is lost: the fault history, outages still "
+                                            "open and closed outage records not yet queued to "
+                                            "the chain"),
 }
 
 

@@ -91,7 +91,9 @@ def parser(prog: str) -> ArgumentParser:
                           ("--fixed", 6, "mc per bill"), ("--grace-s", 8, "an outage's grace, s"),
                           ("--compensation-rate", 9, "mc per kWh not served"),
                           ("--compensation-cap", 10, "mc per outage at most"),
-                          ("--tz-min", 11, "the local time's offset from UTC, minutes")):
+                          ("--tz-min", 11, "the local time's offset from UTC, minutes"),
+                          ("--points-rate", 12, "mc per market point redeemed against a "
+                                                "bill; 0: points not accepted")):
         default = 3600 if k == 8 else 0
         p.add_argument(flag, type=_uint(*_R[k]) if k != 11 else int, default=default,
                        help=f"{what} (default {default})")
@@ -109,6 +111,14 @@ def parser(prog: str) -> ArgumentParser:
     p = sub.add_parser("receipts", help="an account's bill receipts on the chain")
     p.add_argument("account", type=_hex8, help="the account, 16 hex characters")
     _chain_flags(p, None)
+    p = sub.add_parser("redeem", help="redeem market points against an account's bill "
+                                      "(bl_redeem, any participant holding points)")
+    p.add_argument("--tariff", required=True, help="the tariff the account is billed under")
+    p.add_argument("--account", type=_hex8, required=True,
+                   help="the account, 16 hex characters")
+    p.add_argument("--upt", type=_uint(1, BL.UPT_MAX), required=True,
+                   help="micro-points (1,000,000 a point) taken from your market account")
+    _chain_flags(p, SIGNER)
     p = sub.add_parser("run", help="bill customers for a period and send the receipts")
     p.add_argument("--fog", required=True, help="the customers' fog node's API URL")
     p.add_argument("--fog-token-file", type=Path, required=True, metavar="FILE",
@@ -154,7 +164,11 @@ def run(s: Session, args: argparse.Namespace) -> int:
     sender = Sender(s.client, s.signer(), bytes.fromhex(s.client.head()["chain"]))
     args.out.mkdir(parents=True, exist_ok=True)
     for account, meter in people:
-        billed = B.bill(fog, t, account, meter, args.start, args.end, args.interval_s)
+        credits = B.outage_credits(fog, s.client, sender, t, meter, args.start, args.end,
+                                   int(args.end))
+        points = B.redemptions(s.client, t, account, args.start, args.end)
+        billed = B.bill(fog, t, account, meter, args.start, args.end, args.interval_s,
+                        credits, points)
         path = args.out / f"{account.hex()}-{args.start}.json"
         path.write_text(json.dumps(billed.doc, indent=1) + "\n")
         r = B.receipt(sender, billed, int(args.end))
@@ -181,11 +195,14 @@ def _command(args: argparse.Namespace) -> int:
                               args.demand_rate, args.fixed,
                               BL.HOLD if args.estimated == "hold" else BL.BILL,
                               args.grace_s, args.compensation_rate, args.compensation_cap,
-                              args.tz_min)
+                              args.tz_min, args.points_rate)
         s.done(BL.BL_TARIFF, s.send(BL.BL_TARIFF, body))
     elif args.cmd == "approve":
         s.done(BL.BL_APPROVE, s.send(BL.BL_APPROVE, BL.approve_body(
             args.name, args.version, args.tx)))
+    elif args.cmd == "redeem":
+        s.done(BL.BL_REDEEM, s.send(BL.BL_REDEEM, BL.redeem_body(args.tariff, args.account,
+                                                                 args.upt)))
     elif args.cmd == "tariff":
         doc = s.client.billing_tariff(args.name)
         return _show(s, doc, [f"{args.name} v{v['version']}: from {v['start']}, "

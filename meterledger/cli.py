@@ -9,6 +9,8 @@
     meterledger notary init|run ...                        python -m aggregator.notary
     meterledger market apply|order|commit|reveal|book|...  python -m meterledger.market_cli
     meterledger bill propose|approve|run|tariff|receipts   python -m meterledger.bill_cli
+    meterledger trace DEVICE|register|status|maintain|...  python -m tools.trace_cli
+    meterledger dr offer|accept|pref|event|contracts|...   python -m meterledger.dr_cli
     meterledger flash ...                                  python -m tools.flash
     meterledger ota keygen|build|sign|inspect|push|status  python -m tools.ota
     meterledger demo ...                                   python -m tools.demo
@@ -73,6 +75,11 @@ COMMANDS: tuple[Command, ...] = (
             "meterledger.market_cli"),
     Command("bill", "tariffs and bills: propose, approve, run; reads: tariff, receipts",
             "meterledger.bill_cli"),
+    Command("trace", "devices and operators: a device's timeline with proofs; register, "
+                     "status, maintain, ticket, approve, execute, alarm, determine",
+            "tools.trace_cli"),
+    Command("dr", "home demand response: offer, accept, pref, event, settle; reads: "
+                  "contracts, events, reports", "meterledger.dr_cli"),
     Command("meter", "virtual meters and signed readings: sim, sign, verify, decode", children=(
         Command("sim", "run virtual meters on the firmware app (hardware.virtual_meter)",
                 "hardware.virtual_meter"),

@@ -43,19 +43,27 @@ from tools.audit_bill_checks import verify as run_checks
 
 COMMANDS = ("bill-bundle", "bill")
 CHECKS = K.CHECKS
-MAX_BUNDLE = 64 << 20  # bytes: a quarter's 8,832 intervals with two readings' proofs each
+# bytes: a quarter's 8,832 intervals with two readings' proofs each, and outage credits'
+# baseline days
+MAX_BUNDLE = 128 << 20
 MAX_USAGE = BL.PERIOD_MAX_S // 60  # one-minute intervals over the longest period
 ENTRY: dict[str, Any] = {"entry": "hex", "leaf_index": "uint", "inclusion_path": "path"}
 SHAPE: dict[str, Any] = {
     "version": "uint", "bill": "object", "receipt": "hex", "tariff": "hex", "approval": "hex",
     "keys": "object", "transactions": "object", "fog_pub": "hex", "devices": "object",
-    "anchors": "object", "readings": (ENTRY, 0, 2 * MAX_USAGE),
-    "estimates": (ENTRY, 0, MAX_USAGE), "enrollment": ENTRY}
+    "anchors": "object", "readings": (ENTRY, 0, 4 * MAX_USAGE),
+    "estimates": (ENTRY, 0, 2 * MAX_USAGE), "enrollment": ENTRY}
 # the bill document's fields: each a kind of audit._value, or "text", "int", a special one
 BILL: dict[str, str] = {
     "version": "uint", "account": "hex", "meter": "hex", "start": "uint", "end": "uint",
     "tariff": "text", "tariff_version": "uint", "lines": "lines", "total": "int",
-    "held_wh": "uint", "estimated": "uint", "intervals": "uint", "usage": "usage"}
+    "held_wh": "uint", "estimated": "uint", "intervals": "uint", "usage": "usage",
+    "compensation": "compensation", "points": "points"}
+COMPENSATION: dict[str, str] = {
+    "credit": "hex", "fault": "hex", "start": "uint", "end": "uint", "days": "uint",
+    "baseline": "uint", "served": "uint", "wh": "uint", "cents": "uint", "usage": "usage"}
+CREDITS_MAX = 1_000  # outage credits, and points redemptions, on one bill
+REDEMPTION: dict[str, str] = {"redeem": "hex", "upt": "uint", "cents": "uint"}
 
 
 def _int(at: str, v: Any) -> int:
@@ -74,8 +82,34 @@ def _rows(at: str, v: Any, width: int, most: int) -> list[list[Any]]:
     return v
 
 
+def _usage(at: str, v: Any) -> None:
+    for i, row in enumerate(_rows(at, v, 5, MAX_USAGE)):
+        for j, n in enumerate(row):
+            audit._value(f"{at}[{i}][{j}]", "uint", n)
+        if row[3] > 1:
+            raise BundleFormatError(f"{at}[{i}][3] (estimated) must be 0 or 1")
+
+
+def _objects(at: str, v: Any, shape: dict[str, str]) -> None:
+    if not isinstance(v, list) or len(v) > CREDITS_MAX:
+        raise BundleFormatError(f"{at} must be a list of at most {CREDITS_MAX} objects")
+    for i, c in enumerate(v):
+        if not isinstance(c, dict) or set(c) != set(shape):
+            raise BundleFormatError(f"{at}[{i}] must have the fields {', '.join(shape)}")
+        for name, kind in shape.items():
+            if kind == "usage":
+                _usage(f"{at}[{i}].{name}", c[name])
+            else:
+                raw = audit._value(f"{at}[{i}].{name}", kind, c[name])
+                if kind == "hex":
+                    AC._sized(f"{at}[{i}].{name}", raw, 32)
+
+
 def _field(name: str, kind: str, v: Any) -> Any:
     at = f"bill.{name}"
+    if kind in ("compensation", "points"):
+        _objects(at, v, COMPENSATION if kind == "compensation" else REDEMPTION)
+        return v
     if kind == "text":
         if not isinstance(v, str):
             raise BundleFormatError(f"{at} must be a string, not {audit._show(v)}")
@@ -91,11 +125,7 @@ def _field(name: str, kind: str, v: Any) -> Any:
                 _int(f"{at}[{i}][{j + 1}]", n)
         return v
     if kind == "usage":
-        for i, row in enumerate(_rows(at, v, 5, MAX_USAGE)):
-            for j, n in enumerate(row):
-                audit._value(f"{at}[{i}][{j}]", "uint", n)
-            if row[3] > 1:
-                raise BundleFormatError(f"{at}[{i}][3] (estimated) must be 0 or 1")
+        _usage(at, v)
         return v
     return audit._value(at, kind, v)
 

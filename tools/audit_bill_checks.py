@@ -51,6 +51,15 @@ CHECKS = (
               "between the meter's consecutive readings seq - 1 and seq (one interval: no "
               "grid boundary between them, no register reset), its Wh their register "
               "difference; an estimated one an item of its estimate, with the item's Wh"),
+    ("compensation", "each outage credit is the tariff's utility's bl_credit, after the fog's "
+                     "closed outage record of the bill's meter it names (a fault of kind "
+                     "outage, which ended in the bill's period), of the bill's tariff; its "
+                     "intervals are proven as the bill's, and the Wh not served (the mean of "
+                     "the window after the grace on the 7 days before the outage, less what "
+                     "was served in it) and the cents (at the rate, capped) recompute"),
+    ("points", "each redemption is a bl_redeem against the bill's account under its tariff, "
+               "in its period by chain time, its upt the bill's, worth the cents the "
+               "tariff's points_rate gives"),
     ("bill", "the tariff's arithmetic over those intervals gives the bill's every line, its "
              "held and estimated figures and its total, to the cent"),
 )
@@ -184,56 +193,119 @@ def _enrollment(b: Bill, key: P.PublicKey, cp: P.Fields) -> None:
     AC._included("enrollment_inclusion", entry, index, path, cp)
 
 
-def _measured(b: Bill, ivl: int, dur: int, imp: int, seq: int) -> None:
+def _measured(b: Bill, ivl: int, dur: int, imp: int, seq: int, check: str) -> None:
     a, c = b.rf.get(seq - 1), b.rf.get(seq)
-    _check("usage", a is not None and c is not None,
+    _check(check, a is not None and c is not None,
            f"interval {ivl}: the bundle has no readings seq {seq - 1} and {seq}")
     assert a is not None and c is not None
-    _check("usage", c[3] > a[3] and (a[3] // c[4] + 1) * c[4] >= c[3],
+    _check(check, c[3] > a[3] and (a[3] // c[4] + 1) * c[4] >= c[3],
            f"interval {ivl}: readings seq {seq - 1} (t {a[3]}) and {seq} (t {c[3]}) do not "
            "bound one interval")
-    _check("usage", (c[3], c[3] - a[3]) == (ivl, dur),
+    _check(check, (c[3], c[3] - a[3]) == (ivl, dur),
            f"interval {ivl} ({dur} s): its readings give ({a[3]}, {c[3]}]")
-    _check("usage", not c[7] & P.REGISTER_RESET and c[5] >= a[5] and c[6] >= a[6],
+    _check(check, not c[7] & P.REGISTER_RESET and c[5] >= a[5] and c[6] >= a[6],
            f"interval {ivl}: the registers were reset or went back")
-    _check("usage", c[5] - a[5] == imp, f"interval {ivl}: the registers give {c[5] - a[5]} "
-                                        f"Wh, the bill {imp}")
+    _check(check, c[5] - a[5] == imp, f"interval {ivl}: the registers give {c[5] - a[5]} "
+                                      f"Wh, the bill {imp}")
 
 
-def _estimated(b: Bill, ivl: int, dur: int, imp: int, leaf: int) -> None:
+def _estimated(b: Bill, ivl: int, dur: int, imp: int, leaf: int, check: str) -> None:
     f = b.ef.get(leaf)
-    _check("usage", f is not None, f"interval {ivl}: the bundle has no estimate {leaf}")
+    _check(check, f is not None, f"interval {ivl}: the bundle has no estimate {leaf}")
     assert f is not None
     start = f[9]
     for item in f[10]:
         if item[0] == ivl:
-            _check("usage", (ivl - start, item[1]) == (dur, imp),
+            _check(check, (ivl - start, item[1]) == (dur, imp),
                    f"interval {ivl}: estimate {leaf} gives {item[1]} Wh over {ivl - start} s, "
                    f"the bill {imp} Wh over {dur} s")
             return
         start = item[0]
-    _check("usage", False, f"interval {ivl}: estimate {leaf} does not cover it")
+    _check(check, False, f"interval {ivl}: estimate {leaf} does not cover it")
 
 
-def _usage(b: Bill) -> list[BL.Usage]:
-    bill = b.bill
-    usage = [BL.Usage(*u) for u in bill["usage"]]
+def _proven(b: Bill, rows: list[list[int]], lo: int, hi: int, check: str) -> list[BL.Usage]:
+    """Intervals as a bill lists them, each once, ascending, within [lo, hi), each proven."""
+    usage = [BL.Usage(*u) for u in rows]
     for u, v in pairwise(usage):
-        _check("usage", u.ivl < v.ivl, f"interval {v.ivl} follows {u.ivl}: intervals ascend, "
-                                       "each once")
+        _check(check, u.ivl < v.ivl, f"interval {v.ivl} follows {u.ivl}: intervals ascend, "
+                                     "each once")
     for u in usage:
-        _check("usage", bill["start"] <= u.ivl - u.dur and u.ivl <= bill["end"] and u.dur > 0,
-               f"interval {u.ivl} ({u.dur} s) is not within the period")
+        _check(check, lo <= u.ivl - u.dur and u.ivl <= hi and u.dur > 0,
+               f"interval {u.ivl} ({u.dur} s) is not within [{lo}, {hi})")
         if u.est:
-            _estimated(b, u.ivl, u.dur, u.imp, u.ref)
+            _estimated(b, u.ivl, u.dur, u.imp, u.ref, check)
         else:
-            _measured(b, u.ivl, u.dur, u.imp, u.ref)
+            _measured(b, u.ivl, u.dur, u.imp, u.ref, check)
     return usage
 
 
-def _rerun(b: Bill, t: BL.Tariff, usage: list[BL.Usage]) -> BL.Bill:
+def _usage(b: Bill) -> list[BL.Usage]:
+    return _proven(b, b.bill["usage"], b.bill["start"], b.bill["end"], "usage")
+
+
+# long: one outage credit's transactions, its record, its intervals and its arithmetic
+def _credit(b: Bill, t: BL.Tariff, c: dict[str, Any]) -> BL.Line:
+    bill, what = b.bill, f"the credit {c['credit']}"
+    credit, fault = bytes.fromhex(c["credit"]), bytes.fromhex(c["fault"])
+    cf = K._tx(b, credit, "compensation")
+    body = K._kind("compensation", cf, BL.BL_CREDIT, credit)
+    meter = bytes.fromhex(bill["meter"])
+    _check("compensation", cf[1] == b.tf[b.tariff][1] and (
+        body[1], body[2], body[3], body[4], body[5]) == (fault, meter, c["start"], t.name,
+                                                         t.version),
+        f"{what} is {cf[1].hex()}'s of fault {body[1].hex()}, meter {body[2].hex()} from "
+        f"{body[3]} under {body[4]!r} version {body[5]}: not the tariff's utility's for "
+        f"this outage of meter {meter.hex()}")
+    ff = K._tx(b, fault, "compensation")
+    record = K._kind("compensation", ff, "fault", fault)
+    _check("compensation", record[1] == "outage" and meter in record.get(6, [])
+           and (record.get(7), record.get(8)) == (c["start"], c["end"]),
+           f"fault {fault.hex()} is no closed outage record of meter {meter.hex()} from "
+           f"{c['start']} to {c['end']}")
+    _check("compensation", bill["start"] < c["end"] <= bill["end"],
+           f"the outage ended at {c['end']}, outside the bill's period")
+    _check("compensation", b.place[fault][:2] < b.place[credit][:2]
+           and b.place[credit][2] >= c["end"],
+           f"{what} came at chain time {b.place[credit][2]}, before its outage record or "
+           f"before the outage ended ({c['end']})")
+    lo = c["start"] + t.grace_s
+    first = lo - BL.baseline_shifts(c["start"], c["end"])[-1] * BL.DAY_S
+    usage = _proven(b, c["usage"], first, c["end"], "compensation")
+    s = BL.shortfall(t, c["start"], c["end"], usage)
+    _check("compensation", s is not None, f"the outage of {what} did not outlast the "
+                                          f"tariff's grace of {t.grace_s} s")
+    assert s is not None
+    got = (s.days, s.baseline, s.served, s.wh, s.cents)
+    _check("compensation", got == (c["days"], c["baseline"], c["served"], c["wh"], c["cents"])
+           and (body[6], body[7]) == (s.wh, s.cents),
+           f"{what}: its intervals give {s.wh} Wh not served (baseline {s.baseline} Wh over "
+           f"{s.days} days, {s.served} served) and {s.cents} cents; the bill says "
+           f"{c['wh']} Wh and {c['cents']} cents, the chain {body[6]} Wh and {body[7]} cents")
+    return BL.compensation_line(t, s)
+
+
+def _redeemed(b: Bill, t: BL.Tariff, r: dict[str, Any]) -> BL.Line:
+    bill, d = b.bill, bytes.fromhex(r["redeem"])
+    body = K._kind("points", K._tx(b, d, "points"), BL.BL_REDEEM, d)
+    _check("points", (body[1], body[2], body[3]) == (t.name, bytes.fromhex(bill["account"]),
+                                                     r["upt"]),
+           f"redemption {d.hex()} is of {body[3]} upt against account {body[2].hex()} under "
+           f"{body[1]!r}, not the bill's {r['upt']} upt of {bill['account']} under {t.name!r}")
+    at = b.place[d][2]
+    _check("points", bill["start"] <= at < bill["end"],
+           f"redemption {d.hex()} came at chain time {at}, outside the bill's period")
+    line = BL.points_line(t, r["upt"])
+    _check("points", line.cents == r["cents"],
+           f"{r['upt']} upt at {t.points_rate} mc a point are {line.cents} cents, the bill "
+           f"says {r['cents']}")
+    return line
+
+
+def _rerun(b: Bill, t: BL.Tariff, usage: list[BL.Usage], credits: list[BL.Line]
+           ) -> BL.Bill:
     bill = b.bill
-    again = BL.compute_bill(t, usage)
+    again = BL.compute_bill(t, usage, credits)
     lines = [[x.what, x.quantity, x.rate, x.cents] for x in again.lines]
     _check("bill", lines == bill["lines"],
            f"the tariff gives the lines {lines}, the bill says {bill['lines']}")
@@ -256,7 +328,9 @@ def verify(b: Bill, trusted: list[P.PublicKey]) -> BillVerified:
     _readings(b, key, cp)
     _enrollment(b, key, cp)
     usage = _usage(b)
-    again = _rerun(b, t, usage)
+    credits = [_credit(b, t, c) for c in b.bill["compensation"]]
+    credits += [_redeemed(b, t, r) for r in b.bill["points"]]
+    again = _rerun(b, t, usage, credits)
     bill = b.bill
     return BillVerified(
         bill["account"], bill["meter"], bill["start"], bill["end"], t.name, t.version,

@@ -6,23 +6,35 @@ The fog acts first and reports after, because a local fault needs no round trip 
 dispatch center. The one local action in v1 is `on_tamper = "relay_off"`: a meter reporting
 TAMPER gets a fog-signed relay-off command (through the dispatcher, so it is retried and its
 result logged). Every other fault is reported with the action "none".
+
+Closed outage records (fog_node.cooking.outages: an outage's meters, start and end, once
+it is over) wait in the node's cooked.db, not here: each flush queues the oldest ones as
+`fault` transactions of kind "outage" with body keys 6-8 and marks them reported. The
+chain outbox's own transaction also records the last one queued (OUTAGE_MARK in chain.db),
+so a crash between the two databases' commits neither loses nor repeats a record.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from fog_node.chainlink.link import AnchorError
+from fog_node.cooking import outages as OT
 from fog_node.cooking.feeders import Fault
+from fog_node.node import FogNode
+from meterledger.infra.sqlite import meta, set_meta
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
 
 log = logging.getLogger("fog_node.chainlink.faults")
 MAX_ENTRIES = 256  # log indices named in one fault transaction (it must fit 4096 bytes)
 TAMPER_HOLD_S = 3600  # how long a relay-off for tamper may still be carried out
+OUTAGES_PER_FLUSH = 64  # closed outage records queued per flush (a backlog drains by ticks)
+OUTAGE_MARK = "outage_record_queued"  # chain.db meta: identity of the last record queued
 
 
 class Commander(Protocol):
@@ -31,7 +43,34 @@ class Commander(Protocol):
 
 
 class Outbox(Protocol):
-    def queue_tx(self, kind: str, body: dict[int, object]) -> bytes: ...
+    """The dispatch chain's outbox (fog_node.chainlink.link.ChainLink) and its node."""
+
+    @property
+    def node(self) -> FogNode: ...
+
+    def queue_tx(self, kind: str, body: dict[int, Any],
+                 also: Callable[[sqlite3.Connection], None] | None = None) -> bytes: ...
+
+
+class _AlreadyQueued(Exception):
+    """The outbox holds this outage record's transaction already (queued before a crash
+    kept cooked.db from saying so)."""
+
+
+def outage_body(r: OT.OutageRecord) -> dict[int, Any]:
+    """A closed outage record's `fault` body: kind "outage", action "none", no entries, and
+    keys 6 meters, 7 start, 8 end; t is the fog's time at the close that ended it."""
+    return C.fault_body(C.OUTAGE, r.detail, r.closed, "none", [], meters=r.meters,
+                        start=r.start, end=r.end)
+
+
+def _mark(r: OT.OutageRecord) -> Callable[[sqlite3.Connection], None]:
+    """Inside the outbox's transaction: refuse a record queued already, else mark it."""
+    def also(db: sqlite3.Connection) -> None:
+        if meta(db, OUTAGE_MARK) == r.identity:
+            raise _AlreadyQueued(r.identity)
+        set_meta(db, OUTAGE_MARK, r.identity)
+    return also
 
 
 class FaultReporter:
@@ -67,10 +106,11 @@ class FaultReporter:
         self.flush()
 
     def flush(self) -> int:
-        """Queue waiting fault transactions; returns how many were queued."""
+        """Queue waiting fault transactions, then the closed outage records waiting in
+        cooked.db; returns how many were queued."""
         if self.outbox is None:
             self._waiting.clear()  # no chain configured: the alert is all there is
-            return 0
+            return 0  # (outage records stay in cooked.db for a chain configured later)
         queued = 0
         while self._waiting:
             try:
@@ -84,5 +124,36 @@ class FaultReporter:
             else:
                 queued += 1
             self._waiting.pop(0)
+        if not self._waiting:  # in order: a fault waiting for first contact goes first
+            queued += self._flush_outages(self.outbox)
         self.counters["fault_txs_queued"] += queued
+        return queued
+
+    def _flush_outages(self, outbox: Outbox) -> int:
+        """Queue the oldest closed outage records and mark each reported; the node's lock
+        is held only around cooked.db, never while queueing (the outbox's nonce lock comes
+        before the node's)."""
+        node = outbox.node
+        with node.lock:
+            records = node.cooker.pending_outages(OUTAGES_PER_FLUSH)
+        queued = 0
+        for r in records:
+            state = OT.QUEUED
+            try:
+                outbox.queue_tx(C.FAULT, outage_body(r), also=_mark(r))
+            except _AlreadyQueued:
+                log.info("outage record %s was queued before a restart", r.identity)
+            except AnchorError as e:  # no first contact yet: it waits in cooked.db
+                log.info("outage records wait: %s", e)
+                break
+            except ProtocolError as e:  # the chain would refuse it: resending cannot help
+                log.error("outage record %s dropped: %s", r.identity, e)
+                self.counters["fault_txs_dropped"] += 1
+                state = OT.DROPPED
+            else:
+                queued += 1
+                self.counters["outage_records_queued"] += 1
+                log.info("outage record queued: %s, from %d to %d", r.detail, r.start, r.end)
+            with node.lock:
+                node.cooker.outage_reported(r.id, state)
         return queued

@@ -114,6 +114,8 @@ class ChainLink:
         self.dispatch_pub = dispatch_pub
         self.instructions_on = instructions
         self.label = label
+        # run at the start of each step (fog_node.chainlink.dr.DemandResponse.step)
+        self.on_step: Callable[[], None] | None = None
         self.db_path = node.config.data_dir / outbox
         self.counters: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -177,6 +179,11 @@ class ChainLink:
     def step(self) -> None:
         """Sync once with the chain, queue what is due, send the outbox, fetch instructions.
         The chain being away is normal: it only delays this round's network part."""
+        if self.on_step is not None:  # demand response (fog_node.chainlink.dr): its
+            try:  # reports go out with this round's flush
+                self.on_step()
+            except Exception:  # a bug there must not stop anchoring: log, go on
+                log.exception("demand response step failed (%s)", self.label)
         try:
             if self._meta("synced") is None:
                 self.sync()

@@ -1,5 +1,6 @@
 """Type-11 feeder aggregates at every interval close, their revisions when late data
-changes a closed interval, and local faults (docs/PROTOCOL.md section 18)."""
+changes a closed interval, local faults, and the open outages each close follows to their
+closed outage records (outages.py; docs/PROTOCOL.md section 18)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
+from fog_node.cooking import outages as OT
 from fog_node.cooking import vee
 from fog_node.cooking.estimates import Estimates
 from fog_node.cooking.feeders import (
@@ -166,14 +168,18 @@ class Aggregates(Estimates):
             items.append(f)
         msgs = self._log_aggregates(items, seal)
         self.catch_up(now)
+        found = [flt for _, c in cooked for flt in c.faults]
+        names = [g.name for g, _ in cooked]
         with atomic(self.db):
             self._set_meta("last_closed", ivl)
-            faults = self._faults([flt for _, c in cooked for flt in c.faults],
-                                  [g.name for g, _ in cooked], now)
+            faults = self._faults(found, names, now)
+            outages = OT.track(self.db, found, names, ivl, self.config.interval_s, now)
         self.counters["aggregates_logged"] += len(msgs)
         self.counters["intervals_closed"] += 1
         self.counters["groups_suppressed"] += len(suppressed)
-        return Closed(ivl, P.digest(msgs[-1]) if msgs else None, msgs, faults, suppressed)
+        self.counters["outage_records"] += len(outages)
+        return Closed(ivl, P.digest(msgs[-1]) if msgs else None, msgs, faults, suppressed,
+                      outages=outages)
 
     def _faults(self, found: list[Fault], feeders: list[str], now: int) -> list[Fault]:
         """The faults that start with this interval; faults that ended are closed. The

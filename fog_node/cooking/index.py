@@ -18,6 +18,7 @@ from fog_node.cooking.feeders import (
     Feeder,
     FeederRules,
 )
+from fog_node.cooking.outages import OUTAGES_SCHEMA, OutageRecord
 from fog_node.log.store import LogStore
 from fog_node.registry import Registry
 from meterledger import wire as P
@@ -103,6 +104,8 @@ class Closed:
     faults: list[Fault] = field(default_factory=list)  # newly raised (not still open)
     suppressed: list[str] = field(default_factory=list)
     statements: list[bytes] = field(default_factory=list)  # type 14, logged before aggregates
+    # closed outage records this close wrote (they wait in cooked.db until reported)
+    outages: list[OutageRecord] = field(default_factory=list)
 
 
 def _reading_fields(row: Sequence[Any]) -> P.Fields:
@@ -123,7 +126,7 @@ class CookedIndex:
         self.config = config
         self.counters: Counter[str] = Counter()
         self.db = connect(path)
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + OUTAGES_SCHEMA)
         self._history: dict[bytes, deque[int]] = {}  # spike baselines, rebuilt as data comes
         self._last: dict[bytes, tuple[Any, ...]] = {}  # each meter's highest-seq reading row
         self._pending: list[tuple[Any, ...]] = []  # reading rows indexed, not yet written

@@ -5,16 +5,20 @@ section 28) offline, from the meter's signed readings to the receipt on the disp
      "bill": {...}                 the bill document (meterledger.wire.billing.bill_document)
      "receipt": digest             the utility's bl_receipt naming the bill's digest
      "tariff": digest, "approval": digest   the tariff version's bl_tariff and bl_approve
-     "keys": {participant id: pub HEX}      of the utility and the regulator
+     "keys": {participant id: pub HEX}      of the utility, the regulator and the fog
      "transactions": {digest: {"block_height", "block_header", "sealer_signature",
                                "transaction", "tx_index", "tx_path", "prev_header"}}
-                                   the three above, each with its sealed block and the
-                                   block before (whose time the chain's rules read)
+                                   the three above, each outage credit's bl_credit and the
+                                   fog's outage record (fault) it names, and each points
+                                   redemption's bl_redeem, each with its
+                                   sealed block and the block before (whose time the
+                                   chain's rules read)
      "fog_pub": HEX, "devices": {meter id: pub HEX}   the bill's meter and its fog
      "anchors": {digest: section as a transaction's, without prev_header}   one anchor of
                                    the fog whose newest checkpoint holds every entry below
      "readings": [{"entry", "leaf_index", "inclusion_path"}]   the readings that bound the
-                                   measured intervals, by seq
+                                   measured intervals (the bill's and its outage credits'
+                                   windows'), by seq
      "estimates": [{"entry", "leaf_index", "inclusion_path"}]  the fog's type-10 estimates
                                    of the estimated intervals, by log index
      "enrollment": {"entry", "leaf_index", "inclusion_path"}}  the meter's decision in force
@@ -118,7 +122,8 @@ def _entries(fog: FogClient, bill: dict[str, Any], meter: bytes,
     estimated ones, each with its inclusion proof in the tree of `size` entries."""
     seqs: set[int] = set()
     leaves: set[int] = set()
-    for _, _, _, est, ref in bill["usage"]:
+    rows = [*bill["usage"], *(u for c in bill["compensation"] for u in c["usage"])]
+    for _, _, _, est, ref in rows:
         if est:
             leaves.add(ref)
         else:
@@ -150,7 +155,9 @@ def _build(fog: FogClient, chain: ChainClient, bill: dict[str, Any]) -> dict[str
     receipt = _receipt(chain, bill)
     tariff, approval = _tariff(chain, bill)
     prev: dict[int, str] = {}
-    txs = {d: _section(chain, d, prev) for d in (receipt, tariff, approval)}
+    credits = [d for c in bill["compensation"] for d in (c["credit"], c["fault"])]
+    credits += [r["redeem"] for r in bill["points"]]
+    txs = {d: _section(chain, d, prev) for d in (receipt, tariff, approval, *credits)}
     senders = {P.parse(bytes.fromhex(t["transaction"]), schema=False).fields[1].hex()
                for t in txs.values()}
     pubs = {p["id"]: p["pub"] for p in chain.participants()}

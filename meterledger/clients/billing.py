@@ -9,6 +9,7 @@ Only meterledger.clients and meterledger.wire are used here, so a service may ru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +65,81 @@ def period_usage(fog: FogClient, meter: bytes, start: int, end: int) -> list[BL.
     return out
 
 
+def _credit(chain: ChainClient, sender: Sender, t: BL.Tariff, meter: bytes,
+            outage: dict[str, Any], s: BL.Shortfall, now: int) -> bytes:
+    """The bl_credit of the meter for the outage: the chain's if the utility sent it before
+    (a bill re-run), else sent now. A credit is final: data that changed since gives an
+    error rather than a bill the credit does not match."""
+    fault = bytes.fromhex(outage["fault"])
+    for c in chain.billing_credits(meter.hex())["credits"]:
+        if c["fault"] == outage["fault"]:
+            if (c["wh"], c["cents"]) != (s.wh, s.cents):
+                raise ChainClientError(
+                    f"meter {meter.hex()} was credited {c['wh']} Wh ({c['cents']} cents) for "
+                    f"outage {outage['fault']}, but the fog's intervals now give {s.wh} Wh "
+                    f"({s.cents} cents): a credit is final")
+            return bytes.fromhex(c["tx"])
+    r = sender.send(BL.BL_CREDIT, BL.credit_body(fault, meter, int(outage["start"]), t.name,
+                                                 t.version, s.wh, s.cents), now)
+    return r.digest
+
+
+def outage_credits(fog: FogClient, chain: ChainClient, sender: Sender, t: BL.Tariff,
+                   meter: bytes, start: int, end: int, now: int) -> list[BL.Compensation]:
+    """The meter's outage credits for the bill of [start, end): every closed outage record
+    of the meter on the chain that ended in the period and outlasted the tariff's grace,
+    its shortfall from the fog's intervals of the outage's window and of the same window
+    on the days before, each credited on the chain (bl_credit) once."""
+    out = []
+    for o in chain.billing_outages(meter.hex(), start, end)["outages"]:
+        lo, hi = int(o["start"]), int(o["end"])
+        if not start < hi <= end:
+            continue  # an outage belongs to the bill of the period it ended in
+        shifts = BL.baseline_shifts(lo, hi)
+        rows = period_usage(fog, meter, lo + t.grace_s - shifts[-1] * BL.DAY_S, hi)
+        window = lo + t.grace_s
+        used = [u for u in rows if any(BL.in_window(u, window - d * BL.DAY_S,
+                                                    hi - d * BL.DAY_S)
+                                       for d in (0, *shifts))]
+        s = BL.shortfall(t, lo, hi, used)
+        if s is None:
+            continue  # within the grace: no credit
+        credit = _credit(chain, sender, t, meter, o, s, now)
+        out.append(BL.Compensation(credit, bytes.fromhex(o["fault"]), lo, hi, s,
+                                   tuple(used)))
+    return out
+
+
+def redemptions(chain: ChainClient, t: BL.Tariff, account: bytes, start: int,
+                end: int) -> list[BL.Redemption]:
+    """The points redeemed against the account (bl_redeem) in the period: by chain time in
+    [start, end), the bill of the period a redemption falls in subtracts it."""
+    doc = chain.billing_redemptions(account.hex(), start, end)
+    if doc["truncated"]:
+        raise ChainClientError(f"account {account.hex()} has more redemptions from {start} to "
+                               f"{end} than one answer holds: bill shorter periods")
+    out = []
+    for r in doc["redemptions"]:
+        if (r["tariff"], r["version"]) != (t.name, t.version):
+            raise ChainClientError(f"redemption {r['tx']} of account {account.hex()} is under "
+                                   f"tariff {r['tariff']!r} version {r['version']}, not the "
+                                   f"bill's {t.name!r} version {t.version}")
+        out.append(BL.Redemption(bytes.fromhex(r["tx"]), int(r["upt"]), int(r["cents"])))
+    return out
+
+
 def bill(fog: FogClient, t: BL.Tariff, account: bytes, meter: bytes, start: int,
-         end: int, interval_s: int) -> Billed:
-    """One customer's bill of the period, from the fog's intervals (`interval_s` long)."""
+         end: int, interval_s: int, compensation: Sequence[BL.Compensation] = (),
+         points: Sequence[BL.Redemption] = ()) -> Billed:
+    """One customer's bill of the period, from the fog's intervals (`interval_s` long),
+    with its outage credits (`outage_credits`) and the points redeemed against it
+    (`redemptions`)."""
     usage = period_usage(fog, meter, start, end)
-    computed = BL.compute_bill(t, usage)
-    doc = BL.bill_document(account, meter, start, end, t, computed, usage)
+    credits = [BL.compensation_line(t, c.shortfall) for c in compensation]
+    credits += [BL.points_line(t, r.upt) for r in points]
+    computed = BL.compute_bill(t, usage, credits)
+    doc = BL.bill_document(account, meter, start, end, t, computed, usage, compensation,
+                           points)
     covered = sum(u.dur for u in usage)
     return Billed(account, meter, doc, max(0, (end - start - covered) // interval_s))
 

@@ -275,6 +275,51 @@ class ChainClient:
         """GET /v1/billing/receipts/{account}: {"receipts" (by period start), "next"}."""
         return self._query(f"/v1/billing/receipts/{account_hex}", after=after, limit=limit)
 
+    def device_timeline(self, dev_hex: str, after: int | None = None,
+                        limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/devices/{dev}/timeline: {"dev", "device" (its registration and state),
+        "timeline" (records in chain order, each with its `tx`), "next"}."""
+        return self._query(f"/v1/devices/{dev_hex}/timeline", after=after, limit=limit)
+
+    def billing_outages(self, meter_hex: str, lo: int | None = None,
+                        hi: int | None = None) -> dict[str, Any]:
+        """GET /v1/billing/outages/{meter}?from=lo&to=hi: {"meter", "outages" (each {"fault",
+        "fog", "start", "end"}, by start, overlapping [lo, hi)), "truncated"}."""
+        return self._query(f"/v1/billing/outages/{meter_hex}", **{"from": lo, "to": hi})
+
+    def billing_redemptions(self, account_hex: str, lo: int | None = None,
+                            hi: int | None = None) -> dict[str, Any]:
+        """GET /v1/billing/redemptions/{account}?from=lo&to=hi: {"account", "redemptions"
+        (each {"customer", "tx", "t", "tariff", "version", "upt", "cents"}, by chain time in
+        [lo, hi)), "truncated"}."""
+        return self._query(f"/v1/billing/redemptions/{account_hex}", **{"from": lo, "to": hi})
+
+    def billing_credits(self, meter_hex: str) -> dict[str, Any]:
+        """GET /v1/billing/credits/{meter}: {"meter", "credits" (each {"fault", "tx",
+        "start", "end", "tariff", "version", "wh", "cents"}, by fault digest)}."""
+        return self.get(f"/v1/billing/credits/{meter_hex}")
+
+    def dr_contracts(self, customer_hex: str) -> dict[str, Any]:
+        """GET /v1/dr/contracts/{customer}: {"customer", "contracts" (each its terms,
+        `accept`/`accepted` once accepted, and `prefs`), "truncated"}."""
+        return self.get(f"/v1/dr/contracts/{customer_hex}")
+
+    def dr_fog_contracts(self, fog_hex: str, after: str | None = None,
+                         limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/dr/fogs/{fog}/contracts: {"fog", "now", "contracts" (accepted, valid
+        after `after`, by the end of their validity), "next"}."""
+        return self._query(f"/v1/dr/fogs/{fog_hex}/contracts", after=after, limit=limit)
+
+    def dr_events(self, fog_hex: str | None = None, after: str | None = None,
+                  limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/dr/events: {"fog", "now" (the chain's time), "events" (by end), "next"}."""
+        return self._query("/v1/dr/events", fog=fog_hex, after=after, limit=limit)
+
+    def dr_reports(self, event_hex: str, after: str | None = None,
+                   limit: int | None = None) -> dict[str, Any]:
+        """GET /v1/dr/reports/{event}: {"event", "reports" (by meter), "next"}."""
+        return self._query(f"/v1/dr/reports/{event_hex}", after=after, limit=limit)
+
     def market_commitments(self, cycle: int, after: str | None = None,
                            limit: int | None = None) -> dict[str, Any]:
         """GET /v1/market/cycles/{cycle}/commitments: {"commitments" (no digests), "next"}."""

@@ -20,8 +20,10 @@ from meterledger.errors import ProtocolError
 from meterledger.wire import billing as BL
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
+from meterledger.wire import dr as DR
 from meterledger.wire import market as MK
 from meterledger.wire import merkle
+from meterledger.wire import trace as DV
 from meterledger.wire.keys import PublicKey
 from meterledger.wire.meter import ZERO32, command_args_error
 from meterledger.wire.schema import (
@@ -39,13 +41,14 @@ from meterledger.wire.schema import (
 TX, BLOCK = 12, 13
 # registry: the green-certificate registry authority; notary: a cross-chain notary (section
 # 25); holder: anyone else holding certificates or allowances (a retailer, a consumer);
-# utility: the company that bills customers under approved tariffs (section 28)
+# utility: the company that bills customers under approved tariffs (section 28); operator:
+# a field technician or engineer, the key bound to the person named (section 29)
 ROLES = ("dispatch", "fog", "regulator", "plant", "market", "registry", "notary", "holder",
-         "utility")
+         "utility", "operator")
 REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT = "register", "anchor", "instruction", "report", "fault"
 RULES = "rules"
 KINDS = (REGISTER, ANCHOR, INSTRUCTION, REPORT, FAULT, RULES, *GC.KINDS, *CB.KINDS, *MK.KINDS,
-         *BL.KINDS)
+         *BL.KINDS, *DV.KINDS, *DR.KINDS)
 
 # body schemas per kind, in the schema language of protocol.SCHEMAS
 BODIES: dict[str, dict[int, str]] = {
@@ -54,14 +57,22 @@ BODIES: dict[str, dict[int, str]] = {
                                                                 # statements
     INSTRUCTION: {1: "b8", 2: "t", 3: "m", 4: "u", 5: "a", 6: "t", 7: "b?"},
     REPORT: {1: "b32", 2: "u", 3: "u", 4: "u", 5: "a", 6: "t"},  # instr, done/rej/failed, entries
-    FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a"},            # kind, detail, t, action, entries
+    FAULT: {1: "t", 2: "t", 3: "u", 4: "t", 5: "a",             # kind, detail, t, action, entries,
+            6: "a?", 7: "u?", 8: "u?"},                         # a closed outage: meters, start, end
     RULES: {1: "t", 2: "u", 3: "t", 4: "b32"},                  # name, version, text, digest
     **GC.BODIES,                                                # section 25
     **CB.BODIES,                                                # section 26
     **MK.BODIES,                                                # section 27
     **BL.BODIES,                                                # section 28
+    **DV.BODIES,                                                # section 29
+    **DR.BODIES,                                                # section 30
 }
 
+
+# a closed outage record (a `fault` of kind "outage" with body keys 6-8, docs/PROTOCOL.md
+# section 18) names at most this many meters; a fog splits a larger outage into several
+OUTAGE = "outage"
+OUTAGE_METERS_MAX = 128
 
 # the range of every body field (meterledger.wire.schema: a value, a length, a count);
 # free texts and lists are bounded by the 4096-byte message they travel in
@@ -73,15 +84,18 @@ BODY_RANGES: dict[str, dict[int, Range]] = {
                   7: (0, 32)},
     REPORT: {2: (0, COUNT_MAX), 3: (0, COUNT_MAX), 4: (0, COUNT_MAX), 5: (0, TEXT_MAX),
              6: (0, TEXT_MAX)},
-    FAULT: {1: (1, 32), 2: (0, TEXT_MAX), 3: (0, TIME_MAX), 4: (0, TEXT_MAX), 5: (0, TEXT_MAX)},
+    FAULT: {1: (1, 32), 2: (0, TEXT_MAX), 3: (0, TIME_MAX), 4: (0, TEXT_MAX), 5: (0, TEXT_MAX),
+            6: (1, OUTAGE_METERS_MAX), 7: (0, TIME_MAX), 8: (0, TIME_MAX)},
     RULES: {1: (1, 64), 2: (1, COUNT_MAX), 3: (0, TEXT_MAX)},
     **GC.BODY_RANGES,
     **CB.BODY_RANGES,
     **MK.BODY_RANGES,
     **BL.BODY_RANGES,
+    **DV.BODY_RANGES,
+    **DR.BODY_RANGES,
 }
-for _kind, _schema in BODIES.items():
-    check_ranges(_schema, BODY_RANGES[_kind], f"{_kind} body")
+for _kind, _schema in BODIES.items():  # (a kind of fixed-length byte strings only has none)
+    check_ranges(_schema, BODY_RANGES.get(_kind, {}), f"{_kind} body")
 
 
 class ChainTxError(ProtocolError):
@@ -106,7 +120,7 @@ def _check_body(kind: str, body: dict[Any, Any]) -> None:
             raise body_error(kind, f"missing field {key}")
         if not predicate(kind_)(body[key]):
             raise body_error(kind, f"field {key} must be {kind_}")
-        r = BODY_RANGES[kind].get(key)
+        r = BODY_RANGES.get(kind, {}).get(key)
         err = range_error(body[key], r) if r is not None else None
         if err is not None:
             raise body_error(kind, f"field {key} {err}")
@@ -160,14 +174,43 @@ def _entries_rules(kind: str) -> Callable[[dict[int, Any]], None]:
     return rule
 
 
+def _fault_rules(body: dict[int, Any]) -> None:
+    """A fault's entries are log indices; a closed outage record (keys 6 meters, 7 start,
+    8 end, all or none) names sorted distinct meter ids and an outage that began before it
+    ended, of kind "outage", ended by the report's time t (key 3)."""
+    _entries_rules(FAULT)(body)
+    closed = [k for k in (6, 7, 8) if k in body]
+    if not closed:
+        return
+    if len(closed) != 3:
+        raise body_error(FAULT, "meters (6), start (7) and end (8) come all together or not "
+                                f"at all; the body has only {closed}")
+    if body[1] != OUTAGE:
+        raise body_error(FAULT, f"meters, start and end make a closed outage record: kind "
+                                f"must be {OUTAGE!r}, not {body[1]!r}")
+    meters = body[6]
+    if not _all(meters, lambda x: isinstance(x, bytes) and len(x) == 8):
+        raise body_error(FAULT, "meters must be 8-byte meter ids")
+    if any(meters[i] >= meters[i + 1] for i in range(len(meters) - 1)):
+        raise body_error(FAULT, "meters must be sorted ascending, each once")
+    if body[7] >= body[8]:
+        raise body_error(FAULT, f"an outage's start ({body[7]}) must be before its end "
+                                f"({body[8]})")
+    if body[8] > body[3]:
+        raise body_error(FAULT, f"an outage's end ({body[8]}) is after the report's time t "
+                                f"({body[3]}): report an outage once it has ended")
+
+
 # the body rules per kind, run after the body schema (BODIES) held
 BODY_RULES: dict[str, Callable[[dict[int, Any]], None]] = {
     REGISTER: _register_rules, ANCHOR: _anchor_rules, INSTRUCTION: _instruction_rules,
-    RULES: _rules_rules, REPORT: _entries_rules(REPORT), FAULT: _entries_rules(FAULT),
+    RULES: _rules_rules, REPORT: _entries_rules(REPORT), FAULT: _fault_rules,
     **GC.BODY_RULES,
     **CB.BODY_RULES,
     **MK.BODY_RULES,
     **BL.BODY_RULES,
+    **DV.BODY_RULES,
+    **DR.BODY_RULES,
 }
 
 
@@ -239,9 +282,20 @@ def report_body(instruction: bytes, done: int, rejected: int, failed: int,
     return {1: instruction, 2: done, 3: rejected, 4: failed, 5: list(entries), 6: detail}
 
 
-def fault_body(kind: str, detail: str, t: int, action: str,
-               entries: Sequence[int] = ()) -> dict[int, Any]:
-    return {1: kind, 2: detail, 3: t, 4: action, 5: list(entries)}
+def fault_body(kind: str, detail: str, t: int, action: str, entries: Sequence[int] = (), *,
+               meters: Sequence[bytes] | None = None, start: int | None = None,
+               end: int | None = None) -> dict[int, Any]:
+    """A fault's body; with meters, start and end, a closed outage record (section 18: the
+    meters that lost supply from start to end, sorted ascending, at most OUTAGE_METERS_MAX).
+    Keys are set as given, so the rules, not the builder, say what is wrong."""
+    body: dict[int, Any] = {1: kind, 2: detail, 3: t, 4: action, 5: list(entries)}
+    if meters is not None:
+        body[6] = list(meters)
+    if start is not None:
+        body[7] = start
+    if end is not None:
+        body[8] = end
+    return body
 
 
 def block_header(sealer: bytes, height: int, prev: bytes, txroot: bytes, ntx: int, t: int,

@@ -18,7 +18,9 @@ from meterledger.wire import billing as BL
 from meterledger.wire import carbon as CB
 from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
+from meterledger.wire import dr as DR
 from meterledger.wire import market as MK
+from meterledger.wire import trace as DV
 from meterledger.wire.cose import digest, parse
 from meterledger.wire.names import TYPE_NAMES, to_json
 from meterledger.wire.types import NAMES
@@ -33,12 +35,15 @@ BODY_NAMES: dict[str, dict[int, str]] = {
                     7: "rule"},
     C.REPORT: {1: "instruction", 2: "done", 3: "rejected", 4: "failed", 5: "entries",
                6: "detail"},
-    C.FAULT: {1: "kind", 2: "detail", 3: "t", 4: "action", 5: "entries"},
+    C.FAULT: {1: "kind", 2: "detail", 3: "t", 4: "action", 5: "entries", 6: "meters",
+              7: "start", 8: "end"},
     C.RULES: {1: "name", 2: "version", 3: "text", 4: "digest"},
     **GC.BODY_NAMES,
     **CB.BODY_NAMES,
     **MK.BODY_NAMES,
     **BL.BODY_NAMES,
+    **DV.BODY_NAMES,
+    **DR.BODY_NAMES,
 }
 _CARRIED = {1: "checkpoints", 3: "aggregates", 4: "statements"}  # an anchor's messages, decoded in place
 

@@ -78,7 +78,10 @@ PARAMETERS: dict[str, dict[str, tuple[int, int, int]]] = {
                "penalty_ppm": (0, PPM, 20_000), "imbalance": (0, PRICE_MAX, 600),
                "settle_s": (0, 31 * _DAY, 3_600), "contracts_max": (1, 10_000, 2_000),
                # the points an enrolled participant is granted once (001 s2.3 (1))
-               "grant_upt": (0, 10**15, 100 * PPM)},
+               "grant_upt": (0, 10**15, 100 * PPM),
+               # the points each party of a green trade earns per kWh of clean energy it
+               # delivered (its certificates moved) (001 s2.3 (2)): 1 point a kWh
+               "clean_upt": (0, 10**12, PPM)},
 }
 # cycles and contracts are keyed by cycle_s; an order of a cycle is what its mode made it
 FROZEN = {"market": ("cycle_s", "mode")}

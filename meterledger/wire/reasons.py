@@ -59,6 +59,22 @@ APPLICATIONS = (
     "tariff_version", "tariff_retroactive", "unknown_tariff", "tariff_mismatch",
     "already_approved", "tariff_started", "tariff_not_in_force", "period_open",
     "receipt_repeated", "unknown_receipt",
+    # outage credits (section 28)
+    "no_outage_record", "within_grace", "credit_mismatch", "credit_repeated",
+    # points redeemed against bills (section 28)
+    "points_not_accepted", "points_too_few",
+    # closed outage records (sections 18, 28): an outage ending after the chain's time
+    "outage_future",
+    # device and operator traceability (section 29)
+    "unknown_device", "device_registered", "device_state", "firmware_repeated",
+    "ticket_unknown", "ticket_decided", "ticket_not_approved", "ticket_not_open",
+    "ticket_expired", "ticket_executed", "not_ticket_holder", "operation_ticketed",
+    "unknown_fault", "already_determined", "determination_mismatch",
+    # home demand response (section 30)
+    "unknown_offer", "offer_taken", "not_offered_to_you", "offer_lapsed", "meter_contracted",
+    "contract_inactive", "unknown_event", "event_ended", "pref_lapsed", "prefs_exhausted",
+    "event_exists", "event_started", "compensation_owed", "not_the_meters_fog",
+    "contract_mismatch", "event_open", "report_repeated", "unknown_report", "nothing_owed",
 )
 # verify-chain's replay of stored blocks (section 15)
 REPLAY = (

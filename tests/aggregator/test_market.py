@@ -413,5 +413,14 @@ def test_a_green_bid_takes_green_asks_and_their_certificates_move_at_settlement(
     assert G.cert_key("pv-d1", 900, 1_000) in owned  # the rest of the split one stays
     for n, wh in (("U1", 700), ("U2", 200), ("D1", 3_000 - 900)):  # 2000-3000 issued since
         assert mk.store.record(G.T_BALANCE, KEYS[n].id)["active"] == wh, n
+    # points for clean trades (001 s2.3 (2)): both parties earn 1 point a certified kWh
+    # (clean_upt), the plain contract none
+    assert (first["clean_upt"], last["clean_upt"], "clean_upt" in plain) == (
+        700_000, 200_000, False)
+    accounts = {n: mk.store.record(M.T_ACCOUNT, KEYS[n].id) for n in ("U1", "U2", "U3")}
+    paid = {n: mk.contract(CYCLE, i)["pf"] * mk.contract(CYCLE, i)["delivered"]
+            for i, n in enumerate(("U1", "U3", "U2"))}
+    assert accounts["U1"]["balance"] == GRANT - paid["U1"] + 700_000
+    assert accounts["U3"]["balance"] == GRANT - paid["U3"]
     replay = verify_blocks(store_blocks(mk.store))
     check_derived(mk.store, replay)

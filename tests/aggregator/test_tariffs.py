@@ -13,11 +13,15 @@ from typing import Any
 import pytest
 
 from aggregator.chain.app import green as G
+from aggregator.chain.app import market as M
 from aggregator.chain.app import tariffs as TF
 from aggregator.chain.store import BlockStore
 from aggregator.chain.verify import check_derived, store_blocks, verify_blocks
 from meterledger import wire as P
 from meterledger.wire import billing as BL
+from meterledger.wire import certificates as GC
+from meterledger.wire import chain as C
+from meterledger.wire import market as MK
 from tests.kit.appchain import AppChain, open_store
 from tests.kit.chainkit import T0
 
@@ -159,3 +163,98 @@ def test_a_bills_digest_is_its_content_not_its_json() -> None:
     # the intervals billed are part of what the receipt names
     moved = [[*doc["usage"][0][:4], doc["usage"][0][4] + 1], *doc["usage"][1:]]
     assert BL.bill_digest({**doc, "usage": moved}) != BL.bill_digest(doc)
+
+
+# --- outage credits -----------------------------------------------------------------------------
+HOME = b"\x11" * 8
+
+
+def _outage(tf: Tariffs, start: int, end: int, meters: list[bytes]) -> bytes:
+    """The fog's closed outage record on the chain; its transaction's digest."""
+    body = C.fault_body("outage", "feeder f1 restored", end, "none", [], meters=meters,
+                        start=start, end=end)
+    tf.send(tf.fog.key, C.FAULT, body)
+    p = tf.ledger.participant(tf.fog.key.id)
+    assert p is not None
+    return P.digest(P.sign1(tf.fog.key, C.tx(tf.fog.key.id, p.nonce, C.FAULT, body, T0,
+                                             OPERATOR.id)))
+
+
+def test_an_outage_credit_needs_the_fogs_record_beyond_the_grace_once(tf: Tariffs) -> None:
+    # an hour's grace, then 20 c per kWh not served, at most 5.00 an outage
+    digest = tf.propose(1, grace_s=3_600, compensation_rate=20_000, compensation_cap=500_000)
+    tf.send(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 1, digest))
+    tf.now = START + 86_400
+    tf.propose(2, start=START + 2 * 86_400)  # a block at the new time (unapproved)
+    long = _outage(tf, START + 3_600, START + 4 * 3_600, [HOME, b"\x22" * 8])
+    short = _outage(tf, START + 6 * 3_600, START + 6 * 3_600 + 1_800, [HOME])
+    t = BL.Tariff.of(tf.record(1)["body"])
+    body = BL.credit_body(long, HOME, START + 3_600, "residential", 1, 2_000,
+                          BL.compensation_cents(t, 2_000))
+    assert body[7] == 40  # 2 kWh x 20 c
+    assert tf.refused(UTILITY, BL.BL_CREDIT, {**body, 1: short}) == "no_outage_record"
+    assert tf.refused(UTILITY, BL.BL_CREDIT, {**body, 2: b"\x33" * 8}) == "no_outage_record"
+    assert tf.refused(UTILITY, BL.BL_CREDIT, BL.credit_body(
+        short, HOME, START + 6 * 3_600, "residential", 1, 0, 0)) == "within_grace"
+    assert tf.refused(UTILITY, BL.BL_CREDIT, {**body, 7: 41}) == "credit_mismatch"
+    assert tf.refused(OTHER, BL.BL_CREDIT, body) == "not_permitted"
+    assert tf.refused(UTILITY, BL.BL_CREDIT, {**body, 5: 2}) == "unknown_tariff"
+    assert tf.refused(REGULATOR, BL.BL_CREDIT, body) == "not_permitted"  # the role's
+    # the cap: 100 kWh not served is 20.00, capped at 5.00
+    assert BL.compensation_cents(t, 100_000) == 500
+    tf.send(UTILITY, BL.BL_CREDIT, body)
+    rec = dict(tf.store.record(TF.T_CREDIT, HOME + long))
+    assert (rec["cents"], rec["wh"], rec["end"], rec["utility"]) == (
+        40, 2_000, START + 4 * 3_600, UTILITY.id)
+    assert tf.refused(UTILITY, BL.BL_CREDIT, body) == "credit_repeated"
+    replay = verify_blocks(store_blocks(tf.store))
+    check_derived(tf.store, replay)
+
+
+# --- points redeemed against bills --------------------------------------------------------------
+GRID, CUSTOMER = P.SigningKey.from_int(0x6E1D), P.SigningKey.from_int(0x5C1)
+POINT = 10**6
+
+
+def _points(tf: Tariffs) -> None:
+    """The market's grid operator enrols the customer: its grant is 100 points."""
+    tf.register("dispatch", GRID)
+    tf.register("market", CUSTOMER)
+    tf.send(GRID, GC.PARAMS, GC.params_body("market", 1, {}))
+    tf.send(GRID, MK.MK_NETWORK, MK.network_body(1, [("root", "", 10**8, 0)]))
+    tf.send(GRID, MK.MK_ENROLL, MK.enroll_body(CUSTOMER.id, tf.fog.key.id, HOME, "root"))
+
+
+def _balance(tf: Tariffs, pid: bytes) -> int:
+    return int(G.Staged(tf.store).get(M.T_ACCOUNT, pid)["balance"])
+
+
+def test_points_are_redeemed_against_a_bill_at_the_tariffs_rate(tf: Tariffs) -> None:
+    _points(tf)
+    body = BL.redeem_body("residential", b"\xac" * 8, 20 * POINT)
+    assert tf.refused(CUSTOMER, BL.BL_REDEEM, body) == "tariff_not_in_force"
+    # version 1 takes no points; version 2 takes them at 1.5 cents a point
+    tf.send(REGULATOR, BL.BL_APPROVE, BL.approve_body("residential", 1, tf.propose(1)))
+    tf.send(REGULATOR, BL.BL_APPROVE, BL.approve_body(
+        "residential", 2, tf.propose(2, start=START + 86_400, points_rate=1_500)))
+    tf.now = START + 60
+    tf.propose(3, start=START + 90 * 86_400)  # a block at the new time
+    assert tf.refused(CUSTOMER, BL.BL_REDEEM, body) == "points_not_accepted"
+    tf.now = START + 86_400 + 60
+    tf.propose(4, start=START + 91 * 86_400)
+    assert tf.refused(CUSTOMER, BL.BL_REDEEM, {**body, 3: 333}) == "points_too_few"
+    assert tf.refused(CUSTOMER, BL.BL_REDEEM, {**body, 3: 101 * POINT}) == \
+        "insufficient_points"
+    assert tf.refused(CUSTOMER, BL.BL_REDEEM, {**body, 1: "business"}) == \
+        "tariff_not_in_force"
+    tf.send(CUSTOMER, BL.BL_REDEEM, body)
+    [(key, rec)] = G.Staged(tf.store).scan(TF.T_REDEEM, b"\xac" * 8)
+    assert (rec["customer"], rec["upt"], rec["cents"], rec["version"], rec["t"]) == (
+        CUSTOMER.id, 20 * POINT, 30, 2, START + 86_400 + 60)
+    assert key[8:16] == G.u64(START + 86_400 + 60)
+    # the points moved to the tariff's utility: none made, none lost
+    assert (_balance(tf, CUSTOMER.id), _balance(tf, UTILITY.id)) == (80 * POINT, 20 * POINT)
+    two = BL.Tariff.of(tf.record(2)["body"])  # a third of a point is half a cent: half up
+    assert (BL.points_cents(two, POINT // 3), BL.points_cents(two, POINT // 3 + 1)) == (0, 1)
+    replay = verify_blocks(store_blocks(tf.store))
+    check_derived(tf.store, replay)

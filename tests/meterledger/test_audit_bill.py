@@ -30,39 +30,69 @@ from meterledger.clients.bundle import NotAnchored
 from meterledger.clients.chain import ChainClient, ChainClientError, Receipt, Sender
 from meterledger.clients.fog import FogClient
 from meterledger.wire import billing as BL
+from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
+from meterledger.wire import market as MK
 from tests.fog_node.test_anchor import Clock
 from tests.kit.bundles import assert_input_error, assert_rejected
-from tests.kit.chainkit import running_chain
+from tests.kit.chainkit import Chain, running_chain
 from tools import audit
 from tools import audit_bill as AB
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_800_000_000 - 1_800_000_000 % 86_400  # a UTC midnight
-START, END = T0 + 86_400, T0 + 2 * 86_400
+DAY = 86_400
+START = 1_800_000_000 - 1_800_000_000 % DAY  # a UTC midnight: the billed day
+END, T0 = START + DAY, START - 4 * DAY
 UTILITY, REGULATOR = P.SigningKey.from_int(0x0717), P.SigningKey.from_int(0x7E6)
 HOME = P.SigningKey.from_int(0x6F1)
 OTHER = P.SigningKey.from_int(0x6F2).public_key.raw.hex()
 ACCOUNT = b"\xac" * 8
-# night 10 c/kWh until 07:00, day 25 c/kWh; 2 c per kW of the peak; 1.50 a bill
+# night 10 c/kWh until 07:00, day 25 c/kWh; 2 c per kW of the peak; 1.50 a bill; after half
+# an hour's outage, 5.00 per kWh not served, at most 8.00 an outage
 PERIODS = [(0, 10_000), (420, 25_000)]
-KEYS = {k.id: k for k in (UTILITY, REGULATOR)}
+TARIFF = {"demand_rate": 2_000, "fixed": 150_000, "grace_s": 1_800,
+          "compensation_rate": 500_000, "compensation_cap": 800_000, "points_rate": 1_000}
+GRID, CUSTOMER = P.SigningKey.from_int(0x6E1D), P.SigningKey.from_int(0x5C1)
+POINT = 10**6
+KEYS = {k.id: k for k in (UTILITY, REGULATOR, CUSTOMER)}
+OUTAGE = (START + 8 * 3600, START + 9 * 3600)
 
 
 def _readings(node: FogNode, clock: Clock) -> None:
-    """Every 15 minutes from 06:00 to 08:00 of the billed day, 100 Wh more each time and
-    300 Wh in the last quarter hour; the reading at 07:30 is lost on its way."""
-    prev, register = P.ZERO32, 0
-    for i in range(9):
-        t = START + 6 * 3600 + 900 * i
-        register += (300 if i == 8 else 100) if i else 0
-        raw = P.sign1(HOME, P.reading(HOME.id, i + 1, t, 900, register, 0, 0, prev))
-        prev = P.digest(raw)
-        if i == 6:
-            continue
-        clock.t = t
-        outcomes, _ = node.ingest.process([raw])
-        assert outcomes[0].status == "logged", outcomes
+    """Every 15 minutes from 06:00 to 10:00 on the three days before the billed day and on
+    it, 100 Wh each quarter hour (300 Wh in the billed day's last); on the billed day the
+    reading at 07:30 is lost on its way and the meter is off from 08:00 to 09:00 (no
+    readings, nothing used). The fog estimates what its readings do not bound."""
+    prev, register, seq = P.ZERO32, 0, 0
+    for day in (START - 3 * DAY, START - 2 * DAY, START - DAY, START):
+        for i in range(17):
+            t = day + 6 * 3600 + 900 * i
+            if day == START and OUTAGE[0] < t < OUTAGE[1]:
+                continue  # off: no reading at all
+            if i and not (day == START and t == OUTAGE[1]):
+                register += 300 if (day, i) == (START, 16) else 100
+            seq += 1
+            raw = P.sign1(HOME, P.reading(HOME.id, seq, t, 900, register, 0, 0, prev))
+            prev = P.digest(raw)
+            if (day, i) == (START, 6):
+                continue  # lost on its way
+            clock.t = t
+            outcomes, _ = node.ingest.process([raw])
+            assert outcomes[0].status == "logged", outcomes
+
+
+def _points(chain: Chain, node: FogNode) -> None:
+    """The market's grid operator enrols the customer: its grant is 100 points."""
+    chain.register("dispatch", GRID)
+    chain.register("market", CUSTOMER)
+    for body in (GC.params_body("market", 1, {}),):
+        status, doc = chain.post(chain.sign(GRID, GC.PARAMS, body))
+        assert status == 200, doc
+    for kind, body in ((MK.MK_NETWORK, MK.network_body(1, [("root", "", 10**8, 0)])),
+                       (MK.MK_ENROLL, MK.enroll_body(CUSTOMER.id, node.key.id, HOME.id,
+                                                     "root"))):
+        status, doc = chain.post(chain.sign(GRID, kind, body))
+        assert status == 200, doc
 
 
 @pytest.fixture(scope="module")
@@ -76,32 +106,49 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         chain.register("utility", UTILITY)
         chain.register("regulator", REGULATOR)
         status, doc = chain.post(chain.sign(UTILITY, BL.BL_TARIFF, BL.tariff_body(
-            "residential", 1, START, PERIODS, demand_rate=2_000, fixed=150_000)))
+            "residential", 1, START, PERIODS, **TARIFF)))
         assert status == 200, doc
         status, doc = chain.post(chain.sign(REGULATOR, BL.BL_APPROVE, BL.approve_body(
             "residential", 1, bytes.fromhex(doc["digest"]))))
         assert status == 200, doc
         node.ingest.decide(HOME.public_key.raw, "active", "test")
         link = ChainLink(node, ChainClient(chain.url), clock)
+        _points(chain, node)
         _readings(node, clock)
+        clock.t = START + DAY // 2
+        chain.register("holder")  # a block in the period: the redemption falls in it
+        status, redeemed = chain.post(chain.sign(CUSTOMER, BL.BL_REDEEM, BL.redeem_body(
+            "residential", ACCOUNT, 30 * POINT)))
+        assert status == 200, redeemed
         clock.t = END + 3600
         now = int(clock.t)
         chain.register("holder")  # a block after the period: the chain's time moves on
-        node.cooker.close(START + 8 * 3600, now, lambda: node.checkpoints.seal(now, force=True))
+        # the fog's closed outage record (fog_node.cooking.outages sends it once a feeder's
+        # supply is back; signed here with the fog's own key)
+        status, fault = chain.post(chain.sign(node.key, C.FAULT, C.fault_body(
+            "outage", "feeder f1 restored after 3600 s: 1 meter(s)", OUTAGE[1], "none", [],
+            meters=[HOME.id], start=OUTAGE[0], end=OUTAGE[1])))
+        assert status == 200, fault
+        node.cooker.close(START + 10 * 3600, now,
+                          lambda: node.checkpoints.seal(now, force=True))
         node.checkpoints.seal(now, force=True)
         api = FogAPI(node, clock)
         fog = FogClient(f"http://127.0.0.1:{api.start()}",
                         token=(node.config.data_dir / "auditor.token").read_text().strip())
         client = ChainClient(chain.url)
+        sender = Sender(client, UTILITY, bytes.fromhex(client.head()["chain"]))
         t = B.tariff_in_force(client, "residential", START, END)
-        billed = B.bill(fog, t, ACCOUNT, HOME.id, START, END, 900)
-        B.receipt(Sender(client, UTILITY, bytes.fromhex(client.head()["chain"])), billed, now)
+        credits = B.outage_credits(fog, client, sender, t, HOME.id, START, END, now)
+        points = B.redemptions(client, t, ACCOUNT, START, END)
+        billed = B.bill(fog, t, ACCOUNT, HOME.id, START, END, 900, credits, points)
+        B.receipt(sender, billed, now)
         with pytest.raises(NotAnchored):  # the fog has not anchored yet
             build_bill_bundle(fog, client, billed.doc)
         link.step()
         bundle = build_bill_bundle(fog, client, billed.doc)
         yield {"bundle": bundle, "bill": billed.doc, "trust": chain.key.public_key,
-               "chain": chain, "node": node, "fog": fog, "clock": clock,
+               "chain": chain, "node": node, "fog": fog, "clock": clock, "tariff": t,
+               "sender": sender, "fault": fault["digest"], "redeemed": redeemed["digest"],
                "token_file": node.config.data_dir / "auditor.token"}
         api.stop()
         link.close()
@@ -111,23 +158,46 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def test_a_bill_bundle_verifies_offline_and_reruns_the_bill_to_the_cent(world: Any) -> None:
     r = AB.verify_bill_bundle(world["bundle"], [world["trust"]])
     doc = world["bill"]
-    # 8 intervals: 06:00-07:00 at night (400 Wh), 07:00-08:00 by day (600 Wh), of which
-    # 07:15-07:45 are estimated from the readings at 07:15 and 07:45
     assert (r.account, r.meter, r.tariff, r.version) == (ACCOUNT.hex(), HOME.id.hex(),
                                                          "residential", 1)
-    assert (r.intervals, r.estimated, r.readings, r.held_wh) == (8, 2, 8, 0)
-    assert [u[3] for u in doc["usage"]] == [0, 0, 0, 0, 0, 1, 1, 0]
-    # the peak: 300 Wh in the last quarter hour is 1,200 W
-    assert r.lines == [["energy P0", 400, 10_000, 4], ["energy P1", 600, 25_000, 15],
-                       ["demand", 1_200, 2_000, 2], ["fixed", 1, 150_000, 150]]
-    assert r.total == 171 == doc["total"]
+    # the billed day: 00:00-06:00 estimated (the night's gap, nothing used), 06:00-10:00
+    # measured but for 07:15-07:45 (the lost reading) and 08:00-09:00 (the outage)
+    assert (r.intervals, r.estimated, r.held_wh) == (40, 30, 0)
+    # night 06:00-07:00 400 Wh; day 07:00-10:00 100 + 200 + 100 + 0 + 300 + 300 Wh; the
+    # peak 300 Wh in a quarter hour is 1,200 W; the outage after its half hour's grace
+    # (08:30-09:00) did not serve the 200 Wh the three days before used then: 1.00
+    # the customer redeemed 30 points at a cent each
+    assert r.lines == [["energy P0", 400, 10_000, 4], ["energy P1", 1_000, 25_000, 25],
+                       ["demand", 1_200, 2_000, 2], ["fixed", 1, 150_000, 150],
+                       ["compensation", 200, 500_000, -100],
+                       ["points", 30 * POINT, 1_000, -30]]
+    assert r.total == 51 == doc["total"]
+    assert doc["points"] == [{"redeem": world["redeemed"], "upt": 30 * POINT, "cents": 30}]
+    [c] = doc["compensation"]
+    assert (c["fault"], c["days"], c["baseline"], c["served"], c["wh"], c["cents"]) == (
+        world["fault"], 3, 200, 0, 200, 100)
     assert (r.utility, r.regulator, r.fog) == (UTILITY.id.hex(), REGULATOR.id.hex(),
                                                world["node"].key.id.hex())
     assert r.sealers == [world["trust"].id_hex]
-    # the chain holds the digest and the total, never the intervals
-    [receipt] = ChainClient(world["chain"].url).billing_receipts(ACCOUNT.hex())["receipts"]
+    # the chain holds the digest and the total, never the intervals; and the credit
+    client = ChainClient(world["chain"].url)
+    [receipt] = client.billing_receipts(ACCOUNT.hex())["receipts"]
     assert (receipt["bill"], receipt["total"], receipt["tx"]) == (
-        BL.bill_digest(doc).hex(), 171, r.receipt)
+        BL.bill_digest(doc).hex(), 51, r.receipt)
+    [credit] = client.billing_credits(HOME.id.hex())["credits"]
+    assert (credit["fault"], credit["tx"], credit["wh"], credit["cents"]) == (
+        world["fault"], c["credit"], 200, 100)
+
+
+def test_a_rerun_finds_the_credit_on_the_chain_and_sends_none(world: Any) -> None:
+    client = ChainClient(world["chain"].url)
+    again = B.outage_credits(world["fog"], client, world["sender"], world["tariff"],
+                             HOME.id, START, END, int(world["clock"].t))
+    assert [c.credit.hex() for c in again] == [world["bill"]["compensation"][0]["credit"]]
+    assert len(client.billing_credits(HOME.id.hex())["credits"]) == 1
+    # an outage ending in another period is another bill's
+    assert B.outage_credits(world["fog"], client, world["sender"], world["tariff"], HOME.id,
+                            END, END + DAY, int(world["clock"].t)) == []
 
 
 def test_a_corrected_bill_has_a_bundle_and_the_old_one_is_refused(world: Any) -> None:
@@ -149,8 +219,7 @@ def test_a_corrected_bill_has_a_bundle_and_the_old_one_is_refused(world: Any) ->
     r = AB.verify_bill_bundle(build_bill_bundle(world["fog"], client, docs[1]),
                               [world["trust"]])
     assert (r.intervals, r.estimated, r.total, r.receipt) == (
-        6, 0, docs[1]["total"], receipts[1].digest.hex())
-    assert docs[1]["total"] < world["bill"]["total"]
+        10, 0, docs[1]["total"], receipts[1].digest.hex())
     with pytest.raises(ChainClientError, match="a correction replaced it"):
         build_bill_bundle(world["fog"], client, docs[0])
 
@@ -172,7 +241,8 @@ def test_cli_fetches_and_verifies_through_the_http_apis(world: Any, tmp_path: Pa
     assert ok.stdout.startswith(f"verified: the bill of account {ACCOUNT.hex()} (meter "
                                 f"{HOME.id.hex()}) from {START} to {END} under tariff "
                                 "'residential' version 1")
-    assert "8 intervals from 8 signed readings of the meter and 2 estimated" in ok.stdout
+    assert (f"40 intervals from {len(world['bundle']['readings'])} signed readings of the "
+            "meter and 30 estimated") in ok.stdout
     assert meterledger_main(["audit", "bill", str(out), "--trust", trust]) == 0
     # the fog's auditor tier: without its token, the fog's refusal in one line, exit 1
     denied = subprocess.run(fetch, cwd=ROOT, capture_output=True, text=True)
@@ -192,7 +262,7 @@ def test_json_verdict_names_every_check(world: Any, tmp_path: Path,
                        "json"]) == 0
     yes = json.loads(capsys.readouterr().out)
     assert yes["verified"] and yes["checks"] == [name for name, _ in AB.CHECKS]
-    assert yes["total"] == 171
+    assert yes["total"] == 51
 
 
 # --- breaks: each rejected for its own reason ---------------------------------------------------
@@ -205,29 +275,35 @@ def _flip(hexstr: str) -> str:
     return b.hex()
 
 
-def _forge_tx(b: dict[str, Any], w: Any, name: str, body: dict[int, Any] | None = None,
-              prev_t: int | None = None, key: P.SigningKey | None = None,
-              fields: dict[int, Any] | None = None) -> None:
-    """A colluding sealer: the bundle's transaction `name` (receipt, tariff, approval)
-    signed again by its sender (or `key`) with body keys `body` (and `fields`) changed, in
-    a block of its own the trusted sealer signs, after a block at `prev_t` if given."""
+def _forge(b: dict[str, Any], w: Any, digest: str, body: dict[int, Any] | None = None,
+           prev_t: int | None = None, key: P.SigningKey | None = None,
+           fields: dict[int, Any] | None = None, drop: tuple[int, ...] = ()) -> str:
+    """A colluding sealer: the bundle's transaction `digest` signed again by its sender (or
+    `key`) with body keys `body` (and `fields`) changed and `drop` dropped, in a block of
+    its own the trusted sealer signs, after a block at `prev_t` if given; the new digest."""
     sealer = w["chain"].key
-    sec = b["transactions"].pop(b[name])
+    sec = b["transactions"].pop(digest)
     tf = P.parse(bytes.fromhex(sec["transaction"])).fields
-    signer = key or KEYS[tf[1]]
-    raw = P.sign1(signer, {**tf, 1: signer.id, 4: {**tf[4], **(body or {})}, **(fields or {})},
-                  check=False)
+    signer = key or {**KEYS, w["node"].key.id: w["node"].key}[tf[1]]
+    kept = {k: v for k, v in {**tf[4], **(body or {})}.items() if k not in drop}
+    raw = P.sign1(signer, {**tf, 1: signer.id, 4: kept, **(fields or {})}, check=False)
     b["keys"][signer.id.hex()] = signer.public_key.raw.hex()
     prev = bytes.fromhex(sec["prev_header"])
     if prev_t is not None:
         prev = P.sign1(sealer, {**P.parse(prev).fields, 6: prev_t})
     header = P.sign1(sealer, {**P.parse(bytes.fromhex(sec["block_header"])).fields,
                               3: P.digest(prev), 4: C.tx_root([raw]), 5: 1})
-    b[name] = P.digest(raw).hex()
-    b["transactions"][b[name]] = {
+    new = P.digest(raw).hex()
+    b["transactions"][new] = {
         **sec, "transaction": raw.hex(), "block_header": header.hex(),
         "sealer_signature": P.parse(header).signature.hex(), "tx_index": 0, "tx_path": [],
         "prev_header": prev.hex()}
+    return new
+
+
+def _forge_tx(b: dict[str, Any], w: Any, name: str, **kw: Any) -> None:
+    """_forge of the bundle's transaction `name` (receipt, tariff, approval)."""
+    b[name] = _forge(b, w, b[name], **kw)
 
 
 def _tx(name: str, **kw: Any) -> Tamper:
@@ -241,6 +317,38 @@ def _rebill(change: Callable[[dict[str, Any]], None]) -> Tamper:
         change(b["bill"])
         _forge_tx(b, w, "receipt", body={6: BL.bill_digest(b["bill"]), 7: b["bill"]["total"]})
     return tamper
+
+
+def _credit_tx(which: str, **kw: Any) -> Tamper:
+    """The outage credit's `which` transaction (credit, fault) forged, the bill naming the
+    forgery and receipted so."""
+    def tamper(b: dict[str, Any], w: Any) -> None:
+        c = b["bill"]["compensation"][0]
+        c[which] = _forge(b, w, c[which], **kw)
+        _forge_tx(b, w, "receipt", body={6: BL.bill_digest(b["bill"])})
+    return tamper
+
+
+def _points_tx(**kw: Any) -> Tamper:
+    """The redemption forged, the bill naming the forgery and receipted so."""
+    def tamper(b: dict[str, Any], w: Any) -> None:
+        r = b["bill"]["points"][0]
+        r["redeem"] = _forge(b, w, r["redeem"], **kw)
+        _forge_tx(b, w, "receipt", body={6: BL.bill_digest(b["bill"])})
+    return tamper
+
+
+def _points_worth_more(b: dict[str, Any]) -> None:
+    b["points"][0]["cents"] += 10
+    b["lines"][-1][3] -= 10
+    b["total"] -= 10
+
+
+def _baseline_inflated(b: dict[str, Any]) -> None:
+    c = b["compensation"][0]
+    c.update(baseline=c["baseline"] + 100, wh=c["wh"] + 100, cents=c["cents"] + 50)
+    b["lines"][-2] = ["compensation", c["wh"], 500_000, -c["cents"]]
+    b["total"] -= 50
 
 
 def _sec(b: dict[str, Any], name: str = "receipt") -> dict[str, Any]:
@@ -291,7 +399,7 @@ def _a_cent_more(b: dict[str, Any]) -> None:
 
 
 def _measured_said_estimated(b: dict[str, Any]) -> None:
-    b["usage"][0][3] = 1
+    next(u for u in b["usage"] if not u[3])[3] = 1
 
 
 TAMPERS: list[tuple[str, Tamper, str]] = [
@@ -331,9 +439,23 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
         leaf_index=10**6), "enrollment_order"),
     ("enrollment path", lambda b, w: b["enrollment"]["inclusion_path"].pop(),
      "enrollment_inclusion"),
-    ("a reading withheld", lambda b, w: b["readings"].pop(3), "usage"),
+    ("a reading withheld", lambda b, w: b["readings"].pop(), "usage"),
     ("an interval's Wh raised", _rebill(_usage_wh), "usage"),
     ("a measured interval said estimated", _rebill(_measured_said_estimated), "usage"),
+    ("compensation without an outage record", _credit_tx("fault", drop=(6, 7, 8)),
+     "compensation"),
+    ("an outage record of another outage", _credit_tx("fault", body={7: OUTAGE[0] - 900}),
+     "compensation"),
+    ("an outage record of another meter", _credit_tx("fault", body={6: [b"\x01" * 8]}),
+     "compensation"),
+    ("a credit of another meter", _credit_tx("credit", body={2: b"\x01" * 8}),
+     "compensation"),
+    ("a credit by the regulator", _credit_tx("credit", key=REGULATOR), "compensation"),
+    ("a credit before the outage record", _credit_tx("credit", prev_t=T0), "compensation"),
+    ("a baseline inflated", _rebill(_baseline_inflated), "compensation"),
+    ("points of another account", _points_tx(body={2: b"\x01" * 8}), "points"),
+    ("points redeemed after the period", _points_tx(prev_t=END), "points"),
+    ("points worth more", _rebill(_points_worth_more), "points"),
     ("a cent more", _rebill(_a_cent_more), "bill"),
 ]
 

@@ -175,7 +175,8 @@ def test_tokens_are_compared_whole_and_every_tier_is_compared() -> None:
 SAMPLES = {"index": "0", "height": "0", "digest": "00" * 32, "id": "ab" * 32,
            "action": "dismiss", "cid": "pv-1/0-1000000", "owner": "00" * 8,
            "gid": "pv-1", "subject": "issue/pv-1/0-1000000", "pid": "00" * 8, "cycle": "900",
-           "n": "0", "name": "residential", "account": "00" * 8}
+           "n": "0", "name": "residential", "account": "00" * 8, "meter": "00" * 8,
+           "dev": "00" * 8, "customer": "00" * 8, "fog": "00" * 8, "event": "00" * 8}
 
 
 def concrete(template: str) -> str:
@@ -233,6 +234,7 @@ def test_every_fog_endpoint_answers_its_tier(tmp_path: Path) -> None:
         node.close()
     assert seen == {  # the table of docs/PROTOCOL.md section 12
         "GET /v1/checkpoint": "public", "GET /v1/proof/inclusion": "auditor",
+        "GET /v1/proof/entry": "auditor",
         "GET /v1/proof/consistency": "public", "GET /v1/proof/enrollment": "public",
         "GET /v1/devices": "auditor", "GET /healthz": "public", "GET /v1/entries/0": "auditor",
         "GET /metrics": "auditor", "POST /v1/enroll": "operator", "POST /v1/revoke": "operator",
@@ -292,6 +294,17 @@ def test_every_chain_endpoint_answers_its_tier(tmp_path: Path) -> None:
         # tariffs and bill receipts (section 28): totals only, derived from the blocks
         "GET /v1/billing/tariffs/residential": "public",
         f"GET /v1/billing/receipts/{SAMPLES['account']}": "public",
+        # closed outage records (section 28): which meters lost supply when, for compensation
+        f"GET /v1/billing/outages/{SAMPLES['meter']}": "public",
+        f"GET /v1/billing/credits/{SAMPLES['meter']}": "public",
+        f"GET /v1/billing/redemptions/{SAMPLES['account']}": "public",
+        # a device's traceability timeline (section 29): every record is a public tx
+        f"GET /v1/devices/{SAMPLES['dev']}/timeline": "public",
+        # home demand response (section 30): contracts, events and per-meter event totals
+        f"GET /v1/dr/contracts/{SAMPLES['customer']}": "public",
+        f"GET /v1/dr/fogs/{SAMPLES['fog']}/contracts": "public",
+        "GET /v1/dr/events": "public",
+        f"GET /v1/dr/reports/{SAMPLES['event']}": "public",
         f"GET /v1/blocks/{SAMPLES['height']}": "public",
         f"GET /v1/tx/{SAMPLES['digest']}": "public", "GET /metrics": "auditor",
         "POST /v1/tx": "public", f"POST /v1/suggestions/{SAMPLES['id']}/dismiss": "operator",

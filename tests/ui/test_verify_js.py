@@ -303,6 +303,16 @@ V1_TAMPERS: list[tuple[str, Tamper, str | None]] = [
         transaction=_flip(b["anchor"]["transaction"])), "anchor_signature"),
     ("a fault, not an anchor", lambda b, w: _tx(b, w, C.FAULT, C.fault_body("x", "y", T, "none")),
      "anchor_signature"),
+    # a closed outage record (body keys 6-8): the browser reads its rules as Python does
+    ("a closed outage record, not an anchor", lambda b, w: _tx(b, w, C.FAULT, C.fault_body(
+        "outage", "y", T, "none", meters=[b"\x01" * 8, b"\x02" * 8], start=T - 900, end=T)),
+     "anchor_signature"),
+    ("an outage record of unsorted meters", lambda b, w: _tx(b, w, C.FAULT, C.fault_body(
+        "outage", "y", T, "none", meters=[b"\x02" * 8, b"\x01" * 8], start=T - 900, end=T)),
+     "anchor_signature"),
+    ("an outage record ending after its report", lambda b, w: _tx(b, w, C.FAULT, C.fault_body(
+        "outage", "y", T, "none", meters=[b"\x01" * 8], start=T - 900, end=T + 1)),
+     "anchor_signature"),
     ("an instruction with bad args", lambda b, w: _tx(b, w, C.INSTRUCTION, C.instruction_body(
         w["node"].key.id, "limit", {1: -5}, T)), "anchor_signature"),
     ("a registration of no point", lambda b, w: _tx(b, w, C.REGISTER, C.register_body(

@@ -62,8 +62,9 @@ def test_estimated_intervals_are_held_or_billed_as_the_tariff_says() -> None:
 
 def test_credits_are_subtracted_lines() -> None:
     bill = BL.compute_bill(tariff(), [BL.Usage(DAY + 900, 900, 10_000)],
-                           [("compensation", 30), ("points", 5)])
+                           [BL.Line("compensation", 300, 10_000, 30), BL.Line("points", 5, 0, 5)])
     assert [x.cents for x in bill.lines] == [100, -30, -5] and bill.total == 65
+    assert bill.lines[1] == BL.Line("compensation", 300, 10_000, -30)
 
 
 @given(st.lists(st.tuples(st.integers(0, 95), st.integers(0, 50_000), st.integers(0, 1)),

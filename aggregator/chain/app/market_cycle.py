@@ -243,6 +243,8 @@ def settle(st: G.Staged, mp: dict[str, int], cycle: int, now: int, tx: bytes) ->
         used[seller] = used.get(seller, 0) + d
         _pay(st, mp, c, d, op)
         green = give_certificates(st, seller, c["buyer"], d) if c.get("green") else {}
+        if green:
+            green["clean_upt"] = clean_points(st, mp, c, d - green["green_short"])
         if d:
             M.count(st, c["buyer"], done=1)
             M.count(st, seller, done=1)
@@ -278,6 +280,16 @@ def give_certificates(st: G.Staged, seller: bytes, buyer: bytes, wh: int) -> dic
         moved.append(cert["id"])
         need -= cert["hi"] - cert["lo"]
     return {"green_moved": moved, "green_short": need}
+
+
+def clean_points(st: G.Staged, mp: dict[str, int], c: dict[str, Any], wh: int) -> int:
+    """Points for a clean trade (001 s2.3 (2)): the buyer and the seller each earn
+    clean_upt per kWh of the contract's delivered Wh whose certificates moved (the chain
+    issues them: new points, bounded by the certified energy). Returns each one's upt."""
+    upt = wh * mp["clean_upt"] // 1_000
+    for pid in (c["buyer"], c["seller"]):
+        M.credit(st, pid, upt)
+    return upt
 
 
 def _pay(st: G.Staged, mp: dict[str, int], c: dict[str, Any], d: int, op: bytes) -> None:

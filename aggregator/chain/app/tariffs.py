@@ -10,6 +10,14 @@ Application records:
     bl.receipt  account || start (8 bytes)        -> {"utility", "tx", "end", "tariff",
                                                       "version", "bill", "total", "n", and a
                                                       correction's "replaces"}
+    bl.credit   meter || fault tx digest          -> {"utility", "tx", "start", "end",
+                                                      "tariff", "version", "wh", "cents"}
+    bl.redeem   account || t (8 bytes) || tx digest -> {"customer", "tx", "t", "tariff",
+                                                      "version", "upt", "cents"}
+
+An outage credit (bl_credit) needs the fog's closed outage record of the meter
+(aggregator.chain.app.outages), an outage longer than the tariff's grace, and the cents the
+tariff's rule gives for its Wh not served; one credit per meter and outage record.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.chain.app import green as G
+from aggregator.chain.app import market as M
+from aggregator.chain.app import outages as OU
 from aggregator.chain.ledger import ChainError
+from meterledger.wire import billing as BL
 
-T_TARIFF, T_RECEIPT = "bl.tariff", "bl.receipt"
+T_TARIFF, T_RECEIPT, T_CREDIT, T_REDEEM = "bl.tariff", "bl.receipt", "bl.credit", "bl.redeem"
 
 
 def tariff_key(name: str, version: int) -> bytes:
@@ -89,19 +100,8 @@ def receive(st: G.Staged, utility: bytes, body: dict[int, Any], tx: bytes, now: 
     version in force over the whole period; once per account and period start, unless it
     names the receipt it corrects (a disputed bill re-run)."""
     account, start, end, name, version = body[1], body[2], body[3], body[4], body[5]
-    rec = tariff(st, name, version)
-    if rec is None or "approval" not in rec:
-        raise ChainError("unknown_tariff", f"tariff {name!r} version {version} is not an "
-                                           "approved tariff")
-    if rec["utility"] != utility:
-        raise ChainError("not_permitted", f"tariff {name!r} is {rec['utility'].hex()}'s: "
-                                          f"{utility.hex()} does not bill under it")
-    for t in (start, end - 1):
-        force = in_force(st, name, t)
-        if force is None or force["body"][2] != version:
-            raise ChainError("tariff_not_in_force", f"tariff {name!r} version {version} is "
-                                                    f"not the one in force at {t}: a bill's "
-                                                    "period lies under one version")
+    for t in (start, end - 1):  # a bill's period lies under one version
+        _billing_version(st, utility, name, version, t)
     if end > now:
         raise ChainError("period_open", f"the period ends at {end}, after the chain time "
                                         f"{now}: bill it once it has ended")
@@ -120,3 +120,74 @@ def receive(st: G.Staged, utility: bytes, body: dict[int, Any], tx: bytes, now: 
     if replaces is not None:
         rec_out["replaces"] = replaces
     st.put(T_RECEIPT, key, rec_out)
+
+
+def _billing_version(st: G.Staged, utility: bytes, name: str, version: int,
+                     t: int) -> dict[str, Any]:
+    """The approved tariff version `utility` bills under, in force at `t`."""
+    rec = tariff(st, name, version)
+    if rec is None or "approval" not in rec:
+        raise ChainError("unknown_tariff", f"tariff {name!r} version {version} is not an "
+                                           "approved tariff")
+    if rec["utility"] != utility:
+        raise ChainError("not_permitted", f"tariff {name!r} is {rec['utility'].hex()}'s: "
+                                          f"{utility.hex()} does not bill under it")
+    force = in_force(st, name, t)
+    if force is None or force["body"][2] != version:
+        raise ChainError("tariff_not_in_force", f"tariff {name!r} version {version} is not "
+                                                f"the one in force at {t} (a bill's period, "
+                                                "or an outage's end)")
+    return rec
+
+
+def credit(st: G.Staged, utility: bytes, body: dict[int, Any], tx: bytes) -> None:
+    """An outage credit: the fog's outage record of the meter, outlasting the grace of the
+    tariff in force when it ended, credited once, at the cents the tariff's rule gives."""
+    fault, meter, start, name, version, wh, cents = (body[k] for k in range(1, 8))
+    outage = st.get(OU.T_OUTAGE, OU.outage_key(meter, start, fault))
+    if outage is None:
+        raise ChainError("no_outage_record", f"no outage record of meter {meter.hex()} from "
+                                             f"{start} came with fault transaction "
+                                             f"{fault.hex()}: compensation needs the fog's "
+                                             "record")
+    rec = _billing_version(st, utility, name, version, outage["end"] - 1)
+    t = BL.Tariff.of(rec["body"])
+    if outage["end"] - start <= t.grace_s:
+        raise ChainError("within_grace", f"the outage lasted {outage['end'] - start} s, not "
+                                         f"more than the tariff's grace of {t.grace_s} s")
+    want = BL.compensation_cents(t, wh)
+    if cents != want:
+        raise ChainError("credit_mismatch", f"{wh} Wh not served at {t.compensation_rate} "
+                                            f"mc/kWh, capped at {t.compensation_cap} mc, is "
+                                            f"{want} cents, not {cents}")
+    key = meter + fault
+    if st.get(T_CREDIT, key) is not None:
+        raise ChainError("credit_repeated", f"meter {meter.hex()} was credited for outage "
+                                            f"record {fault.hex()} already")
+    st.put(T_CREDIT, key, {"utility": utility, "tx": tx, "start": start,
+                           "end": outage["end"], "tariff": name, "version": version,
+                           "wh": wh, "cents": cents})
+
+
+def redeem(st: G.Staged, customer: bytes, body: dict[int, Any], tx: bytes, now: int) -> None:
+    """Points redeemed against an account's bill: the tariff in force now must accept
+    points; they move from the sender's market account to the tariff's utility, and the
+    bill of the period this falls in subtracts what the tariff makes of them (001 s2.3)."""
+    name, account, upt = body[1], body[2], body[3]
+    rec = in_force(st, name, now)
+    if rec is None:
+        raise ChainError("tariff_not_in_force", f"no approved version of tariff {name!r} is "
+                                                f"in force at {now}")
+    t = BL.Tariff.of(rec["body"])
+    if not t.points_rate:
+        raise ChainError("points_not_accepted", f"tariff {name!r} version {t.version} "
+                                                "accepts no points against bills")
+    cents = BL.points_cents(t, upt)
+    if cents < 1:
+        raise ChainError("points_too_few", f"{upt} upt at {t.points_rate} mc per point is "
+                                           "less than half a cent")
+    M.debit(st, customer, upt, f"redeeming against account {account.hex()}")
+    M.credit(st, rec["utility"], upt)
+    st.put(T_REDEEM, account + G.u64(now) + tx, {
+        "customer": customer, "tx": tx, "t": now, "tariff": name, "version": t.version,
+        "upt": upt, "cents": cents})

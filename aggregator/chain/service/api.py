@@ -45,9 +45,11 @@ from aggregator.chain.ledger import (
 )
 from aggregator.chain.service.api_billing import BillingReads
 from aggregator.chain.service.api_carbon import CarbonReads
+from aggregator.chain.service.api_dr import DemandResponseReads
 from aggregator.chain.service.api_green import GreenReads
 from aggregator.chain.service.api_market import MarketReads
 from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded, tx_digest
+from aggregator.chain.service.api_trace import TraceReads
 from aggregator.chain.service.metrics import registry
 from aggregator.dispatch.suggestions import PAGE as SUGGESTIONS
 from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
@@ -220,6 +222,8 @@ class AggregatorAPI:
             *CarbonReads(ledger).routes(),  # allowances, conversions, notaries' outbox
             *MarketReads(ledger).routes(),  # access, accounts, network, cycles, contracts, book
             *BillingReads(ledger).routes(),  # tariffs, bill receipts
+            *TraceReads(ledger).routes(),  # a device's timeline (section 29)
+            *DemandResponseReads(ledger).routes(),  # contracts, events, reports (section 30)
             R("/v1/blocks/{height:path}", self._block, tier=PUBLIC),
             R("/v1/tx/{digest:path}", self._tx, tier=PUBLIC),
             R("/metrics", self._metrics, content_type=PROMETHEUS, tier=AUDITOR),

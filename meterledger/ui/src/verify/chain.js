@@ -13,8 +13,10 @@ export const TX = 12n;
 export const BLOCK = 13n;
 export const ANCHOR = 'anchor';
 const ROLES = ['dispatch', 'fog', 'regulator', 'plant', 'market', 'registry', 'notary', 'holder',
-  'utility'];
+  'utility', 'operator'];
 const TEXT_MAX = 4096;
+// a closed outage record (a fault of kind "outage" with meters, start, end) names at most
+const OUTAGE_METERS_MAX = 128;
 
 // body schemas per kind: [key, kind] in the Python's order
 const BODIES = {
@@ -22,7 +24,7 @@ const BODIES = {
   anchor: [[1, 'a'], [2, 'a'], [3, 'a?'], [4, 'a?']],
   instruction: [[1, 'b8'], [2, 't'], [3, 'm'], [4, 'u'], [5, 'a'], [6, 't'], [7, 'b?']],
   report: [[1, 'b32'], [2, 'u'], [3, 'u'], [4, 'u'], [5, 'a'], [6, 't']],
-  fault: [[1, 't'], [2, 't'], [3, 'u'], [4, 't'], [5, 'a']],
+  fault: [[1, 't'], [2, 't'], [3, 'u'], [4, 't'], [5, 'a'], [6, 'a?'], [7, 'u?'], [8, 'u?']],
   rules: [[1, 't'], [2, 'u'], [3, 't'], [4, 'b32']],
 };
 const TEXT = range(0, TEXT_MAX);
@@ -33,7 +35,8 @@ const BODY_RANGES = {
     7: range(0, 32) },
   report: { 2: range(0, COUNT_MAX), 3: range(0, COUNT_MAX), 4: range(0, COUNT_MAX), 5: TEXT,
     6: TEXT },
-  fault: { 1: range(1, 32), 2: TEXT, 3: range(0, TIME_MAX), 4: TEXT, 5: TEXT },
+  fault: { 1: range(1, 32), 2: TEXT, 3: range(0, TIME_MAX), 4: TEXT, 5: TEXT,
+    6: range(1, OUTAGE_METERS_MAX), 7: range(0, TIME_MAX), 8: range(0, TIME_MAX) },
   rules: { 1: range(1, 64), 2: range(1, COUNT_MAX), 3: TEXT },
 };
 
@@ -110,9 +113,42 @@ function entriesRules(kind) {
   };
 }
 
+function lessBytes(a, b) {
+  for (let i = 0; i < Math.min(a.length, b.length); i += 1) {
+    if (a[i] !== b[i]) return a[i] < b[i];
+  }
+  return a.length < b.length;
+}
+
+// as meterledger.wire.chain._fault_rules: keys 6-8 all or none, of an "outage"
+function faultRules(body) {
+  entriesRules('fault')(body);
+  const closed = [6n, 7n, 8n].filter((k) => body.has(k));
+  if (!closed.length) return;
+  if (closed.length !== 3) {
+    throw bodyError('fault', 'meters (6), start (7) and end (8) come all together or not at all');
+  }
+  if (body.get(1n) !== 'outage') {
+    throw bodyError('fault', `meters, start and end make a closed outage record: kind must be 'outage', not ${repr(body.get(1n))}`);
+  }
+  const meters = body.get(6n);
+  if (!meters.every((x) => isBytes(x) && x.length === 8)) {
+    throw bodyError('fault', 'meters must be 8-byte meter ids');
+  }
+  if (meters.some((m, i) => i > 0 && !lessBytes(meters[i - 1], m))) {
+    throw bodyError('fault', 'meters must be sorted ascending, each once');
+  }
+  if (body.get(7n) >= body.get(8n)) {
+    throw bodyError('fault', `an outage's start (${body.get(7n)}) must be before its end (${body.get(8n)})`);
+  }
+  if (body.get(8n) > body.get(3n)) {
+    throw bodyError('fault', `an outage's end (${body.get(8n)}) is after the report's time t (${body.get(3n)}): report an outage once it has ended`);
+  }
+}
+
 const BODY_RULES = {
   register: registerRules, anchor: anchorRules, instruction: instructionRules,
-  rules: rulesRules, report: entriesRules('report'), fault: entriesRules('fault'),
+  rules: rulesRules, report: entriesRules('report'), fault: faultRules,
 };
 
 function txRules(f) {
