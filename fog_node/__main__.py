@@ -54,10 +54,11 @@ from typing import Any
 
 from fog_node import devices
 from fog_node.broker_access import hash_password
+from fog_node.chainlink.devices import DeviceReporter
 from fog_node.chainlink.dispatch import Dispatcher
 from fog_node.chainlink.dr import DemandResponse
 from fog_node.chainlink.faults import FaultReporter
-from fog_node.chainlink.link import ChainLink
+from fog_node.chainlink.link import ChainLink, steps
 from fog_node.chainlink.links import ChainLinks
 from fog_node.config import FogConfig, load_config, sim_clock
 from fog_node.enrollment import apply_request, queue_request, reload_broker
@@ -155,15 +156,17 @@ def _sim_grace(config: FogConfig) -> FogConfig:
 
 
 def _carry_out(node: FogNode, link: ChainLink, service: FogService,
-               clock: Callable[[], float]) -> DemandResponse:
+               clock: Callable[[], float]) -> tuple[DemandResponse, DeviceReporter]:
     """What the dispatch chain's link picks up is carried out: instructions by the
     dispatcher (docs/PROTOCOL.md section 20), DR events with the meters' limits in the
-    link's rounds (section 30)."""
+    link's rounds (section 30); in the same rounds the meters' firmware and alarms are
+    reported (section 29)."""
     node.chain = link  # the API reports its state
     service.dispatcher = Dispatcher(node, link, service.send_command, clock)
     demand = DemandResponse(link, service.dispatcher, clock)
-    link.on_step = demand.step
-    return demand
+    reports = DeviceReporter(link, clock)
+    link.on_step = steps(demand.step, reports.step)
+    return demand, reports
 
 
 def run(config: FogConfig) -> int:
@@ -178,7 +181,7 @@ def run(config: FogConfig) -> int:
     # the dispatch chain's link and the registry chains' (https verified with chain_ca_file)
     links = ChainLinks.configured(node, clock)
     link = links.main
-    demand = _carry_out(node, link, service, clock) if link is not None else None
+    modules = _carry_out(node, link, service, clock) if link is not None else ()
     # local faults: the configured action, then a fault transaction (docs/PROTOCOL.md s. 18)
     service.faults = FaultReporter(link, lambda: service.dispatcher, config.on_tamper)
     api = None
@@ -209,8 +212,8 @@ def run(config: FogConfig) -> int:
             pass
     finally:
         service.stop()
-        if demand is not None:  # before the dispatcher it sends through
-            demand.close()
+        for module in modules:  # before the dispatcher DR sends through
+            module.close()
         if service.dispatcher is not None:
             service.dispatcher.close()
         # one last round each: anchor what the final seal added, where the chain is up

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from meterledger.clients import billing as B
-from meterledger.clients.chain import Sender
+from meterledger.clients.chain import ChainClientError, ChainUnavailable, Sender
 from meterledger.clients.fog import FogClient
 from meterledger.errors import ConfigError
 from meterledger.infra import datadir
@@ -163,19 +163,33 @@ def run(s: Session, args: argparse.Namespace) -> int:
     t = B.tariff_in_force(s.client, args.tariff, args.start, args.end)
     sender = Sender(s.client, s.signer(), bytes.fromhex(s.client.head()["chain"]))
     args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
     for account, meter in people:
-        credits = B.outage_credits(fog, s.client, sender, t, meter, args.start, args.end,
-                                   int(args.end))
-        points = B.redemptions(s.client, t, account, args.start, args.end)
-        billed = B.bill(fog, t, account, meter, args.start, args.end, args.interval_s,
-                        credits, points)
-        path = args.out / f"{account.hex()}-{args.start}.json"
-        path.write_text(json.dumps(billed.doc, indent=1) + "\n")
-        r = B.receipt(sender, billed, int(args.end))
-        print(f"{account.hex()}: {billed.doc['total'] / 100:.2f} over "
-              f"{billed.doc['intervals']} intervals ({billed.missing} missing), {path}, "
-              f"receipt in block {r.height}")
-    return 0
+        try:
+            _bill_one(s, args, fog, sender, t, account, meter)
+        except ChainUnavailable:
+            raise
+        except ChainClientError as e:  # this customer's, not the run's: the others go on
+            print(f"{account.hex()}: not billed: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _bill_one(s: Session, args: argparse.Namespace, fog: FogClient, sender: Sender,
+              t: BL.Tariff, account: bytes, meter: bytes) -> None:
+    """One customer's bill: its outage credits and redemptions, the receipt, then the
+    file (a bill whose receipt the chain refused is not written: a run resumes)."""
+    credits = B.outage_credits(fog, s.client, sender, t, meter, args.start, args.end,
+                               int(args.end))
+    points = B.redemptions(s.client, t, account, args.start, args.end)
+    billed = B.bill(fog, t, account, meter, args.start, args.end, args.interval_s, credits,
+                    points)
+    r = B.receipt(sender, billed, int(args.end))
+    path = args.out / f"{account.hex()}-{args.start}.json"
+    path.write_text(json.dumps(billed.doc, indent=1) + "\n")
+    print(f"{account.hex()}: {billed.doc['total'] / 100:.2f} over "
+          f"{billed.doc['intervals']} intervals ({billed.missing} missing), {path}, "
+          f"receipt in block {r.height}")
 
 
 def _show(s: Session, doc: dict[str, Any], lines: list[str]) -> int:

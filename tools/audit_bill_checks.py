@@ -50,7 +50,8 @@ CHECKS = (
     ("usage", "the bill's intervals ascend within its period, each once: a measured one "
               "between the meter's consecutive readings seq - 1 and seq (one interval: no "
               "grid boundary between them, no register reset), its Wh their register "
-              "difference; an estimated one an item of its estimate, with the item's Wh"),
+              "difference; an estimated one an item of its estimate, with the item's Wh; "
+              "no two overlapping in time or counting the same register difference"),
     ("compensation", "each outage credit is the tariff's utility's bl_credit, after the fog's "
                      "closed outage record of the bill's meter it names (a fault of kind "
                      "outage, which ended in the bill's period), of the bill's tariff; its "
@@ -224,12 +225,35 @@ def _estimated(b: Bill, ivl: int, dur: int, imp: int, leaf: int, check: str) -> 
     _check(check, False, f"interval {ivl}: estimate {leaf} does not cover it")
 
 
+def _seqs(b: Bill, u: BL.Usage) -> tuple[int, int]:
+    """The meter's readings an interval's energy lies between: a measured one's two, an
+    estimated one's estimate's bounding readings (from_seq, to_seq)."""
+    if not u.est:
+        return u.ref - 1, u.ref
+    f = b.ef.get(u.ref)
+    return (int(f[6]), int(f[8])) if f is not None else (0, 0)
+
+
+def _disjoint(b: Bill, usage: list[BL.Usage], check: str) -> None:
+    """Intervals follow each other in time and in the meter's readings: no two cover the
+    same span or the same register difference. Only estimates of one gap share its
+    bounding readings (their items split its difference, each interval once), so a
+    superseded estimate never doubles a reading's energy."""
+    for u, v in pairwise(usage):
+        _check(check, u.ivl < v.ivl and v.ivl - v.dur >= u.ivl,
+               f"interval {v.ivl} ({v.dur} s) follows {u.ivl}: intervals ascend without "
+               "overlapping, each once")
+        (ulo, hi), (lo, vhi) = _seqs(b, u), _seqs(b, v)
+        # one gap's estimates (the fog chunks a long one) share its two readings
+        same = u.est and v.est and (ulo, hi) == (lo, vhi)
+        _check(check, same or hi <= lo,
+               f"intervals {u.ivl} and {v.ivl} both count the meter's registers between "
+               f"readings {lo} and {hi}: one energy billed twice")
+
+
 def _proven(b: Bill, rows: list[list[int]], lo: int, hi: int, check: str) -> list[BL.Usage]:
     """Intervals as a bill lists them, each once, ascending, within [lo, hi), each proven."""
     usage = [BL.Usage(*u) for u in rows]
-    for u, v in pairwise(usage):
-        _check(check, u.ivl < v.ivl, f"interval {v.ivl} follows {u.ivl}: intervals ascend, "
-                                     "each once")
     for u in usage:
         _check(check, lo <= u.ivl - u.dur and u.ivl <= hi and u.dur > 0,
                f"interval {u.ivl} ({u.dur} s) is not within [{lo}, {hi})")
@@ -237,6 +261,7 @@ def _proven(b: Bill, rows: list[list[int]], lo: int, hi: int, check: str) -> lis
             _estimated(b, u.ivl, u.dur, u.imp, u.ref, check)
         else:
             _measured(b, u.ivl, u.dur, u.imp, u.ref, check)
+    _disjoint(b, usage, check)
     return usage
 
 

@@ -116,7 +116,7 @@ def rule_of(device: dict[str, Any], records: list[dict[str, Any]],
     """The chain's fault rule over a device's records as the API gives them (JSON)."""
     maint = [DV.Maintenance(int(e["at"]), e["body"]["result"], bytes.fromhex(e["tx"]))
              for e in records if e["kind"] == DV.DV_MAINTAIN]
-    alarms = [DV.Alarm(int(e["body"]["observed"]), bytes.fromhex(e["tx"]))
+    alarms = [DV.Alarm(int(e["body"]["observed"]), bytes.fromhex(e["tx"]), int(e["at"]))
               for e in records if e["kind"] == DV.DV_ALARM]
     return DV.determine(fault_t, int(device["commissioned"]), int(device["warranty_s"]),
                         int(device["maintain_s"]), bytes.fromhex(device["tx"]), maint, alarms)

@@ -26,6 +26,7 @@ from fog_node.chainlink.link import AnchorError
 from fog_node.cooking import outages as OT
 from fog_node.cooking.feeders import Fault
 from fog_node.node import FogNode
+from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.infra.sqlite import meta, set_meta
 from meterledger.wire import chain as C
 from meterledger.wire.cbor import ProtocolError
@@ -47,6 +48,9 @@ class Outbox(Protocol):
 
     @property
     def node(self) -> FogNode: ...
+
+    @property
+    def client(self) -> ChainClient: ...
 
     def queue_tx(self, kind: str, body: dict[int, Any],
                  also: Callable[[sqlite3.Connection], None] | None = None) -> bytes: ...
@@ -136,8 +140,17 @@ class FaultReporter:
         node = outbox.node
         with node.lock:
             records = node.cooker.pending_outages(OUTAGES_PER_FLUSH)
+        if not records:
+            return 0
+        try:  # the chain refuses an outage ending after its time, and a refusal halts
+            now = int(outbox.client.head()["time"])  # the outbox: wait for the chain
+        except (ChainClientError, KeyError, TypeError, ValueError) as e:
+            log.info("outage records wait for the chain's time: %s", e)
+            return 0
         queued = 0
         for r in records:
+            if r.end > now:
+                break  # in order: the next round tries again
             state = OT.QUEUED
             try:
                 outbox.queue_tx(C.FAULT, outage_body(r), also=_mark(r))

@@ -98,6 +98,19 @@ def build_anchor(key: P.SigningKey, chain: bytes, nonce: int, head: Checkpoint |
     return raw, n
 
 
+def steps(*fns: Callable[[], None]) -> Callable[[], None]:
+    """One `ChainLink.on_step` made of several round modules (demand response, the device
+    reports of fog_node.chainlink.devices), run in order; each one's failure is logged and
+    the next still runs, so a bug in one module stops neither the others nor anchoring."""
+    def run() -> None:
+        for fn in fns:
+            try:
+                fn()
+            except Exception:  # logged with the module's name; the round goes on
+                log.exception("round module %s failed", getattr(fn, "__qualname__", fn))
+    return run
+
+
 class ChainLink:
     """One chain's link: `outbox` names its database in the data dir (OUTBOX, chain.db, for the
     dispatch chain); `instructions` False for a chain that sends none (a registry chain);
@@ -114,7 +127,8 @@ class ChainLink:
         self.dispatch_pub = dispatch_pub
         self.instructions_on = instructions
         self.label = label
-        # run at the start of each step (fog_node.chainlink.dr.DemandResponse.step)
+        # run at the start of each step (fog_node.chainlink.dr.DemandResponse.step; several
+        # modules: `steps(...)`)
         self.on_step: Callable[[], None] | None = None
         self.db_path = node.config.data_dir / outbox
         self.counters: Counter[str] = Counter()
@@ -179,11 +193,11 @@ class ChainLink:
     def step(self) -> None:
         """Sync once with the chain, queue what is due, send the outbox, fetch instructions.
         The chain being away is normal: it only delays this round's network part."""
-        if self.on_step is not None:  # demand response (fog_node.chainlink.dr): its
-            try:  # reports go out with this round's flush
+        if self.on_step is not None:  # demand response, device reports: what they queue
+            try:  # goes out with this round's flush
                 self.on_step()
             except Exception:  # a bug there must not stop anchoring: log, go on
-                log.exception("demand response step failed (%s)", self.label)
+                log.exception("round module step failed (%s)", self.label)
         try:
             if self._meta("synced") is None:
                 self.sync()

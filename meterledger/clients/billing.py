@@ -112,18 +112,30 @@ def outage_credits(fog: FogClient, chain: ChainClient, sender: Sender, t: BL.Tar
 
 def redemptions(chain: ChainClient, t: BL.Tariff, account: bytes, start: int,
                 end: int) -> list[BL.Redemption]:
-    """The points redeemed against the account (bl_redeem) in the period: by chain time in
-    [start, end), the bill of the period a redemption falls in subtracts it."""
-    doc = chain.billing_redemptions(account.hex(), start, end)
-    if doc["truncated"]:
-        raise ChainClientError(f"account {account.hex()} has more redemptions from {start} to "
-                               f"{end} than one answer holds: bill shorter periods")
+    """The points redeemed against the account under this tariff (bl_redeem) in the
+    period: by chain time in [start, end), the bill of the period a redemption falls in
+    subtracts it. A redemption under another tariff's name is another utility's bill's
+    (anyone may redeem against any account): left out here."""
+    found: dict[str, dict[str, Any]] = {}
+    lo = start
+    while True:
+        doc = chain.billing_redemptions(account.hex(), lo, end)
+        new = [r for r in doc["redemptions"] if r["tx"] not in found]
+        found.update((r["tx"], r) for r in new)
+        if not doc["truncated"]:
+            break
+        if not new:  # a page of one chain time only, all seen: the API cannot page on
+            raise ChainClientError(f"account {account.hex()} has more redemptions at chain "
+                                   f"time {lo} than one answer holds")
+        lo = max(int(r["t"]) for r in new)
     out = []
-    for r in doc["redemptions"]:
-        if (r["tariff"], r["version"]) != (t.name, t.version):
+    for r in sorted(found.values(), key=lambda r: (int(r["t"]), r["tx"])):
+        if r["tariff"] != t.name:
+            continue
+        if r["version"] != t.version:  # the chain's rules make this impossible
             raise ChainClientError(f"redemption {r['tx']} of account {account.hex()} is under "
-                                   f"tariff {r['tariff']!r} version {r['version']}, not the "
-                                   f"bill's {t.name!r} version {t.version}")
+                                   f"version {r['version']} of {t.name!r}, in force over "
+                                   f"the period is version {t.version}")
         out.append(BL.Redemption(bytes.fromhex(r["tx"]), int(r["upt"]), int(r["cents"])))
     return out
 

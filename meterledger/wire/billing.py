@@ -105,6 +105,9 @@ def parse_periods(items: Any) -> list[tuple[int, int]]:
 def _tariff_rule(body: dict[int, Any]) -> None:
     if not body[1].isprintable() or body[1].strip() != body[1]:
         raise _bad(BL_TARIFF, "name must be printable, without surrounding spaces")
+    if body[8] % 900:
+        # an outage starts on its interval's grid, so its compensated window does too
+        raise _bad(BL_TARIFF, f"grace_s must be whole quarter hours, not {body[8]}")
     try:
         parse_periods(body[4])
     except ValueError as e:
@@ -263,7 +266,7 @@ class Shortfall:
     with data), less what it still used in the window."""
 
     window: tuple[int, int]  # [from, to) unix s
-    days: int  # baseline days with data
+    days: int  # baseline days whose window the meter's intervals cover whole
     baseline: int  # Wh: their mean, rounded half up
     served: int  # Wh measured (or estimated) in the window itself
     wh: int  # not served: baseline - served, at least 0
@@ -289,22 +292,25 @@ def in_window(u: Usage, lo: int, hi: int) -> bool:
 
 def shortfall(t: Tariff, start: int, end: int, usage: Iterable[Usage]) -> Shortfall | None:
     """The meter's shortfall in the outage [start, end) from its intervals `usage` (the
-    window's and the baseline days', each once; others are ignored), or None when the
-    outage did not outlast the tariff's grace. An interval counts in a window if it lies
-    entirely within it."""
+    window's and the baseline days', each once, none overlapping; others are ignored), or
+    None when the outage did not outlast the tariff's grace. An interval counts in a
+    window if it lies entirely within it, and a baseline day only if its intervals cover
+    its whole window."""
     lo = start + t.grace_s
     if lo >= end:
         return None
     shifts = baseline_shifts(start, end)
-    served, sums, seen = 0, dict.fromkeys(shifts, 0), set()
+    served, sums, covered = 0, dict.fromkeys(shifts, 0), dict.fromkeys(shifts, 0)
     for u in usage:
         if in_window(u, lo, end):
             served += u.imp
         for d in shifts:
             if in_window(u, lo - d * DAY_S, end - d * DAY_S):
                 sums[d] += u.imp
-                seen.add(d)
-    days = [sums[d] for d in shifts if d in seen]
+                covered[d] += u.dur
+    # a day counts only with its whole window covered (intervals never overlap: the
+    # verifier holds them to it), so leaving rows out cannot lower a day's use
+    days = [sums[d] for d in shifts if covered[d] == end - lo]
     baseline = (2 * sum(days) + len(days)) // (2 * len(days)) if days else 0
     wh = max(0, baseline - served)
     return Shortfall((lo, end), len(days), baseline, served, wh, compensation_cents(t, wh))

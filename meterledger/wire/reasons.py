@@ -58,7 +58,7 @@ APPLICATIONS = (
     # tariffs and bills (section 28)
     "tariff_version", "tariff_retroactive", "unknown_tariff", "tariff_mismatch",
     "already_approved", "tariff_started", "tariff_not_in_force", "period_open",
-    "receipt_repeated", "unknown_receipt",
+    "receipt_repeated", "unknown_receipt", "period_overlap",
     # outage credits (section 28)
     "no_outage_record", "within_grace", "credit_mismatch", "credit_repeated",
     # points redeemed against bills (section 28)

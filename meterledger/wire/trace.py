@@ -61,6 +61,7 @@ CAUSES = (MISOPERATION, POOR_MAINTENANCE, QUALITY, AGEING)
 
 _DAY, _YEAR = 86_400, 365 * 86_400
 ALARM_WINDOW_S = _DAY  # an alarm up to a day before a fault makes it a misoperation
+ALARM_REPORT_S = 900  # an alarm is on the chain within a quarter hour of the fault
 TICKET_MAX_S = 7 * _DAY  # an operation ticket's window, at most
 WARRANTY_MAX_S = 50 * _YEAR
 MAINTAIN_S = (_DAY, 10 * _YEAR)  # a device's maintenance interval
@@ -293,6 +294,7 @@ class Maintenance:
 class Alarm:
     observed: int  # when the operation was seen (the alarm's own field)
     tx: bytes
+    at: int = 0  # the chain's time when it was recorded
 
 
 def determine(fault_t: int, commissioned: int, warranty_s: int, maintain_s: int,
@@ -300,7 +302,11 @@ def determine(fault_t: int, commissioned: int, warranty_s: int, maintain_s: int,
               alarms: Sequence[Alarm]) -> Evidence:
     """The cause of a fault detected at `fault_t` from the device's record (module doc):
     `maintenance` and `alarms` in chain order. Deterministic: integers and order only."""
-    near = [a for a in alarms if fault_t - ALARM_WINDOW_S <= a.observed <= fault_t]
+    # an alarm counts if it was seen in the day before the fault and recorded by the time
+    # the fault was, give or take a report's delay: one entered later (its observed time is
+    # its sender's word) cannot shift the blame after the fact
+    near = [a for a in alarms if fault_t - ALARM_WINDOW_S <= a.observed <= fault_t
+            and a.at <= fault_t + ALARM_REPORT_S]
     if near:
         return Evidence(MISOPERATION, max(near, key=lambda a: a.observed).tx)
     before = [m for m in maintenance if m.at <= fault_t]

@@ -149,6 +149,12 @@ def test_a_bill_is_received_once_under_the_tariff_in_force_and_corrected_by_name
         replaces=first["tx"]))
     second = dict(tf.store.record(TF.T_RECEIPT, key))
     assert (second["replaces"], second["n"], second["total"]) == (first["tx"], 2, 338)
+    # periods are billed in order, once each: no period over a billed one, and a
+    # correction keeps its period
+    assert tf.refused(UTILITY, BL.BL_RECEIPT, {**body, 2: START + 43_200}) == \
+        "period_overlap"
+    assert tf.refused(UTILITY, BL.BL_RECEIPT, {**body, 3: end - 900, 8: second["tx"]}) == \
+        "period_overlap"
     replay = verify_blocks(store_blocks(tf.store))
     check_derived(tf.store, replay)
 

@@ -154,6 +154,10 @@ def test_the_reporter_queues_each_record_once_and_the_chain_keeps_it(tmp_path: P
             assert reporter.flush() == 0  # before the link's first contact: it waits
             assert fog.node.cooker.pending_outages(10) == [record]
             link.step()  # first contact
+            # the chain's time has not passed the outage's end yet: the chain would refuse
+            # the record (outage_future) and halt the outbox, so it waits
+            assert int(ChainClient(chain.url).head()["time"]) < T0 + IVL
+            assert reporter.flush() == 0 and fog.node.cooker.pending_outages(10) == [record]
             chain.register("holder")  # a block at the fog's time: the outage has ended
             assert reporter.flush() == 1 and fog.node.cooker.pending_outages(10) == []
             assert reporter.counters["outage_records_queued"] == 1

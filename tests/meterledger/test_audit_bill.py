@@ -58,12 +58,13 @@ KEYS = {k.id: k for k in (UTILITY, REGULATOR, CUSTOMER)}
 OUTAGE = (START + 8 * 3600, START + 9 * 3600)
 
 
-def _readings(node: FogNode, clock: Clock) -> None:
+def _readings(node: FogNode, clock: Clock) -> bytes:
     """Every 15 minutes from 06:00 to 10:00 on the three days before the billed day and on
     it, 100 Wh each quarter hour (300 Wh in the billed day's last); on the billed day the
     reading at 07:30 is lost on its way and the meter is off from 08:00 to 09:00 (no
-    readings, nothing used). The fog estimates what its readings do not bound."""
-    prev, register, seq = P.ZERO32, 0, 0
+    readings, nothing used). The fog estimates what its readings do not bound. Returns the
+    lost reading (it arrives after the bill)."""
+    prev, register, seq, lost = P.ZERO32, 0, 0, b""
     for day in (START - 3 * DAY, START - 2 * DAY, START - DAY, START):
         for i in range(17):
             t = day + 6 * 3600 + 900 * i
@@ -75,10 +76,12 @@ def _readings(node: FogNode, clock: Clock) -> None:
             raw = P.sign1(HOME, P.reading(HOME.id, seq, t, 900, register, 0, 0, prev))
             prev = P.digest(raw)
             if (day, i) == (START, 6):
+                lost = raw
                 continue  # lost on its way
             clock.t = t
             outcomes, _ = node.ingest.process([raw])
             assert outcomes[0].status == "logged", outcomes
+    return lost
 
 
 def _points(chain: Chain, node: FogNode) -> None:
@@ -114,7 +117,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         node.ingest.decide(HOME.public_key.raw, "active", "test")
         link = ChainLink(node, ChainClient(chain.url), clock)
         _points(chain, node)
-        _readings(node, clock)
+        lost = _readings(node, clock)
         clock.t = START + DAY // 2
         chain.register("holder")  # a block in the period: the redemption falls in it
         status, redeemed = chain.post(chain.sign(CUSTOMER, BL.BL_REDEEM, BL.redeem_body(
@@ -142,6 +145,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         points = B.redemptions(client, t, ACCOUNT, START, END)
         billed = B.bill(fog, t, ACCOUNT, HOME.id, START, END, 900, credits, points)
         B.receipt(sender, billed, now)
+        # the lost reading arrives after the bill: the fog supersedes its estimate (both
+        # stay in its log), the bill stands as it was computed
+        outcomes, _ = node.ingest.process([lost])
+        assert outcomes[0].status == "logged", outcomes
+        node.cooker.tick(now, lambda: node.checkpoints.seal(now, force=True))
+        node.checkpoints.seal(now, force=True)
         with pytest.raises(NotAnchored):  # the fog has not anchored yet
             build_bill_bundle(fog, client, billed.doc)
         link.step()
@@ -338,6 +347,22 @@ def _points_tx(**kw: Any) -> Tamper:
     return tamper
 
 
+def _superseded_twice(b: dict[str, Any], w: Any) -> None:
+    """The utility bills 07:15-07:30 from the late reading and 07:30-07:45 from the
+    estimate that reading superseded: the estimate's difference counts the first interval's
+    energy again (each row proven on its own)."""
+    usage = b["bill"]["usage"]
+    i = next(k for k, u in enumerate(usage) if u[3] and u[0] > START + 7 * 3600)
+    est = next(e for e in b["estimates"] if e["leaf_index"] == usage[i][4])
+    seq = P.parse(bytes.fromhex(est["entry"])).fields[6] + 1  # the lost reading's
+    head = P.parse(bytes.fromhex(_anchor(b)["transaction"])).fields[4][1][-1]
+    late = w["fog"].inclusion(HOME.id, seq, int(P.parse(head).fields[3]))
+    b["readings"].append({"entry": late["entry"], "leaf_index": int(late["leaf_index"]),
+                          "inclusion_path": late["path"]})
+    usage[i] = [usage[i][0], 900, 100, 0, seq]
+    _forge_tx(b, w, "receipt", body={6: BL.bill_digest(b["bill"])})
+
+
 def _points_worth_more(b: dict[str, Any]) -> None:
     b["points"][0]["cents"] += 10
     b["lines"][-1][3] -= 10
@@ -456,8 +481,17 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
     ("points of another account", _points_tx(body={2: b"\x01" * 8}), "points"),
     ("points redeemed after the period", _points_tx(prev_t=END), "points"),
     ("points worth more", _rebill(_points_worth_more), "points"),
+    ("an estimate billed with the reading that superseded it", _superseded_twice, "usage"),
     ("a cent more", _rebill(_a_cent_more), "bill"),
 ]
+
+
+def test_an_estimate_and_the_reading_that_superseded_it_are_not_both_billed(
+        world: Any) -> None:
+    b = copy.deepcopy(world["bundle"])
+    _superseded_twice(b, world)
+    with pytest.raises(audit.BundleError, match="one energy billed twice"):
+        AB.verify_bill_bundle(b, [world["trust"]])
 
 
 @pytest.mark.parametrize("name,tamper,check", TAMPERS, ids=[t[0] for t in TAMPERS])

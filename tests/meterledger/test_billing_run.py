@@ -160,3 +160,16 @@ def test_the_bill_cli_proposes_approves_runs_and_reads(world: Any, tmp_path: Pat
     code, out, err = cli("receipts", "ad" * 8, "--chain", url, "--json")
     [r] = json.loads(out)["receipts"]
     assert (r["bill"], r["total"]) == (BL.bill_digest(doc).hex(), doc["total"])
+    # a second run: that customer's receipt is refused (billed already) and its bill file
+    # stays the receipted one; a new customer in the list is billed all the same
+    people.write_text(f"{'ad' * 8},{HOME.id.hex()}\n{'ae' * 8},{HOME.id.hex()}\n")
+    written = (tmp_path / "bills" / f"{'ad' * 8}-{START}.json").read_bytes()
+    code, out, err = cli("run", "--chain", url, "--key", str(keys["utility"]), "--fog",
+                         world["fog"].base_url, "--fog-token-file",
+                         str(node.config.data_dir / "auditor.token"), "--tariff",
+                         "residential", "--start", str(START), "--end", str(START + 86_400),
+                         "--customers", str(people), "--out", str(tmp_path / "bills"))
+    assert code == 1 and out.startswith("aeaeaeaeaeaeaeae: "), out + err
+    assert err.startswith("adadadadadadadad: not billed: receipt_repeated") and \
+        err.count("\n") == 1, err
+    assert (tmp_path / "bills" / f"{'ad' * 8}-{START}.json").read_bytes() == written

@@ -100,3 +100,28 @@ def test_a_tariff_with_bad_periods_is_refused_by_the_wire(
 def test_the_quarter_table_is_the_periods_search(start: int, tz: int) -> None:
     t = tariff(tz_min=tz)
     assert t.quarters()[(start + tz * 60) % 86_400 // 900] == t.period_of(start)
+
+
+def test_a_baseline_day_counts_only_with_its_whole_window_covered() -> None:
+    """An outage 18:00-20:00, an hour's grace: the window is 19:00-20:00. Day -1 used 400 Wh
+    then, day -2 800 Wh but only half its window is known (its 400 Wh must not lower the
+    mean), day -3 600 Wh; the outage day served 50 Wh of it."""
+    t = tariff(grace_s=3_600, compensation_rate=100_000, compensation_cap=10**9)
+    start, end = DAY + 18 * 3600, DAY + 20 * 3600
+
+    def hour(day: int, wh: list[int]) -> list[BL.Usage]:
+        first = start + 3600 - day * 86_400
+        return [BL.Usage(first + 900 * (q + 1), 900, w) for q, w in enumerate(wh)]
+
+    usage = [*hour(1, [100] * 4), *hour(2, [200, 200]), *hour(3, [150] * 4),
+             *hour(0, [50, 0, 0, 0])]
+    s = BL.shortfall(t, start, end, usage)
+    assert s is not None
+    assert (s.window, s.days, s.baseline, s.served, s.wh) == ((start + 3600, end), 2, 500, 50,
+                                                              450)
+    assert s.cents == 45  # 0.45 kWh at 1.00
+    assert BL.shortfall(t, start, start + 3600, usage) is None  # within the grace
+    key = P.SigningKey.from_int(7)
+    with pytest.raises(P.ProtocolError, match="grace_s must be whole quarter hours"):
+        P.sign1(key, C.tx(key.id, 1, BL.BL_TARIFF, BL.tariff_body(
+            "r", 1, DAY, PERIODS, grace_s=1_000), DAY, key.id))

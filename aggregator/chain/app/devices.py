@@ -122,12 +122,18 @@ def maintain(st: G.Staged, operator: bytes, body: dict[int, Any], tx: bytes, now
     _event(st, dev, rec, DV.DV_MAINTAIN, tx, operator, now, body)
 
 
-def firmware(st: G.Staged, sender: bytes, body: dict[int, Any], tx: bytes, now: int) -> None:
+def firmware(st: G.Staged, sender: bytes, body: dict[int, Any], tx: bytes, now: int,
+             fog: bool = False) -> None:
     """A firmware version seen on the device (a meter's birth, an operator's reading): a
-    change only, so the timeline shows each version once per change."""
+    change only, so the timeline shows each version once per change. A fog's record of the
+    version the device already runs (an operator recorded it between the fog's read and
+    this transaction) is accepted with no effect: a fog's refused transaction halts its
+    whole outbox, anchors included (docs/PROTOCOL.md section 29, "What the fog reports")."""
     dev = body[1]
     rec = device(st, dev)
     if (rec.get("fw"), rec.get("hw")) == (body[2], body[3]):
+        if fog:
+            return  # a no-op: the transaction is in its block, the timeline unchanged
         raise ChainError("firmware_repeated", f"device {dev.hex()} already runs firmware "
                                               f"{body[2]!r} on hardware {body[3]!r}")
     rec.update(fw=body[2], hw=body[3])
@@ -189,9 +195,12 @@ def execute(st: G.Staged, operator: bytes, body: dict[int, Any], tx: bytes, now:
     _event(st, t["dev"], device(st, t["dev"]), DV.DV_EXECUTE, tx, operator, now, body)
 
 
-def alarm(st: G.Staged, sender: bytes, body: dict[int, Any], tx: bytes, now: int) -> None:
+def alarm(st: G.Staged, sender: bytes, body: dict[int, Any], tx: bytes, now: int,
+          fog: bool = False) -> None:
     """A dangerous-behaviour alarm: an operation seen on the device that no approved ticket
-    of the same operation covered at the time it was seen."""
+    of the same operation covered at the time it was seen. A fog's alarm such a ticket
+    covers (one requested and approved after the fog looked) is accepted with no effect,
+    not refused, and is no alarm: it stays off the timeline, which the fault rule reads."""
     dev, op, seen = body[1], body[2], body[3]
     rec = device(st, dev)
     who = body.get(5)
@@ -201,6 +210,8 @@ def alarm(st: G.Staged, sender: bytes, body: dict[int, Any], tx: bytes, now: int
         t = ticket(st, key[8:])
         if t["op"] == op and t["state"] in (APPROVED, EXECUTED) and \
                 t["start"] <= seen <= t["end"]:
+            if fog:
+                return  # a no-op: the transaction is in its block, the timeline unchanged
             raise ChainError("operation_ticketed", f"{op} at {seen} was covered by approved "
                                                    f"ticket {key[8:].hex()}")
     _event(st, dev, rec, DV.DV_ALARM, tx, sender, now, body)
@@ -231,7 +242,7 @@ def record_of(st: G.Staged, dev: bytes) -> tuple[list[DV.Maintenance], list[DV.A
         if ev["kind"] == DV.DV_MAINTAIN:
             maint.append(DV.Maintenance(ev["at"], ev["body"][3], ev["tx"]))
         elif ev["kind"] == DV.DV_ALARM:
-            alarms.append(DV.Alarm(ev["body"][3], ev["tx"]))
+            alarms.append(DV.Alarm(ev["body"][3], ev["tx"], ev["at"]))
     return maint, alarms
 
 

@@ -76,7 +76,9 @@ def credit(st: G.Staged, pid: bytes, upt: int) -> None:
     acct = account(st, pid)
     debt = min(acct["owed"], upt)
     acct["owed"] -= debt
-    acct["balance"] += upt - debt
+    # a balance never passes UPT_MAX (what no payment reaches): issuance beyond it (points
+    # for clean trades at the highest clean_upt) is lost rather than a settlement refused
+    acct["balance"] = min(acct["balance"] + upt - debt, MK.UPT_MAX)
     st.put(T_ACCOUNT, pid, acct)
     if debt:
         credit(st, operator(st), debt)

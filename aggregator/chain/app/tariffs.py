@@ -14,6 +14,7 @@ Application records:
                                                       "tariff", "version", "wh", "cents"}
     bl.redeem   account || t (8 bytes) || tx digest -> {"customer", "tx", "t", "tariff",
                                                       "version", "upt", "cents"}
+    bl.period   account                           -> {"end"}: the latest period billed
 
 An outage credit (bl_credit) needs the fog's closed outage record of the meter
 (aggregator.chain.app.outages), an outage longer than the tariff's grace, and the cents the
@@ -31,6 +32,7 @@ from aggregator.chain.ledger import ChainError
 from meterledger.wire import billing as BL
 
 T_TARIFF, T_RECEIPT, T_CREDIT, T_REDEEM = "bl.tariff", "bl.receipt", "bl.credit", "bl.redeem"
+T_PERIOD = "bl.period"
 
 
 def tariff_key(name: str, version: int) -> bytes:
@@ -115,11 +117,30 @@ def receive(st: G.Staged, utility: bytes, body: dict[int, Any], tx: bytes, now: 
     if replaces is not None and (prev is None or prev["tx"] != replaces):
         raise ChainError("unknown_receipt", f"{replaces.hex()} is not the latest receipt of "
                                             f"account {account.hex()} from {start}")
+    _no_overlap(st, account, start, end, prev if replaces is not None else None)
     rec_out = {"utility": utility, "tx": tx, "end": end, "tariff": name, "version": version,
                "bill": body[6], "total": body[7], "n": 1 if prev is None else prev["n"] + 1}
     if replaces is not None:
         rec_out["replaces"] = replaces
     st.put(T_RECEIPT, key, rec_out)
+
+
+def _no_overlap(st: G.Staged, account: bytes, start: int, end: int,
+                corrected: dict[str, Any] | None) -> None:
+    """An account's periods are billed in order, never twice: a new one starts at or after
+    the latest one's end; a correction keeps the period of the receipt it replaces."""
+    if corrected is not None:
+        if corrected["end"] != end:
+            raise ChainError("period_overlap", f"a correction keeps its period: the receipt "
+                                               f"it replaces ends at {corrected['end']}, not "
+                                               f"{end}")
+        return
+    last = st.get(T_PERIOD, account)
+    if last is not None and start < last["end"]:
+        raise ChainError("period_overlap", f"account {account.hex()} is billed until "
+                                           f"{last['end']}: a period from {start} would bill "
+                                           "some of it twice")
+    st.put(T_PERIOD, account, {"end": end})
 
 
 def _billing_version(st: G.Staged, utility: bytes, name: str, version: int,

@@ -51,6 +51,7 @@ from aggregator.chain.service.api_market import MarketReads
 from aggregator.chain.service.api_reads import ChainReads, before, bounded, decoded, tx_digest
 from aggregator.chain.service.api_trace import TraceReads
 from aggregator.chain.service.metrics import registry
+from aggregator.chain.store.base import header_time
 from aggregator.dispatch.suggestions import PAGE as SUGGESTIONS
 from aggregator.dispatch.suggestions import STATES, Dispatcher, SuggestionStateError
 from meterledger import wire as P
@@ -338,11 +339,13 @@ class AggregatorAPI:
 
     # -- GET -------------------------------------------------------------------------------------
     def _head(self, req: H.Request) -> dict[str, Any]:
-        """The newest block: height, hash, signed header, chain id, sealer key, state root."""
+        """The newest block: height, hash, signed header, chain id, sealer key, state root,
+        and its time: the chain's time, what the next transaction's rules read."""
         h = self.ledger.head()
         return {"height": h.height, "hash": h.hash.hex(), "header": h.header.hex(),
                 "chain": h.chain.hex(), "sealer_pub": h.sealer_pub.hex(),
-                "state_root": h.state_root.hex(), "engine": h.engine}
+                "state_root": h.state_root.hex(), "engine": h.engine,
+                "time": header_time(h.header)}
 
     def _block(self, req: H.Request) -> dict[str, Any]:
         """One block by its height: the signed header, the transactions, both decoded.

@@ -18,5 +18,7 @@ ROLES = ("fog", "utility")  # ROLE None: the rule checks these
 def check(tx: Tx, state: State) -> Effect:
     DVS.allowed(tx.sender, KIND, ROLES)
     st = G.Staged(state)
-    DVS.alarm(st, tx.sender.id, tx.body, tx.digest, state.chain_time())
+    # a fog's race (docs/PROTOCOL.md section 29) is a no-op, never a refusal that halts it
+    DVS.alarm(st, tx.sender.id, tx.body, tx.digest, state.chain_time(),
+             fog=tx.sender.role == "fog")
     return st.effect(tx.effect())
