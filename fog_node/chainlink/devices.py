@@ -50,7 +50,7 @@ from fog_node import ota
 from fog_node.chainlink.link import AnchorError, ChainLink
 from meterledger import wire as P
 from meterledger.clients.chain import ChainClientError, ChainUnavailable
-from meterledger.infra.sqlite import connect, meta, set_meta
+from meterledger.infra.sqlite import atomic, connect, meta, set_meta
 from meterledger.wire import trace as DV
 from meterledger.wire.cbor import ProtocolError
 
@@ -143,6 +143,14 @@ class DeviceReporter:
         self._lock = threading.Lock()
         self.db = connect(link.db_path, wal=False)
         self.db.executescript(_SCHEMA)
+        if meta(self.db, _SCAN) is None:
+            # a fog that starts reporting looks at readings from now on: a TAMPER reading
+            # of the past was handled then (its fault and alarm), and an alarm observed long
+            # ago would only mislead a fault's determination
+            with self.node.lock:
+                size = self.node.log.size()
+            with atomic(self.db):
+                set_meta(self.db, _SCAN, size)
 
     def close(self) -> None:
         """Wait for a step under way; later steps do nothing."""
