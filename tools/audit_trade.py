@@ -103,6 +103,8 @@ def _contract(doc: Any) -> tuple[dict[str, Any], list[bytes]]:
     commits = [] if "commits" not in doc else audit._value("contract.commits", "path",
                                                             doc["commits"])
     c["green"] = audit._value("contract.green", "uint", doc.get("green", 0))
+    for name in ("green_short", "clean_upt"):  # a green contract's, once settled
+        c[name] = audit._value(f"contract.{name}", "uint", doc.get(name, 0))
     if len(c["orders"]) != 2 or len(commits) not in (0, 2):
         raise BundleFormatError("contract.orders must name 2 orders and contract.commits "
                                 "none or 2 commitments")

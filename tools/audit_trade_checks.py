@@ -69,7 +69,8 @@ CHECKS = (
     ("settlement", "the cycle's mk_settle came after the delivery interval (and after the "
                    "deadline if the statements anchored before it do not cover the cycle), "
                    "and the delivered Wh are the seller's measured export less what its "
-                   "earlier contracts of the cycle took, at most the contract's Wh"),
+                   "earlier contracts of the cycle took, at most the contract's Wh; a green "
+                   "contract's points for clean energy are clean_upt per certified kWh"),
 )
 
 
@@ -352,6 +353,10 @@ def _settlement(t: Trade, mp: dict[str, int], places: dict[bytes, tuple[int, int
     _check("settlement", c["delivered"] == d,
            f"the seller exported {exp} Wh, its earlier contracts took {taken}: {d} Wh "
            f"delivered, the contract says {c['delivered']}")
+    clean = (d - c["green_short"]) * mp["clean_upt"] // 1_000 if c["green"] else 0
+    _check("settlement", c["green_short"] <= d and c["clean_upt"] == clean,
+           f"{d - c['green_short']} Wh of certified energy delivered earn each party {clean} "
+           f"upt (clean_upt {mp['clean_upt']} a kWh), the contract says {c['clean_upt']}")
     return len(before)
 
 
@@ -381,5 +386,6 @@ def verify(t: Trade, trusted: list[P.PublicKey]) -> TradeVerified:
         bool(c["measured"]), b.gen_meter.hex(), b.fog_pub.id_hex, counted,
         sum(s.f[6] for s in b.segments), sum(len(s.readings) for s in b.segments),
         {"seller": c["mid"] * c["delivered"], "grid": (c["pt"] + c["fee"]) * c["delivered"],
-         "buyer_refund": c["pf"] * short, "imbalance": settle_mp["imbalance"] * short},
+         "buyer_refund": c["pf"] * short, "imbalance": settle_mp["imbalance"] * short,
+         "clean_each": c["clean_upt"]},
         (min(t.heights), max(t.heights)), sorted(t.sealers))

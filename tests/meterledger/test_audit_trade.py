@@ -213,7 +213,7 @@ def test_a_trade_bundle_verifies_offline_and_recomputes_the_settlement(world: An
     assert (r.meter, r.fog, r.statements, r.estimated, r.readings) == (
         PV_METER.id.hex(), world["node"].key.id.hex(), 1, 0, 2)
     assert r.payments == {"seller": 401 * 150, "grid": 70 * 150, "buyer_refund": 471 * 150,
-                          "imbalance": 600 * 150}
+                          "imbalance": 600 * 150, "clean_each": 0}
     assert world["bundle"]["earlier"] == [{"n": 0, "wh": 300, "delivered": 300}]
     assert r.sealers == [world["trust"].id_hex]
     # the chain's own accounts agree with what the bundle recomputes
@@ -243,6 +243,13 @@ def test_a_sealed_calls_trade_is_proven_from_its_commitments(sealed: Any) -> Non
         with pytest.raises(audit.BundleError) as e:
             AT.verify_trade_bundle(broken, [sealed["trust"]])
         assert e.value.check == "auction", str(e.value)
+    # points for clean energy: 150 certified Wh earn each party 150,000 upt (1 point a kWh)
+    assert r.payments["clean_each"] == b["contract"]["clean_upt"] == 150_000
+    broken = copy.deepcopy(b)
+    broken["contract"]["clean_upt"] += 1
+    with pytest.raises(audit.BundleError) as e:
+        AT.verify_trade_bundle(broken, [sealed["trust"]])
+    assert e.value.check == "settlement" and "clean_upt" in str(e.value), str(e.value)
 
 
 def test_cli_fetches_and_verifies_through_the_http_apis(world: Any, tmp_path: Path) -> None:
