@@ -39,7 +39,12 @@ from typing import Any
 
 from meterledger import wire as P
 from meterledger.clients.bundle import NotAnchored
-from meterledger.clients.certificate_bundle import anchor_size, embedded_tx
+from meterledger.clients.certificate_bundle import (
+    anchor_size,
+    answered,
+    embedded_tx,
+    with_prev_headers,
+)
 from meterledger.clients.chain import ChainClient, ChainClientError, ChainUnavailable
 from meterledger.clients.fog import FogClient
 from meterledger.wire import billing as BL
@@ -55,24 +60,8 @@ def build_bill_bundle(fog: FogClient, chain: ChainClient, bill: dict[str, Any]
     when no anchor of the fog covers the bill's entries yet, NotSupported for a consortium
     chain's, and ChainClientError for what a service refused or answered inconsistently
     (a bill without a receipt, or one a correction replaced, among them)."""
-    try:
-        return _build(fog, chain, bill)
-    except ChainClientError:
-        raise
-    except (P.ProtocolError, LookupError, TypeError, ValueError) as e:  # a malformed answer
-        raise ChainClientError(f"the bill of {bill.get('account')} from {bill.get('start')}: "
-                               "a service answered something else than its API says: "
-                               f"{type(e).__name__}: {e}") from None
-
-
-def _section(chain: ChainClient, digest: str, prev: dict[int, str]) -> dict[str, Any]:
-    """A transaction's section with the header of the block before its own."""
-    t = embedded_tx(chain.tx(digest))
-    h = t["block_height"]
-    if h not in prev:
-        prev[h] = chain.block(h - 1)["header"]
-    t["prev_header"] = prev[h]
-    return t
+    return answered(f"the bill of {bill.get('account')} from {bill.get('start')}",
+                    lambda: _build(fog, chain, bill))
 
 
 def _receipt(chain: ChainClient, bill: dict[str, Any]) -> str:
@@ -154,10 +143,10 @@ def _build(fog: FogClient, chain: ChainClient, bill: dict[str, Any]) -> dict[str
     meter = bytes.fromhex(bill["meter"])
     receipt = _receipt(chain, bill)
     tariff, approval = _tariff(chain, bill)
-    prev: dict[int, str] = {}
     credits = [d for c in bill["compensation"] for d in (c["credit"], c["fault"])]
     credits += [r["redeem"] for r in bill["points"]]
-    txs = {d: _section(chain, d, prev) for d in (receipt, tariff, approval, *credits)}
+    txs = {d: embedded_tx(chain.tx(d)) for d in (receipt, tariff, approval, *credits)}
+    with_prev_headers(chain, txs)
     senders = {P.parse(bytes.fromhex(t["transaction"]), schema=False).fields[1].hex()
                for t in txs.values()}
     pubs = {p["id"]: p["pub"] for p in chain.participants()}

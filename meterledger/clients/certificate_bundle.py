@@ -25,6 +25,7 @@ are used here, so a service may build these bundles too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from meterledger import wire as P
@@ -109,19 +110,37 @@ def _segment(fog: FogClient, seg: dict[str, Any], statement: bytes,
             **statement_proof(fog, statement, seg["anchor"], size)}
 
 
+def answered(what: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A bundle `build` assembles from the services' answers: an answer that is not what
+    the service's API says becomes a ChainClientError naming `what` (a bundle's builders
+    share this), and a service's own refusal stays as it was."""
+    try:
+        return build()
+    except ChainClientError:
+        raise
+    except (P.ProtocolError, LookupError, TypeError, ValueError) as e:  # a malformed answer
+        raise ChainClientError(f"{what}: a service answered something else than its API "
+                               f"says: {type(e).__name__}: {e}") from None
+
+
+def with_prev_headers(chain: ChainClient, txs: dict[str, dict[str, Any]]) -> None:
+    """Each transaction section gets `prev_header`, the header of the block before its own
+    (whose time the chain's rules read for it)."""
+    prev: dict[int, str] = {}  # height -> the header of the block before it
+    for t in txs.values():
+        h = t["block_height"]
+        if h not in prev:
+            prev[h] = chain.block(h - 1)["header"]
+        t["prev_header"] = prev[h]
+
+
 def build_certificate_bundle(fog: FogClient, chain: ChainClient, cid: str) -> dict[str, Any]:
     """Ask the chain and the generator's fog node for everything that proves certificate
     `cid` ("<generator>/<lo>-<hi>"). `fog` is the fog's API (auditor tier: entries, readings'
     proofs, devices), `chain` the dispatch chain's. Raises NotSupported for a consortium's
     certificate and ChainClientError (ChainUnavailable when a service does not answer) for
     what a service refused or answered inconsistently."""
-    try:
-        return _build(fog, chain, cid)
-    except ChainClientError:
-        raise
-    except (P.ProtocolError, LookupError, TypeError, ValueError) as e:  # a malformed answer
-        raise ChainClientError(f"certificate {cid}: a service answered something else than "
-                               f"its API says: {type(e).__name__}: {e}") from None
+    return answered(f"certificate {cid}", lambda: _build(fog, chain, cid))
 
 
 def _build(fog: FogClient, chain: ChainClient, cid: str) -> dict[str, Any]:

@@ -35,9 +35,11 @@ from typing import Any
 from meterledger import wire as P
 from meterledger.clients.certificate_bundle import (
     anchor_size,
+    answered,
     carried,
     embedded_tx,
     statement_proof,
+    with_prev_headers,
 )
 from meterledger.clients.chain import ChainClient, ChainClientError
 from meterledger.clients.fog import FogClient
@@ -55,13 +57,7 @@ def build_trade_bundle(fog: FogClient, chain: ChainClient, cycle: int,
     `chain` the dispatch chain's. Raises NotSupported for a consortium's contract and
     ChainClientError for what a service refused or answered inconsistently (a contract
     not settled yet among them)."""
-    try:
-        return _build(fog, chain, cycle, n)
-    except ChainClientError:
-        raise
-    except (P.ProtocolError, LookupError, TypeError, ValueError) as e:  # a malformed answer
-        raise ChainClientError(f"contract {cycle}/{n}: a service answered something else than "
-                               f"its API says: {type(e).__name__}: {e}") from None
+    return answered(f"contract {cycle}/{n}", lambda: _build(fog, chain, cycle, n))
 
 
 def _digests(c: dict[str, Any]) -> list[str]:
@@ -105,12 +101,7 @@ def _build(fog: FogClient, chain: ChainClient, cycle: int, n: int) -> dict[str, 
         raise ChainClientError(f"the fog at {fog.base_url} is {info['fog_id']}, but seller "
                                f"{seller} is measured by fog {enrolment['fog']}")
     txs = {d: embedded_tx(chain.tx(d)) for d in [*_digests(c), enrolment["tx"]]}
-    prev: dict[int, str] = {}  # height -> the header of the block before it
-    for t in txs.values():
-        h = t["block_height"]
-        if h not in prev:
-            prev[h] = chain.block(h - 1)["header"]
-        t["prev_header"] = prev[h]
+    with_prev_headers(chain, txs)
     senders = {P.parse(bytes.fromhex(t["transaction"]), schema=False).fields[1].hex()
                for t in txs.values()}
     pubs = {p["id"]: p["pub"] for p in chain.participants()}
