@@ -84,10 +84,17 @@ CONTRACT_N = _uint(*_R[MK.MK_SIGN][2])
 def _chain_flags(p: argparse.ArgumentParser, key: str | None, signs: bool = True) -> None:
     """--chain, --key (`key`: its help; None: no key; required when it `signs`), the token
     and CA flags, --json."""
-    p.add_argument("--chain", required=True, help="the chain's API URL, e.g. "
-                   "http://127.0.0.1:8090 (no scheme: http)")
+    connection_flags(p)
     if key is not None:
         p.add_argument("--key", type=Path, required=signs, metavar="FILE", help=key)
+    p.add_argument("--json", action="store_true",
+                   help="print the API's answer (a read) or the receipt as JSON")
+
+
+def connection_flags(p: argparse.ArgumentParser) -> None:
+    """--chain, and the bearer token and CA flags of a chain client's command."""
+    p.add_argument("--chain", required=True, help="the chain's API URL, e.g. "
+                   "http://127.0.0.1:8090 (no scheme: http)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--token-file", type=Path, metavar="FILE",
                    help="file holding a bearer token for the chain's API, if it asks one "
@@ -97,8 +104,6 @@ def _chain_flags(p: argparse.ArgumentParser, key: str | None, signs: bool = True
     p.add_argument("--ca-file", type=Path, metavar="FILE",
                    help="CA certificate (PEM) the chain's https certificate must chain to "
                         "(default: the system's CAs)")
-    p.add_argument("--json", action="store_true",
-                   help="print the API's answer (a read) or the receipt as JSON")
 
 
 SIGNER = "the participant's private key file (hex, as `keygen` writes it); it signs"

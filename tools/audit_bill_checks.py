@@ -16,18 +16,7 @@ from tools.audit import _check, _parsed, _signed
 
 # (check name, what it establishes), in the order they run
 CHECKS = (
-    ("format", "the bundle has every field and no other, of the right kind and size (a "
-               "failure is an input error: exit 2)"),
-    ("block_signature", "every block header (and the one before each transaction's) is a "
-                        "type-13 message signed by a trusted key, the one before linked by "
-                        "its digest"),
-    ("block_height", "every block header has its section's height"),
-    ("tx_signature", "every transaction is a type-12 message signed by the key `keys` gives "
-                     "for its sender, with the digest it is named by"),
-    ("anchor_signature", "the anchor is a type-12 anchor transaction signed by fog_pub, with "
-                         "the digest it is named by"),
-    ("chain_id", "every block is of one chain, and every transaction names it"),
-    ("tx_inclusion", "every transaction is transaction tx_index of its sealed block"),
+    *K.SEALED_CHECKS,
     ("tariff", "`tariff` is the bl_tariff of the bill's tariff name and version, and "
                "`approval` another participant's bl_approve of exactly that transaction, "
                "before the tariff started, and the tariff started by the bill's period"),

@@ -17,8 +17,9 @@ from tools import audit
 from tools import audit_certificate as AC
 from tools.audit import _check, _signed
 
-# (check name, what it establishes), in the order they run
-CHECKS = (
+# (check name, what it establishes): `format`, then what `blocks` checks of a bundle's
+# sealed transactions and anchors (a trade's, a bill's), in the order they run
+SEALED_CHECKS = (
     ("format", "the bundle has every field and no other, of the right kind and size (a "
                "failure is an input error: exit 2)"),
     ("block_signature", "every block header (and the one before each transaction's) is a "
@@ -31,6 +32,10 @@ CHECKS = (
                          "with the digest it is named by"),
     ("chain_id", "every block is of one chain, and every transaction names it"),
     ("tx_inclusion", "every transaction is transaction tx_index of its sealed block"),
+)
+# a trade bundle's checks, in the order they run
+CHECKS = (
+    *SEALED_CHECKS,
     ("params", "the contract's market parameters (in force at the bid and at settlement) "
                "are `params` transactions of the market, both from the grid operator, each "
                "before the transaction that used them"),

@@ -48,7 +48,7 @@ from meterledger import wire as P
 from meterledger.clients.chain import ChainClient
 from meterledger.errors import ConfigError
 from meterledger.infra.args import ArgumentParser
-from meterledger.market_cli import SIGNER, Session, _uint, exit_status
+from meterledger.market_cli import SIGNER, Session, _uint, connection_flags, exit_status
 from meterledger.wire import trace as DV
 from tools import audit
 from tools import audit_consortium as consortium
@@ -84,23 +84,9 @@ def _text(lo: int, hi: int) -> Callable[[str], str]:
     return parse
 
 
-def _connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chain", required=True, help="the chain's API URL, e.g. "
-                   "http://127.0.0.1:8090 (no scheme: http)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--token-file", type=Path, metavar="FILE",
-                   help="file holding a bearer token for the chain's API, if it asks one "
-                        "(its reads and POST /v1/tx are public)")
-    g.add_argument("--token", metavar="TOKEN", help="the bearer token itself (visible to "
-                   "other local users in the process list: prefer --token-file)")
-    p.add_argument("--ca-file", type=Path, metavar="FILE",
-                   help="CA certificate (PEM) the chain's https certificate must chain to "
-                        "(default: the system's CAs)")
-
-
 def _signer(p: argparse.ArgumentParser) -> None:
     """The flags of a transaction: the connection, the signing key, --json."""
-    _connection(p)
+    connection_flags(p)
     p.add_argument("--key", "--key-file", dest="key", type=Path, required=True,
                    metavar="FILE", help=SIGNER)
     p.add_argument("--json", action="store_true", help="print the receipt as JSON")
@@ -216,7 +202,7 @@ def parser(prog: str) -> ArgumentParser:
     p = sub.add_parser("show", help="a device's timeline, every record proven (the "
                                     "default: `trace DEVICE`)")
     _device(p)
-    _connection(p)
+    connection_flags(p)
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="one line per record, or the timeline with its proofs as JSON")
     p.add_argument("--trust", action="append", default=[], metavar="PUBHEX",

@@ -34,7 +34,7 @@ from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
 from meterledger.wire import market as MK
 from tests.fog_node.test_anchor import Clock
-from tests.kit.bundles import assert_input_error, assert_rejected
+from tests.kit.bundles import assert_input_error, assert_rejected, flip, reseal
 from tests.kit.chainkit import Chain, running_chain
 from tools import audit
 from tools import audit_bill as AB
@@ -278,36 +278,14 @@ def test_json_verdict_names_every_check(world: Any, tmp_path: Path,
 Tamper = Callable[[dict[str, Any], Any], None]
 
 
-def _flip(hexstr: str) -> str:
-    b = bytearray(bytes.fromhex(hexstr))
-    b[-1] ^= 0x01
-    return b.hex()
-
-
 def _forge(b: dict[str, Any], w: Any, digest: str, body: dict[int, Any] | None = None,
            prev_t: int | None = None, key: P.SigningKey | None = None,
            fields: dict[int, Any] | None = None, drop: tuple[int, ...] = ()) -> str:
     """A colluding sealer: the bundle's transaction `digest` signed again by its sender (or
     `key`) with body keys `body` (and `fields`) changed and `drop` dropped, in a block of
     its own the trusted sealer signs, after a block at `prev_t` if given; the new digest."""
-    sealer = w["chain"].key
-    sec = b["transactions"].pop(digest)
-    tf = P.parse(bytes.fromhex(sec["transaction"])).fields
-    signer = key or {**KEYS, w["node"].key.id: w["node"].key}[tf[1]]
-    kept = {k: v for k, v in {**tf[4], **(body or {})}.items() if k not in drop}
-    raw = P.sign1(signer, {**tf, 1: signer.id, 4: kept, **(fields or {})}, check=False)
-    b["keys"][signer.id.hex()] = signer.public_key.raw.hex()
-    prev = bytes.fromhex(sec["prev_header"])
-    if prev_t is not None:
-        prev = P.sign1(sealer, {**P.parse(prev).fields, 6: prev_t})
-    header = P.sign1(sealer, {**P.parse(bytes.fromhex(sec["block_header"])).fields,
-                              3: P.digest(prev), 4: C.tx_root([raw]), 5: 1})
-    new = P.digest(raw).hex()
-    b["transactions"][new] = {
-        **sec, "transaction": raw.hex(), "block_header": header.hex(),
-        "sealer_signature": P.parse(header).signature.hex(), "tx_index": 0, "tx_path": [],
-        "prev_header": prev.hex()}
-    return new
+    keys = {**KEYS, w["node"].key.id: w["node"].key}
+    return reseal(b, digest, w["chain"].key, keys, body, prev_t, key, fields, drop)
 
 
 def _forge_tx(b: dict[str, Any], w: Any, name: str, **kw: Any) -> None:
@@ -431,11 +409,11 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
     ("bill without usage", lambda b, w: b["bill"].pop("usage"), "format"),
     ("block before sealed by a stranger", _rogue_prev, "block_signature"),
     ("block_height", lambda b, w: _sec(b).update(block_height=1), "block_height"),
-    ("receipt flipped", lambda b, w: _sec(b).update(transaction=_flip(
+    ("receipt flipped", lambda b, w: _sec(b).update(transaction=flip(
         _sec(b)["transaction"])), "tx_signature"),
     ("the utility's key withheld", lambda b, w: b["keys"].pop(UTILITY.id.hex()),
      "tx_signature"),
-    ("anchor flipped", lambda b, w: _anchor(b).update(transaction=_flip(
+    ("anchor flipped", lambda b, w: _anchor(b).update(transaction=flip(
         _anchor(b)["transaction"])), "anchor_signature"),
     ("receipt of another chain", _tx("receipt", fields={6: b"\x01" * 8}), "chain_id"),
     ("tx_index", lambda b, w: _sec(b).update(tx_index=_sec(b)["tx_index"] + 1),
@@ -452,14 +430,14 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
     ("the meter's key is another's", lambda b, w: b["devices"].update(
         {HOME.id.hex(): OTHER}), "device_id"),
     ("reading flipped", lambda b, w: b["readings"][1].update(
-        entry=_flip(b["readings"][1]["entry"])), "reading_signature"),
+        entry=flip(b["readings"][1]["entry"])), "reading_signature"),
     ("readings' paths swapped", _swap_paths, "reading_inclusion"),
     ("estimate flipped", lambda b, w: b["estimates"][0].update(
-        entry=_flip(b["estimates"][0]["entry"])), "estimate_signature"),
+        entry=flip(b["estimates"][0]["entry"])), "estimate_signature"),
     ("estimate path", lambda b, w: b["estimates"][0]["inclusion_path"].pop(),
      "estimate_inclusion"),
     ("enrollment flipped", lambda b, w: b["enrollment"].update(
-        entry=_flip(b["enrollment"]["entry"])), "enrollment"),
+        entry=flip(b["enrollment"]["entry"])), "enrollment"),
     ("enrollment after the readings", lambda b, w: b["enrollment"].update(
         leaf_index=10**6), "enrollment_order"),
     ("enrollment path", lambda b, w: b["enrollment"]["inclusion_path"].pop(),

@@ -32,7 +32,7 @@ from meterledger.wire import certificates as GC
 from meterledger.wire import chain as C
 from meterledger.wire import market as MK
 from tests.fog_node.test_anchor import Clock
-from tests.kit.bundles import assert_input_error, assert_rejected
+from tests.kit.bundles import assert_input_error, assert_rejected, flip, reseal
 from tests.kit.chainkit import Chain, running_chain
 from tools import audit
 from tools import audit_trade as AT
@@ -304,12 +304,6 @@ Tamper = Callable[[dict[str, Any], Any], None]
 KEYS = {k.id: k for k in (GRID, REGULATOR, SELLER, BUYER, FIRST)}
 
 
-def _flip(hexstr: str) -> str:
-    b = bytearray(bytes.fromhex(hexstr))
-    b[-1] ^= 0x01
-    return b.hex()
-
-
 def _refs(c: dict[str, Any], old: str, new: str) -> None:
     for k, v in list(c.items()):
         if v == old:
@@ -325,22 +319,7 @@ def _forge_tx(b: dict[str, Any], w: Any, digest: str, body: dict[int, Any] | Non
     public key the bundle then gives) with body keys `body` (and `fields`) changed, in a
     block of its own the trusted sealer signs, after a block at `prev_t` if given; the
     bundle's references follow it."""
-    sealer = w["chain"].key
-    sec = b["transactions"].pop(digest)
-    tf = P.parse(bytes.fromhex(sec["transaction"])).fields
-    signer = key or KEYS[tf[1]]
-    raw = P.sign1(signer, {**tf, 1: signer.id, 4: {**tf[4], **(body or {})}, **(fields or {})},
-                  check=False)
-    b["keys"][signer.id.hex()] = signer.public_key.raw.hex()
-    prev = bytes.fromhex(sec["prev_header"])
-    if prev_t is not None:
-        prev = P.sign1(sealer, {**P.parse(prev).fields, 6: prev_t})
-    header = P.sign1(sealer, {**P.parse(bytes.fromhex(sec["block_header"])).fields,
-                              3: P.digest(prev), 4: C.tx_root([raw]), 5: 1})
-    new = P.digest(raw).hex()
-    b["transactions"][new] = {**sec, "transaction": raw.hex(), "block_header": header.hex(),
-                              "sealer_signature": P.parse(header).signature.hex(),
-                              "tx_index": 0, "tx_path": [], "prev_header": prev.hex()}
+    new = reseal(b, digest, w["chain"].key, KEYS, body, prev_t, key, fields)
     _refs(b["contract"], digest, new)
     b["enrolment"] = new if b["enrolment"] == digest else b["enrolment"]
     return new
@@ -449,11 +428,11 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
     ("block before is another", lambda b, w: _sec(b).update(prev_header=_sec(
         b, "settled")["prev_header"]), "block_signature"),
     ("block_height", lambda b, w: _sec(b).update(block_height=1), "block_height"),
-    ("order flipped", lambda b, w: _sec(b).update(transaction=_flip(_sec(b)["transaction"])),
+    ("order flipped", lambda b, w: _sec(b).update(transaction=flip(_sec(b)["transaction"])),
      "tx_signature"),
     ("match filed under another digest", _refile, "tx_signature"),
     ("a key withheld", lambda b, w: b["keys"].pop(GRID.id.hex()), "tx_signature"),
-    ("anchor flipped", lambda b, w: _anchor(b).update(transaction=_flip(
+    ("anchor flipped", lambda b, w: _anchor(b).update(transaction=flip(
         _anchor(b)["transaction"])), "anchor_signature"),
     ("order of another chain", _tx(_c("tx"), fields={6: b"\x01" * 8}), "chain_id"),
     ("tx_index", lambda b, w: _sec(b).update(tx_index=_sec(b)["tx_index"] + 1),
@@ -486,11 +465,11 @@ TAMPERS: list[tuple[str, Tamper, str]] = [
         {PV_METER.id.hex(): OTHER}), "device_id"),
     ("a household's reading", _household_reading, "device_id"),
     ("reading flipped", lambda b, w: b["statements"][0]["readings"][1].update(
-        entry=_flip(b["statements"][0]["readings"][1]["entry"])), "reading_signature"),
+        entry=flip(b["statements"][0]["readings"][1]["entry"])), "reading_signature"),
     ("readings swapped", lambda b, w: b["statements"][0]["readings"].reverse(),
      "reading_inclusion"),
     ("enrollment flipped", lambda b, w: b["statements"][0]["enrollment"].update(
-        entry=_flip(b["statements"][0]["enrollment"]["entry"])), "enrollment"),
+        entry=flip(b["statements"][0]["enrollment"]["entry"])), "enrollment"),
     ("enrollment after the readings", lambda b, w: b["statements"][0]["enrollment"].update(
         leaf_index=10**6), "enrollment_order"),
     ("enrollment path", lambda b, w: b["statements"][0]["enrollment"]["inclusion_path"].pop(),
